@@ -1,0 +1,57 @@
+"""DreamEdit3D core: a plain torch library (no ComfyUI import) for object-level 3D editing with MVDream.
+
+Heavy modules load on first use, so ``import dreamedit3d_core`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module (relative) that defines it
+_EXPORTS = {
+    # cameras
+    "get_camera": ".cameras",
+    "MVCameras": ".cameras",
+    # data types and errors
+    "MeshAsset": ".types",
+    "MultiViewRender": ".types",
+    "ComponentMasks": ".types",
+    "MaskSource": ".types",
+    "TokenSet": ".types",
+    "MVConditioning": ".types",
+    "MultiViewSamples": ".types",
+    "LiftedMesh": ".types",
+    "DreamEdit3DError": ".errors",
+    # model core
+    "load_mvdream": ".mvdream.checkpoint",
+    "MVDreamModel": ".mvdream.model",
+    # render and masks
+    "load_asset": ".assets",
+    "render_views": ".render",
+    "masks_from_parts": ".masks",
+    "masks_from_sam": ".masks",
+    # prompts and sampling
+    "compose_prompt": ".prompts",
+    "sample_views": ".sampling",
+    # personalisation
+    "train_textual_inversion": ".personalize.textual_inversion",
+    "finetune": ".personalize.finetune",
+    "save_tokens": ".tokens",
+    "load_tokens": ".tokens",
+    # lifting
+    "lift_to_mesh": ".lifting",
+    "export_mesh": ".lifting",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dreamedit3d_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,79 @@
+"""Atomic, never-overwriting writes of the files users keep (safetensors, GLB, PNG, JSON).
+
+Every file is written to a temporary name in the destination folder and renamed into place, so a crash
+never leaves a half-written file, and an existing file is never replaced unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import torch
+
+from .errors import ConfigError
+
+
+def unique_path(path: str | os.PathLike) -> Path:
+    """``path`` if free, else ``stem_00001.ext``, ``stem_00002.ext``, ... (first free)."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    stem, suffix = path.stem, "".join(path.suffixes[-1:])
+    for i in range(1, 100000):
+        candidate = path.with_name(f"{stem}_{i:05d}{suffix}")
+        if not candidate.exists():
+            return candidate
+    raise ConfigError(f"no free file name next to {path}: clean up the folder")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], overwrite: bool = False) -> Path:
+    """Write a file through ``write(tmp_path)`` and move it to ``path`` atomically.
+
+    Raises:
+        ConfigError: ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} already exists; choose another name or allow overwriting")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        write(tmp)
+        if not overwrite and path.exists():  # someone else took the name meanwhile
+            raise ConfigError(f"{path} appeared while writing; nothing was overwritten")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_safetensors(path: str | os.PathLike, tensors: Dict[str, torch.Tensor],
+                     metadata: Optional[Dict[str, str]] = None, overwrite: bool = False) -> Path:
+    """Atomically write ``tensors`` (made contiguous, on CPU) as safetensors with string ``metadata``."""
+    from safetensors.torch import save_file
+
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    return atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=meta), overwrite=overwrite)
+
+
+def save_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
+    def _write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return atomic_write(path, _write, overwrite=overwrite)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
