@@ -35,6 +35,7 @@ _EXPORTS = {
     # prompts and sampling
     "compose_prompt": ".prompts",
     "sample_views": ".sampling",
+    "MVDenoiser": ".schedule",
     # personalisation
     "train_textual_inversion": ".personalize.textual_inversion",
     "finetune": ".personalize.finetune",

@@ -1,0 +1,258 @@
+"""Sampling four consistent views without ComfyUI: MVDream's DDIM and a k-diffusion Euler, same denoiser.
+
+* ``ddim``: MVDream's ``DDIMSampler`` (``../shared/design/mvdream.md`` §5) = diffusers ``DDIMScheduler`` with
+  ``steps_offset=1``, ``timestep_spacing="leading"``, ``set_alpha_to_one=False``, ``clip_sample=False``, eta 0; 50 steps
+  are timesteps 981, 961, …, 1. The scheduler's ᾱ table is the checkpoint's own ``alphas_cumprod`` buffer.
+* ``euler``: Karras et al. (2022) Algorithm 2 without churn, in k-diffusion's contract ``sample_euler(model, x,
+  sigmas)`` with ``model(x, sigma) -> x0`` (:class:`~dreamedit3d_core.schedule.MVDenoiser`), on ``karras`` or
+  ``normal`` sigmas from the same table.
+
+Both run the UNet once per step on ``[uncond, cond]`` for all views of every object together (CFG inside the
+denoiser), report to a :class:`~dreamedit3d_core.progress.Progress` after each step and check for interruption
+before it. ``steps`` is always the number of steps run: a partial edit (``denoise < 1``) runs the last ``steps`` of a
+``round(steps / denoise)``-step schedule, as ComfyUI's KSampler does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from .errors import ConfigError, ShapeError
+from .progress import Progress, as_progress
+from .schedule import SIGMA_SCHEDULES, MVDenoiser, check_alphas_cumprod, make_sigmas, sigmas_from_alphas_cumprod
+from .types import MultiViewSamples, MVConditioning
+
+METHODS = ("ddim", "euler")
+#: MVDream's DDIMSampler, as diffusers config (mvdream.md §5).
+MVDREAM_DDIM_CONFIG = dict(steps_offset=1, timestep_spacing="leading", set_alpha_to_one=False, clip_sample=False,
+                           prediction_type="epsilon")
+LATENT_CHANNELS = 4
+#: SD VAE downsampling factor.
+VAE_SCALE = 8
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a sampler reports after a step (k-diffusion's callback dict, typed).
+
+    Attributes:
+        step: index of the finished step, 0-based; total: number of steps.
+        sigma: noise level the step started from; x: float [N, 4, h, w] latents before the step;
+        denoised: float [N, 4, h, w] the x0 estimate of this step (a live preview).
+    """
+
+    step: int
+    total: int
+    sigma: float
+    x: torch.Tensor
+    denoised: torch.Tensor
+
+
+# ------------------------------------------------------------------------------------------------ schedulers
+
+
+def mvdream_ddim_scheduler(alphas_cumprod: torch.Tensor):
+    """diffusers ``DDIMScheduler`` configured as MVDream's DDIMSampler, on the checkpoint's own ᾱ table.
+
+    Built from the betas recovered from ``alphas_cumprod`` (float64), then its ᾱ table and final ᾱ are set to the
+    buffer itself so that no float32 cumprod drift (≤ 1e-6 relative) creeps in.
+    """
+    from diffusers import DDIMScheduler
+
+    from .schedule import betas_from_alphas_cumprod
+
+    ac = check_alphas_cumprod(torch.as_tensor(alphas_cumprod).detach().cpu())
+    scheduler = DDIMScheduler(num_train_timesteps=ac.shape[0], trained_betas=betas_from_alphas_cumprod(ac).numpy(),
+                              **MVDREAM_DDIM_CONFIG)
+    scheduler.alphas_cumprod = ac.to(torch.float32)
+    scheduler.final_alpha_cumprod = ac[0].to(torch.float32)  # set_alpha_to_one=False: the last step lands on ᾱ_0
+    return scheduler
+
+
+# ------------------------------------------------------------------------------------------- k-diffusion samplers
+
+
+@torch.no_grad()
+def sample_euler(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[dict] = None,
+                 callback: Optional[Callable[[dict], Any]] = None, disable: Optional[bool] = None) -> torch.Tensor:
+    """Euler steps of the probability-flow ODE (Karras et al. 2022, Alg. 2 with no churn); k-diffusion contract.
+
+    Args:
+        model: ``model(x, sigma_batch, **extra_args) -> x0``.
+        x: float [N, ...] latents at ``sigmas[0]`` (noise already scaled by it).
+        sigmas: float [S + 1] decreasing noise levels, usually ending in 0.
+        callback: called after each step with ``{"x", "i", "sigma", "sigma_hat", "denoised"}``.
+
+    Returns:
+        float [N, ...] latents at ``sigmas[-1]``.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        d = (x - denoised) / sigmas[i]  # dx/dsigma of the probability-flow ODE
+        x = x + d * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------- noise
+
+
+def initial_noise(shape: tuple, seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                  device: Any = "cpu", dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
+    """Standard normal noise drawn on the CPU (the same on every device), then moved; returns (noise, seed)."""
+    if generator is None:
+        if seed is None:
+            seed = int(torch.seed() % (2**63))
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+    elif seed is None:
+        seed = int(generator.initial_seed())
+    gen_device = generator.device
+    noise = torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32)
+    return noise.to(device=device, dtype=dtype), int(seed)
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+
+
+def sample_views(
+    model: Any,
+    conditioning: MVConditioning,
+    method: str = "ddim",
+    steps: int = 50,
+    cfg: float = 7.5,
+    seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    init_latents: Optional[torch.Tensor] = None,
+    denoise: float = 1.0,
+    progress: Optional[Progress] = None,
+    sigma_schedule: str = "karras",
+    noise: Optional[torch.Tensor] = None,
+    resolution: int = 256,
+) -> MultiViewSamples:
+    """Sample the views of every object in ``conditioning`` jointly.
+
+    Args:
+        model: ``MVDreamModel`` (``predict_noise``, ``alphas_cumprod``, ``decode_latents``, ``num_views``, ``device``).
+        conditioning: B objects × V views of text + cameras.
+        method: ``"ddim"`` (MVDream's, eta 0) or ``"euler"``.
+        steps: number of denoising steps run (≥ 1).
+        cfg: classifier-free guidance scale (DreamEdit3D uses 7.5).
+        seed / generator: where the initial noise comes from (CPU draw; ``seed`` None and no generator: a fresh seed,
+            returned in the result).
+        init_latents: float [B·V, 4, h, w] latents to edit (``0.18215·E(x)``); needed when ``denoise < 1``.
+        denoise: fraction of the noise schedule to run, in (0, 1]; 1 starts from pure noise.
+        progress: receives ``update(step, total, preview=StepInfo.denoised, sigma=…)`` per step; its
+            ``check_interrupt()`` runs before every step.
+        sigma_schedule: ``"karras"`` or ``"normal"`` (Euler only).
+        noise: float [B·V, 4, h, w] standard normal noise to use instead of drawing it (tests, ComfyUI NOISE).
+        resolution: image side in pixels when neither ``init_latents`` nor ``noise`` fixes it (multiple of 8).
+
+    Returns:
+        ``MultiViewSamples`` with latents [B·V, 4, h, w] and images float32 [B·V, 3, 8h, 8w] in 0..1.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown sampling method {method!r}; choose one of {list(METHODS)}")
+    if sigma_schedule not in SIGMA_SCHEDULES:
+        raise ConfigError(f"unknown sigma schedule {sigma_schedule!r}; choose one of {list(SIGMA_SCHEDULES)}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+    if not (0.0 < denoise <= 1.0):
+        raise ConfigError(f"denoise must be in (0, 1], got {denoise}")
+    if denoise < 1.0 and init_latents is None:
+        raise ConfigError(f"denoise {denoise} < 1 edits existing latents: pass init_latents (or use denoise 1.0)")
+    progress = as_progress(progress)
+    device = torch.device(getattr(model, "device", conditioning.cond.device))
+    conditioning = conditioning.to(device=device)
+    shape = _latent_shape(conditioning, init_latents, noise, resolution)
+    if noise is None:
+        noise, seed = initial_noise(shape, seed, generator, device)
+    else:
+        noise = noise.to(device=device, dtype=torch.float32)
+        seed = -1 if seed is None else int(seed)
+    init = None if init_latents is None else init_latents.to(device=device, dtype=torch.float32)
+    total_steps = max(steps, int(round(steps / denoise)))
+
+    def report(info: StepInfo) -> None:
+        progress.update(info.step + 1, info.total, preview=info.denoised, sigma=info.sigma)
+
+    if method == "ddim":
+        denoiser = MVDenoiser(model, conditioning, cfg, quantize_timesteps=True)
+        latents, schedule = _run_ddim(denoiser, noise, init, steps, total_steps, progress, report)
+    else:
+        denoiser = MVDenoiser(model, conditioning, cfg)
+        sigmas = make_sigmas(sigma_schedule, total_steps, denoiser.sigma_table)[-(steps + 1):].to(device)
+        latents = _run_euler(denoiser, noise, init, sigmas, progress, report)
+        schedule = sigmas.cpu()
+    images = decode_views(model, latents, conditioning.num_views)
+    return MultiViewSamples(latents=latents, images=images, seed=int(seed), sigmas=schedule)
+
+
+def decode_views(model: Any, latents: torch.Tensor, num_views: int) -> torch.Tensor:
+    """Decode latents one object (V views) at a time to float32 [N, 3, H, W] in 0..1."""
+    with torch.no_grad():
+        dtype = getattr(model, "dtype", latents.dtype)
+        chunks = [model.decode_latents(chunk.to(dtype)).float() for chunk in latents.split(num_views)]
+    return torch.cat(chunks).clamp(0.0, 1.0)
+
+
+def _latent_shape(conditioning: MVConditioning, init, noise, resolution: int) -> tuple:
+    n = conditioning.cond.shape[0]
+    for name, t in (("init_latents", init), ("noise", noise)):
+        if t is not None and (t.ndim != 4 or t.shape[0] != n or t.shape[1] != LATENT_CHANNELS):
+            raise ShapeError(f"{name} must be [{n}, {LATENT_CHANNELS}, h, w] for {conditioning.batch_size} object(s) × "
+                             f"{conditioning.num_views} views, got {list(t.shape)}")
+    if init is not None and noise is not None and init.shape != noise.shape:
+        raise ShapeError(f"noise {list(noise.shape)} and init_latents {list(init.shape)} must have the same shape")
+    if init is not None:
+        return tuple(init.shape)
+    if noise is not None:
+        return tuple(noise.shape)
+    if resolution < VAE_SCALE or resolution % VAE_SCALE:
+        raise ConfigError(f"resolution must be a positive multiple of {VAE_SCALE}, got {resolution}")
+    return (n, LATENT_CHANNELS, resolution // VAE_SCALE, resolution // VAE_SCALE)
+
+
+def _run_ddim(denoiser: MVDenoiser, noise, init, steps: int, total_steps: int, progress: Progress, report):
+    scheduler = mvdream_ddim_scheduler(denoiser.model.alphas_cumprod)
+    scheduler.set_timesteps(total_steps)
+    timesteps = scheduler.timesteps[-steps:]
+    ac = scheduler.alphas_cumprod.to(noise.device)
+    if init is None:
+        z = noise
+    else:  # q(z_t | z_0) at the first timestep run
+        z = scheduler.add_noise(init, noise, timesteps[:1].to(noise.device))
+    sigma_table = denoiser.sigma_table.to(torch.float32)
+    for i, t in enumerate(timesteps):
+        progress.check_interrupt()
+        sigma = sigma_table[int(t)].to(noise.device)
+        x = z * (1.0 / ac[int(t)]).sqrt()  # DDPM latent -> sigma space
+        with torch.no_grad():
+            denoised = denoiser(x, sigma)
+        eps = (x - denoised) / sigma  # the CFG'd eps, as MVDream's sampler uses it
+        z = scheduler.step(eps, int(t), z, eta=0.0).prev_sample
+        report(StepInfo(i, steps, float(sigma), x, denoised))
+    return z, timesteps.to(torch.float32)
+
+
+def _run_euler(denoiser: MVDenoiser, noise, init, sigmas: torch.Tensor, progress: Progress, report):
+    sigma0 = sigmas[0]
+    if init is None:  # pure noise: the DDPM prior N(0, 1) at t = T, i.e. sqrt(1 + σ²) in sigma space
+        x = noise * (1.0 + sigma0**2).sqrt()
+    else:
+        x = init + noise * sigma0
+    total = len(sigmas) - 1
+
+    def model_with_interrupt(x_, sigma_, **kw):
+        progress.check_interrupt()
+        return denoiser(x_, sigma_, **kw)
+
+    def on_step(d: dict) -> None:
+        report(StepInfo(int(d["i"]), total, float(d["sigma"]), d["x"], d["denoised"]))
+
+    return sample_euler(model_with_interrupt, x, sigmas, callback=on_step)

@@ -1,0 +1,118 @@
+"""Run ComfyUI's real samplers (``KSAMPLER.sample``) on the multi-view denoiser, without importing comfy.
+
+The caller (``nodes/_compat.py``) passes ComfyUI's classes in; this module only duck-types the object ComfyUI's
+samplers expect as ``model_wrap`` (``../shared/design/comfyui.md`` §4, ``comfy/samplers.py`` ``KSAMPLER.sample`` and
+``KSamplerX0Inpaint``; ``comfy/k_diffusion/sampling.py``):
+
+* ``model_wrap(x, sigma, model_options={}, seed=None) -> x0`` (CFG inside, post-CFG hooks honoured: the CFG++
+  samplers install one through ``model_options["sampler_post_cfg_function"]`` and crash without it);
+* ``model_wrap.inner_model.model_sampling`` (noise scaling, sigma_min/max; an EPS ``ModelSamplingDiscrete``);
+* ``model_wrap.inner_model.scale_latent_inpaint`` (used with a denoise mask);
+* ``model_wrap.model_patcher.get_model_object("model_sampling")`` (er_sde, sa_solver, seeds_*, res_multistep,
+  *_cfg_pp read it as ``model.inner_model.model_patcher`` where ``model`` is ComfyUI's ``KSamplerX0Inpaint``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+
+from dreamedit3d_core.schedule import MVDenoiser, betas_from_alphas_cumprod
+
+
+def make_model_sampling(model_sampling_discrete: type, eps: type, alphas_cumprod: torch.Tensor) -> Any:
+    """An ``EPS`` + ``ModelSamplingDiscrete`` instance on the checkpoint's own ᾱ table.
+
+    Args:
+        model_sampling_discrete: ``comfy.model_sampling.ModelSamplingDiscrete``.
+        eps: ``comfy.model_sampling.EPS``.
+        alphas_cumprod: float [T] the checkpoint's buffer (SD2.1-base for MVDream).
+    """
+    cls = type("MVDreamModelSampling", (model_sampling_discrete, eps), {})
+    sampling = cls()  # no model_config: SD defaults, replaced just below
+    sampling._register_schedule(given_betas=betas_from_alphas_cumprod(torch.as_tensor(alphas_cumprod).cpu()))
+    return sampling
+
+
+class _ModelPatcherView:
+    """The one ModelPatcher method ComfyUI's samplers call on a sampling model."""
+
+    def __init__(self, model_sampling: Any, model_patcher: Any = None):
+        self._model_sampling = model_sampling
+        self._patcher = model_patcher
+
+    def get_model_object(self, name: str) -> Any:
+        if name == "model_sampling":
+            return self._model_sampling
+        if self._patcher is not None:
+            return self._patcher.get_model_object(name)
+        raise AttributeError(f"the multi-view sampler model has no object {name!r} (only 'model_sampling')")
+
+
+class _InnerModel:
+    """Stands in for ComfyUI's ``BaseModel`` as far as samplers look at it."""
+
+    def __init__(self, model_sampling: Any, patcher_view: _ModelPatcherView):
+        self.model_sampling = model_sampling
+        self.model_patcher = patcher_view
+
+    def scale_latent_inpaint(self, sigma, noise, latent_image, **kwargs):
+        """Re-noise the kept region of an inpaint latent to ``sigma`` (ComfyUI ``BaseModel.scale_latent_inpaint``)."""
+        return self.model_sampling.noise_scaling(sigma.reshape([sigma.shape[0]] + [1] * (len(noise.shape) - 1)),
+                                                 noise, latent_image)
+
+
+class MVSamplerModel:
+    """The ``model_wrap`` ComfyUI's ``KSAMPLER.sample`` drives: our CFG'd multi-view denoiser in sigma space.
+
+    Args:
+        denoiser: the :class:`~dreamedit3d_core.schedule.MVDenoiser` (model, conditioning, cfg).
+        model_sampling: from :func:`make_model_sampling` with the same ᾱ table.
+        model_patcher: optional real ModelPatcher (for any other object a sampler may ask for).
+    """
+
+    def __init__(self, denoiser: MVDenoiser, model_sampling: Any, model_patcher: Any = None):
+        self.denoiser = denoiser
+        self.model_patcher = _ModelPatcherView(model_sampling, model_patcher)
+        self.inner_model = _InnerModel(model_sampling, self.model_patcher)
+        self.model_options: dict = {"transformer_options": {}}
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: Optional[dict] = None,
+                 seed: Optional[int] = None, **_: Any) -> torch.Tensor:
+        return self.denoiser(x, sigma, model_options=model_options or {})
+
+
+def run_comfy_sampler(
+    sampler: Any,
+    sigmas: torch.Tensor,
+    model_wrap: MVSamplerModel,
+    noise: torch.Tensor,
+    latent_image: Optional[torch.Tensor] = None,
+    callback: Optional[Callable[[int, torch.Tensor, torch.Tensor, int], Any]] = None,
+    disable_pbar: bool = True,
+    seed: Optional[int] = None,
+    denoise_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Sample with a ComfyUI ``SAMPLER`` (``KSAMPLER``) over ``SIGMAS``, all views jointly.
+
+    Args:
+        sampler: a ComfyUI ``SAMPLER`` (``KSamplerSelect`` / ``sampler_object(name)``).
+        sigmas: float [S + 1] from any scheduler node (a partial edit passes a tail of the schedule).
+        model_wrap: :class:`MVSamplerModel`.
+        noise: float [B·V, 4, h, w] unit noise (ComfyUI ``NOISE.generate_noise``).
+        latent_image: float [B·V, 4, h, w] latents to edit, zeros for text-to-3D (ComfyUI's empty latent).
+        callback: ``callback(step, x0, x, total_steps)`` after each step (preview, progress, interrupt).
+        seed: passed to the samplers that draw noise (ancestral, SDE).
+        denoise_mask: optional float [B·V, 1, h, w]; 1 = regenerate, 0 = keep ``latent_image``.
+
+    Returns:
+        float [B·V, 4, h, w] denoised latents.
+    """
+    if latent_image is None:
+        latent_image = torch.zeros_like(noise)
+    sigmas = sigmas.to(device=noise.device, dtype=torch.float32)
+    extra_args = {"model_options": {"transformer_options": {}}, "seed": seed}
+    with torch.no_grad():
+        return sampler.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image=latent_image,
+                              denoise_mask=denoise_mask, disable_pbar=disable_pbar)

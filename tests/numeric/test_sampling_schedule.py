@@ -1,0 +1,254 @@
+"""Schedule math, the CFG denoiser and the core samplers on a model whose x0 is known in closed form."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _sampling_helpers import KnownX0Model, toy_conditioning
+
+from dreamedit3d_core.errors import ConfigError, Interrupted, ShapeError
+from dreamedit3d_core.progress import CallbackProgress
+from dreamedit3d_core.sampling import mvdream_ddim_scheduler, sample_euler, sample_views
+from dreamedit3d_core.schedule import (
+    MVDenoiser,
+    betas_from_alphas_cumprod,
+    check_alphas_cumprod,
+    karras_sigmas,
+    make_sigmas,
+    normal_sigmas,
+    sd21_alphas_cumprod,
+    sd21_betas,
+    sigma_to_t,
+    sigmas_from_alphas_cumprod,
+    t_to_sigma,
+)
+
+pytestmark = pytest.mark.numeric
+
+# a different size on every axis: B 1, V 4, C 4, h 3, w 5
+LATENT = (4, 4, 3, 5)
+
+
+@pytest.fixture
+def known():
+    target = torch.randn(LATENT, generator=torch.Generator().manual_seed(1))
+    model = KnownX0Model(target)
+    cond = toy_conditioning()
+    x0_u, x0_c = model.x0_for(cond.uncond), model.x0_for(cond.cond)
+    return model, cond, x0_u, x0_c
+
+
+def cfg_x0(x0_u, x0_c, s):
+    return x0_u + s * (x0_c - x0_u)
+
+
+# ----------------------------------------------------------------------------------------------- schedule
+
+
+def test_sd21_schedule_matches_mvdream_reference_values():
+    ac = sd21_alphas_cumprod()
+    assert ac.dtype == torch.float64 and ac.shape == (1000,)
+    assert ac[0].item() == pytest.approx(0.99915, abs=1e-12)
+    assert ac[499].item() == pytest.approx(0.2776697, abs=1e-7)
+    assert ac[999].item() == pytest.approx(0.0046601, abs=1e-7)
+
+
+def test_betas_recovered_from_alphas_cumprod_equal_the_linear_betas():
+    torch.testing.assert_close(betas_from_alphas_cumprod(sd21_alphas_cumprod()), sd21_betas(), rtol=1e-9, atol=1e-12)
+
+
+def test_sigma_and_timestep_interpolate_in_log_sigma_and_invert_each_other():
+    table = sigmas_from_alphas_cumprod(sd21_alphas_cumprod())
+    assert table[0].item() == pytest.approx(math.sqrt(0.00085 / 0.99915))
+    t = torch.tensor([0.0, 0.25, 17.5, 500.0, 998.9, 999.0], dtype=torch.float64)
+    sig = t_to_sigma(t, table)
+    # half-way between two steps is the geometric mean of their sigmas
+    assert sig[2].item() == pytest.approx(math.sqrt(table[17].item() * table[18].item()), rel=1e-12)
+    torch.testing.assert_close(sigma_to_t(sig, table), t, rtol=0, atol=1e-9)
+    assert sigma_to_t(torch.tensor([1e-6, 1e6]), table).tolist() == [0.0, 999.0]  # clamps outside the table
+    assert sigma_to_t(sig, table, quantize=True).tolist() == [0.0, 0.0, 18.0, 500.0, 999.0, 999.0]
+
+
+def test_karras_sigmas_match_diffusers_euler_scheduler():
+    from diffusers import EulerDiscreteScheduler
+
+    ref = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                 use_karras_sigmas=True)
+    ref.set_timesteps(12)
+    table = sigmas_from_alphas_cumprod(sd21_alphas_cumprod())
+    ours = karras_sigmas(12, float(table[0]), float(table[-1]))
+    assert ours[-1].item() == 0.0 and ours.shape == (13,)
+    torch.testing.assert_close(ours, ref.sigmas.to(torch.float32), rtol=2e-5, atol=0)
+
+
+def test_normal_sigmas_at_integer_timesteps_are_the_table_values():
+    table = sigmas_from_alphas_cumprod(sd21_alphas_cumprod())
+    four = normal_sigmas(4, table)  # timesteps 999, 666, 333, 0
+    torch.testing.assert_close(four, torch.cat([table[[999, 666, 333, 0]], torch.zeros(1, dtype=torch.float64)]).float())
+    torch.testing.assert_close(normal_sigmas(1000, table)[:-1], table.flip(0).float())
+
+
+def test_bad_schedule_inputs_raise_clear_errors():
+    with pytest.raises(ShapeError, match="strictly inside"):
+        check_alphas_cumprod(torch.tensor([1.0, 0.5]))
+    with pytest.raises(ShapeError, match="decrease strictly"):
+        check_alphas_cumprod(torch.tensor([0.5, 0.6]))
+    with pytest.raises(ConfigError, match="unknown sigma schedule 'cosine'"):
+        make_sigmas("cosine", 10, sigmas_from_alphas_cumprod(sd21_alphas_cumprod()))
+    with pytest.raises(ConfigError, match="steps must be a positive integer"):
+        karras_sigmas(0, 0.03, 14.6)
+
+
+# ----------------------------------------------------------------------------------------------- denoiser
+
+
+def test_denoiser_applies_cfg_in_one_unet_batch_of_uncond_then_cond(known):
+    model, cond, x0_u, x0_c = known
+    den = MVDenoiser(model, cond, cfg=7.5)
+    x = torch.randn(LATENT, generator=torch.Generator().manual_seed(2)) * 3.0
+    out = den(x, torch.tensor(2.5))
+    torch.testing.assert_close(out, cfg_x0(x0_u, x0_c, 7.5), rtol=1e-5, atol=1e-4)
+    assert model.calls == [8]  # [uncond × 4 views, cond × 4 views] in one call
+
+
+def test_denoiser_with_cfg_one_skips_the_uncond_half(known):
+    model, cond, _, x0_c = known
+    out = MVDenoiser(model, cond, cfg=1.0)(torch.zeros(LATENT), torch.full((4,), 0.7))
+    torch.testing.assert_close(out, x0_c, rtol=1e-5, atol=1e-5)
+    assert model.calls == [4]
+
+
+def test_post_cfg_hooks_receive_comfy_arguments_and_replace_denoised(known):
+    model, cond, x0_u, x0_c = known
+    seen = {}
+
+    def hook(args):
+        seen.update(args)
+        return args["denoised"] * 0.0 + args["uncond_denoised"]
+
+    den = MVDenoiser(model, cond, cfg=3.0, post_cfg_hooks=[hook])
+    x = torch.randn(LATENT)
+    out = den(x, torch.tensor(1.5), model_options={"sampler_post_cfg_function": [lambda a: a["denoised"] + 1.0]})
+    assert {"denoised", "cond_denoised", "uncond_denoised", "sigma", "input", "model_options", "model",
+            "cond_scale"} <= set(seen)
+    torch.testing.assert_close(seen["denoised"], cfg_x0(x0_u, x0_c, 3.0), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out, x0_u + 1.0, rtol=1e-5, atol=1e-4)  # construction hooks first, then model_options'
+    assert seen["input"] is x and seen["cond_scale"] == 3.0
+
+
+def test_sampler_cfg_function_replaces_plain_cfg(known):
+    model, cond, x0_u, x0_c = known
+    x = torch.randn(LATENT)
+    # ComfyUI's contract: args["cond"] / ["uncond"] are x - x0; the function returns the guided "x - x0"
+    opts = {"sampler_cfg_function": lambda a: a["uncond"] + 2.0 * (a["cond"] - a["uncond"])}
+    out = MVDenoiser(model, cond, cfg=9.0)(x, torch.tensor(1.0), model_options=opts)
+    torch.testing.assert_close(out, cfg_x0(x0_u, x0_c, 2.0), rtol=1e-5, atol=1e-4)
+
+
+def test_denoiser_refuses_latents_of_the_wrong_batch(known):
+    model, cond, _, _ = known
+    with pytest.raises(ShapeError, match=r"latents must be \[4, C, h, w\] \(1 object\(s\) × 4 views\), got \[3, 4, 3, 5\]"):
+        MVDenoiser(model, cond)(torch.zeros(3, 4, 3, 5), torch.tensor(1.0))
+    with pytest.raises(ConfigError, match="conditioning was made for 2 views"):
+        MVDenoiser(model, toy_conditioning(batch=2, views=2))
+
+
+# ----------------------------------------------------------------------------------------------- samplers
+
+
+@pytest.mark.parametrize("schedule", ["karras", "normal"])
+def test_euler_lands_on_the_known_x0(known, schedule):
+    model, cond, x0_u, x0_c = known
+    out = sample_views(model, cond, method="euler", steps=8, cfg=5.0, seed=3, sigma_schedule=schedule,
+                       noise=torch.randn(LATENT))
+    torch.testing.assert_close(out.latents, cfg_x0(x0_u, x0_c, 5.0), rtol=1e-5, atol=1e-4)
+    assert out.sigmas.shape == (9,) and out.sigmas[-1] == 0
+    assert out.images.shape == (4, 3, 24, 40) and 0.0 <= out.images.min() and out.images.max() <= 1.0
+
+
+def test_sample_euler_follows_the_k_diffusion_contract():
+    """A closed form: for D(x, σ) = c the ODE solution is x_σ' = c + (x − c)·σ'/σ, and Euler is exact on it."""
+    c = torch.tensor([[1.0, -2.0]])
+    sigmas = torch.tensor([10.0, 4.0, 1.0, 0.5])
+    got = sample_euler(lambda x, s: c.expand_as(x), torch.tensor([[11.0, 8.0]]), sigmas)
+    torch.testing.assert_close(got, c + (torch.tensor([[11.0, 8.0]]) - c) * 0.05)
+
+
+def test_partial_euler_edit_starts_below_sigma_max_and_still_lands_on_x0(known):
+    model, cond, x0_u, x0_c = known
+    out = sample_views(model, cond, method="euler", steps=5, cfg=2.0, seed=0, init_latents=torch.ones(LATENT),
+                       denoise=0.5)
+    assert out.sigmas.shape == (6,) and out.sigmas[0] < 14.0
+    torch.testing.assert_close(out.latents, cfg_x0(x0_u, x0_c, 2.0), rtol=1e-5, atol=1e-4)
+
+
+def test_mvdream_ddim_scheduler_has_mvdreams_timesteps():
+    sched = mvdream_ddim_scheduler(sd21_alphas_cumprod())
+    sched.set_timesteps(50)
+    assert sched.timesteps[0].item() == 981 and sched.timesteps[-1].item() == 1 and len(sched.timesteps) == 50
+    assert sched.final_alpha_cumprod.item() == pytest.approx(0.99915)
+
+
+def diffusers_ddim_loop(model, cond, noise, steps, cfg):
+    """MVDream's sampler written directly on diffusers' DDIMScheduler and the eps model (the reference)."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                          timestep_spacing="leading", set_alpha_to_one=False, clip_sample=False)
+    sched.set_timesteps(steps)
+    z = noise.clone()
+    n = z.shape[0]
+    text = torch.cat([cond.uncond, cond.cond])
+    cams = torch.cat([cond.cameras, cond.cameras])
+    for t in sched.timesteps:
+        with torch.no_grad():
+            eps = model.predict_noise(torch.cat([z, z]), torch.full((2 * n,), int(t)), text, cams)
+        eps = eps[:n] + cfg * (eps[n:] - eps[:n])
+        z = sched.step(eps, t, z, eta=0.0).prev_sample
+    return z
+
+
+def test_core_ddim_equals_a_diffusers_ddim_loop_on_the_known_model(known):
+    model, cond, _, _ = known
+    noise = torch.randn(LATENT, generator=torch.Generator().manual_seed(7))
+    ref = diffusers_ddim_loop(model, cond, noise, steps=10, cfg=7.5)
+    out = sample_views(model, cond, method="ddim", steps=10, cfg=7.5, noise=noise)
+    torch.testing.assert_close(out.latents, ref, rtol=1e-4, atol=1e-4)
+    assert out.sigmas.tolist() == list(range(901, 0, -100))
+
+
+def test_progress_reports_every_step_and_interrupt_stops_sampling():
+    model, cond = KnownX0Model(torch.zeros(4, 4, 2, 2)), toy_conditioning()
+    updates = []
+    sample_views(model, cond, method="ddim", steps=6, seed=0, resolution=16,
+                 progress=CallbackProgress(on_update=lambda s, t, p, i: updates.append((s, t, p.shape, i["sigma"]))))
+    assert [u[:3] for u in updates] == [(s, 6, (4, 4, 2, 2)) for s in range(1, 7)]
+    assert updates[0][3] > updates[-1][3]
+    calls = []
+    stop = CallbackProgress(should_stop=lambda: len(calls) >= 3, on_update=lambda *a: calls.append(1))
+    with pytest.raises(Interrupted):
+        sample_views(model, cond, method="euler", steps=6, seed=0, resolution=16, progress=stop)
+    assert len(calls) == 3
+
+
+def test_same_seed_same_result_other_seed_other_result():
+    model, cond = KnownX0Model(torch.zeros(4, 4, 2, 2)), toy_conditioning()
+    a = sample_views(model, cond, method="ddim", steps=3, seed=11, resolution=16)
+    b = sample_views(model, cond, method="ddim", steps=3, seed=11, resolution=16)
+    c = sample_views(model, cond, method="ddim", steps=3, seed=12, resolution=16)
+    assert a.seed == 11 and torch.equal(a.latents, b.latents) and torch.equal(a.images, b.images)
+    assert not torch.allclose(a.latents, c.latents)
+
+
+def test_sampling_arguments_are_checked(known):
+    model, cond, _, _ = known
+    with pytest.raises(ConfigError, match="unknown sampling method 'plms'"):
+        sample_views(model, cond, method="plms")
+    with pytest.raises(ConfigError, match="denoise 0.5 < 1 edits existing latents: pass init_latents"):
+        sample_views(model, cond, denoise=0.5)
+    with pytest.raises(ShapeError, match=r"noise must be \[4, 4, h, w\]"):
+        sample_views(model, cond, noise=torch.zeros(2, 4, 8, 8))
+    with pytest.raises(ConfigError, match="resolution must be a positive multiple of 8"):
+        sample_views(model, cond, resolution=100)
