@@ -6,7 +6,8 @@ samplers expect as ``model_wrap`` (``../shared/design/comfyui.md`` §4, ``comfy/
 
 * ``model_wrap(x, sigma, model_options={}, seed=None) -> x0`` (CFG inside, post-CFG hooks honoured: the CFG++
   samplers install one through ``model_options["sampler_post_cfg_function"]`` and crash without it);
-* ``model_wrap.inner_model.model_sampling`` (noise scaling, sigma_min/max; an EPS ``ModelSamplingDiscrete``);
+* ``model_wrap.inner_model.model_sampling`` (noise scaling, sigma_min/max; an EPS ``ModelSamplingDiscrete`` built by
+  ``nodes/_compat.make_model_sampling`` from the checkpoint's ``alphas_cumprod``);
 * ``model_wrap.inner_model.scale_latent_inpaint`` (used with a denoise mask);
 * ``model_wrap.model_patcher.get_model_object("model_sampling")`` (er_sde, sa_solver, seeds_*, res_multistep,
   *_cfg_pp read it as ``model.inner_model.model_patcher`` where ``model`` is ComfyUI's ``KSamplerX0Inpaint``).
@@ -18,21 +19,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from dreamedit3d_core.schedule import MVDenoiser, betas_from_alphas_cumprod
-
-
-def make_model_sampling(model_sampling_discrete: type, eps: type, alphas_cumprod: torch.Tensor) -> Any:
-    """An ``EPS`` + ``ModelSamplingDiscrete`` instance on the checkpoint's own ᾱ table.
-
-    Args:
-        model_sampling_discrete: ``comfy.model_sampling.ModelSamplingDiscrete``.
-        eps: ``comfy.model_sampling.EPS``.
-        alphas_cumprod: float [T] the checkpoint's buffer (SD2.1-base for MVDream).
-    """
-    cls = type("MVDreamModelSampling", (model_sampling_discrete, eps), {})
-    sampling = cls()  # no model_config: SD defaults, replaced just below
-    sampling._register_schedule(given_betas=betas_from_alphas_cumprod(torch.as_tensor(alphas_cumprod).cpu()))
-    return sampling
+from dreamedit3d_core.schedule import MVDenoiser
 
 
 class _ModelPatcherView:
@@ -68,7 +55,7 @@ class MVSamplerModel:
 
     Args:
         denoiser: the :class:`~dreamedit3d_core.schedule.MVDenoiser` (model, conditioning, cfg).
-        model_sampling: from :func:`make_model_sampling` with the same ᾱ table.
+        model_sampling: ComfyUI's EPS ``ModelSamplingDiscrete`` on the same ᾱ table (``nodes/_compat.make_model_sampling``).
         model_patcher: optional real ModelPatcher (for any other object a sampler may ask for).
     """
 

@@ -87,3 +87,27 @@ def import_comfy():
     import comfy.samplers as samplers
 
     return samplers, model_sampling, k_sampling
+
+
+def comfy_model_sampling(model_sampling_module, alphas_cumprod: torch.Tensor):
+    """ComfyUI's EPS ModelSamplingDiscrete on ``alphas_cumprod`` (what nodes/_compat.make_model_sampling builds)."""
+    from dreamedit3d_core.schedule import betas_from_alphas_cumprod
+
+    cls = type("MVDreamModelSampling", (model_sampling_module.ModelSamplingDiscrete, model_sampling_module.EPS), {})
+    sampling = cls()
+    sampling._register_schedule(given_betas=betas_from_alphas_cumprod(alphas_cumprod.cpu()))
+    return sampling
+
+
+def load_sampler_bridge():
+    """nodes/sampler_bridge.py under its own module name: the ComfyUI tree's top-level ``nodes.py`` owns ``nodes``."""
+    import importlib.util
+
+    name = "dreamedit3d_sampler_bridge"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "nodes" / "sampler_bridge.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
