@@ -1,0 +1,97 @@
+"""Model nodes: load an MVDream checkpoint from models/mvdream, save a (fine-tuned) one back there."""
+
+from __future__ import annotations
+
+import torch
+
+from ..dreamedit3d_core.errors import ConfigError
+from ..dreamedit3d_core.storage import unique_path
+from ._compat import FOLDER_MVDREAM, compute_device, io, model_files, model_folder, model_path
+from .sockets import MVDreamModelSocket
+
+CATEGORY = "DreamEdit3D/model"
+DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {name!r}: use one of {list(DTYPES)}")
+    if DTYPES[name] is not None:
+        return DTYPES[name]
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+class MVDreamLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DreamEdit3D_MVDreamLoader",
+            display_name="MVDream Loader (DreamEdit3D)",
+            category=CATEGORY,
+            description="Loads an MVDream multi-view checkpoint (sd-v2.1-base-4view.pt as released, or a .safetensors "
+                        "of it, or a fine-tuned one saved by this pack) from models/mvdream.",
+            inputs=[
+                io.Combo.Input("ckpt_name", options=model_files(FOLDER_MVDREAM),
+                               tooltip="Checkpoint file in models/mvdream (add folders with an 'mvdream:' key in "
+                                       "extra_model_paths.yaml)."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
+                               tooltip="Weights dtype; auto = float16 on CUDA, float32 on CPU."),
+            ],
+            outputs=[MVDreamModelSocket.Output(display_name="model", tooltip="The MVDream model.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **kw):
+        name = kw.get("ckpt_name")
+        if name is not None and name not in model_files(FOLDER_MVDREAM):
+            have = ", ".join(model_files(FOLDER_MVDREAM)[:12]) or "none"
+            return f"checkpoint {name!r} is not in models/mvdream (files there: {have}); copy it there and refresh"
+        if kw.get("dtype") is not None and kw["dtype"] not in DTYPES:
+            return f"dtype {kw['dtype']!r} is not one of {list(DTYPES)}"
+        return True
+
+    @classmethod
+    def execute(cls, ckpt_name, dtype="auto") -> io.NodeOutput:
+        from ..dreamedit3d_core.mvdream.checkpoint import load_mvdream
+
+        device = compute_device()
+        model = load_mvdream(model_path(FOLDER_MVDREAM, ckpt_name), device=device, dtype=resolve_dtype(dtype, device))
+        return io.NodeOutput(model)
+
+
+class SaveMVDream(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DreamEdit3D_SaveMVDream",
+            display_name="Save MVDream (DreamEdit3D)",
+            category=CATEGORY,
+            description="Saves a (fine-tuned) MVDream model as .safetensors in models/mvdream, in the released key "
+                        "layout, so the loader lists it. Never overwrites: a free name is chosen.",
+            is_output_node=True,
+            inputs=[
+                MVDreamModelSocket.Input("model", tooltip="The model to save (e.g. from MVFineTune)."),
+                io.String.Input("filename", default="dreamedit3d-finetuned",
+                                tooltip="File name in models/mvdream (without extension); a counter is added if taken."),
+            ],
+            outputs=[io.String.Output(display_name="ckpt_name", tooltip="The saved file's name in models/mvdream.")],
+        )
+
+    @classmethod
+    def execute(cls, model, filename) -> io.NodeOutput:
+        from ..dreamedit3d_core.mvdream.checkpoint import save_mvdream
+
+        stem = _safe_stem(filename)
+        path = unique_path(model_folder(FOLDER_MVDREAM) / f"{stem}.safetensors")
+        saved = save_mvdream(model, path, overwrite=False)
+        name = saved.name
+        return io.NodeOutput(name, ui={"text": [f"saved models/mvdream/{name}"]})
+
+
+def _safe_stem(name: str) -> str:
+    """A plain file stem (no folders, no '..'): nodes write only inside their own folders."""
+    stem = str(name).strip().replace("\\", "/").split("/")[-1]
+    stem = stem[:-len(".safetensors")] if stem.endswith(".safetensors") else stem
+    if not stem or stem in (".", "..") or stem.startswith("."):
+        raise ConfigError(f"file name {name!r} is not usable: give a plain name such as 'my-model'")
+    return stem

@@ -1,0 +1,143 @@
+"""MVScheduler (SIGMAS without a core MODEL) and MVSample (any core SAMPLER + SIGMAS on the four views jointly)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..dreamedit3d_core.errors import ConfigError, ShapeError
+from ._compat import (ComfyProgress, calculate_sigmas, compute_device, io, latent_preview_rgb,
+                      make_model_sampling, managed_load, scheduler_names, throw_if_interrupted, ui)
+from .sockets import MVConditioningSocket, MVDreamModelSocket, to_comfy_image
+
+CATEGORY = "DreamEdit3D/sample"
+
+
+def _alphas_cumprod(model) -> torch.Tensor:
+    if model is not None:
+        return model.alphas_cumprod
+    from ..dreamedit3d_core.schedule import sd21_alphas_cumprod
+
+    return sd21_alphas_cumprod()
+
+
+class MVScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        names = scheduler_names()
+        return io.Schema(
+            node_id="DreamEdit3D_MVScheduler",
+            display_name="MVDream Scheduler (DreamEdit3D)",
+            category=CATEGORY,
+            description="SIGMAS for MVSample from the core scheduler names, using the checkpoint's own noise schedule "
+                        "(SD2.1-base when no model is connected). Core BasicScheduler needs a MODEL; this does not.",
+            inputs=[
+                io.Combo.Input("scheduler", options=names, default="karras" if "karras" in names else names[0],
+                               tooltip="Core scheduler name."),
+                io.Int.Input("steps", default=30, min=1, max=1000, tooltip="Sampling steps."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the schedule to run (below 1 edits an init latent)."),
+                MVDreamModelSocket.Input("model", optional=True, tooltip="Use this checkpoint's alphas_cumprod."),
+            ],
+            outputs=[io.Sigmas.Output(display_name="sigmas", tooltip="Descending sigmas, steps+1 long, ending at 0.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **kw):
+        if kw.get("scheduler") is not None and kw["scheduler"] not in scheduler_names():
+            return f"scheduler {kw['scheduler']!r} is not one of {scheduler_names()}"
+        return True
+
+    @classmethod
+    def execute(cls, scheduler, steps, denoise=1.0, model=None) -> io.NodeOutput:
+        if denoise <= 0.0:
+            return io.NodeOutput(torch.FloatTensor([]))
+        total = int(steps / denoise) if denoise < 1.0 else int(steps)
+        sigmas = calculate_sigmas(make_model_sampling(_alphas_cumprod(model)), scheduler, total)
+        return io.NodeOutput(sigmas[-(int(steps) + 1):])
+
+
+class MVSample(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DreamEdit3D_MVSample",
+            display_name="MVDream Sample 4 Views (DreamEdit3D)",
+            category=CATEGORY,
+            description="Samples the four views of an object jointly with any core SAMPLER (KSamplerSelect) and SIGMAS "
+                        "(MVScheduler, KarrasScheduler, ...), classifier-free guidance and MVDream's cameras.",
+            inputs=[
+                MVDreamModelSocket.Input("model", tooltip="The (personalised) MVDream model."),
+                MVConditioningSocket.Input("positive", tooltip="From ComposePrompt: the prompt (and its negative)."),
+                io.Sampler.Input("sampler", tooltip="A core sampler (KSamplerSelect)."),
+                io.Sigmas.Input("sigmas", tooltip="The noise levels to step through (MVScheduler or a core scheduler)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the initial noise (ignored when a NOISE is connected)."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale (DreamEdit3D uses 7.5)."),
+                io.Int.Input("resolution", default=256, min=64, max=1024, step=8,
+                             tooltip="View size in pixels when no init latent is given (MVDream: 256)."),
+                MVConditioningSocket.Input("negative", optional=True,
+                                           tooltip="Another ComposePrompt whose prompt replaces the negative text."),
+                io.Noise.Input("noise", optional=True, tooltip="A core NOISE (RandomNoise) instead of the seed."),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="Init latent [4,4,h,w] for partial edits (start the SIGMAS below the top)."),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="latent", tooltip="The sampled latents [4,4,H/8,W/8]."),
+                io.Image.Output(display_name="images", tooltip="The decoded views [4,H,W,3] (front, right, back, left)."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, sampler, sigmas, seed, cfg, resolution=256, negative=None, noise=None,
+                latent=None) -> io.NodeOutput:
+        from ..dreamedit3d_core.sampling import decode_views
+        from ..dreamedit3d_core.schedule import MVDenoiser
+        from . import sampler_bridge
+
+        conditioning = _with_negative(positive, negative)
+        if sigmas.numel() < 2:
+            raise ConfigError("SIGMAS has fewer than 2 values: give at least 1 step")
+        views, device = conditioning.num_views, compute_device()
+        n = conditioning.cond.shape[0]
+        if latent is not None:
+            init = latent["samples"].float()
+            if init.ndim != 4 or init.shape[0] != n or init.shape[1] != 4:
+                raise ShapeError(f"init latent must be [{n}, 4, h, w] (the four views), got {list(init.shape)}")
+        else:
+            if int(resolution) % 8:
+                raise ConfigError(f"resolution {resolution} is not a multiple of 8")
+            init = torch.zeros(n, 4, int(resolution) // 8, int(resolution) // 8)
+        if noise is not None:
+            start = noise.generate_noise({"samples": init}).float()
+            seed = int(getattr(noise, "seed", seed) or 0)
+        else:
+            gen = torch.Generator("cpu").manual_seed(int(seed))
+            start = torch.randn(init.shape, generator=gen, dtype=torch.float32)
+        steps = int(sigmas.numel()) - 1
+        progress = ComfyProgress(steps, cls.hidden.unique_id)
+
+        def callback(step, x0, x, total_steps):
+            throw_if_interrupted()
+            progress.update(step + 1, total_steps, preview=latent_preview_rgb(x0))
+
+        managed_load(model.unet)
+        denoiser = MVDenoiser(model, conditioning.to(device=device), float(cfg), quantize_timesteps=True)
+        wrap = sampler_bridge.MVSamplerModel(denoiser, make_model_sampling(model.alphas_cumprod))
+        latents = sampler_bridge.run_comfy_sampler(sampler, sigmas.to(device), wrap, start.to(device),
+                                                   latent_image=init.to(device), callback=callback, seed=int(seed))
+        images = to_comfy_image(decode_views(model, latents, views))
+        return io.NodeOutput({"samples": latents.detach().float().cpu()}, images, ui=ui.PreviewImage(images, cls=cls))
+
+
+def _with_negative(positive, negative):
+    """``positive``, with ``negative``'s prompt as its unconditional half when a negative conditioning is connected."""
+    if negative is None:
+        return positive
+    from dataclasses import replace
+
+    if negative.cond.shape != positive.cond.shape:
+        raise ShapeError(f"negative conditioning {list(negative.cond.shape)} does not match positive "
+                         f"{list(positive.cond.shape)}: use the same number of prompts and views")
+    return replace(positive, uncond=negative.cond.to(positive.cond), negative_prompt=" | ".join(negative.prompts))

@@ -1,0 +1,136 @@
+"""Make the files the example workflows need, in a folder that is then linked into a ComfyUI host.
+
+Usage (with the host's Python, i.e. the one that runs ComfyUI)::
+
+    python tests/workflows/prepare_host.py FIXDIR [--asset PATH] [--no-personalized]
+
+writes
+    FIXDIR/models/mvdream/dreamedit3d-tiny-random-4view.pt   a tiny seeded RANDOM MVDream checkpoint in the released key
+                                                            layout and file format (torch pickle); outputs are noise
+    FIXDIR/input/dreamedit3d/<asset>                        the example asset (+ the textures/buffers it refers to)
+    FIXDIR/models/mvdream/dreamedit3d-example-finetuned.safetensors, FIXDIR/models/mvdream_tokens/dreamedit3d-example.safetensors,
+    FIXDIR/models/embeddings/dreamedit3d-example_*.safetensors
+                                                            what the sample-only workflow loads (a 2-step personalisation
+                                                            of the tiny model on the asset, through the core library)
+Link ``FIXDIR/models/*`` into the host's ``models/`` and ``FIXDIR/input`` as its ``input/`` (tools/comfy_host.py does).
+The workflows in tests/workflows/*.api.json refer to exactly these names; pass ``--asset`` to run them on another asset
+(it is copied under the example asset's name's folder with its own file name; edit the workflow's ``asset`` input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+TINY_CHECKPOINT = "dreamedit3d-tiny-random-4view.pt"
+FINETUNED_CHECKPOINT = "dreamedit3d-example-finetuned.safetensors"
+TOKENS_NAME = "dreamedit3d-example"
+ASSET_SUBFOLDER = "dreamedit3d"
+DEFAULT_ASSET = REPO.parent / "shared" / "assets" / "kenney_character.glb"
+# the example's components: one token per component; "*" takes every part not named before
+EXAMPLE_COMPONENTS = "antenna: antenna; robot: *"
+EXAMPLE_TOKENS = ("<antenna>", "<robot>")
+
+
+def _glb_json(path: Path) -> dict:
+    data = path.read_bytes()
+    if data[:4] != b"glTF" or len(data) < 20:
+        return {}
+    (chunk_len,) = struct.unpack_from("<I", data, 12)
+    return json.loads(data[20:20 + chunk_len])
+
+
+def asset_companions(path: Path) -> list[Path]:
+    """Relative paths of the files an asset refers to (glTF buffers/images, OBJ mtllib and maps), that exist beside it."""
+    path = Path(path)
+    refs: list[str] = []
+    suffix = path.suffix.lower()
+    if suffix in (".glb", ".gltf"):
+        doc = _glb_json(path) if suffix == ".glb" else json.loads(path.read_text())
+        refs += [b.get("uri", "") for b in doc.get("buffers", [])] + [i.get("uri", "") for i in doc.get("images", [])]
+    elif suffix == ".obj":
+        text = path.read_text(errors="replace")
+        mtls = re.findall(r"^\s*mtllib\s+(.+?)\s*$", text, flags=re.M)
+        refs += mtls
+        for mtl in mtls:
+            mtl_path = path.parent / mtl.replace("\\", "/")
+            if mtl_path.is_file():
+                refs += [m.split()[-1] for m in re.findall(r"^\s*map_\w+\s+(.+?)\s*$", mtl_path.read_text(errors="replace"), flags=re.M)]
+    out = []
+    for ref in refs:
+        if not ref or ref.startswith("data:"):
+            continue
+        rel = Path(ref.replace("\\", "/"))
+        if rel.is_absolute() or ".." in rel.parts:
+            continue  # never copy anything outside the asset's folder
+        if (path.parent / rel).is_file():
+            out.append(rel)
+    return sorted(set(out))
+
+
+def copy_asset(asset: Path, input_dir: Path) -> Path:
+    """Copy ``asset`` and its companions into ``input_dir/dreamedit3d/``. Returns the name relative to ``input_dir``."""
+    dest = input_dir / ASSET_SUBFOLDER
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(asset, dest / asset.name)
+    for rel in asset_companions(asset):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(asset.parent / rel, dest / rel)
+    return Path(ASSET_SUBFOLDER) / asset.name
+
+
+def write_checkpoint(models_dir: Path) -> Path:
+    from dreamedit3d_core.tiny import write_tiny_checkpoint
+
+    path = models_dir / "mvdream" / TINY_CHECKPOINT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        write_tiny_checkpoint(path, seed=0)
+    return path
+
+
+def write_personalized(models_dir: Path, asset: Path) -> None:
+    """A 2-step personalisation of the tiny model on ``asset``: the sample-only workflow's fine-tuned model and tokens."""
+    import torch
+
+    from dreamedit3d_core import example as ex
+
+    ex.personalize_example(
+        checkpoint=models_dir / "mvdream" / TINY_CHECKPOINT, asset=asset, components=EXAMPLE_COMPONENTS,
+        tokens=EXAMPLE_TOKENS, finetuned_path=models_dir / "mvdream" / FINETUNED_CHECKPOINT,
+        tokens_path=models_dir / "mvdream_tokens" / f"{TOKENS_NAME}.safetensors",
+        embeddings_dir=models_dir / "embeddings", embeddings_prefix=TOKENS_NAME, steps=2, resolution=64,
+        device=torch.device("cpu"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("fixdir", type=Path)
+    ap.add_argument("--asset", type=Path, default=DEFAULT_ASSET, help="the asset to copy into input/ (default: %(default)s)")
+    ap.add_argument("--no-personalized", action="store_true", help="skip the sample-only workflow's fine-tuned model and tokens")
+    args = ap.parse_args(argv)
+    if not args.asset.is_file():
+        print(f"prepare_host: asset {args.asset} not found; pass --asset PATH (glb/gltf/obj/ply)", file=sys.stderr)
+        return 2
+    models = args.fixdir / "models"
+    ckpt = write_checkpoint(models)
+    name = copy_asset(args.asset, args.fixdir / "input")
+    print(f"prepare_host: checkpoint {ckpt}")
+    print(f"prepare_host: asset input/{name.as_posix()}")
+    if not args.no_personalized:
+        write_personalized(models, args.fixdir / "input" / name)
+        print(f"prepare_host: fine-tuned model + tokens in {models}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
