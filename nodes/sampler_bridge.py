@@ -19,7 +19,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from dreamedit3d_core.schedule import MVDenoiser
+try:  # inside ComfyUI the pack is a package imported by path: relative import; tests load this file on its own
+    from ..dreamedit3d_core.schedule import MVDenoiser
+except ImportError:
+    from dreamedit3d_core.schedule import MVDenoiser
 
 
 class _ModelPatcherView:
