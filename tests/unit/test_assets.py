@@ -1,0 +1,239 @@
+"""load_asset: every shared asset, normalisation and orientation, part names, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from dreamedit3d_core.assets import load_asset, orientation_matrix
+from dreamedit3d_core.errors import AssetError, ConfigError
+
+SHARED = {
+    # file: (kwargs, expected part names (prefix) or count, textured)
+    "kenney_character.glb": ({}, ("leg-left", "leg-right", "torso", "arm-left", "arm-right", "antenna"), True),  # glTF node order
+    "cesium_milk_truck.glb": ({}, ("truck", "glass", "window_trim", "Wheels", "Wheels_1"), True),
+    "Fox.gltf": ({}, ("fox",), True),
+    "spider.obj": ({}, 19, True),
+    "spot.obj": ({"texture": "spot_texture.png"}, ("spot",), True),
+    "lee_perry_smith_head.glb": ({"texture": "lee_perry_smith_color.jpg", "texture_flip_y": True}, ("LeePerrySmith",), True),
+    "vertex_colors_reference.ply": ({}, ("vertex_colors_reference",), False),
+}
+
+
+@pytest.mark.assets
+@pytest.mark.parametrize("name", sorted(SHARED))
+def test_every_shared_asset_loads_normalised_with_its_parts(shared_assets, name):
+    kwargs, parts, textured = SHARED[name]
+    kwargs = {k: (str(shared_assets / v) if k == "texture" else v) for k, v in kwargs.items()}
+    before = sorted(p.name for p in shared_assets.iterdir())
+    asset = load_asset(shared_assets / name, **kwargs)
+    assert sorted(p.name for p in shared_assets.iterdir()) == before, "something was written next to the asset"
+    lo, hi = asset.vertices.min(0).values, asset.vertices.max(0).values
+    torch.testing.assert_close((hi - lo).max(), torch.tensor(1.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close((hi + lo) / 2, torch.zeros(3), atol=1e-6, rtol=0)
+    if isinstance(parts, int):
+        assert asset.num_parts == parts
+    else:
+        assert asset.part_names == parts
+    assert len({n.lower() for n in asset.part_names}) == asset.num_parts
+    assert set(asset.part_ids.unique().tolist()) == set(range(asset.num_parts))
+    assert bool(asset.textures) == textured
+    # the recorded normalisation maps the file's world coordinates onto the loaded vertices
+    assert asset.normalisation.shape == (4, 4) and torch.linalg.det(asset.normalisation[:3, :3]) > 0
+
+
+@pytest.mark.assets
+def test_spider_mtl_with_windows_paths_gets_its_textures_and_ply_its_vertex_colours(shared_assets):
+    spider = load_asset(shared_assets / "spider.obj")
+    assert len(spider.textures) == 4 and {"Bein1Li", "Kopf", "HLeib01"} <= set(spider.part_names)
+    ply = load_asset(shared_assets / "vertex_colors_reference.ply")
+    colours = {tuple(c) for c in (ply.vertex_colors * 255).round().int().tolist()}
+    assert colours == {(192, 192, 192), (255, 0, 0), (0, 255, 0), (0, 127, 0)}
+
+
+@pytest.mark.assets
+def test_broken_shared_assets_give_one_line_errors(shared_assets):
+    with pytest.raises(AssetError, match=r"broken_missing_buffer\.gltf: buffer 0 URI 'not_found\.bin' is missing") as e:
+        load_asset(shared_assets / "broken_missing_buffer.gltf")
+    assert "\n" not in str(e.value)
+    # all three triangles sit at the origin (POSITION has no bufferView): nothing can be framed or rendered
+    with pytest.raises(AssetError, match=r"broken_degenerate_triangles\.gltf: all 3 triangles have zero area"):
+        load_asset(shared_assets / "broken_degenerate_triangles.gltf")
+
+
+# --- synthetic files -----------------------------------------------------------------------------------------------
+
+
+def _two_part_scene(names=("Hat", "hat")) -> trimesh.Scene:
+    scene = trimesh.Scene()
+    body = trimesh.creation.box((2.0, 1.0, 1.0))
+    marker = trimesh.creation.box((0.2, 0.2, 0.2))
+    scene.add_geometry(body, node_name=names[0], geom_name="body_mesh")
+    scene.add_geometry(marker, node_name=names[1], geom_name="marker_mesh",
+                       transform=trimesh.transformations.translation_matrix([0.0, 0.0, 1.0]))  # marker on the front (+z)
+    return scene
+
+
+def test_front_is_rotated_to_plus_x_and_names_are_made_unique(tmp_path):
+    path = tmp_path / "two.glb"
+    path.write_bytes(_two_part_scene().export(file_type="glb"))
+    asset = load_asset(path)
+    assert asset.part_names == ("Hat", "hat_1")
+    marker = asset.vertices[asset.faces[asset.part_ids == 1].reshape(-1)]
+    assert float(marker[:, 0].min()) > 0.3, "the +z marker (glTF front) must end up at +x"
+    # the file spans x 2, y 1, z -0.5..1.1 (box + marker): longest side 2 -> scale 0.5; file z becomes x, file x becomes z
+    ext = asset.vertices.max(0).values - asset.vertices.min(0).values
+    torch.testing.assert_close(ext, torch.tensor([0.8, 0.5, 1.0]), atol=1e-6, rtol=0)
+    # overrides: declare -x as the front -> the marker (at +z) ends up on the side, at -z... (+z -> R @ ez)
+    side = load_asset(path, front_axis="-x")
+    r = orientation_matrix("-x", "+y")
+    assert np.allclose(r @ [-1, 0, 0], [1, 0, 0]) and np.allclose(r @ [0, 1, 0], [0, 1, 0])
+    marker = side.vertices[side.faces[side.part_ids == 1].reshape(-1)]
+    expect = np.sign((r @ [0, 0, 1]))
+    assert np.allclose(np.sign(marker.mean(0).numpy()).round() * np.abs(expect), expect)
+    # normalisation maps file coordinates to loaded coordinates
+    v_file = np.concatenate([np.asarray(g.vertices) for g in _two_part_scene().dump()])
+    n = asset.normalisation.numpy()
+    np.testing.assert_allclose(v_file @ n[:3, :3].T + n[:3, 3], asset.vertices.numpy(), atol=1e-6)
+    with pytest.raises(ConfigError, match="perpendicular"):
+        load_asset(path, front_axis="+y", up_axis="-y")
+    with pytest.raises(ConfigError, match="front_axis must be one of"):
+        load_asset(path, front_axis="forward")
+
+
+def _write_gltf(folder, buffer_uri, image_uri=None, with_bin=True):
+    tri = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+    idx = np.array([0, 1, 2], np.uint16)
+    blob = tri.tobytes() + idx.tobytes() + b"\0\0"
+    tree = {
+        "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0, "name": "tri"}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1}]}],
+        "accessors": [{"bufferView": 0, "componentType": 5126, "count": 3, "type": "VEC3",
+                       "min": [0, 0, 0], "max": [1, 1, 0]},
+                      {"bufferView": 1, "componentType": 5123, "count": 3, "type": "SCALAR"}],
+        "bufferViews": [{"buffer": 0, "byteLength": 36}, {"buffer": 0, "byteOffset": 36, "byteLength": 6}],
+        "buffers": [{"uri": buffer_uri, "byteLength": len(blob)}],
+    }
+    if image_uri:
+        tree["images"] = [{"uri": image_uri}]
+    (folder / "m.gltf").write_text(json.dumps(tree))
+    if with_bin:
+        (folder / "m.bin").write_bytes(blob)
+    return folder / "m.gltf", blob
+
+
+def _png_header(width, height) -> bytes:
+    """A PNG whose header claims width x height (the pixel data is never decoded)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_gltf_with_separate_buffer_loads(tmp_path):
+    path, _ = _write_gltf(tmp_path, "m.bin")
+    asset = load_asset(path)
+    assert asset.faces.shape == (1, 3) and asset.part_names == ("tri",)
+
+
+@pytest.mark.parametrize("uri", ["../secret.bin", "sub/../../secret.bin", "/etc/passwd", "file:///etc/passwd",
+                                 "http://example.com/m.bin", "%2E%2E/secret.bin"])
+def test_gltf_uris_outside_the_folder_are_refused(tmp_path, uri):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    _, blob = _write_gltf(inner, "m.bin")
+    (tmp_path / "secret.bin").write_bytes(blob)  # exists, so only the path check can refuse it
+    path, _ = _write_gltf(inner, uri)
+    with pytest.raises(AssetError, match=r"m\.gltf: buffer 0 URI .*(outside the asset's folder|absolute path or URL)"):
+        load_asset(path)
+    path, _ = _write_gltf(inner, "m.bin", image_uri=uri)
+    with pytest.raises(AssetError, match=r"image 0 URI .*(outside the asset's folder|absolute path or URL)"):
+        load_asset(path)
+
+
+def test_symlink_out_of_the_folder_is_refused(tmp_path):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    _, blob = _write_gltf(inner, "m.bin", with_bin=False)
+    (tmp_path / "outside.bin").write_bytes(blob)
+    (inner / "link.bin").symlink_to(tmp_path / "outside.bin")
+    path, _ = _write_gltf(inner, "link.bin", with_bin=False)
+    with pytest.raises(AssetError, match="path traversal"):
+        load_asset(path)
+
+
+def test_obj_mtl_outside_the_folder_is_refused(tmp_path):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (tmp_path / "evil.mtl").write_text("newmtl a\nKd 1 0 0\n")
+    (inner / "m.obj").write_text("mtllib ../evil.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nusemtl a\nf 1 2 3\n")
+    with pytest.raises(AssetError, match=r"m\.obj: .*'\.\./evil\.mtl' points outside the asset's folder"):
+        load_asset(inner / "m.obj")
+
+
+def test_decompression_bomb_textures_are_refused(tmp_path):
+    (tmp_path / "huge.png").write_bytes(_png_header(10000, 10000))  # over our 8192^2 limit
+    path, _ = _write_gltf(tmp_path, "m.bin", image_uri="huge.png")
+    with pytest.raises(AssetError, match=r"texture 'huge\.png' is 10000x10000 = 100000000 pixels, over the limit"):
+        load_asset(path)
+    (tmp_path / "bomb.png").write_bytes(_png_header(30000, 30000))  # over PIL's own limit too
+    path, _ = _write_gltf(tmp_path, "m.bin", image_uri="bomb.png")
+    with pytest.raises(AssetError, match=r"texture 'bomb\.png' is a decompression bomb"):
+        load_asset(path)
+    (tmp_path / "small.png").write_bytes(_png_header(64, 64))
+    _write_gltf(tmp_path, "m.bin")
+    with pytest.raises(AssetError, match="over the limit of 1000"):
+        load_asset(tmp_path / "m.gltf", texture=tmp_path / "small.png", max_texture_pixels=1000)
+    (tmp_path / "q.obj").write_text("mtllib q.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\n"
+                                    "usemtl a\nf 1/1 2/2 3/3\n")
+    (tmp_path / "q.mtl").write_text("newmtl a\nmap_Kd huge.png\n")
+    with pytest.raises(AssetError, match=r"q\.obj: texture 'huge\.png' is 10000x10000"):
+        load_asset(tmp_path / "q.obj")
+
+
+def test_bad_files_give_one_line_errors_naming_the_file(tmp_path):
+    with pytest.raises(AssetError, match=r"nothere\.glb: file not found"):
+        load_asset(tmp_path / "nothere.glb")
+    (tmp_path / "m.fbx").write_bytes(b"x")
+    with pytest.raises(AssetError, match=r"m\.fbx: unsupported file type '\.fbx'; supported: \.glb"):
+        load_asset(tmp_path / "m.fbx")
+    glb = _two_part_scene().export(file_type="glb")
+    (tmp_path / "cut.glb").write_bytes(glb[: len(glb) // 2])
+    with pytest.raises(AssetError, match=r"cut\.glb: is truncated or corrupt: its header says \d+ bytes, the file has"):
+        load_asset(tmp_path / "cut.glb")
+    (tmp_path / "junk.glb").write_bytes(np.random.default_rng(0).bytes(300))
+    with pytest.raises(AssetError, match=r"junk\.glb: is not a GLB file"):
+        load_asset(tmp_path / "junk.glb")
+    bad_json = bytearray(glb)
+    bad_json[20:24] = b"!!!!"
+    (tmp_path / "badjson.glb").write_bytes(bytes(bad_json))
+    with pytest.raises(AssetError, match=r"badjson\.glb: is corrupt: its JSON chunk does not parse"):
+        load_asset(tmp_path / "badjson.glb")
+    (tmp_path / "empty.obj").write_text("v 0 0 0\nv 1 0 0\n")
+    with pytest.raises(AssetError, match=r"empty\.obj: contains no triangles"):
+        load_asset(tmp_path / "empty.obj")
+    (tmp_path / "nan.obj").write_text("v nan 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    with pytest.raises(AssetError, match=r"nan\.obj: has 1 vertices with NaN or infinite coordinates"):
+        load_asset(tmp_path / "nan.obj")
+    (tmp_path / "inf.obj").write_text("v inf 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    with pytest.raises(AssetError, match="NaN or infinite"):
+        load_asset(tmp_path / "inf.obj")
+    (tmp_path / "zero.glb").write_bytes(b"")
+    with pytest.raises(AssetError, match=r"zero\.glb: is empty"):
+        load_asset(tmp_path / "zero.glb")
+
+
+def test_face_limit_is_a_clear_error(tmp_path):
+    mesh = trimesh.creation.icosphere(subdivisions=2)
+    path = tmp_path / "ball.ply"
+    path.write_bytes(mesh.export(file_type="ply"))
+    with pytest.raises(AssetError, match=r"ball\.ply: has 320 triangles, over the limit of 100"):
+        load_asset(path, max_faces=100)
+    assert load_asset(path).faces.shape[0] == 320
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ball.ply"]
