@@ -154,7 +154,7 @@ def compose_prompt(
     negative = negative_prompt.strip()
     encoded = [expand_multi_vector(t, model) for t in texts + [negative]]
     truncated = tuple(bool(t) for t in model.tokenizer.truncated(encoded))
-    _report_truncation(texts + [negative], truncated)
+    _report_truncation(model.tokenizer, texts + [negative], encoded, truncated)
 
     with torch.no_grad():
         cond = model.encode_text(encoded[:-1])  # [B, 77, D]
@@ -180,12 +180,18 @@ def _check_placeholders(prompts: Sequence[str], negative: str, known: Sequence[s
         raise TokenError(f"unknown token(s) {', '.join(unknown)} in the prompt; known tokens: {have}")
 
 
-def _report_truncation(texts: Sequence[str], truncated: Sequence[bool]) -> None:
+def _report_truncation(tokenizer: Any, texts: Sequence[str], encoded: Sequence[str], truncated: Sequence[bool]) -> None:
     cut = [i for i, t in enumerate(truncated) if t]
     if not cut:
         return
-    names = [("negative prompt" if i == len(texts) - 1 else f"prompt {i + 1}") for i in cut]
-    message = (f"{', '.join(names)} longer than the text window of {TEXT_WINDOW} tokens: cut to {TEXT_WINDOW} "
+    parts = []
+    for i in cut:
+        name = "negative prompt" if i == len(texts) - 1 else f"prompt {i + 1}"
+        ids = list(tokenizer.token_ids(encoded[i]))
+        dropped = tokenizer.decode(ids[TEXT_WINDOW - 2:]) if hasattr(tokenizer, "decode") else ""
+        dropped = dropped if len(dropped) <= 60 else dropped[:57] + "..."
+        parts.append(f"{name} ({len(ids) + 2} tokens; dropped: {dropped!r})")
+    message = (f"{'; '.join(parts)}: longer than the text window of {TEXT_WINDOW} tokens, cut to {TEXT_WINDOW} "
                "(last token end-of-text) as MVDream does; shorten it or turn off the quality suffix to keep the rest")
     log.warning(message)
     warnings.warn(message, PromptTruncatedWarning, stacklevel=3)

@@ -62,6 +62,25 @@ def toy_conditioning(batch: int = 1, views: int = 4, cond_value: float = 0.5, un
     )
 
 
+def diffusers_ddim_loop(model, cond, noise, steps, cfg):
+    """MVDream's sampler written directly on diffusers' DDIMScheduler and the eps model (the reference)."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                          timestep_spacing="leading", set_alpha_to_one=False, clip_sample=False)
+    sched.set_timesteps(steps)
+    z = noise.clone()
+    n = z.shape[0]
+    text = torch.cat([cond.uncond, cond.cond])
+    cams = torch.cat([cond.cameras, cond.cameras])
+    for t in sched.timesteps:
+        with torch.no_grad():
+            eps = model.predict_noise(torch.cat([z, z]), torch.full((2 * n,), int(t)), text, cams)
+        eps = eps[:n] + cfg * (eps[n:] - eps[:n])
+        z = sched.step(eps, t, z, eta=0.0).prev_sample
+    return z
+
+
 # ------------------------------------------------------------------------------------------ real ComfyUI tree
 
 

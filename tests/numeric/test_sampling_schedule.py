@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from _sampling_helpers import KnownX0Model, toy_conditioning
+from _sampling_helpers import KnownX0Model, diffusers_ddim_loop, toy_conditioning
 
 from dreamedit3d_core.errors import ConfigError, Interrupted, ShapeError
 from dreamedit3d_core.progress import CallbackProgress
@@ -189,25 +189,6 @@ def test_mvdream_ddim_scheduler_has_mvdreams_timesteps():
     sched.set_timesteps(50)
     assert sched.timesteps[0].item() == 981 and sched.timesteps[-1].item() == 1 and len(sched.timesteps) == 50
     assert sched.final_alpha_cumprod.item() == pytest.approx(0.99915)
-
-
-def diffusers_ddim_loop(model, cond, noise, steps, cfg):
-    """MVDream's sampler written directly on diffusers' DDIMScheduler and the eps model (the reference)."""
-    from diffusers import DDIMScheduler
-
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-                          timestep_spacing="leading", set_alpha_to_one=False, clip_sample=False)
-    sched.set_timesteps(steps)
-    z = noise.clone()
-    n = z.shape[0]
-    text = torch.cat([cond.uncond, cond.cond])
-    cams = torch.cat([cond.cameras, cond.cameras])
-    for t in sched.timesteps:
-        with torch.no_grad():
-            eps = model.predict_noise(torch.cat([z, z]), torch.full((2 * n,), int(t)), text, cams)
-        eps = eps[:n] + cfg * (eps[n:] - eps[:n])
-        z = sched.step(eps, t, z, eta=0.0).prev_sample
-    return z
 
 
 def test_core_ddim_equals_a_diffusers_ddim_loop_on_the_known_model(known):
