@@ -79,11 +79,11 @@ class SaveMVDream(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, filename) -> io.NodeOutput:
-        from ..dreamedit3d_core.mvdream.checkpoint import save_mvdream
+        from ..dreamedit3d_core.personalize.finetune import save_finetuned_unet
 
         stem = _safe_stem(filename)
         path = unique_path(model_folder(FOLDER_MVDREAM) / f"{stem}.safetensors")
-        saved = save_mvdream(model, path, overwrite=False)
+        saved = save_finetuned_unet(model, path, overwrite=False)
         name = saved.name
         return io.NodeOutput(name, ui={"text": [f"saved models/mvdream/{name}"]})
 

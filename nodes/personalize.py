@@ -148,7 +148,7 @@ class MVFineTune(io.ComfyNode):
                 MVViewsSocket.Input("views", tooltip="The same views with component masks."),
                 MVTokensSocket.Input("tokens", tooltip="The tokens from phase 1."),
                 *_common_inputs(400, 2e-6),
-                io.Float.Input("token_learning_rate", default=5e-4, min=0.0, max=1.0, step=1e-6, round=False,
+                io.Float.Input("token_learning_rate", default=2e-6, min=0.0, max=1.0, step=1e-6, round=False,
                                tooltip="Learning rate of the tokens during phase 2."),
                 io.Combo.Input("mode", options=list(FT_MODES), default="full",
                                tooltip="full: every UNet weight; lora: a low-rank delta (small GPUs)."),
@@ -181,16 +181,18 @@ class MVFineTune(io.ComfyNode):
         from ..dreamedit3d_core.personalize import finetune as ft
 
         masks = views.require_masks("MVFineTune")
-        config = ft.FineTuneConfig(
-            steps=int(steps), learning_rate=float(learning_rate), token_learning_rate=float(token_learning_rate),
+        config = ft.FTConfig(
+            steps=int(steps), lr=float(learning_rate), token_lr=float(token_learning_rate),
             attention_loss_weight=float(attention_loss_weight), seed=int(seed), mode=mode, lora_rank=int(lora_rank),
-            train_text_encoder=bool(train_text_encoder), gradient_checkpointing=bool(gradient_checkpointing),
-            mixed_precision=mixed_precision, checkpoint_dir=str(train_dir(run_name) / "phase2"),
-            checkpoint_every=int(checkpoint_every), resume=bool(resume), preview_every=int(preview_every))
+            lora_alpha=float(lora_rank), train_text_encoder=bool(train_text_encoder),
+            gradient_checkpointing=bool(gradient_checkpointing), mixed_precision=mixed_precision,
+            checkpoint_every=int(checkpoint_every), preview_every=int(preview_every))
+        folder = train_dir(run_name) / "phase2"
         progress = ComfyProgress(int(steps), cls.hidden.unique_id)
         with training_mode():
             trained, tokens = ft.finetune(clone_model(model), clone_tensors(views.render), clone_tensors(masks),
-                                          clone_tensors(tokens), config, progress)
+                                          clone_tensors(tokens), config, progress,
+                                          resume_from=resume_file(folder, "phase2", resume), checkpoint_dir=folder)
         return io.NodeOutput(trained, tokens, ui={"text": [_loss_text(progress)]})
 
 

@@ -55,7 +55,13 @@ class OrthoRender(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **kw):
+    def validate_inputs(cls, input_types=None, **kw):
+        # input_types: the types arriving on linked inputs (ComfyUI passes it when asked for by name)
+        if kw.get("asset") is not None and not (input_types and "mesh" in input_types):
+            try:
+                resolve_input_file(kw["asset"], ASSET_EXTENSIONS)
+            except AssetError as exc:
+                return str(exc)
         for key, allowed in (("lighting", LIGHTING), ("front_axis", AXES), ("up_axis", AXES)):
             if key in kw and kw[key] is not None and kw[key] not in allowed:
                 return f"{key} {kw[key]!r} is not one of {list(allowed)}"

@@ -57,3 +57,44 @@ def api_workflow_names() -> list[str]:
 
 def nodes_of(prompt: dict, class_type: str) -> list[str]:
     return [nid for nid, node in prompt.items() if node["class_type"] == class_type]
+
+
+# The UI templates (workflows/*.json) are what users open: real-size settings and the released checkpoint's name.
+# Their API twins (tests/workflows/*.api.json) are the same graphs with tiny settings so CI runs them in seconds on a
+# tiny random checkpoint. These are the only values allowed to differ (per node type: input -> template value).
+TEMPLATE_VALUES = {
+    "DreamEdit3D_MVDreamLoader": {"ckpt_name": "sd-v2.1-base-4view.pt"},
+    "DreamEdit3D_OrthoRender": {"resolution": 256},
+    "DreamEdit3D_MultiViewTextualInversion": {"steps": 400, "checkpoint_every": 50, "preview_every": 25},
+    "DreamEdit3D_MVFineTune": {"steps": 400, "checkpoint_every": 50, "preview_every": 25},
+    "DreamEdit3D_MVScheduler": {"steps": 30},
+    "KarrasScheduler": {"steps": 30},
+    "DreamEdit3D_MVSample": {"resolution": 256},
+    "DreamEdit3D_LiftToMesh": {"grid": 128, "texture_size": 1024},
+}
+# the sample-only template loads what the full edit saved (SaveMVDream / SaveTokens add a counter when taken)
+SAMPLE_ONLY_TEMPLATE_VALUES = {"DreamEdit3D_MVDreamLoader": {"ckpt_name": "dreamedit3d-example-finetuned.safetensors"}}
+
+
+def template_values(name: str) -> dict:
+    values = {k: dict(v) for k, v in TEMPLATE_VALUES.items()}
+    if name == "sample_only":
+        values.update(SAMPLE_ONLY_TEMPLATE_VALUES)
+    return values
+
+
+def with_template_values(api: dict, name: str) -> dict:
+    """The API twin ``api`` with the template's real-size values (what the UI template converts to)."""
+    values = template_values(name)
+    out = {}
+    for nid, node in api.items():
+        inputs = dict(node["inputs"])
+        for key, value in values.get(node["class_type"], {}).items():
+            if key in inputs and not isinstance(inputs[key], list):
+                inputs[key] = value
+        out[nid] = {**node, "inputs": inputs}
+    return out
+
+
+def without_meta(api: dict) -> dict:
+    return {nid: {"class_type": n["class_type"], "inputs": n["inputs"]} for nid, n in api.items()}

@@ -98,18 +98,29 @@ def write_checkpoint(models_dir: Path) -> Path:
     return path
 
 
-def write_personalized(models_dir: Path, asset: Path) -> None:
-    """A 2-step personalisation of the tiny model on ``asset``: the sample-only workflow's fine-tuned model and tokens."""
-    import torch
+def write_personalized(models_dir: Path, asset: Path, steps: int = 2, resolution: int = 64) -> None:
+    """A short personalisation of the tiny model on ``asset`` through the core library (no ComfyUI): the fine-tuned
+    model, our token file and the ComfyUI embeddings that the sample-only workflow loads."""
+    from dreamedit3d_core.assets import load_asset
+    from dreamedit3d_core.masks import masks_from_parts
+    from dreamedit3d_core.mvdream.checkpoint import load_mvdream, save_mvdream
+    from dreamedit3d_core.personalize import finetune as ft
+    from dreamedit3d_core.personalize import textual_inversion as ti
+    from dreamedit3d_core.render import render_views
+    from dreamedit3d_core.tokens import save_comfy_embeddings, save_tokens
 
-    from dreamedit3d_core import example as ex
-
-    ex.personalize_example(
-        checkpoint=models_dir / "mvdream" / TINY_CHECKPOINT, asset=asset, components=EXAMPLE_COMPONENTS,
-        tokens=EXAMPLE_TOKENS, finetuned_path=models_dir / "mvdream" / FINETUNED_CHECKPOINT,
-        tokens_path=models_dir / "mvdream_tokens" / f"{TOKENS_NAME}.safetensors",
-        embeddings_dir=models_dir / "embeddings", embeddings_prefix=TOKENS_NAME, steps=2, resolution=64,
-        device=torch.device("cpu"))
+    finetuned = models_dir / "mvdream" / FINETUNED_CHECKPOINT
+    tokens_path = models_dir / "mvdream_tokens" / f"{TOKENS_NAME}.safetensors"
+    if finetuned.exists() and tokens_path.exists():
+        return
+    model = load_mvdream(models_dir / "mvdream" / TINY_CHECKPOINT)
+    render = render_views(load_asset(asset), resolution=resolution)
+    masks = masks_from_parts(render, EXAMPLE_COMPONENTS)
+    tokens = ti.train_textual_inversion(model, render, masks, ti.TIConfig(steps=steps, seed=0, resolution=resolution))
+    model, tokens = ft.finetune(model, render, masks, tokens, ft.FTConfig(steps=steps, seed=0, resolution=resolution))
+    save_mvdream(model, finetuned, overwrite=True)
+    save_tokens(tokens, tokens_path, overwrite=True)
+    save_comfy_embeddings(tokens, models_dir / "embeddings", prefix=TOKENS_NAME + "_", overwrite=True)
 
 
 def main(argv=None) -> int:
