@@ -51,6 +51,15 @@ _EXPORTS = {
     # lifting
     "lift_to_mesh": ".lifting",
     "export_mesh": ".lifting",
+    # edit metrics
+    "load_metric_clip": ".metrics",
+    "load_metric_dino": ".metrics",
+    "clip_directional_similarity": ".metrics",
+    "clip_text_image_score": ".metrics",
+    "clip_image_similarity": ".metrics",
+    "dino_identity": ".metrics",
+    "protected_mask": ".metrics",
+    "evaluate_edit": ".metrics",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

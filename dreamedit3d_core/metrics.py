@@ -480,17 +480,22 @@ def clip_image_similarity(source_images: torch.Tensor, edited_images: torch.Tens
     return ViewScores.from_tensor("clip_image", (src * edit).sum(-1))
 
 
-def protected_mask(masks: ComponentMasks, edited_components: Sequence[str]) -> torch.Tensor:
+def protected_mask(masks: ComponentMasks, edited_components: Union[str, Sequence[str]]) -> torch.Tensor:
     """The pixels of every component that is *not* edited: bool [V, H, W].
 
     Args:
         masks: the components' masks (bool [K, V, H, W]).
-        edited_components: names (with or without angle brackets) of the components the edit changes.
+        edited_components: names (with or without angle brackets) of the components the edit changes, as a list or
+            one string separated by commas ("hat, <scarf>").
 
     Raises:
-        ConfigError: an unknown component name, or no component left to protect.
+        ConfigError: no name, an unknown component name, or no component left to protect.
     """
-    edited = {n.strip().strip("<>") for n in edited_components}
+    if isinstance(edited_components, str):
+        edited_components = edited_components.replace(";", ",").split(",")
+    edited = {n.strip().strip("<>").strip() for n in edited_components} - {""}
+    if not edited:
+        raise ConfigError(f"name the edited component(s), e.g. 'hat'; the masks have {list(masks.names)}")
     unknown = sorted(edited - set(masks.names))
     if unknown:
         raise ConfigError(f"unknown component(s) {unknown}; the masks have {list(masks.names)}")
@@ -592,6 +597,8 @@ def evaluate_edit(source_images: torch.Tensor, edited_images: torch.Tensor, sour
     _check_pair(source_images, edited_images)
     if clip is None and dino is None:
         raise ConfigError("no metric model given: pass a CLIP (models/clip_vision) and/or a DINO (models/dino) model")
+    if mask is not None and dino is None:
+        raise ConfigError("a protected mask only restricts DINO identity: choose a DINO model (models/dino) too")
     results = []
     if clip is not None:
         if clip.has_text:
@@ -628,7 +635,7 @@ def render_metrics_chart(table: dict, width: int = 640, panel_height: int = 140)
     """A bar chart of the table (one panel per metric, one bar per view plus the mean), drawn with PIL.
 
     Returns:
-        float32 [3, H, W] in 0..1 (H = panel_height * number of metrics + a 24 px legend).
+        float32 [3, H, W] in 0..1 (H = panel_height * number of metrics + the legend: 24 px, plus 14 px per extra line).
     """
     from PIL import Image, ImageDraw, ImageFont
 
@@ -636,16 +643,22 @@ def render_metrics_chart(table: dict, width: int = 640, panel_height: int = 140)
     if not metrics:
         raise ConfigError("the metrics table is empty: nothing to plot")
     views = list(table["views"]) + ["mean"]
-    legend_h = 24
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    legend, x, y = [], 8, 8  # wrap the legend onto as many lines as it needs
+    for name in views:
+        item = 14 + int(measure.textlength(name, font=font)) + 16
+        if x > 8 and x + item > width - 8:
+            x, y = 8, y + 14
+        legend.append((x, y, name))
+        x += item
+    legend_h = y + 16
     img = Image.new("RGB", (width, legend_h + panel_height * len(metrics)), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
     colours = [_BAR_COLOURS[i % len(_BAR_COLOURS)] for i in range(len(views) - 1)] + [_MEAN_COLOUR]
-    x = 8
-    for name, colour in zip(views, colours):  # legend
-        draw.rectangle([x, 8, x + 10, 18], fill=colour)
-        draw.text((x + 14, 7), name, fill=(0, 0, 0), font=font)
-        x += 14 + int(draw.textlength(name, font=font)) + 16
+    for (x, y, name), colour in zip(legend, colours):
+        draw.rectangle([x, y, x + 10, y + 10], fill=colour)
+        draw.text((x + 14, y - 1), name, fill=(0, 0, 0), font=font)
     left, right = 56, width - 12
     for row, (key, entry) in enumerate(metrics.items()):
         top = legend_h + row * panel_height

@@ -1,0 +1,104 @@
+"""EditMetrics: CLIP directional similarity, CLIPScore, CLIP-I and DINO identity of an edit, per view and mean."""
+
+from __future__ import annotations
+
+from ..dreamedit3d_core.errors import ConfigError
+from . import _compat
+from ._compat import compute_device, io, model_files, model_path, ui
+from .sockets import MVViewsSocket, from_comfy_image, to_comfy_image
+
+CATEGORY = "DreamEdit3D/evaluate"
+NONE = "(none)"
+FOLDER_CLIP = "clip_vision"  # ComfyUI's own folder
+FOLDER_DINO = getattr(_compat, "FOLDER_DINO", "dino")  # models/dino, registered by _compat
+
+
+def _choices(kind: str) -> list[str]:
+    try:
+        return [NONE] + model_files(kind)
+    except KeyError:  # the folder kind is not registered in this host
+        return [NONE]
+
+
+def parse_rgb(text: str) -> tuple[float, float, float]:
+    """'r, g, b' in 0..1 -> (r, g, b); a clear error for anything else."""
+    try:
+        rgb = tuple(float(v) for v in str(text).replace(";", ",").split(","))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0.0 <= c <= 1.0 for c in rgb):
+        raise ConfigError(f"background {text!r} is not 'r, g, b' with values in 0..1 (white is '1, 1, 1')")
+    return rgb
+
+
+class EditMetrics(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        clips, dinos = _choices(FOLDER_CLIP), _choices(FOLDER_DINO)
+        return io.Schema(
+            node_id="DreamEdit3D_EditMetrics",
+            display_name="Edit Metrics (DreamEdit3D)",
+            category=CATEGORY,
+            description="Scores an edit view by view against the source renders (same cameras): CLIP directional "
+                        "similarity and CLIPScore (need a full CLIP ViT-L/14 with its text tower), CLIP-I, and DINO "
+                        "ViT-S/16 identity, optionally only on the components the edit must not touch.",
+            inputs=[
+                io.Image.Input("source_images", tooltip="The source renders [4,H,W,3] (DreamEdit3D_OrthoRender)."),
+                io.Image.Input("edited_images", tooltip="The edited views [4,H,W,3], rendered/sampled with the same cameras."),
+                io.String.Input("source_caption", default="a 3D model of a robot",
+                                tooltip="A caption of the source object (for CLIP directional similarity)."),
+                io.String.Input("edit_caption", default="a 3D model of a robot wearing a hat",
+                                tooltip="A caption of the intended result (CLIP directional similarity and CLIPScore)."),
+                io.Combo.Input("clip_model", options=clips, default=clips[min(1, len(clips) - 1)],
+                               tooltip="CLIP from models/clip_vision. The text scores need the full CLIPModel: the "
+                                       "openai/clip-vit-large-patch14 folder (config.json, model.safetensors, vocab.json, "
+                                       "merges.txt) or its full model.safetensors; an image-only clip_vision file gives "
+                                       "CLIP-I only."),
+                io.Combo.Input("dino_model", options=dinos, default=dinos[min(1, len(dinos) - 1)],
+                               tooltip="DINO ViT-S/16 from models/dino: the facebook/dino-vits16 transformers folder "
+                                       "(config.json + model.safetensors); pick any file inside it."),
+                io.Mask.Input("protected_mask", optional=True,
+                              tooltip="Pixels of the components the edit must not touch [4,H,W] (1 = protected): adds "
+                                      "DINO identity on those pixels only (the rest is set to the background in both)."),
+                MVViewsSocket.Input("views", optional=True,
+                                    tooltip="Instead of protected_mask: the views with component masks "
+                                            "(DreamEdit3D_ComponentMask); every component not listed in "
+                                            "edited_components is protected."),
+                io.String.Input("edited_components", default="", optional=True,
+                                tooltip="With 'views': the components the edit changes, e.g. 'hat' or 'hat, scarf'."),
+                io.String.Input("background", default="1, 1, 1", optional=True,
+                                tooltip="Background colour 'r, g, b' in 0..1 that replaces unprotected pixels."),
+            ],
+            outputs=[
+                io.String.Output(display_name="metrics_json", tooltip="Per-view and mean scores, with definitions."),
+                io.Image.Output(display_name="chart", tooltip="Bar chart of the scores (one panel per metric)."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, clip_model=None, dino_model=None, **kw):
+        if clip_model == NONE and dino_model == NONE:
+            return "choose a CLIP model (models/clip_vision) and/or a DINO model (models/dino)"
+        return True
+
+    @classmethod
+    def execute(cls, source_images, edited_images, source_caption, edit_caption, clip_model, dino_model,
+                protected_mask=None, views=None, edited_components="", background="1, 1, 1") -> io.NodeOutput:
+        from ..dreamedit3d_core import metrics
+
+        source, edited = from_comfy_image(source_images), from_comfy_image(edited_images)
+        mask = None
+        if protected_mask is not None and views is not None:
+            raise ConfigError("connect either protected_mask or views + edited_components, not both")
+        if views is not None:
+            mask = metrics.protected_mask(views.require_masks("DreamEdit3D_EditMetrics"), edited_components)
+        elif protected_mask is not None:
+            mask = protected_mask if protected_mask.ndim == 3 else protected_mask[None]
+        device = compute_device()
+        clip = None if clip_model == NONE else metrics.load_metric_clip(model_path(FOLDER_CLIP, clip_model), device)
+        dino = None if dino_model == NONE else metrics.load_metric_dino(model_path(FOLDER_DINO, dino_model), device)
+        table = metrics.evaluate_edit(source, edited, source_caption, edit_caption, clip=clip, dino=dino, mask=mask,
+                                      background=parse_rgb(background))
+        text = metrics.metrics_to_json(table)
+        chart = to_comfy_image(metrics.render_metrics_chart(table)[None])
+        return io.NodeOutput(text, chart, ui=ui.PreviewImage(chart, cls=cls))
