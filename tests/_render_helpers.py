@@ -61,7 +61,7 @@ def to_camera(vertices: torch.Tensor, cameras) -> torch.Tensor:
 
 
 def lumpy_scene(seed: int = 0):
-    """A lumpy closed mesh (a perturbed icosphere) plus a box poking out of it: many depth overlaps, 2 parts.
+    """A lumpy closed mesh (a perturbed icosphere) plus a box sitting on top of it: many depth overlaps, 2 parts.
 
     Returns (vertices float64 [N, 3], faces int64 [M, 3], part per face int64 [M]).
     """
@@ -70,8 +70,8 @@ def lumpy_scene(seed: int = 0):
     rng = np.random.default_rng(seed)
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.35)
     v = sphere.vertices * (1 + 0.15 * rng.standard_normal((len(sphere.vertices), 1)))
-    box = trimesh.creation.box((0.5, 0.15, 0.2))
-    bv = box.vertices + np.array([0.2, 0.25, 0.1])
+    box = trimesh.creation.box((0.3, 0.25, 0.3))  # a "hat" on top: seen from every MVDream view
+    bv = box.vertices + np.array([0.05, 0.4, 0.0])
     verts = np.concatenate([v, bv])
     faces = np.concatenate([sphere.faces, box.faces + len(v)])
     parts = np.concatenate([np.zeros(len(sphere.faces), np.int64), np.ones(len(box.faces), np.int64)])
