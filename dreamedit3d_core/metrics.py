@@ -622,6 +622,44 @@ def evaluate_edit(source_images: torch.Tensor, edited_images: torch.Tensor, sour
     }
 
 
+def evaluate_edits(source_images: torch.Tensor, edited_images: torch.Tensor, source_caption: str,
+                   edit_captions: Sequence[str], clip: Optional[ClipMetricModel] = None,
+                   dino: Optional[DinoMetricModel] = None, mask: ImageMask = None, background=(1.0, 1.0, 1.0)) -> dict:
+    """Several edits of one source (one personalisation, many edit prompts), each scored like :func:`evaluate_edit`.
+
+    Args:
+        source_images: float [V, 3, H, W] in 0..1.
+        edited_images: float [N*V, 3, H, W] in 0..1, edit-major (index ``n * V + v``), as MVSample batches them.
+        edit_captions: N captions, one per edit, in the same order.
+
+    Returns:
+        {"views": [...], "edits": [N tables of :func:`evaluate_edit`], "summary": a table in the chart's format whose
+        "views" are the edits and whose values are each edit's mean over views}.
+    """
+    _check_images("source_images", source_images)
+    _check_images("edited_images", edited_images)
+    v = source_images.shape[0]
+    if edited_images.shape[0] % v:
+        raise ShapeError(f"edited_images has {edited_images.shape[0]} views, not a multiple of the source's {v}: "
+                         "give every edit the same views as the source")
+    n = edited_images.shape[0] // v
+    captions = [c for c in edit_captions if isinstance(c, str) and c.strip()]
+    if clip is not None and clip.has_text and len(captions) != n:
+        raise ConfigError(f"edited_images holds {n} edit(s) ({n}x{v} views) but {len(captions)} edit caption(s) were "
+                          "given: write one caption per edit, one per line")
+    captions = (captions + [""] * n)[:n]  # without a text tower the captions are only recorded
+    edits = [evaluate_edit(source_images, edited_images[i * v:(i + 1) * v], source_caption, captions[i], clip, dino,
+                           mask, background) for i in range(n)]
+    labels = [f"edit {i + 1}" for i in range(n)]
+    summary = {"views": labels, "metrics": {}}
+    for key in edits[0]["metrics"]:
+        means = [e["metrics"][key]["mean"] for e in edits]
+        valid = [m for m in means if m is not None]
+        summary["metrics"][key] = {"label": METRIC_INFO[key][0], "definition": METRIC_INFO[key][3] + ", mean over views",
+                                   "per_view": means, "mean": round(sum(valid) / len(valid), 6) if valid else None}
+    return {"views": edits[0]["views"], "edits": edits, "summary": summary}
+
+
 def metrics_to_json(table: dict) -> str:
     """The table as indented JSON (NaN already written as null)."""
     return json.dumps(table, indent=2, allow_nan=False)

@@ -44,11 +44,14 @@ class EditMetrics(io.ComfyNode):
                         "ViT-S/16 identity, optionally only on the components the edit must not touch.",
             inputs=[
                 io.Image.Input("source_images", tooltip="The source renders [4,H,W,3] (DreamEdit3D_OrthoRender)."),
-                io.Image.Input("edited_images", tooltip="The edited views [4,H,W,3], rendered/sampled with the same cameras."),
+                io.Image.Input("edited_images",
+                               tooltip="The edited views [4,H,W,3] with the same cameras; several edits of the same "
+                                       "source as one batch [N*4,H,W,3] (edit-major) give one table per edit."),
                 io.String.Input("source_caption", default="a 3D model of a robot",
                                 tooltip="A caption of the source object (for CLIP directional similarity)."),
-                io.String.Input("edit_caption", default="a 3D model of a robot wearing a hat",
-                                tooltip="A caption of the intended result (CLIP directional similarity and CLIPScore)."),
+                io.String.Input("edit_caption", default="a 3D model of a robot wearing a hat", multiline=True,
+                                tooltip="A caption of the intended result (CLIP directional similarity and CLIPScore); "
+                                        "for a batch of N edits, one caption per line."),
                 io.Combo.Input("clip_model", options=clips, default=clips[min(1, len(clips) - 1)],
                                tooltip="CLIP from models/clip_vision. The text scores need the full CLIPModel: the "
                                        "openai/clip-vit-large-patch14 folder (config.json, model.safetensors, vocab.json, "
@@ -70,8 +73,11 @@ class EditMetrics(io.ComfyNode):
                                 tooltip="Background colour 'r, g, b' in 0..1 that replaces unprotected pixels."),
             ],
             outputs=[
-                io.String.Output(display_name="metrics_json", tooltip="Per-view and mean scores, with definitions."),
-                io.Image.Output(display_name="chart", tooltip="Bar chart of the scores (one panel per metric)."),
+                io.String.Output(display_name="metrics_json",
+                                 tooltip="Per-view and mean scores with their definitions (for a batch: one table per "
+                                         "edit under 'edits', and each edit's means under 'summary')."),
+                io.Image.Output(display_name="chart",
+                                tooltip="Bar chart, one panel per metric: bars per view (for a batch: per edit)."),
             ],
         )
 
@@ -87,7 +93,7 @@ class EditMetrics(io.ComfyNode):
         from ..dreamedit3d_core import metrics
 
         source, edited = from_comfy_image(source_images), from_comfy_image(edited_images)
-        mask = None
+        rgb, mask = parse_rgb(background), None
         if protected_mask is not None and views is not None:
             raise ConfigError("connect either protected_mask or views + edited_components, not both")
         if views is not None:
@@ -97,8 +103,12 @@ class EditMetrics(io.ComfyNode):
         device = compute_device()
         clip = None if clip_model == NONE else metrics.load_metric_clip(model_path(FOLDER_CLIP, clip_model), device)
         dino = None if dino_model == NONE else metrics.load_metric_dino(model_path(FOLDER_DINO, dino_model), device)
-        table = metrics.evaluate_edit(source, edited, source_caption, edit_caption, clip=clip, dino=dino, mask=mask,
-                                      background=parse_rgb(background))
+        options = dict(clip=clip, dino=dino, mask=mask, background=rgb)
+        if edited.shape[0] == source.shape[0]:
+            table = plotted = metrics.evaluate_edit(source, edited, source_caption, edit_caption.strip(), **options)
+        else:  # several edits of one source (edit-major batch): one caption per line
+            table = metrics.evaluate_edits(source, edited, source_caption, edit_caption.splitlines(), **options)
+            plotted = table["summary"]
         text = metrics.metrics_to_json(table)
-        chart = to_comfy_image(metrics.render_metrics_chart(table)[None])
+        chart = to_comfy_image(metrics.render_metrics_chart(plotted)[None])
         return io.NodeOutput(text, chart, ui=ui.PreviewImage(chart, cls=cls))

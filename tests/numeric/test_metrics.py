@@ -313,6 +313,25 @@ def test_chart_bar_heights_follow_the_values():
     assert full > 100 and abs(half / full - 0.5) < 0.03
 
 
+def test_a_batch_of_edits_is_scored_edit_by_edit(clip, dino, views):
+    """edited [N*V] edit-major: edit n's table equals evaluate_edit on views n*V .. n*V+V-1; summary holds the means."""
+    src, edit = views
+    other = random_views(12)
+    captions = [EDIT_CAPTION, "a 3D render of a golden dog"]
+    batch = M.evaluate_edits(src, torch.cat([edit, other]), SRC_CAPTION, captions, clip=clip, dino=dino)
+    assert len(batch["edits"]) == 2 and batch["summary"]["views"] == ["edit 1", "edit 2"]
+    for table, images, caption in zip(batch["edits"], (edit, other), captions):
+        alone = M.evaluate_edit(src, images, SRC_CAPTION, caption, clip=clip, dino=dino)
+        assert table == alone
+    for key, entry in batch["summary"]["metrics"].items():
+        assert entry["per_view"] == [t["metrics"][key]["mean"] for t in batch["edits"]]
+    M.render_metrics_chart(batch["summary"])
+    with pytest.raises(M.ConfigError, match="holds 2 edit\\(s\\) .* but 1 edit caption"):
+        M.evaluate_edits(src, torch.cat([edit, other]), SRC_CAPTION, [EDIT_CAPTION], clip=clip)
+    with pytest.raises(M.ShapeError, match="not a multiple of the source's 4"):
+        M.evaluate_edits(src, torch.cat([edit, other[:2]]), SRC_CAPTION, captions, clip=clip)
+
+
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("make, match", [

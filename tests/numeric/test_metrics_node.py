@@ -131,6 +131,19 @@ def test_views_with_component_masks_give_the_same_protected_score_as_the_mask(no
         run(node, views=views, edited_components="hat", protected_mask=parts[0].float(), **common)
 
 
+def test_a_batch_of_edits_gives_one_table_per_edit(node, models):
+    src = random_views(45, height=36, width=36)
+    edits = [random_views(46, height=36, width=36), random_views(47, height=36, width=36)]
+    table, chart = run(node, source_images=bhwc(src), edited_images=bhwc(torch.cat(edits)), source_caption=SRC,
+                       edit_caption=f"{EDIT}\na 3D render of a golden dog\n", clip_model="clip-tiny/model.safetensors",
+                       dino_model="(none)")
+    clip = M.load_metric_clip(models / "clip_vision" / "clip-tiny")
+    assert [e["captions"]["edit"] for e in table["edits"]] == [EDIT, "a 3D render of a golden dog"]
+    second = M.clip_directional_similarity(src, edits[1], SRC, "a 3D render of a golden dog", clip)
+    assert table["edits"][1]["metrics"]["clip_directional"]["per_view"] == pytest.approx(second.per_view, abs=1e-5)
+    assert table["summary"]["views"] == ["edit 1", "edit 2"] and chart.shape[0] == 1
+
+
 def test_bad_node_inputs_are_refused(node):
     errors = importlib.import_module(f"{PACK}.dreamedit3d_core.errors")  # the pack's own copy of the classes
     src = bhwc(random_views(44, height=36, width=36))
