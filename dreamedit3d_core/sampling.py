@@ -135,7 +135,7 @@ def sample_views(
     noise: Optional[torch.Tensor] = None,
     resolution: int = 256,
 ) -> MultiViewSamples:
-    """Sample the views of every object in ``conditioning`` jointly.
+    """Sample the views of every object in ``conditioning`` jointly and decode them.
 
     Args:
         model: ``MVDreamModel`` (``predict_noise``, ``alphas_cumprod``, ``decode_latents``, ``num_views``, ``device``).
@@ -155,6 +155,32 @@ def sample_views(
 
     Returns:
         ``MultiViewSamples`` with latents [B·V, 4, h, w] and images float32 [B·V, 3, 8h, 8w] in 0..1.
+    """
+    latents, schedule, seed = sample_latents(model, conditioning, method, steps, cfg, seed, generator, init_latents,
+                                             denoise, progress, sigma_schedule, noise, resolution)
+    images = decode_views(model, latents, conditioning.num_views)
+    return MultiViewSamples(latents=latents, images=images, seed=int(seed), sigmas=schedule)
+
+
+def sample_latents(
+    model: Any,
+    conditioning: MVConditioning,
+    method: str = "ddim",
+    steps: int = 50,
+    cfg: float = 7.5,
+    seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    init_latents: Optional[torch.Tensor] = None,
+    denoise: float = 1.0,
+    progress: Optional[Progress] = None,
+    sigma_schedule: str = "karras",
+    noise: Optional[torch.Tensor] = None,
+    resolution: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """:func:`sample_views` without the VAE: returns ``(latents [B·V, 4, h, w], schedule, seed)``.
+
+    ``schedule`` is the DDIM timesteps (float [S]) or the Euler sigmas (float [S + 1]); ``seed`` is -1 when
+    ``noise`` was given without a seed.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown sampling method {method!r}; choose one of {list(METHODS)}")
@@ -189,8 +215,7 @@ def sample_views(
         sigmas = make_sigmas(sigma_schedule, total_steps, denoiser.sigma_table)[-(steps + 1):].to(device)
         latents = _run_euler(denoiser, noise, init, sigmas, progress, report)
         schedule = sigmas.cpu()
-    images = decode_views(model, latents, conditioning.num_views)
-    return MultiViewSamples(latents=latents, images=images, seed=int(seed), sigmas=schedule)
+    return latents, schedule, int(seed)
 
 
 def decode_views(model: Any, latents: torch.Tensor, num_views: int) -> torch.Tensor:
@@ -230,13 +255,14 @@ def _run_ddim(denoiser: MVDenoiser, noise, init, steps: int, total_steps: int, p
     sigma_table = denoiser.sigma_table.to(torch.float32)
     for i, t in enumerate(timesteps):
         progress.check_interrupt()
-        sigma = sigma_table[int(t)].to(noise.device)
+        sigma_cpu = sigma_table[int(t)]
+        sigma = sigma_cpu.to(noise.device)
         x = z * (1.0 / ac[int(t)]).sqrt()  # DDPM latent -> sigma space
         with torch.no_grad():
             denoised = denoiser(x, sigma)
         eps = (x - denoised) / sigma  # the CFG'd eps, as MVDream's sampler uses it
         z = scheduler.step(eps, int(t), z, eta=0.0).prev_sample
-        report(StepInfo(i, steps, float(sigma), x, denoised))
+        report(StepInfo(i, steps, float(sigma_cpu), x, denoised))
     return z, timesteps.to(torch.float32)
 
 
@@ -252,7 +278,9 @@ def _run_euler(denoiser: MVDenoiser, noise, init, sigmas: torch.Tensor, progress
         progress.check_interrupt()
         return denoiser(x_, sigma_, **kw)
 
+    sigmas_cpu = sigmas.cpu()  # report without a device sync per step
+
     def on_step(d: dict) -> None:
-        report(StepInfo(int(d["i"]), total, float(d["sigma"]), d["x"], d["denoised"]))
+        report(StepInfo(int(d["i"]), total, float(sigmas_cpu[d["i"]]), d["x"], d["denoised"]))
 
     return sample_euler(model_with_interrupt, x, sigmas, callback=on_step)

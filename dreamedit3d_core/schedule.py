@@ -213,6 +213,7 @@ class MVDenoiser:
         self.post_cfg_hooks = tuple(post_cfg_hooks)
         self.quantize_timesteps = quantize_timesteps
         self.sigma_table = sigmas_from_alphas_cumprod(torch.as_tensor(model.alphas_cumprod).detach().cpu())
+        self._tables = {}  # sigma table per device: no host-to-device copy (and no sync) per step
 
     @property
     def num_views(self) -> int:
@@ -228,7 +229,10 @@ class MVDenoiser:
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """Training timestep (float64) for ``sigma``, interpolated or quantized per ``quantize_timesteps``."""
-        return sigma_to_t(sigma, self.sigma_table, quantize=self.quantize_timesteps)
+        table = self._tables.get(sigma.device)
+        if table is None:
+            table = self._tables[sigma.device] = self.sigma_table.to(sigma.device)
+        return sigma_to_t(sigma, table, quantize=self.quantize_timesteps)
 
     def predict_eps(self, x_in: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, cameras: torch.Tensor):
         """One UNet call: eps for already-scaled inputs ``x_in`` [N, 4, h, w] at per-row ``sigma`` [N]."""
