@@ -41,8 +41,8 @@ class LiftToMesh(io.ComfyNode):
                 io.Mask.Input("alpha", optional=True, tooltip="Silhouettes [4,H,W]; by default the background is keyed out."),
             ],
             outputs=[
-                io.Mesh.Output(display_name="mesh", tooltip="ComfyUI's core MESH (for SaveGLB / Preview3D)."),
-                io.String.Output(display_name="glb_path",
+                io.Mesh.Output("out_mesh", display_name="mesh", tooltip="ComfyUI's core MESH (for SaveGLB / Preview3D)."),
+                io.String.Output("out_glb_path", display_name="glb_path",
                                  tooltip="Our textured GLB, relative to the output folder (for Preview3D)."),
             ],
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],

@@ -37,7 +37,7 @@ class MVDreamLoader(io.ComfyNode):
                 io.Combo.Input("dtype", options=list(DTYPES), default="auto",
                                tooltip="Weights dtype; auto = float16 on CUDA, float32 on CPU."),
             ],
-            outputs=[MVDreamModelSocket.Output(display_name="model", tooltip="The MVDream model.")],
+            outputs=[MVDreamModelSocket.Output("out_model", display_name="model", tooltip="The MVDream model.")],
         )
 
     @classmethod
@@ -74,7 +74,7 @@ class SaveMVDream(io.ComfyNode):
                 io.String.Input("filename", default="dreamedit3d-finetuned",
                                 tooltip="File name in models/mvdream (without extension); a counter is added if taken."),
             ],
-            outputs=[io.String.Output(display_name="ckpt_name", tooltip="The saved file's name in models/mvdream.")],
+            outputs=[io.String.Output("out_ckpt_name", display_name="ckpt_name", tooltip="The saved file's name in models/mvdream.")],
         )
 
     @classmethod

@@ -52,11 +52,11 @@ class ComponentMask(io.ComfyNode):
                                 tooltip="SAM points on the prompt view in pixels: 'x,y; x,y' (source 'sam' only)."),
             ],
             outputs=[
-                io.Mask.Output(display_name="mask", tooltip="Union of all components per view [4,H,W]."),
-                io.Mask.Output(display_name="component_masks",
+                io.Mask.Output("out_mask", display_name="mask", tooltip="Union of all components per view [4,H,W]."),
+                io.Mask.Output("out_component_masks", display_name="component_masks",
                                tooltip="Every component's masks [K*4,H,W], component-major (k*4 + view)."),
-                io.Image.Output(display_name="component_map", tooltip="Components in colour [4,H,W,3]."),
-                MVViewsSocket.Output(display_name="views", tooltip="The views with the component masks attached."),
+                io.Image.Output("out_component_map", display_name="component_map", tooltip="Components in colour [4,H,W,3]."),
+                MVViewsSocket.Output("out_views", display_name="views", tooltip="The views with the component masks attached."),
             ],
         )
 

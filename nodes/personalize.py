@@ -109,8 +109,8 @@ class MultiViewTextualInversion(io.ComfyNode):
                 *_common_inputs(400, 5e-4),
             ],
             outputs=[
-                MVDreamModelSocket.Output(display_name="model", tooltip="The model with the learned tokens added."),
-                MVTokensSocket.Output(display_name="tokens", tooltip="The learned tokens."),
+                MVDreamModelSocket.Output("out_model", display_name="model", tooltip="The model with the learned tokens added."),
+                MVTokensSocket.Output("out_tokens", display_name="tokens", tooltip="The learned tokens."),
             ],
             hidden=[io.Hidden.unique_id],
             not_idempotent=False,
@@ -160,8 +160,8 @@ class MVFineTune(io.ComfyNode):
                                tooltip="Autocast dtype on GPU with fp32 master weights."),
             ],
             outputs=[
-                MVDreamModelSocket.Output(display_name="model", tooltip="The fine-tuned model."),
-                MVTokensSocket.Output(display_name="tokens", tooltip="The tokens after phase 2."),
+                MVDreamModelSocket.Output("out_model", display_name="model", tooltip="The fine-tuned model."),
+                MVTokensSocket.Output("out_tokens", display_name="tokens", tooltip="The tokens after phase 2."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -218,7 +218,7 @@ class SaveTokens(io.ComfyNode):
                                 tooltip="File name (models/mvdream_tokens/<name>.safetensors) and embedding prefix "
                                         "(embeddings/<name>_<token>.safetensors)."),
             ],
-            outputs=[io.String.Output(display_name="tokens_name", tooltip="The token file's name in models/mvdream_tokens.")],
+            outputs=[io.String.Output("out_tokens_name", display_name="tokens_name", tooltip="The token file's name in models/mvdream_tokens.")],
         )
 
     @classmethod
@@ -249,7 +249,7 @@ class LoadTokens(io.ComfyNode):
             description="Loads learned tokens saved by SaveTokens from models/mvdream_tokens.",
             inputs=[io.Combo.Input("tokens_name", options=files, default=files[0] if files else None,
                                    tooltip="Token file in models/mvdream_tokens.")],
-            outputs=[MVTokensSocket.Output(display_name="tokens", tooltip="The tokens.")],
+            outputs=[MVTokensSocket.Output("out_tokens", display_name="tokens", tooltip="The tokens.")],
         )
 
     @classmethod

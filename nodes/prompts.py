@@ -34,7 +34,7 @@ class ComposePrompt(io.ComfyNode):
                 MVViewsSocket.Input("views", optional=True,
                                     tooltip="Use these views' camera orientations (e.g. a non-default elevation)."),
             ],
-            outputs=[MVConditioningSocket.Output(display_name="conditioning",
+            outputs=[MVConditioningSocket.Output("out_conditioning", display_name="conditioning",
                                                  tooltip="Positive and negative text for every view, with cameras.")],
         )
 

@@ -45,11 +45,11 @@ class OrthoRender(io.ComfyNode):
                                                               "(no parts: use SAM masks)."),
             ],
             outputs=[
-                io.Image.Output(display_name="images", tooltip="The four views [4,H,W,3] (front, right, back, left)."),
-                io.Mask.Output(display_name="alpha", tooltip="Coverage of the object [4,H,W]."),
-                io.Image.Output(display_name="normals", tooltip="World-space normals mapped to 0..1 [4,H,W,3]."),
-                io.Image.Output(display_name="depth", tooltip="Depth normalised to 0..1 per view (near = bright) [4,H,W,3]."),
-                MVViewsSocket.Output(display_name="views", tooltip="The views, cameras, part ids and the asset."),
+                io.Image.Output("out_images", display_name="images", tooltip="The four views [4,H,W,3] (front, right, back, left)."),
+                io.Mask.Output("out_alpha", display_name="alpha", tooltip="Coverage of the object [4,H,W]."),
+                io.Image.Output("out_normals", display_name="normals", tooltip="World-space normals mapped to 0..1 [4,H,W,3]."),
+                io.Image.Output("out_depth", display_name="depth", tooltip="Depth normalised to 0..1 per view (near = bright) [4,H,W,3]."),
+                MVViewsSocket.Output("out_views", display_name="views", tooltip="The views, cameras, part ids and the asset."),
             ],
             hidden=[io.Hidden.unique_id],
         )

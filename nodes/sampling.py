@@ -38,7 +38,7 @@ class MVScheduler(io.ComfyNode):
                                tooltip="Fraction of the schedule to run (below 1 edits an init latent)."),
                 MVDreamModelSocket.Input("model", optional=True, tooltip="Use this checkpoint's alphas_cumprod."),
             ],
-            outputs=[io.Sigmas.Output(display_name="sigmas", tooltip="Descending sigmas, steps+1 long, ending at 0.")],
+            outputs=[io.Sigmas.Output("out_sigmas", display_name="sigmas", tooltip="Descending sigmas, steps+1 long, ending at 0.")],
         )
 
     @classmethod
@@ -83,8 +83,8 @@ class MVSample(io.ComfyNode):
                                 tooltip="Init latent [4,4,h,w] for partial edits (start the SIGMAS below the top)."),
             ],
             outputs=[
-                io.Latent.Output(display_name="latent", tooltip="The sampled latents [4,4,H/8,W/8]."),
-                io.Image.Output(display_name="images", tooltip="The decoded views [4,H,W,3] (front, right, back, left)."),
+                io.Latent.Output("out_latent", display_name="latent", tooltip="The sampled latents [4,4,H/8,W/8]."),
+                io.Image.Output("out_images", display_name="images", tooltip="The decoded views [4,H,W,3] (front, right, back, left)."),
             ],
             hidden=[io.Hidden.unique_id],
         )

@@ -1,0 +1,218 @@
+"""Node adapters against the real comfy_api of the host tree, in-process (no server).
+
+Checks the parts of nodes/ that are ours: safe input paths, the eps model-sampling given to core samplers, the
+converters between core tensors and ComfyUI's layouts, progress/interrupt plumbing, the core MESH and SaveGLB, and the
+registration list. End-to-end runs are in tests/host.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from _comfy_pack import comfy_root, import_comfy_tree, import_pack, node, point_folders_at
+from conftest import skip_or_fail
+
+pytestmark = pytest.mark.nodes
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    root = comfy_root()
+    if root is None:
+        skip_or_fail("no ComfyUI tree: run tools/setup_env.sh or set COMFYUI_PATH")
+    import_comfy_tree(root)
+    base = tmp_path_factory.mktemp("comfy_base")
+    point_folders_at(base)
+    module = import_pack()
+    module.base = base
+    return module
+
+
+def test_registration_lists_every_stage_node_with_v3_classes(pack):
+    from comfy_api.latest import io
+
+    expected = {"DreamEdit3D_MVDreamLoader", "DreamEdit3D_OrthoRender", "DreamEdit3D_ComponentMask",
+                "DreamEdit3D_MultiViewTextualInversion", "DreamEdit3D_MVFineTune", "DreamEdit3D_ComposePrompt",
+                "DreamEdit3D_MVScheduler", "DreamEdit3D_MVSample", "DreamEdit3D_LiftToMesh"}
+    assert expected <= set(pack.NODE_CLASS_MAPPINGS)
+    for cls in pack.NODE_LIST:
+        node_id = cls.define_schema().node_id
+        assert issubclass(cls, io.ComfyNode)
+        schema = cls.define_schema()
+        schema.validate()
+        assert schema.node_id == node_id and schema.category.startswith("DreamEdit3D/")
+    assert pack.WEB_DIRECTORY == "web"
+
+
+# ------------------------------------------------------------------------------------------------ input files
+def test_input_files_are_listed_with_subfolders_and_symlinks_out_are_skipped(pack, tmp_path):
+    from dreamedit3d_pack.nodes import _compat
+
+    inp = _compat.input_folder()
+    (inp / "sub" / "deeper").mkdir(parents=True, exist_ok=True)
+    (inp / "a.glb").write_bytes(b"x")
+    (inp / "sub" / "deeper" / "b.obj").write_text("v 0 0 0\n")
+    (inp / "notes.txt").write_text("no")
+    outside = tmp_path / "secret.glb"
+    outside.write_bytes(b"secret")
+    os.symlink(outside, inp / "link_out.glb")
+    files = _compat.list_input_files((".glb", ".obj"))
+    assert "a.glb" in files and "sub/deeper/b.obj" in files
+    assert "link_out.glb" not in files and "notes.txt" not in files
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("../secret.glb", "outside the input folder"),
+    ("sub/../../secret.glb", "outside the input folder"),
+    ("/etc/passwd.glb", "outside the input folder"),
+    ("C:/x.glb", "outside the input folder"),
+    ("link_out.glb", "resolves outside the input folder"),
+    ("missing.glb", "not found in the input folder"),
+    ("a.txt", "unsupported extension"),
+    ("", "no asset chosen"),
+])
+def test_unsafe_or_missing_input_paths_are_refused_with_a_clear_message(pack, name, fragment):
+    from dreamedit3d_core.errors import AssetError as PlainAssetError
+    from dreamedit3d_pack.nodes import _compat
+
+    with pytest.raises(ValueError, match=fragment) as info:
+        _compat.resolve_input_file(name, (".glb", ".obj"))
+    assert type(info.value).__name__ == PlainAssetError.__name__
+
+
+def test_input_path_inside_a_subfolder_resolves_to_that_file(pack):
+    from dreamedit3d_pack.nodes import _compat
+
+    got = _compat.resolve_input_file("sub/deeper/b.obj", (".obj",))
+    assert got == (_compat.input_folder() / "sub" / "deeper" / "b.obj").resolve()
+    assert _compat.resolve_input_file("a.glb [input]", (".glb",)).name == "a.glb"
+
+
+def test_ortho_render_validation_rejects_escaping_assets_before_running(pack):
+    cls = pack.NODE_CLASS_MAPPINGS["DreamEdit3D_OrthoRender"]
+    assert "outside the input folder" in cls.validate_inputs(asset="../x.glb", lighting="unlit")
+    assert cls.validate_inputs(asset="a.glb", lighting="unlit") is True
+    assert "not one of" in cls.validate_inputs(asset="a.glb", lighting="neon")
+    # a connected mesh replaces the file: the combo value is not checked then
+    assert cls.validate_inputs(input_types={"mesh": "MESH"}, asset="../x.glb") is True
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+def test_model_sampling_matches_comfyui_sd_schedule_for_the_sd21_alphas(pack):
+    import comfy.model_sampling as ms
+    from dreamedit3d_core.schedule import sd21_alphas_cumprod
+    from dreamedit3d_pack.nodes import _compat
+
+    ours = _compat.make_model_sampling(sd21_alphas_cumprod())
+    reference = type("Ref", (ms.ModelSamplingDiscrete, ms.EPS), {})()  # ComfyUI's own SD1/SD2 linear schedule
+    torch.testing.assert_close(ours.sigmas, reference.sigmas, rtol=1e-5, atol=1e-6)
+    assert isinstance(ours, ms.EPS) and float(ours.sigma_max) == pytest.approx(14.6146, rel=1e-4)
+    with pytest.raises(ValueError, match="not a valid diffusion schedule"):
+        _compat.make_model_sampling(torch.zeros(1000))
+
+
+def test_mv_scheduler_gives_the_core_scheduler_sigmas_without_a_model(pack):
+    import comfy.model_sampling as ms
+    import comfy.samplers
+
+    sched = node(pack.NODE_CLASS_MAPPINGS["DreamEdit3D_MVScheduler"])
+    reference = type("Ref", (ms.ModelSamplingDiscrete, ms.EPS), {})()
+    for name in ("karras", "normal", "simple"):
+        (sigmas,) = sched.execute(scheduler=name, steps=7).result
+        expected = comfy.samplers.calculate_sigmas(reference, name, 7)
+        torch.testing.assert_close(sigmas, expected, rtol=1e-5, atol=1e-6)
+    (half,) = sched.execute(scheduler="karras", steps=5, denoise=0.5).result
+    full = comfy.samplers.calculate_sigmas(reference, "karras", 10)
+    torch.testing.assert_close(half, full[-6:], rtol=1e-5, atol=1e-6)
+    assert "not one of" in pack.NODE_CLASS_MAPPINGS["DreamEdit3D_MVScheduler"].validate_inputs(scheduler="nope")
+
+
+# ------------------------------------------------------------------------------------------------ converters
+def test_image_and_mask_converters_move_channels_last_without_reordering_pixels(pack):
+    from dreamedit3d_pack.nodes import sockets
+
+    rgb = torch.rand(4, 3, 5, 7)
+    img = sockets.to_comfy_image(rgb)
+    assert img.shape == (4, 5, 7, 3) and img.dtype == torch.float32
+    assert img[2, 3, 6, 1] == rgb[2, 1, 3, 6]
+    torch.testing.assert_close(sockets.from_comfy_image(img, expect=4), rgb)
+    with pytest.raises(ValueError, match="expected a batch of 4 views"):
+        sockets.from_comfy_image(img[:3], expect=4)
+    mask = sockets.to_comfy_mask(torch.rand(4, 1, 5, 7) > 0.5)
+    assert mask.shape == (4, 5, 7) and set(mask.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_component_masks_are_stacked_component_major_and_coloured_by_component(pack):
+    from dreamedit3d_pack.dreamedit3d_core.types import ComponentMasks
+    from dreamedit3d_pack.nodes import sockets
+
+    m = torch.zeros(2, 4, 6, 6, dtype=torch.bool)
+    m[0, :, :2] = True  # component 0: top rows
+    m[1, 1, 3:] = True  # component 1: bottom rows of view 1 only
+    masks = ComponentMasks(masks=m, names=("hat", "dog"))
+    union, stacked = sockets.component_masks_to_comfy(masks)
+    assert stacked.shape == (8, 6, 6) and torch.equal(stacked[4 + 1].bool(), m[1, 1])
+    assert torch.equal(union.bool(), m.any(0))
+    cmap = sockets.component_map_image(masks)
+    assert cmap.shape == (4, 6, 6, 3)
+    assert not torch.equal(cmap[1, 0, 0], cmap[1, 5, 0]) and torch.equal(cmap[0, 5, 0], torch.ones(3))
+
+
+# ------------------------------------------------------------------------------------------------ progress
+def test_progress_reports_to_comfyui_hook_with_a_grid_preview_and_interrupts(pack):
+    import comfy.model_management as mm
+    import comfy.utils
+    from dreamedit3d_pack.nodes import _compat
+
+    calls = []
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append(
+        (value, total, preview, node_id)))
+    try:
+        progress = _compat.ComfyProgress(10, node_id="7")
+        progress.update(3, 10, preview=torch.rand(4, 3, 8, 8), loss=0.5)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+    value, total, preview, node_id = calls[0]
+    assert (value, total, node_id) == (3, 10, "7") and progress.last_info == {"loss": 0.5}
+    kind, image, _size = preview
+    assert kind == "JPEG" and image.size == (16, 16)  # 2x2 grid of the four views
+    progress.check_interrupt()  # nothing requested: no exception
+    mm.interrupt_current_processing(True)
+    with pytest.raises(mm.InterruptProcessingException):
+        progress.check_interrupt()
+
+
+# ------------------------------------------------------------------------------------------------ 3D
+def test_core_mesh_is_the_hosts_class_and_core_saveglb_writes_it(pack):
+    import trimesh
+    from comfy_api.latest import Types
+    from comfy_extras.nodes_hunyuan3d import SaveGLB
+    from dreamedit3d_pack.nodes import _compat
+
+    verts = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float32)
+    faces = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    mesh = _compat.core_mesh(verts, faces, uvs=torch.zeros(4, 2), texture=torch.zeros(8, 8, 3))
+    assert isinstance(mesh, Types.MESH) and mesh.vertices.shape == (1, 4, 3)
+    v, f = _compat.mesh_from_core(mesh)
+    assert torch.equal(v, verts) and torch.equal(f, faces)
+    out = SaveGLB.PREPARE_CLASS_CLONE({}).execute(mesh=mesh, filename_prefix="dreamedit3d/test")
+    item = out.ui["3d"][0] if isinstance(out.ui, dict) else out.ui.as_dict()["3d"][0]
+    saved = trimesh.load(_compat.output_folder() / item["subfolder"] / item["filename"], force="mesh")
+    assert len(saved.faces) == 4
+
+
+def test_model_management_takes_a_diffusers_module(pack):
+    import comfy.model_management as mm
+    from diffusers import UNet2DConditionModel
+    from dreamedit3d_pack.nodes import _compat
+
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                                norm_num_groups=4, layers_per_block=1, sample_size=8, attention_head_dim=2)
+    _compat.managed_load(unet)
+    _compat.managed_load(unet)  # the same patcher is reused
+    assert sum(1 for m in mm.current_loaded_models if m.model.model.inner is unet) == 1
