@@ -228,8 +228,9 @@ def _from_pretrained(cls, folder: Path, what: str, **kwargs):
                               "download the model's weight file into it")
     try:
         model, info = cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True, **kwargs)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{what} folder {folder} cannot be loaded: {exc}") from exc
+    except Exception as exc:  # safetensors, torch and transformers raise many types for corrupt or foreign files
+        raise CheckpointError(f"{what} folder {folder} cannot be loaded ({type(exc).__name__}: {exc}); the weights are "
+                              "corrupt, truncated or of another model: download them again") from exc
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
     if missing:  # transformers would fill them with random numbers: refuse instead
         raise CheckpointError(f"{what} weights in {folder} lack {len(missing)} tensors (e.g. {missing[0]}); "
@@ -239,7 +240,7 @@ def _from_pretrained(cls, folder: Path, what: str, **kwargs):
 
 def _read_state_dict(path: Path, what: str) -> dict:
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix in (".safetensors", ".sft"):
             from safetensors.torch import load_file
 
             return load_file(str(path))
@@ -341,9 +342,13 @@ class _OpenClipTokenize:
 def _clip_tokenizer(folder: Optional[Path], text_config) -> Callable:
     context = int(text_config.max_position_embeddings)
     if folder is not None and any(all((folder / f).is_file() for f in group) for group in _TOKENIZER_FILES):
-        from transformers import CLIPTokenizer
+        from transformers import AutoTokenizer  # the fast tokenizer when only tokenizer.json is there
 
-        tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"the tokenizer files in {folder} cannot be read ({exc}); restore vocab.json and "
+                                  "merges.txt (or tokenizer.json), or remove them to use the bundled CLIP vocabulary") from exc
         if len(tokenizer) > int(text_config.vocab_size):
             raise CheckpointError(f"the tokenizer files in {folder} have {len(tokenizer)} tokens but the CLIP text tower "
                                   f"has {text_config.vocab_size}; the tokenizer belongs to another model")

@@ -246,6 +246,54 @@ def test_vision_only_clip_file_gives_clip_i_and_refuses_text_scores(model_dir, v
     assert list(table["metrics"]) == ["clip_image"]
 
 
+# The published configs of the models users keep (openai/clip-vit-large-patch14, laion ViT-bigG-14 image tower).
+VIT_L14 = dict(text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                         vocab_size=49408, max_position_embeddings=77, projection_dim=768),
+               vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                           image_size=224, patch_size=14, projection_dim=768))
+VIT_BIGG14_VISION = dict(hidden_size=1664, intermediate_size=8192, num_hidden_layers=48, num_attention_heads=16,
+                         image_size=224, patch_size=14, projection_dim=1280)
+
+
+def _meta_state_dict(model_cls, config):
+    with torch.device("meta"):  # shapes only: no memory, no time
+        return model_cls(config).state_dict()
+
+
+def test_config_inferred_from_a_single_vit_l14_file_is_the_published_one():
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPConfig(text_config=VIT_L14["text"], vision_config=VIT_L14["vision"], projection_dim=768)
+    vision, full = M._clip_config_from_state_dict(_meta_state_dict(CLIPModel, config), "vit-l-14.safetensors")
+    for key, value in VIT_L14["vision"].items():
+        assert getattr(vision, key) == value, key
+    for key, value in VIT_L14["text"].items():
+        assert getattr(full.text_config, key) == value, key
+    assert vision.hidden_act == "quick_gelu" and full.projection_dim == 768
+    # ComfyUI's clip_vision_g.safetensors: the bigG image tower (104-dim heads)
+    sd = _meta_state_dict(CLIPVisionModelWithProjection, CLIPVisionConfig(**VIT_BIGG14_VISION))
+    vision, full = M._clip_config_from_state_dict(sd, "clip_vision_g.safetensors")
+    assert full is None
+    for key, value in VIT_BIGG14_VISION.items():
+        assert getattr(vision, key) == value, key
+
+
+def test_clip_folder_with_only_tokenizer_json_loads_its_fast_tokenizer(model_dir, tmp_path, clip):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "clip-tokenizer-json"
+    shutil.copytree(model_dir / "clip_vision" / "clip-tiny", folder)
+    AutoTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
+    for name in ("vocab.json", "merges.txt"):
+        (folder / name).unlink(missing_ok=True)
+    assert (folder / "tokenizer.json").is_file()
+    other = M.load_metric_clip(folder)
+    captions = [SRC_CAPTION, EDIT_CAPTION]
+    assert torch.equal(other.tokenize(captions), clip.tokenize(captions))
+
+
 def test_preprocessing_matches_the_pil_image_processors():
     """Our torch preprocessing agrees with transformers' PIL-based processors within one 8-bit level."""
     import numpy as np
@@ -395,6 +443,17 @@ def test_truncated_corrupt_and_foreign_weight_files_are_refused(model_dir, tmp_p
     save_file({k: v for k, v in sd.items() if "layer.1." not in k}, str(folder / "model.safetensors"))
     with pytest.raises(M.CheckpointError, match="lack .* tensors"):
         M.load_metric_dino(folder)
+
+    broken_folder = tmp_path / "clip-broken"
+    broken_folder.mkdir()
+    (broken_folder / "config.json").write_text((model_dir / "clip_vision" / "clip-tiny" / "config.json").read_text())
+    (broken_folder / "model.safetensors").write_bytes(
+        (model_dir / "clip_vision" / "clip-tiny" / "model.safetensors").read_bytes()[:4000])
+    with pytest.raises(M.CheckpointError, match="cannot be loaded .*download them again"):
+        M.load_metric_clip(broken_folder)
+    (broken_folder / "config.json").write_text("{not json")
+    with pytest.raises(M.CheckpointError, match="config .* cannot be read"):
+        M.load_metric_clip(broken_folder / "model.safetensors")
 
     corrupt = tmp_path / "clip_broken.safetensors"
     corrupt.write_bytes((model_dir / "clip_vision" / "clip_full.safetensors").read_bytes()[:5000])
