@@ -621,7 +621,8 @@ def evaluate_edit(source_images: torch.Tensor, edited_images: torch.Tensor, sour
     return {
         "views": list(view_names(source_images.shape[0])),
         "captions": {"source": source_caption, "edit": edit_caption},
-        "models": {"clip": clip.source if clip is not None else None, "dino": dino.source if dino is not None else None},
+        "models": {"clip": _short(clip.source) if clip is not None else None,
+                   "dino": _short(dino.source) if dino is not None else None},
         "metrics": {r.name: {"label": METRIC_INFO[r.name][0], "definition": METRIC_INFO[r.name][3],
                              "per_view": [clean(v) for v in r.per_view], "mean": clean(r.mean)} for r in results},
     }
@@ -663,6 +664,12 @@ def evaluate_edits(source_images: torch.Tensor, edited_images: torch.Tensor, sou
         summary["metrics"][key] = {"label": METRIC_INFO[key][0], "definition": METRIC_INFO[key][3] + ", mean over views",
                                    "per_view": means, "mean": round(sum(valid) / len(valid), 6) if valid else None}
     return {"views": edits[0]["views"], "edits": edits, "summary": summary}
+
+
+def _short(path: str) -> str:
+    """The model's folder and file name, not the user's whole path (tables get shared)."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:]) if parts else ""
 
 
 def metrics_to_json(table: dict) -> str:
