@@ -39,6 +39,11 @@ _EXPORTS = {
     "render_views": ".render",
     "masks_from_parts": ".masks",
     "masks_from_sam": ".masks",
+    "asset_from_arrays": ".assets",
+    "rasterize": ".raster",
+    "rasterize_uv": ".raster",
+    "SamPrompt": ".masks_sam",
+    "load_sam": ".masks_sam",
     # prompts and sampling
     "compose_prompt": ".prompts",
     "sample_views": ".sampling",
