@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..dreamedit3d_core.errors import ConfigError
 from . import _compat
-from ._compat import compute_device, io, model_files, model_path, ui
+from ._compat import compute_device, free_memory_for, io, model_files, model_path, ui
 from .sockets import MVViewsSocket, from_comfy_image, to_comfy_image
 
 CATEGORY = "DreamEdit3D/evaluate"
@@ -101,8 +101,11 @@ class EditMetrics(io.ComfyNode):
         elif protected_mask is not None:
             mask = protected_mask if protected_mask.ndim == 3 else protected_mask[None]
         device = compute_device()
-        clip = None if clip_model == NONE else metrics.load_metric_clip(model_path(FOLDER_CLIP, clip_model), device)
-        dino = None if dino_model == NONE else metrics.load_metric_dino(model_path(FOLDER_DINO, dino_model), device)
+        paths = {k: model_path(folder, name) for k, folder, name in
+                 (("clip", FOLDER_CLIP, clip_model), ("dino", FOLDER_DINO, dino_model)) if name != NONE}
+        free_memory_for(int(1.5 * sum(p.stat().st_size for p in paths.values())), device)  # room next to MVDream
+        clip = metrics.load_metric_clip(paths["clip"], device) if "clip" in paths else None
+        dino = metrics.load_metric_dino(paths["dino"], device) if "dino" in paths else None
         options = dict(clip=clip, dino=dino, mask=mask, background=rgb)
         if edited.shape[0] == source.shape[0]:
             table = plotted = metrics.evaluate_edit(source, edited, source_caption, edit_caption.strip(), **options)

@@ -12,6 +12,7 @@ Sizes differ on every axis so a swapped axis fails loudly. The vocabulary is the
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 from pathlib import Path
@@ -40,7 +41,9 @@ def tiny_clip_config(head_dim64: bool = False):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
 
 
+@functools.lru_cache(maxsize=4)
 def tiny_clip_model(seed: int = 0, head_dim64: bool = False):
+    """A tiny seeded CLIPModel (cached: treat it as read-only)."""
     from transformers import CLIPModel
 
     _seeded(seed)
@@ -91,7 +94,9 @@ def write_tiny_clip_file(path: Path, seed: int = 0, vision_only: bool = False) -
     return path
 
 
+@functools.lru_cache(maxsize=2)
 def tiny_dino_model(seed: int = 0):
+    """A tiny seeded ViTModel like DINO ViT-S/16 (cached: treat it as read-only)."""
     from transformers import ViTConfig, ViTModel
 
     _seeded(seed)
