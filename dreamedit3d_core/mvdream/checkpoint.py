@@ -91,9 +91,10 @@ def _read_torch(path: Path):
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text:
-            raise CheckpointError(f"{path} contains Python objects that cannot be loaded safely (weights_only); "
-                                  f"expected {EXPECTED}, a plain state dict of tensors") from None
+        if "Unsupported global" in text:
+            name = text.split("GLOBAL ", 1)[1].split()[0] if "GLOBAL " in text else "a Python object"
+            raise CheckpointError(f"{path} contains Python objects ({name}) that cannot be loaded safely "
+                                  f"(weights_only); expected {EXPECTED}, a plain state dict of tensors") from None
         raise CheckpointError(f"{path} is not a torch checkpoint ({_short(exc)}); expected {EXPECTED}") from None
     except Exception as exc:  # torch raises RuntimeError/EOFError/KeyError/... from deep inside its readers
         if is_zip_header:
