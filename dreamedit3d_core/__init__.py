@@ -56,6 +56,8 @@ _EXPORTS = {
     # lifting
     "lift_to_mesh": ".lifting",
     "export_mesh": ".lifting",
+    "read_provenance": ".lifting",
+    "register_reconstructor": ".lifting",
     # edit metrics
     "load_metric_clip": ".metrics",
     "load_metric_dino": ".metrics",

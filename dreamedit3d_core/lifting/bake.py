@@ -1,0 +1,239 @@
+"""Colour from the views onto a mesh: a texture atlas bake, vertex colours, and an optional texture refinement.
+
+Per surface sample and view (``../shared/design/render-lift.md`` §4 steps 5-8): project, keep it where the lifted mesh's own
+depth in that view says it is visible, weight by facing angle ``cos^p`` times the view's silhouette eroded and feathered
+(so view boundaries blend instead of leaving seams), and average. Samples no view sees take the colour of the nearest seen
+sample in 3D; texels outside the charts are padded from their neighbours so filtering never reads black.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..cameras import MVCameras
+from ..raster import Fragments, interpolate, rasterize, rasterize_uv
+from .hull import _sample_images
+
+#: Exponent of the facing weight cos(angle between normal and view ray).
+COS_POWER = 4.0
+#: Weight sums below this count as "no view sees it" (a source prior view at weight 1e-5 still counts).
+MIN_WEIGHT = 1e-8
+#: Seen samples used to fill unseen ones are thinned to at most this many (keeps the 3D nearest fill cheap).
+MAX_FILL_SOURCES = 50_000
+#: Nearest seen samples averaged (inverse distance) to colour an unseen one.
+FILL_NEIGHBOURS = 4
+#: Texel rings of gutter padding around the charts.
+GUTTER_TEXELS = 4
+
+
+@dataclass(frozen=True)
+class ViewSet:
+    """Views to project colour from: rgb [V,3,H,W], soft weight mask [V,1,H,W], cameras, surface depth [V,H,W] for the
+    visibility test (0 = nothing), and a global weight (1 for the views, small for a prior)."""
+
+    rgb: torch.Tensor
+    weight_mask: torch.Tensor
+    cameras: MVCameras
+    depth: torch.Tensor
+    weight: float = 1.0
+
+
+def camera_space(verts: torch.Tensor, cameras: MVCameras) -> torch.Tensor:
+    """World [N, 3] -> each view's OpenGL camera space [V, N, 3]."""
+    w2c = cameras.w2c().to(verts.device)
+    return torch.einsum("vij,nj->vni", w2c[:, :3, :3], verts.to(torch.float32)) + w2c[:, None, :3, 3]
+
+
+def render_fragments(verts: torch.Tensor, faces: torch.Tensor, cameras: MVCameras, height: int, width: int) -> Fragments:
+    """Rasterize the mesh in every view of ``cameras``."""
+    return rasterize(camera_space(verts, cameras), faces, height, width, cameras.focal_px(height))
+
+
+def feathered_mask(alpha: torch.Tensor, erode_px: int, feather_px: int) -> torch.Tensor:
+    """Silhouette eroded by ``erode_px`` then blurred over ``feather_px``: float [V, 1, H, W] in 0..1, 0 near the edge.
+
+    Erosion keeps colour bleeding from the background and grazing edge pixels out of the bake; the blur turns the step at
+    each view's silhouette into a ramp, which is what blends seams between views.
+    """
+    m = (alpha > 0.5).to(torch.float32)
+    if erode_px > 0:
+        m = -F.max_pool2d(-m, 2 * erode_px + 1, stride=1, padding=erode_px)
+    if feather_px > 0:
+        m = -F.max_pool2d(-m, 2 * feather_px + 1, stride=1, padding=feather_px)  # ramp ends at the eroded edge
+        for _ in range(2):
+            m = F.avg_pool2d(F.pad(m, (feather_px,) * 4, mode="replicate"), 2 * feather_px + 1, stride=1)
+    return m
+
+
+def project_colors(points: torch.Tensor, normals: torch.Tensor, view_sets: Sequence[ViewSet],
+                   cos_power: float = COS_POWER) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted colour of surface samples from several view sets.
+
+    Args:
+        points: float32 [K, 3] world positions on the surface; normals: float32 [K, 3] unit outward normals.
+
+    Returns:
+        (colour float32 [K, 3], weight sum float32 [K]).
+    """
+    acc = torch.zeros(points.shape[0], 3, dtype=torch.float32, device=points.device)
+    wsum = torch.zeros(points.shape[0], dtype=torch.float32, device=points.device)
+    for vs in view_sets:
+        h, w = vs.rgb.shape[-2:]
+        pix, depth = vs.cameras.project(points, h, w)
+        d_surf = _sample_images(vs.depth[:, None].to(torch.float32), pix, depth, mode="nearest")[..., 0]
+        px_size = depth / vs.cameras.focal_px(h)
+        visible = (d_surf > 0) & (depth <= d_surf + 0.01 + 3.0 * px_size)
+        cam_pos = vs.cameras.c2w()[:, :3, 3].to(points.device)
+        to_cam = F.normalize(cam_pos[:, None] - points[None], dim=-1)
+        cos = (to_cam * normals[None]).sum(-1).clamp(min=0.0)
+        mask_w = _sample_images(vs.weight_mask.to(torch.float32), pix, depth)[..., 0]
+        wgt = cos.pow(cos_power) * mask_w * visible * vs.weight  # [V, K]
+        col = _sample_images(vs.rgb.to(torch.float32), pix, depth)  # [V, K, 3]
+        acc += (wgt[..., None] * col).sum(0)
+        wsum += wgt.sum(0)
+    return acc / wsum.clamp(min=1e-12)[:, None], wsum
+
+
+def fill_unseen(points: torch.Tensor, colors: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """Colour unseen samples from their nearest seen samples in 3D (inverse-distance mean of a few, via cKDTree)."""
+    from scipy.spatial import cKDTree
+
+    if bool(seen.all()) or not bool(seen.any()):
+        return colors
+    src = seen.nonzero().squeeze(1)
+    if src.numel() > MAX_FILL_SOURCES:  # thin out evenly: the fill is guesswork, it need not be dense
+        src = src[torch.linspace(0, src.numel() - 1, MAX_FILL_SOURCES, device=src.device).long()]
+    dst = (~seen).nonzero().squeeze(1)
+    tree = cKDTree(points[src].cpu().double().numpy())
+    k = min(FILL_NEIGHBOURS, src.numel())
+    dist, idx = tree.query(points[dst].cpu().double().numpy(), k=k, workers=-1)
+    dist, idx = dist.reshape(len(dst), k), idx.reshape(len(dst), k)
+    wgt = 1.0 / np.maximum(dist, 1e-6)
+    wgt /= wgt.sum(1, keepdims=True)
+    src_cols = colors[src].cpu().numpy()
+    filled = (src_cols[idx] * wgt[..., None]).sum(1)
+    out = colors.clone()
+    out[dst] = torch.from_numpy(filled.astype(np.float32)).to(colors.device)
+    return out
+
+
+def pad_gutter(texture: torch.Tensor, covered: torch.Tensor, rings: int = GUTTER_TEXELS) -> torch.Tensor:
+    """Grow chart colours into the empty atlas space ``rings`` texels deep; the rest takes the mean chart colour.
+
+    Bilinear filtering and the first mip levels then read chart-like colours across chart borders instead of black.
+
+    Args:
+        texture: float [T, T, 3]; covered: bool [T, T] texels inside a chart.
+    """
+    if not bool(covered.any()):
+        return texture
+    m = covered[None, None].to(texture.dtype)
+    acc = torch.cat([texture.permute(2, 0, 1)[None] * m, m], 1)  # colour premultiplied by coverage, and coverage
+    for _ in range(rings):
+        grown = F.avg_pool2d(acc, 3, stride=1, padding=1)
+        new = (grown[:, 3:] > 0) & (acc[:, 3:] == 0)
+        acc = torch.where(new, torch.cat([grown[:, :3] / grown[:, 3:].clamp(min=1e-12), torch.ones_like(m)], 1), acc)
+    mean = texture[covered].mean(0)
+    out = acc[0, :3].permute(1, 2, 0)
+    return torch.where(acc[0, 3, ..., None] > 0, out, mean.expand_as(out))
+
+
+def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Area-weighted unit vertex normals float32 [N, 3] (outward for outward winding)."""
+    v = verts.to(torch.float32)
+    fn = torch.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]], dim=-1)
+    n = torch.zeros_like(v).index_add_(0, faces.reshape(-1), fn.repeat_interleave(3, dim=0))
+    return F.normalize(n, dim=-1)
+
+
+def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor, uv: torch.Tensor,
+                 view_sets: Sequence[ViewSet], texture_size: int,
+                 check_interrupt: Optional[Callable[[], None]] = None) -> tuple[torch.Tensor, dict]:
+    """Bake the views into a ``texture_size`` square texture over the mesh's UV layout.
+
+    Args:
+        verts: float [N, 3]; faces: int64 [M, 3]; normals: float [N, 3] unit vertex normals (taken from the mesh before its
+            UV seams were cut, so they are continuous); uv: float [N, 2] in 0..1 (v = 0 at the bottom).
+
+    Returns:
+        (texture float32 [T, T, 3] in 0..1, row 0 at the top (v = 1); stats with ``unseen_texel_fraction``).
+    """
+    frags = rasterize_uv(uv, faces, texture_size)
+    covered = frags.face_id[0] >= 0
+    pos = interpolate(verts.to(torch.float32), faces, frags)[0][covered]
+    nrm = F.normalize(interpolate(normals.to(torch.float32), faces, frags)[0][covered], dim=-1)
+    if check_interrupt is not None:
+        check_interrupt()
+    colors, wsum = project_colors(pos, nrm, view_sets)
+    seen = wsum > MIN_WEIGHT
+    if check_interrupt is not None:
+        check_interrupt()
+    colors = fill_unseen(pos, colors, seen)
+    texture = torch.zeros(texture_size, texture_size, 3, dtype=torch.float32, device=verts.device)
+    texture[covered] = colors.clamp(0.0, 1.0)
+    texture = pad_gutter(texture, covered)
+    n_cov = int(covered.sum())
+    stats = {"unseen_texel_fraction": float((~seen).sum()) / max(n_cov, 1), "chart_texel_fraction": n_cov / texture_size ** 2}
+    return texture, stats
+
+
+def bake_vertex_colors(verts: torch.Tensor, normals: torch.Tensor, view_sets: Sequence[ViewSet]) -> tuple[torch.Tensor, dict]:
+    """Per-vertex colours (the lighter alternative to a texture): float32 [N, 3] in 0..1 and stats."""
+    colors, wsum = project_colors(verts.to(torch.float32), normals.to(torch.float32), view_sets)
+    seen = wsum > MIN_WEIGHT
+    colors = fill_unseen(verts.to(torch.float32), colors, seen).clamp(0.0, 1.0)
+    return colors, {"unseen_vertex_fraction": float((~seen).sum()) / max(verts.shape[0], 1)}
+
+
+def sample_texture(texture: torch.Tensor, uv_image: torch.Tensor) -> torch.Tensor:
+    """Bilinear texture lookup: texture [T, T, 3] (row 0 = v 1), uv_image [V, H, W, 2] -> [V, 3, H, W]."""
+    grid = torch.stack([uv_image[..., 0] * 2.0 - 1.0, 1.0 - uv_image[..., 1] * 2.0], -1)
+    tex = texture.permute(2, 0, 1)[None].expand(uv_image.shape[0], -1, -1, -1)
+    return F.grid_sample(tex, grid.to(texture.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def refine_texture(texture: torch.Tensor, uv: torch.Tensor, faces: torch.Tensor, frags: Fragments, rgb: torch.Tensor,
+                   alpha: torch.Tensor, steps: int, lr: float = 0.02, progress=None) -> tuple[torch.Tensor, list]:
+    """Optimise the texture so the mesh rendered in the input views matches them (L1 inside both silhouettes).
+
+    The rasterisation is held fixed (``frags`` of the lifted mesh in the input views); only the texture changes, through
+    ``grid_sample``. Texels no view pixel reads keep their baked colour.
+
+    Returns:
+        (texture float32 [T, T, 3] in 0..1, per-step losses).
+    """
+    uv_img = interpolate(uv.to(torch.float32), faces, frags)
+    inside = (frags.mask & (alpha[:, 0] > 0.5))[:, None].to(torch.float32)
+    n_in = inside.sum().clamp(min=1.0)
+    target = rgb.to(torch.float32)
+    param = texture.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([param], lr=lr)
+    losses = []
+    for step in range(steps):
+        if progress is not None:
+            progress.check_interrupt()
+        with torch.enable_grad():
+            pred = sample_texture(param, uv_img)
+            loss = ((pred - target).abs() * inside).sum() / (3.0 * n_in)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        opt.step()
+        with torch.no_grad():
+            param.clamp_(0.0, 1.0)
+        losses.append(float(loss))
+        if progress is not None:
+            progress.update(step + 1, steps, None, stage="refine_texture", loss=losses[-1])
+    return param.detach(), losses
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    """PSNR in dB of two [.., 3, H, W] images in 0..1 over ``mask`` [.., 1, H, W]."""
+    m = mask.to(torch.float32).expand_as(a)
+    mse = float(((a - b) ** 2 * m).sum() / m.sum().clamp(min=1.0))
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))

@@ -1,0 +1,204 @@
+"""Writing a :class:`LiftedMesh` to GLB or OBJ+MTL+PNG, and reading a GLB's provenance back.
+
+Files are written atomically and never over an existing file (``storage.py``): a taken name gets a ``_00001`` suffix.
+Provenance (prompt, seed, tokens, ... as the caller passes them) goes into the GLB's ``asset.extras``, where ComfyUI's own
+SaveGLB puts its prompt too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import AssetError, ConfigError, LiftError
+from ..storage import atomic_write, save_bytes, unique_path
+from ..types import LiftedMesh
+
+FORMATS = ("glb", "obj")
+#: Key under which the lift's own numbers are stored in the extras (next to the caller's).
+LIFT_STATS_KEY = "dreamedit3d_lift"
+_GLB_MAGIC = 0x46546C67  # "glTF"
+_CHUNK_JSON = 0x4E4F534A  # "JSON"
+
+
+def _provenance(mesh: LiftedMesh, extras: Optional[dict]) -> dict:
+    extras = dict(extras or {})
+    stats = {k: v for k, v in mesh.stats.items() if isinstance(v, (int, float, str, bool))}
+    extras.setdefault(LIFT_STATS_KEY, stats)
+    try:
+        json.dumps(extras, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"extras must be JSON-serialisable (strings, numbers, lists, dicts): {err}") from None
+    return extras
+
+
+def _texture_png(mesh: LiftedMesh) -> bytes:
+    from PIL import Image
+
+    img = (mesh.texture.detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _check_mesh(mesh: LiftedMesh) -> None:
+    if not isinstance(mesh, LiftedMesh):
+        raise ConfigError(f"export_mesh needs a LiftedMesh, got {type(mesh).__name__}")
+    if mesh.faces.shape[0] == 0 or mesh.vertices.shape[0] < 3:
+        raise LiftError("the mesh is empty (no faces); nothing was written")
+    if (mesh.uv is None) != (mesh.texture is None):
+        raise ConfigError("a textured mesh needs both uv and texture")
+
+
+def _glb_bytes(mesh: LiftedMesh, extras: dict) -> bytes:
+    import trimesh
+    from PIL import Image
+    from trimesh.exchange.gltf import export_glb
+    from trimesh.visual import ColorVisuals, TextureVisuals
+    from trimesh.visual.material import PBRMaterial
+
+    verts = mesh.vertices.detach().cpu().double().numpy()
+    faces = mesh.faces.detach().cpu().numpy()
+    tm = trimesh.Trimesh(verts, faces, process=False)
+    if mesh.texture is not None:
+        png = Image.open(io.BytesIO(_texture_png(mesh)))
+        material = PBRMaterial(name="lifted", baseColorTexture=png, metallicFactor=0.0, roughnessFactor=1.0)
+        tm.visual = TextureVisuals(uv=mesh.uv.detach().cpu().double().numpy(), material=material)
+    elif mesh.vertex_colors is not None:
+        rgb = (mesh.vertex_colors.detach().cpu().clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+        tm.visual = ColorVisuals(tm, vertex_colors=np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], 1))
+    scene = trimesh.Scene()
+    scene.add_geometry(tm, node_name="lifted_mesh", geom_name="lifted_mesh")
+
+    def put_extras(tree: dict) -> None:
+        tree.setdefault("asset", {})["extras"] = extras
+
+    return export_glb(scene, tree_postprocessor=put_extras)
+
+
+def _write_new(path: Path, data: bytes) -> Path:
+    """Write ``data`` at ``path`` or the first free ``_0000n`` variant, never over an existing file."""
+    for _ in range(3):
+        target = unique_path(path)
+        try:
+            return save_bytes(target, data)
+        except ConfigError:  # the name was taken between the check and the rename; pick the next one
+            continue
+    raise ConfigError(f"could not find a free file name next to {path}")
+
+
+def _free_stem(path: Path, suffixes: tuple) -> Path:
+    """``path`` (no suffix) or ``path_0000n`` such that no ``stem + suffix`` exists."""
+    for i in range(100000):
+        stem = path if i == 0 else path.with_name(f"{path.name}_{i:05d}")
+        if not any(stem.with_name(stem.name + s).exists() for s in suffixes):
+            return stem
+    raise ConfigError(f"no free file name next to {path}: clean up the folder")
+
+
+def _obj_text(mesh: LiftedMesh, mtl_name: Optional[str], extras: dict) -> str:
+    verts = mesh.vertices.detach().cpu().double().numpy()
+    faces = mesh.faces.detach().cpu().numpy() + 1
+    lines = ["# written by DreamEdit3D LiftToMesh", "# dreamedit3d-extras: " + json.dumps(extras, separators=(",", ":"))]
+    if mtl_name is not None:
+        lines += [f"mtllib {mtl_name}", "usemtl lifted"]
+        lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in verts]
+        lines += [f"vt {u:.6f} {v:.6f}" for u, v in mesh.uv.detach().cpu().double().numpy()]
+        lines += [f"f {a}/{a} {b}/{b} {c}/{c}" for a, b, c in faces]
+    else:
+        cols = mesh.vertex_colors.detach().cpu().double().numpy() if mesh.vertex_colors is not None else None
+        if cols is None:
+            lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in verts]
+        else:
+            lines += [f"v {x:.6f} {y:.6f} {z:.6f} {r:.4f} {g:.4f} {b:.4f}" for (x, y, z), (r, g, b) in zip(verts, cols)]
+        lines += [f"f {a} {b} {c}" for a, b, c in faces]
+    return "\n".join(lines) + "\n"
+
+
+def export_mesh(mesh: LiftedMesh, path, fmt: str = "glb", extras: Optional[dict] = None) -> Path:
+    """Write ``mesh`` as a GLB (PBR base-colour texture, or vertex colours) or as OBJ + MTL + PNG.
+
+    Args:
+        mesh: the lifted mesh.
+        path: file path; the suffix is added when missing. A taken name gets ``_00001``, ``_00002``, ...
+        fmt: "glb" or "obj".
+        extras: JSON-serialisable provenance (prompt, seed, token names, ...) stored in the GLB's ``asset.extras`` (and a
+            comment line of the OBJ); the lift's stats are added under ``"dreamedit3d_lift"``.
+
+    Returns:
+        The path written (the GLB, or the OBJ whose MTL and PNG sit next to it with the same stem).
+
+    Raises:
+        ConfigError: unknown format, suffix that contradicts ``fmt``, extras that are not JSON.
+        LiftError: an empty mesh (nothing is written).
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown mesh format {fmt!r}; valid formats are {list(FORMATS)}")
+    _check_mesh(mesh)
+    path = Path(path)
+    if path.suffix.lower() != f".{fmt}":
+        if path.suffix.lower() in (".glb", ".obj", ".gltf", ".ply", ".stl"):
+            raise ConfigError(f"path {path.name} ends in {path.suffix} but fmt is {fmt!r}; make them agree")
+        path = path.with_name(path.name + f".{fmt}")
+    extras = _provenance(mesh, extras)
+    if fmt == "glb":
+        return _write_new(path, _glb_bytes(mesh, extras))
+    stem = _free_stem(path.with_suffix(""), (".obj", ".mtl", ".png"))
+    textured = mesh.texture is not None
+    if textured:
+        png_name, mtl_name = stem.name + ".png", stem.name + ".mtl"
+        save_bytes(stem.with_name(png_name), _texture_png(mesh))
+        mtl = f"newmtl lifted\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {png_name}\n"
+        save_bytes(stem.with_name(mtl_name), mtl.encode("utf-8"))
+    text = _obj_text(mesh, stem.name + ".mtl" if textured else None, extras)
+    return atomic_write(stem.with_name(stem.name + ".obj"), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def read_glb_json(path) -> dict:
+    """The JSON chunk of a binary glTF file.
+
+    Raises:
+        AssetError: the file is missing, not a GLB, or truncated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AssetError(f"{path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(20)
+        if len(head) < 20:
+            raise AssetError(f"{path.name} is too short to be a GLB ({len(head)} bytes)")
+        magic, version, _length, chunk_len, chunk_type = struct.unpack("<5I", head)
+        if magic != _GLB_MAGIC or chunk_type != _CHUNK_JSON:
+            raise AssetError(f"{path.name} is not a binary glTF (.glb) file")
+        if version != 2:
+            raise AssetError(f"{path.name} is glTF version {version}; only version 2 is supported")
+        raw = f.read(chunk_len)
+    if len(raw) < chunk_len:
+        raise AssetError(f"{path.name} is truncated: its JSON chunk is cut off")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AssetError(f"{path.name} has a corrupt JSON chunk: {err}") from None
+
+
+def read_provenance(path) -> dict:
+    """The provenance dict stored by :func:`export_mesh` (or ComfyUI's SaveGLB) in a GLB's ``asset.extras``; {} if none.
+
+    For an OBJ written by :func:`export_mesh`, the ``# dreamedit3d-extras:`` comment is read instead.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".obj":
+        if not path.is_file():
+            raise AssetError(f"{path} does not exist")
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
+            for _, line in zip(range(20), f):
+                if line.startswith("# dreamedit3d-extras: "):
+                    return json.loads(line[len("# dreamedit3d-extras: "):])
+        return {}
+    extras = read_glb_json(path).get("asset", {}).get("extras", {})
+    return extras if isinstance(extras, dict) else {"extras": extras}
