@@ -199,21 +199,22 @@ def load_tokens(path: str | os.PathLike) -> TokenSet:
 
 
 def existing_token_id(tokenizer, token: str) -> Optional[int]:
-    """The id ``token`` already has as one whole entry of ``tokenizer``'s vocabulary, or None."""
-    ids = tokenizer.token_ids(token)
-    if isinstance(ids, int):
-        return ids
-    ids = list(ids) if ids is not None else []
+    """The id of ``token`` if it was added to ``tokenizer`` as a placeholder (by us, earlier), else None."""
+    if token not in getattr(tokenizer, "added_tokens", ()):
+        return None
+    ids = list(tokenizer.token_ids(token))
     return int(ids[0]) if len(ids) == 1 else None
 
 
 def check_tokens_are_new(model, tokens: Iterable[str]) -> None:
-    """Raise TokenError when a token string already is a whole entry of the model's vocabulary."""
+    """Raise TokenError when a token was already added to this model (a base-vocabulary clash is refused by
+    the tokenizer's ``add_tokens`` itself)."""
     for tok in tokens:
         tid = existing_token_id(model.tokenizer, tok)
         if tid is not None:
             raise TokenError(
-                f"token {tok} already exists in the vocabulary (id {tid}); pick another name, e.g. <{tok.strip('<>')}2>"
+                f"token {tok} already exists in this model's vocabulary (id {tid}, learned earlier); pick another name "
+                f"such as <{tok.strip('<>')}2>, or load the base model again"
             )
 
 
@@ -221,7 +222,7 @@ def apply_tokens(model, tokens: TokenSet) -> list[int]:
     """Put ``tokens`` into ``model``'s tokenizer and text embedding table; returns the first id of each token.
 
     Tokens already added to this model (e.g. by an earlier call) get their rows overwritten; a token that is a
-    whole word of the base vocabulary is refused. Multi-vector tokens occupy ``<t>``, ``<t>_1``, ... (see
+    word of the base vocabulary is refused by the tokenizer. Multi-vector tokens occupy ``<t>``, ``<t>_1``, ... (see
     :func:`expand_prompt`).
 
     Raises:
@@ -241,7 +242,6 @@ def apply_tokens(model, tokens: TokenSet) -> list[int]:
             "they may not reproduce the component", stacklevel=2,
         )
     n = int(tokens.embeddings.shape[1])
-    base_vocab = int(getattr(model.tokenizer, "base_vocab_size", 0) or 0)
     first_ids = []
     new_names, new_vectors = [], []
     for i, tok in enumerate(tokens.tokens):
@@ -250,8 +250,6 @@ def apply_tokens(model, tokens: TokenSet) -> list[int]:
             if tid is None:
                 new_names.append(name)
                 new_vectors.append(tokens.embeddings[i, j])
-            elif base_vocab and tid < base_vocab:
-                raise TokenError(f"token {name} is a word of the base vocabulary (id {tid}); rename it")
             else:
                 with torch.no_grad():
                     emb.weight[tid] = tokens.embeddings[i, j].to(emb.weight)
