@@ -29,7 +29,8 @@ class LiftToMesh(io.ComfyNode):
                                                      "asset for source_guided/keep_source)."),
                 io.Combo.Input("mode", options=list(MODES), default="hull",
                                tooltip="hull: new geometry from the silhouettes; source_guided: source where the edit "
-                                       "keeps it; keep_source: the source mesh exactly, re-textured."),
+                                       "keeps it; keep_source: the source mesh exactly, re-textured (appearance "
+                                       "edits; uses the source silhouettes unless alpha is given)."),
                 io.Int.Input("grid", default=128, min=16, max=512, step=8,
                              tooltip="Voxels along the longest side (quality 128)."),
                 io.Int.Input("texture_size", default=1024, min=0, max=4096, step=64,
@@ -64,6 +65,9 @@ class LiftToMesh(io.ComfyNode):
         device = compute_device()
         rgb = from_comfy_image(images, expect=views.render.num_views).to(device)
         alpha_views = None if alpha is None else alpha.reshape(-1, 1, *alpha.shape[-2:]).float().to(device)
+        if alpha_views is None and mode == "keep_source":
+            # the geometry is the source's, so its own silhouettes are the right ones (no keying of the new views)
+            alpha_views = views.render.alpha.float().to(device)
         lifted = lift_to_mesh(rgb, views.render.cameras, alpha=alpha_views, background=(float(background),) * 3,
                               source=views.asset, mode=mode, grid=int(grid), texture_size=int(texture_size),
                               face_budget=int(face_budget), progress=ComfyProgress(1, cls.hidden.unique_id),

@@ -140,6 +140,8 @@ def test_full_edit_writes_a_textured_glb_and_a_core_savglb_file(comfy_host, full
     material = geom[0].visual.material
     texture = getattr(material, "baseColorTexture", None)
     assert texture is not None and texture.size == (128, 128)
+    # keep_source re-textures the source asset: the same faces as the rendered asset
+    assert len(geom[0].faces) == full_edit_run_source_faces(comfy_host)
     from dreamedit3d_core.lifting import read_provenance
 
     prov = read_provenance(comfy_host.output_file(ours))
@@ -150,11 +152,37 @@ def test_full_edit_writes_a_textured_glb_and_a_core_savglb_file(comfy_host, full
     assert full_edit_run.outputs["14"]["result"][0] == f"{ours['subfolder']}/{ours['filename']}".lstrip("/")
 
 
+def full_edit_run_source_faces(host) -> int:
+    from dreamedit3d_core.assets import load_asset
+
+    return int(load_asset(host.base / "input" / "dreamedit3d" / "kenney_character.glb").faces.shape[0])
+
+
+def test_lift_builds_a_visual_hull_from_rendered_views(comfy_host):
+    import trimesh
+
+    prompt = {
+        "1": {"class_type": "DreamEdit3D_OrthoRender", "inputs": {
+            "asset": "dreamedit3d/kenney_character.glb", "resolution": 64, "elevation_deg": 15.0, "fov_deg": 40.0,
+            "background": 1.0, "lighting": "ambient_diffuse", "front_axis": "+z", "up_axis": "+y"}},
+        "2": {"class_type": "DreamEdit3D_LiftToMesh", "inputs": {
+            "images": ["1", 0], "views": ["1", 4], "mode": "hull", "grid": 32, "texture_size": 128,
+            "face_budget": 5000, "background": 1.0, "filename_prefix": "dreamedit3d/hull"}},
+        "3": {"class_type": "SaveGLB", "inputs": {"mesh": ["2", 0], "filename_prefix": "dreamedit3d/hull_core"}},
+    }
+    result = comfy_host.run(prompt, timeout=300)
+    assert result.status == "success", (result.error, comfy_host.log_tail())
+    mesh = trimesh.load(comfy_host.output_file(result.outputs["2"]["3d"][0]), force="mesh")
+    assert 0 < len(mesh.faces) <= 5000
+    lo, hi = mesh.bounds
+    assert (hi - lo).max() == pytest.approx(1.0, abs=0.15), "the hull spans the normalised asset"
+
+
 def test_full_edit_reports_progress_for_training_and_sampling(full_edit_run):
     progress_nodes = {p["node"] for p in full_edit_run.of_type("progress")}
     assert {"4", "5", "10"} <= progress_nodes, progress_nodes
     sample_steps = [p["value"] for p in full_edit_run.of_type("progress") if p["node"] == "10"]
-    assert sample_steps[-1] == 4
+    assert sample_steps[-1] == 3
     assert full_edit_run.preview_frames > 0
 
 

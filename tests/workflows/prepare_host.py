@@ -98,7 +98,7 @@ def write_checkpoint(models_dir: Path) -> Path:
     return path
 
 
-def write_personalized(models_dir: Path, asset: Path, steps: int = 2, resolution: int = 64) -> None:
+def write_personalized(models_dir: Path, asset: Path, steps: int = 1, resolution: int = 64) -> None:
     """A short personalisation of the tiny model on ``asset`` through the core library (no ComfyUI): the fine-tuned
     model, our token file and the ComfyUI embeddings that the sample-only workflow loads."""
     from dreamedit3d_core.assets import load_asset
