@@ -1,0 +1,180 @@
+"""The pack's frontend extension (web/dreamedit3d.js) in a real headless Chromium against the real host's frontend.
+
+The page is ComfyUI's own frontend (1.32.9 on the 0.3.75 host) served by the session's server (tests/host/conftest.py).
+We check that it loads our script from /extensions/dreamedit3d/ and registers "DreamEdit3D.views" without console
+errors from our code, then load a small graph (render -> masks -> 2 training steps -> 4-step sample) into the page,
+queue it from the page (the frontend's own graph-to-prompt and POST /prompt), and check that the 2x2 grid appears on
+every node that shows views, with the four /view images really loaded, and that the training node's progress previews
+reached its grid while it trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import skip_or_fail
+from _browser import Browser, BrowserError, chromium_path
+from _host import load_api_workflow
+from comfy_host import PACK_FOLDER  # tools/ is on sys.path once _host is imported
+
+pytestmark = pytest.mark.host
+
+SCRIPT = f"/extensions/{PACK_FOLDER}/dreamedit3d.js"
+GRID_NODE_IDS = {"2": "DreamEdit3D_OrthoRender", "3": "DreamEdit3D_ComponentMask",
+                 "4": "DreamEdit3D_MultiViewTextualInversion", "10": "DreamEdit3D_MVSample"}
+OUR_FRAGMENTS = (SCRIPT, "DreamEdit3D.views")  # our script in a message or its stack, or our extension's log prefix
+
+
+def small_graph(run_name: str) -> dict:
+    """The full-edit twin cut down to render -> masks -> textual inversion -> compose -> sample (no fine-tune, no lift)."""
+    full = load_api_workflow("full_edit")
+    keep = {"1", "2", "3", "4", "7", "8", "9", "10", "11", "15", "16"}
+    graph = {nid: json.loads(json.dumps(node)) for nid, node in full.items() if nid in keep}
+    graph["4"]["inputs"].update(steps=2, run_name=run_name, resume=False, checkpoint_every=1000, preview_every=1)
+    for nid in ("7", "9", "10"):
+        for name, value in graph[nid]["inputs"].items():
+            if isinstance(value, list) and value[0] == "5":  # fine-tune's model/tokens -> textual inversion's
+                graph[nid]["inputs"][name] = ["4", value[1]]
+    for nid in ("11", "16"):  # previews only: nothing written to output/
+        graph[nid] = {"class_type": "PreviewImage", "inputs": {"images": graph[nid]["inputs"]["images"]}}
+    return graph
+
+
+def our_errors(page) -> list:
+    return [e for e in page.errors() if any(e.mentions(f) for f in OUR_FRAGMENTS)]
+
+
+@pytest.fixture(scope="module")
+def page(comfy_host):
+    if chromium_path() is None:
+        skip_or_fail("no Chromium: run tools/install_browser.sh (Debian's chromium) or set CHROMIUM_PATH")
+    browser = Browser().start()
+    try:
+        page = browser.open(comfy_host.url + "/")
+        page.wait_for("!!(window.app && window.app.graph && window.app.extensions?.length)", timeout=60)
+        yield page
+    finally:
+        browser.stop()
+
+
+def test_page_loads_our_extension_without_console_errors(page):
+    assert any(url.split("?")[0].endswith(SCRIPT) for url in page.requests), \
+        f"{SCRIPT} was never requested: {[u for u in page.requests if '/extensions/' in u]}"
+    assert not [f for f in page.failed_requests if PACK_FOLDER in f[0]], page.failed_requests
+    names = page.wait_for("(() => { const n = app.extensions.map(e => e.name);"
+                          " return n.includes('DreamEdit3D.views') ? n : null; })()", timeout=20)
+    assert "DreamEdit3D.views" in names
+    # the default graph has none of our nodes: nothing of ours may complain
+    assert our_errors(page) == [], our_errors(page)
+
+
+def test_missing_or_empty_outputs_are_ignored(page):
+    """onExecuted with no output, no images or junk items neither throws nor logs an error, and adds no grid."""
+    result = page.evaluate("""(() => {
+        const node = LiteGraph.createNode("DreamEdit3D_OrthoRender");
+        app.graph.add(node);
+        for (const out of [undefined, null, {}, {images: []}, {images: [null, {subfolder: "x"}]}, {text: "not a list"}])
+            node.onExecuted(out);
+        const grid = !!node.dreamedit3d?.el;
+        app.graph.remove(node);
+        return {grid, hasHandler: typeof node.onExecuted === "function"};
+    })()""")
+    assert result == {"grid": False, "hasHandler": True}
+    assert our_errors(page) == [], our_errors(page)
+
+
+def test_grid_of_four_views_appears_on_our_nodes_after_a_run(page, comfy_host):
+    run_name = f"web-{uuid.uuid4().hex[:8]}"
+    graph = small_graph(run_name)
+    loaded = page.evaluate(f"""(async () => {{
+        await app.loadApiJson({json.dumps(graph)}, "dreamedit3d-web-test");
+        const ids = {json.dumps(sorted(GRID_NODE_IDS))};
+        window.__dreamedit3dPreviews = {{}};
+        window.__dreamedit3dDone = null;
+        app.api.addEventListener("b_preview_with_metadata", (e) => {{
+            const id = String(e.detail.displayNodeId);
+            window.__dreamedit3dPreviews[id] = (window.__dreamedit3dPreviews[id] || 0) + 1;
+        }});
+        // which blob URL the training node's grid shows while it trains (sampled on every preview)
+        window.__dreamedit3dTrainingGrid = [];
+        app.api.addEventListener("b_preview_with_metadata", (e) => setTimeout(() => {{
+            const n = app.graph.getNodeById(4);
+            if (String(e.detail.displayNodeId) === "4" && n?.dreamedit3d)
+                window.__dreamedit3dTrainingGrid.push(n.dreamedit3d.source + " " + (n.dreamedit3d.urls[0] || "").slice(0, 5));
+        }}, 0));
+        for (const ev of ["execution_success", "execution_error", "execution_interrupted"])
+            app.api.addEventListener(ev, (e) => {{ window.__dreamedit3dDone = ev + " " + JSON.stringify(e.detail).slice(0, 2000); }});
+        const before = {{}};
+        for (const id of ids) before[id] = app.graph.getNodeById(+id)?.serialize().widgets_values?.length ?? null;
+        window.__dreamedit3dWidgetsBefore = before;
+        return ids.map(id => app.graph.getNodeById(+id)?.comfyClass);
+    }})()""")
+    assert loaded == [GRID_NODE_IDS[i] for i in sorted(GRID_NODE_IDS)], loaded
+
+    page.evaluate("app.queuePrompt(0, 1).then(() => true)")
+    done = page.wait_for("window.__dreamedit3dDone", timeout=240, interval=0.5)
+    assert done.startswith("execution_success"), (done, comfy_host.log_tail())
+
+    # every grid node shows a 2x2 grid in the DOM, and views' images are loaded from /view
+    state = page.wait_for(f"""(async () => {{
+        const frame = () => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+        const out = {{}};
+        for (const id of {json.dumps(sorted(GRID_NODE_IDS))}) {{
+            const node = app.graph.getNodeById(+id);
+            const s = node?.dreamedit3d;
+            if (!s?.el || !document.body.contains(s.el)) return null;
+            const cells = [...s.el.querySelectorAll(".dreamedit3d-grid > .dreamedit3d-cell")];
+            const imgs = cells.map(c => c.querySelector("img"));
+            if (s.source === "views" && !imgs.every(i => i.complete && i.naturalWidth > 0)) return null;
+            app.canvas.centerOnNode(node);  // DOM widgets of nodes outside the viewport are hidden
+            app.canvas.setDirty(true, true);
+            await frame();
+            const box = s.el.querySelector(".dreamedit3d-grid").getBoundingClientRect();
+            out[id] = {{source: s.source, views: cells.map(c => c.dataset.view),
+                       sizes: imgs.map(i => [i.naturalWidth, i.naturalHeight]), srcs: imgs.map(i => i.src),
+                       columns: getComputedStyle(s.el.querySelector(".dreamedit3d-grid")).gridTemplateColumns.split(" ").length,
+                       box: [Math.round(box.width), Math.round(box.height)],
+                       status: s.statusEl?.textContent ?? "",
+                       corePreview: (node.widgets || []).some(w => w.name === "$$canvas-image-preview"),
+                       widgetsValues: node.serialize().widgets_values?.length ?? null}};
+        }}
+        return out;
+    }})()""", timeout=60, interval=0.5)
+
+    if os.environ.get("DREAMEDIT3D_SCREENSHOTS"):  # a picture of each grid, for eyes
+        # a fresh profile opens the templates dialog over the canvas
+        page.evaluate("document.querySelectorAll('.p-dialog-mask').forEach(m => m.remove()); 1")
+        for nid in sorted(GRID_NODE_IDS):
+            page.evaluate(f"app.canvas.centerOnNode(app.graph.getNodeById({nid})); app.canvas.setDirty(true, true); 1")
+            page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(1))))")
+            page.screenshot(Path(os.environ["DREAMEDIT3D_SCREENSHOTS"]) / f"web-node-{nid}.png")
+
+    for nid in ("2", "3", "10"):  # OrthoRender, ComponentMask, MVSample: their four preview images
+        s = state[nid]
+        assert s["source"] == "views", (nid, s)
+        assert s["views"] == ["front", "right", "back", "left"] and s["columns"] == 2, (nid, s)
+        assert all(w == 64 and h == 64 for w, h in s["sizes"]), (nid, s["sizes"])
+        assert all("/view?" in u and "type=temp" in u for u in s["srcs"]), (nid, s["srcs"])
+        assert len(set(s["srcs"])) == 4, f"four different views on node {nid}: {s['srcs']}"
+        assert s["box"][0] > 100 and s["box"][1] > 100, (nid, s["box"])
+        assert not s["corePreview"], f"ComfyUI's own preview is shown beside our grid on node {nid}"
+
+    # the training node's grid took its progress previews (2x2 pictures) while it trained, and shows its loss
+    previews = page.evaluate("window.__dreamedit3dPreviews")
+    assert previews.get("4", 0) >= 2, previews
+    trained = page.evaluate("window.__dreamedit3dTrainingGrid")
+    assert trained and all(t == "preview blob:" for t in trained), trained
+    ti = state["4"]
+    assert ti["source"] == "preview" and all(w > 0 for w, _ in ti["sizes"]), ti
+    assert "loss" in ti["status"], ti["status"]
+
+    # the grid is not a value: saved workflows keep their widgets_values unchanged
+    before = page.evaluate("window.__dreamedit3dWidgetsBefore")
+    assert {nid: state[nid]["widgetsValues"] for nid in state} == before
+
+    assert our_errors(page) == [], our_errors(page)
