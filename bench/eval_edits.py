@@ -16,6 +16,8 @@ Real models:
         --dino models/dino/dino-vits16 --components "hat: Hat; body: *" --edited-components hat --out bench_out
 Tiny random models (plumbing and timing only; the numbers mean nothing):
     python -m bench.eval_edits --tiny --assets ../shared/assets/spot.obj --prompts edits.txt --out /tmp/eval
+Speed of the metrics alone (random weights, real ViT-L/14 and ViT-S/16 sizes):
+    python -m bench.eval_edits --metrics-timing --device cuda
 """
 
 from __future__ import annotations
@@ -80,8 +82,9 @@ def header(args, device: torch.device) -> str:
     except OSError:
         commit = "?"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    kind = "tiny" if args.tiny else ("random-real-size" if args.metrics_timing else "real")
     return (f"device={name} torch={torch.__version__} diffusers={diffusers.__version__} "
-            f"transformers={transformers.__version__} dtype=fp32 commit={commit} models={'tiny' if args.tiny else 'real'}")
+            f"transformers={transformers.__version__} dtype=fp32 commit={commit} models={kind}")
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -253,11 +256,66 @@ def write_outputs(out: Path, rows: list, stages: list, head: str) -> None:
     summary_chart(rows, out / "metrics.png")
 
 
+def time_metrics(args, device: torch.device) -> None:
+    """Median time and peak memory of the metrics alone, on random weights of the real architectures.
+
+    CLIP ViT-L/14 and DINO ViT-S/16 with the published configs (openai/clip-vit-large-patch14, facebook/dino-vits16),
+    randomly initialised in memory (speed does not depend on the weights), 4 views at ``--resolution``.
+    """
+    import statistics
+
+    from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
+
+    clip_config = CLIPConfig(
+        text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                         max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu"),
+        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                           image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu"),
+        projection_dim=768)
+    dino_config = ViTConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=6,
+                            image_size=224, patch_size=16, qkv_bias=True, layer_norm_eps=1e-6)
+    torch.manual_seed(0)
+    clip = metrics.ClipMetricModel(CLIPModel(clip_config).to(device).eval(), metrics._OpenClipTokenize(77), 224,
+                                   "random ViT-L/14")
+    dino = metrics.DinoMetricModel(ViTModel(dino_config, add_pooling_layer=False).to(device).eval(), 224,
+                                   "random ViT-S/16")
+    g = torch.Generator().manual_seed(0)
+    src = torch.rand(4, 3, args.resolution, args.resolution, generator=g).to(device)
+    edit = torch.rand(4, 3, args.resolution, args.resolution, generator=g).to(device)
+    mask = torch.zeros(4, args.resolution, args.resolution, dtype=torch.bool, device=device)
+    mask[:, : args.resolution // 2] = True
+    scenarios = {
+        "clip_directional": lambda: metrics.clip_directional_similarity(src, edit, "a dog", "a dog with a hat", clip),
+        "dino_identity": lambda: metrics.dino_identity(src, edit, dino),
+        "evaluate_edit_all": lambda: metrics.evaluate_edit(src, edit, "a dog", "a dog with a hat", clip, dino, mask),
+    }
+    print(f"{'scenario':<22}{'median_ms':>12}{'min_ms':>10}{'peak_mem_gb':>13}")
+    for name, fn in scenarios.items():
+        fn()  # warm-up
+        times = []
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(args.repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append((time.perf_counter() - t0) * 1000)
+        peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+        print(f"{name:<22}{statistics.median(times):>12.1f}{min(times):>10.1f}{peak:>13.3f}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--assets", type=Path, required=True, help="a folder of .glb/.gltf/.obj/.ply assets, or one file")
-    p.add_argument("--prompts", type=Path, required=True, help="edit prompts, one per line (see the module docstring)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (created; files in it are replaced)")
+    p.add_argument("--assets", type=Path, help="a folder of .glb/.gltf/.obj/.ply assets, or one file")
+    p.add_argument("--prompts", type=Path, help="edit prompts, one per line (see the module docstring)")
+    p.add_argument("--out", type=Path, help="output folder (created; files in it are replaced)")
+    p.add_argument("--metrics-timing", action="store_true",
+                   help="only time the metrics on random real-size ViT-L/14 + ViT-S/16 (no pipeline)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per scenario (--metrics-timing)")
     p.add_argument("--tiny", action="store_true", help="tiny random MVDream/CLIP/DINO (timing and plumbing only)")
     p.add_argument("--mvdream", type=Path, help="the MVDream checkpoint (sd-v2.1-base-4view.pt)")
     p.add_argument("--clip", type=Path, help="CLIP ViT-L/14 (transformers folder or full CLIPModel file)")
@@ -276,10 +334,16 @@ def main(argv=None) -> int:
     p.add_argument("--texture-size", type=int, default=512)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if args.metrics_timing:
+        print(header(args, device))
+        time_metrics(args, device)
+        return 0
+    if not (args.assets and args.prompts and args.out):
+        p.error("give --assets, --prompts and --out (or --metrics-timing)")
     if not args.tiny and not (args.mvdream and (args.clip or args.dino)):
         p.error("give --mvdream and --clip/--dino, or --tiny")
 
-    device = torch.device(args.device)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log = StageLog(device)
