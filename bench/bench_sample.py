@@ -218,8 +218,8 @@ def main(argv=None) -> int:
     print(f"{'scenario':<8} {'s_per_sample':>12} {'ms_per_step':>11} {'unet_evals_per_s':>16} {'peak_mem_gb':>11} "
           f"{'vs_stock':>8}")
     for r in rows:
-        print(f"{r['scenario']:<8} {r['median_s_per_sample']:>12.3f} {r['ms_per_step']:>11.1f} "
-              f"{r['unet_evals_per_s']:>16.2f} {r['peak_mem_gb']:>11.2f} {r['vs_stock']:>8.2f}")
+        print(f"{r['scenario']:<8} {r['median_s_per_sample']:>12.4g} {r['ms_per_step']:>11.4g} "
+              f"{r['unet_evals_per_s']:>16.3g} {r['peak_mem_gb']:>11.3g} {r['vs_stock']:>8.3f}")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
     return 0
