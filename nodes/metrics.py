@@ -82,9 +82,12 @@ class EditMetrics(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, clip_model=None, dino_model=None, **kw):
+    def validate_inputs(cls, clip_model, dino_model):
         if clip_model == NONE and dino_model == NONE:
             return "choose a CLIP model (models/clip_vision) and/or a DINO model (models/dino)"
+        for input_id, kind, value in (("clip_model", FOLDER_CLIP, clip_model), ("dino_model", FOLDER_DINO, dino_model)):
+            if value not in _choices(kind):  # 0.3.75 does not check V3 combos
+                return f"{input_id} {value!r} is not in models/{kind}: put the model there and refresh"
         return True
 
     @classmethod

@@ -82,7 +82,10 @@ def test_schema_lists_the_model_folders(node):
     assert inputs["clip_model"].options == ["(none)", "clip-tiny/model.safetensors", "clip_vision_l.safetensors"]
     assert inputs["dino_model"].options == ["(none)", "dino-tiny/model.safetensors"]
     assert all(i.tooltip for i in schema.inputs)
-    assert node.EditMetrics.validate_inputs(clip_model="(none)", dino_model="(none)").startswith("choose a CLIP")
+    validate = node.EditMetrics.validate_inputs
+    assert validate(clip_model="(none)", dino_model="(none)").startswith("choose a CLIP")
+    assert validate(clip_model="gone.safetensors", dino_model="(none)").startswith("clip_model 'gone.safetensors' is not")
+    assert validate(clip_model="(none)", dino_model="dino-tiny/model.safetensors") is True
 
 
 def test_execute_converts_comfy_images_and_equals_the_core_functions(node, models):
