@@ -108,6 +108,7 @@ def _rasterize_screen(
         b = (x[:, k] - x[:, j]) / area[:, None] * tinv
         c = (x[:, j] * y[:, k] - y[:, j] * x[:, k]) / area[:, None] * tinv
         coef = torch.stack([a, b, c], dim=1)  # [T, 3 (a,b,c), 3 (vertex)]
+        columns = coef.permute(1, 2, 0).reshape(9, -1).contiguous()  # 1-D gathers are much faster than [P, 9] ones
         x0, y0 = xmin[idx].long(), ymin[idx].long()
         bw = xmax[idx].long() - x0 + 1
         counts = bw * (ymax[idx].long() - y0 + 1)
@@ -120,21 +121,26 @@ def _rasterize_screen(
             base = int(cum_cpu[begin - 1]) if begin else 0
             end = int(torch.searchsorted(cum_cpu, base + max_pairs, right=True))
             end = min(max(end, begin + 1), n_tri)
-            tsel = torch.arange(begin, end, device=device)
             tc = counts[begin:end]
-            pair_tri = torch.repeat_interleave(tsel, tc)
-            local = torch.arange(int(tc.sum()), device=device) - torch.repeat_interleave(starts[begin:end] - base, tc)
+            n_pairs = int(cum_cpu[end - 1]) - base
+            pair_tri = torch.repeat_interleave(torch.arange(begin, end, device=device), tc, output_size=n_pairs)
+            local = torch.arange(n_pairs, device=device) - (starts - base)[pair_tri]
             w = bw[pair_tri]
-            px = x0[pair_tri] + local % w
-            py = y0[pair_tri] + torch.div(local, w, rounding_mode="floor")
-            cf = coef[pair_tri]  # [P, 3, 3]
-            q = cf[:, 0] * (px[:, None] + 0.5) + cf[:, 1] * (py[:, None] + 0.5) + cf[:, 2]
-            inside = (q >= 0).all(1)
-            qs = q.sum(1)
+            row_in_box = torch.div(local, w, rounding_mode="floor")
+            px = x0[pair_tri] + (local - row_in_box * w)
+            py = y0[pair_tri] + row_in_box
+            pxf, pyf = px.to(torch.float64) + 0.5, py.to(torch.float64) + 0.5
+            inside = torch.ones(n_pairs, dtype=torch.bool, device=device)
+            qs = torch.zeros(n_pairs, dtype=torch.float64, device=device)
+            for vtx in range(3):
+                q = columns[vtx][pair_tri] * pxf + columns[3 + vtx][pair_tri] * pyf + columns[6 + vtx][pair_tri]
+                inside &= q >= 0
+                qs += q
             inside &= qs > 0
-            d32 = (1.0 / qs[inside]).to(torch.float32)
-            key = (d32.view(torch.int32).to(torch.int64) << 32) | pair_tri[inside]
-            zbuf.scatter_reduce_(0, (py * width + px)[inside], key, reduce="amin", include_self=True)
+            sel = inside.nonzero().squeeze(1)
+            d32 = (1.0 / qs[sel]).to(torch.float32)
+            key = (d32.view(torch.int32).to(torch.int64) << 32) | pair_tri[sel]
+            zbuf.scatter_reduce_(0, py[sel] * width + px[sel], key, reduce="amin", include_self=True)
             begin = end
         hit = zbuf != _NO_HIT
         pix = hit.nonzero().squeeze(1)
