@@ -82,6 +82,10 @@ def test_schema_lists_the_model_folders(node):
     assert inputs["clip_model"].options == ["(none)", "clip-tiny/model.safetensors", "clip_vision_l.safetensors"]
     assert inputs["dino_model"].options == ["(none)", "dino-tiny/model.safetensors"]
     assert all(i.tooltip for i in schema.inputs)
+    node.EditMetrics.GET_SCHEMA()  # what the host runs at registration: unique ids, class properties
+    legacy = node.EditMetrics.INPUT_TYPES()
+    assert list(legacy["optional"]) == ["protected_mask", "views", "edited_components", "background"]
+    assert node.EditMetrics.RETURN_TYPES == ["STRING", "IMAGE"]
     validate = node.EditMetrics.validate_inputs
     assert validate(clip_model="(none)", dino_model="(none)").startswith("choose a CLIP")
     assert validate(clip_model="gone.safetensors", dino_model="(none)").startswith("clip_model 'gone.safetensors' is not")
