@@ -2,7 +2,9 @@
 
 * ``ddim``: MVDream's ``DDIMSampler`` (``../shared/design/mvdream.md`` §5) = diffusers ``DDIMScheduler`` with
   ``steps_offset=1``, ``timestep_spacing="leading"``, ``set_alpha_to_one=False``, ``clip_sample=False``, eta 0; 50 steps
-  are timesteps 981, 961, …, 1. The scheduler's ᾱ table is the checkpoint's own ``alphas_cumprod`` buffer.
+  are timesteps 981, 961, …, 1. The scheduler's ᾱ table is the checkpoint's own ``alphas_cumprod`` buffer. For step
+  counts that do not divide 1000, MVDream's ``range(0, 1000, 1000 // S) + 1`` yields more than S timesteps; we run
+  exactly S (diffusers' "leading" spacing), which is the same for 50, 25, 20, 10 ... steps.
 * ``euler``: Karras et al. (2022) Algorithm 2 without churn, in k-diffusion's contract ``sample_euler(model, x,
   sigmas)`` with ``model(x, sigma) -> x0`` (:class:`~dreamedit3d_core.schedule.MVDenoiser`), on ``karras`` or
   ``normal`` sigmas from the same table.
