@@ -188,6 +188,15 @@ def _rgb(value, default=(1.0, 1.0, 1.0)) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
+def _colour_array(colours) -> np.ndarray:
+    """Per-vertex RGB in 0..1 from glTF COLOR_0 as trimesh keeps it (float, or normalised uint8/uint16)."""
+    arr = np.asarray(colours)
+    rgb = arr.reshape(len(arr), -1)[:, :3].astype(np.float64)
+    if np.issubdtype(arr.dtype, np.integer):
+        rgb = rgb / float(np.iinfo(arr.dtype).max)
+    return np.clip(rgb, 0.0, 1.0)
+
+
 def _material_colour_and_image(material):
     """(base colour RGB in 0..1, PIL image or None) of a trimesh material."""
     if material is None:
@@ -246,7 +255,7 @@ def _scene_parts(scene, path: Path, named_nodes: dict, fmt: str, texture_overrid
         face_rgb = None
         if visual is not None and visual.kind is not None and getattr(visual, "vertex_attributes", None) is not None \
                 and "color" in visual.vertex_attributes and len(visual.vertex_attributes["color"]) == len(vertices):
-            vcol = np.asarray(visual.vertex_attributes["color"], np.float64)[:, :3] / 255.0
+            vcol = _colour_array(visual.vertex_attributes["color"])
         if isinstance(visual, trimesh.visual.TextureVisuals):
             base, image = _material_colour_and_image(visual.material if has_materials else None)
             if visual.uv is not None and len(visual.uv) == len(vertices):

@@ -237,3 +237,26 @@ def test_face_limit_is_a_clear_error(tmp_path):
         load_asset(path, max_faces=100)
     assert load_asset(path).faces.shape[0] == 320
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ball.ply"]
+
+
+def test_gltf_vertex_colours_multiply_the_base_colour_factor(tmp_path):
+    """COLOR_0 as float next to a material: kept as 0..1 vertex colours, baseColorFactor as the face base colour."""
+    pos = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+    col = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0.5]], np.float32)
+    blob = pos.tobytes() + col.tobytes()
+    tree = {
+        "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0, "name": "tri"}],
+        "materials": [{"pbrMetallicRoughness": {"baseColorFactor": [0.5, 1.0, 0.25, 1.0]}}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "COLOR_0": 1}, "material": 0}]}],
+        "accessors": [{"bufferView": 0, "componentType": 5126, "count": 3, "type": "VEC3", "min": [0, 0, 0],
+                       "max": [1, 1, 0]},
+                      {"bufferView": 1, "componentType": 5126, "count": 3, "type": "VEC3"}],
+        "bufferViews": [{"buffer": 0, "byteLength": 36}, {"buffer": 0, "byteOffset": 36, "byteLength": 36}],
+        "buffers": [{"uri": "c.bin", "byteLength": len(blob)}],
+    }
+    (tmp_path / "c.gltf").write_text(json.dumps(tree))
+    (tmp_path / "c.bin").write_bytes(blob)
+    asset = load_asset(tmp_path / "c.gltf")
+    torch.testing.assert_close(asset.vertex_colors, torch.from_numpy(col), atol=1e-6, rtol=0)
+    # trimesh keeps material factors as uint8: within one step of 1/255
+    torch.testing.assert_close(asset.face_base_color[0], torch.tensor([0.5, 1.0, 0.25]), atol=1 / 255, rtol=0)
