@@ -48,6 +48,7 @@ _EXPORTS = {
     "compose_prompt": ".prompts",
     "sample_views": ".sampling",
     "MVDenoiser": ".schedule",
+    "sample_latents": ".sampling",
     # personalisation
     "train_textual_inversion": ".personalize.textual_inversion",
     "finetune": ".personalize.finetune",
