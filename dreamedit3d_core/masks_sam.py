@@ -260,10 +260,38 @@ def view_prompts(render: MultiViewRender, prompt: SamPrompt, depth_tolerance: fl
     return per_view
 
 
+def _prompts_from_components(components, view, points, labels, box) -> tuple:
+    """The one-component form (what a node with a points field passes): ([SamPrompt], name of the '*' component or None).
+
+    ``components`` is a name ("hat") or a spec ("hat: Hat; dog: *"): the first component that is not '*' is segmented from
+    the points/box, and a '*' component takes the rest of the object.
+    """
+    from .masks import _clean_component, parse_component_spec
+
+    if components is None:
+        raise ConfigError("masks_from_sam needs prompts, or components= with points= (or box=) on one view")
+    text = str(components)
+    spec = parse_component_spec(text) if ":" in text else {_clean_component(n): [] for n in text.replace(";", ",").split(",")
+                                                           if n.strip()}
+    named = [n for n, parts in spec.items() if parts != "*"]
+    rest = [n for n, parts in spec.items() if parts == "*"]
+    if len(named) != 1:
+        raise ConfigError(f"SAM from points segments one component (plus an optional '*' one for the rest of the "
+                          f"object); got components {list(spec)}")
+    prompt = SamPrompt(named[0], int(view), tuple(points or ()), tuple(labels or ()), box)
+    return [prompt], (rest[0] if rest else None), list(spec)
+
+
 def masks_from_sam(
     render: MultiViewRender,
     sam_checkpoint_path,
-    prompts,
+    prompts=None,
+    *,
+    components=None,
+    view: int = 0,
+    points=None,
+    labels=None,
+    box=None,
     depth_tolerance: Optional[float] = None,
     restrict_to_object: bool = True,
     multimask: bool = False,
@@ -272,10 +300,13 @@ def masks_from_sam(
     """Component masks from SAM, prompted consistently across the views.
 
     Args:
-        render: from ``render_views`` (rgb, depth, cameras).
+        render: from ``render_views`` (rgb, depth, normals, cameras).
         sam_checkpoint_path: a SAM checkpoint path (see module doc), or an already loaded ``Sam`` module.
         prompts: list of :class:`SamPrompt`, or ``{component: {"view": 0, "points": [[x, y]], "labels": [1], "box":
-            [x0, y0, x1, y1]}}`` (or its JSON).
+            [x0, y0, x1, y1]}}`` (or its JSON). Pixel coordinates: x = column, y = row, pixel centres at +0.5.
+        components, view, points, labels, box: the one-component form instead of ``prompts``: ``components`` is a name
+            or a spec such as ``"hat: Hat; dog: *"`` whose first non-'*' component is segmented from ``points``/``box`` on
+            ``view``; a '*' component gets the rest of the object (alpha minus the segmented component).
         depth_tolerance: object units for the occlusion test (default ``masks.DEFAULT_DEPTH_TOLERANCE``).
         restrict_to_object: keep only mask pixels on the object (alpha > 0.5).
         multimask: ask SAM for several masks per view and keep the best-scored.
@@ -291,8 +322,12 @@ def masks_from_sam(
     from .masks import DEFAULT_DEPTH_TOLERANCE, _check_nonempty, _clean_component, mask_disagreement
 
     tol = DEFAULT_DEPTH_TOLERANCE if depth_tolerance is None else float(depth_tolerance)
+    rest_name, order = None, None
+    if prompts is None:
+        prompts, rest_name, order = _prompts_from_components(components, view, points, labels, box)
     prompts = parse_sam_prompts(prompts)
     names = tuple(_clean_component(p.component) for p in prompts)
+    all_prompts = [view_prompts(render, p, tol) for p in prompts]  # checks the prompts before loading SAM
     run_device = device if device is not None else render.rgb.device
     sam = sam_checkpoint_path if isinstance(sam_checkpoint_path, torch.nn.Module) else load_sam(sam_checkpoint_path,
                                                                                               run_device)
@@ -300,7 +335,6 @@ def masks_from_sam(
 
     predictor = SamPredictor(sam)
     h, w = render.size
-    all_prompts = [view_prompts(render, p, tol) for p in prompts]
     masks = torch.zeros(len(prompts), render.num_views, h, w, dtype=torch.bool)
     on_object = (render.alpha[:, 0] > 0.5).cpu()
     with torch.no_grad():
@@ -310,15 +344,21 @@ def masks_from_sam(
             image = (render.rgb[v].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
             predictor.set_image(image, image_format="RGB")
             for k, pp in enumerate(all_prompts):
-                points, labels, box = pp[v]
-                if labels is None and box is None:
+                points_v, labels_v, box_v = pp[v]
+                if labels_v is None and box_v is None:
                     continue
                 # SAM counts pixel i from i (it adds 0.5 for the centre); ours has the centre of pixel i at i + 0.5
-                out, scores, _ = predictor.predict(point_coords=None if points is None else points - 0.5,
-                                                   point_labels=labels, box=None if box is None else box - 0.5,
+                out, scores, _ = predictor.predict(point_coords=None if points_v is None else points_v - 0.5,
+                                                   point_labels=labels_v, box=None if box_v is None else box_v - 0.5,
                                                    multimask_output=multimask)
                 m = torch.from_numpy(out[int(np.argmax(scores))] if multimask else out[0])
                 masks[k, v] = m & on_object[v] if restrict_to_object else m
+    if rest_name is not None:
+        rest = on_object & ~masks.any(0)
+        by_name = dict(zip(names, masks))
+        by_name[rest_name] = rest
+        names = tuple(order)
+        masks = torch.stack([by_name[n] for n in names])
     masks = masks.to(render.rgb.device)
     _check_nonempty(masks, names, "SAM found nothing at the prompts: move the points onto the component or add a box")
     return ComponentMasks(masks=masks, names=names, source=MaskSource.SAM,

@@ -194,3 +194,18 @@ def test_sam_box_prompts_and_bad_prompts(tmp_path):
         SamPrompt("cube", 0, ((1, 1),), (1, 0))
     with pytest.raises(ConfigError, match="not valid JSON"):
         masks_from_sam(r, sam, "{cube")
+
+
+def test_sam_one_component_form_with_the_rest_of_the_object(tmp_path):
+    """What the node passes: components spec + points on one view; '*' gets the object minus the SAM component."""
+    r = _cube_render()
+    sam = tiny_sam(seed=1)
+    xy = tuple(float(c) for c in r.cameras.project(torch.tensor([[0.1, 0.5, -0.15]]), RES, RES)[0][0, 0])
+    single = masks_from_sam(r, sam, [SamPrompt("top", 0, (xy,))])
+    both = masks_from_sam(r, sam, components="rest: *; top: Top", view=0, points=[xy])
+    assert both.names == ("rest", "top")
+    assert torch.equal(both.masks[1], single.masks[0])
+    assert torch.equal(both.masks[0], (r.alpha[:, 0] > 0.5) & ~single.masks[0])
+    assert both.disagreement.shape == (2,)
+    with pytest.raises(ConfigError, match="segments one component"):
+        masks_from_sam(r, sam, components="a: A; b: B", points=[xy])
