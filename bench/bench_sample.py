@@ -138,15 +138,17 @@ def set_attention(unet, stock: bool) -> None:
         set_multiview_attention(base, NUM_VIEWS)
 
 
-def time_it(fn, device, repeats: int) -> list[float]:
-    times = []
+def time_it(fn, device, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall seconds and this process's CPU seconds per call (CPU time shows the work on a shared, loaded machine)."""
+    wall, cpu = [], []
     for _ in range(repeats):
         sync(device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def main(argv=None) -> int:
@@ -194,13 +196,14 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         fn(run_steps if device.type == "cuda" else 1)  # warm-up (CUDA: whole schedule, for compile/autotune)
-        times = time_it(lambda: fn(run_steps), device, repeats)
+        times, cpu_times = time_it(lambda: fn(run_steps), device, repeats)
         per_step = statistics.median(times) / run_steps
         per_sample = per_step * args.steps
         baseline = per_sample if is_stock else baseline
         rows.append({
             "scenario": label, "steps_timed": run_steps, "steps_reported": args.steps,
             "median_s_per_sample": per_sample, "ms_per_step": per_step * 1e3,
+            "cpu_s_per_sample": statistics.median(cpu_times) / run_steps * args.steps,
             "unet_evals_per_s": 1.0 / per_step,
             "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"),
             "vs_stock": per_sample / baseline if baseline else float("nan"),
@@ -209,16 +212,17 @@ def main(argv=None) -> int:
     if not args.no_decode:
         latents = torch.randn(NUM_VIEWS, 4, h, h, generator=torch.Generator().manual_seed(3)).to(device)
         decode_views(model, latents, NUM_VIEWS)  # warm-up
-        times = time_it(lambda: decode_views(model, latents, NUM_VIEWS), device, repeats)
+        times, cpu_times = time_it(lambda: decode_views(model, latents, NUM_VIEWS), device, repeats)
         rows.append({"scenario": "decode", "steps_timed": 0, "steps_reported": 0,
                      "median_s_per_sample": statistics.median(times), "ms_per_step": float("nan"),
+                     "cpu_s_per_sample": statistics.median(cpu_times),
                      "unet_evals_per_s": float("nan"), "peak_mem_gb": float("nan"), "vs_stock": float("nan"),
                      "extrapolated": False})
 
-    print(f"{'scenario':<8} {'s_per_sample':>12} {'ms_per_step':>11} {'unet_evals_per_s':>16} {'peak_mem_gb':>11} "
-          f"{'vs_stock':>8}")
+    print(f"{'scenario':<8} {'s_per_sample':>12} {'cpu_s_per_sample':>16} {'ms_per_step':>11} {'unet_evals_per_s':>16} "
+          f"{'peak_mem_gb':>11} {'vs_stock':>8}")
     for r in rows:
-        print(f"{r['scenario']:<8} {r['median_s_per_sample']:>12.4g} {r['ms_per_step']:>11.4g} "
+        print(f"{r['scenario']:<8} {r['median_s_per_sample']:>12.4g} {r['cpu_s_per_sample']:>16.4g} {r['ms_per_step']:>11.4g} "
               f"{r['unet_evals_per_s']:>16.3g} {r['peak_mem_gb']:>11.3g} {r['vs_stock']:>8.3f}")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
