@@ -163,6 +163,26 @@ def _check_gltf(tree: dict, binary: bytes, path: Path, max_pixels: int) -> None:
                 raise _fail(path, f"{what} '{uri}' is missing (expected at {target})")
             if kind == "images":
                 _check_image_header(target.read_bytes(), path, f"texture '{uri}'", max_pixels)
+    required = set(tree.get("extensionsRequired", []) or [])
+    if "KHR_draco_mesh_compression" in required:
+        try:
+            import DracoPy  # noqa: F401  (trimesh decodes Draco with it)
+        except ImportError:
+            raise _fail(path, "is Draco-compressed (KHR_draco_mesh_compression): pip install DracoPy, or re-export it "
+                              "without compression") from None
+    if "EXT_meshopt_compression" in required:
+        raise _fail(path, "is meshopt-compressed (EXT_meshopt_compression), which cannot be decoded here; re-export it "
+                          "without compression")
+    for i, img in enumerate(tree.get("images", []) or []):
+        uri = img.get("uri", "") if isinstance(img, dict) else ""
+        if uri.startswith("data:") and "," in uri:
+            import base64
+
+            try:
+                blob = base64.b64decode(uri.split(",", 1)[1], validate=False)
+            except ValueError:
+                raise _fail(path, f"is corrupt: image {i} has a malformed data: URI") from None
+            _check_image_header(blob, path, f"embedded texture {i}", max_pixels)
     views = tree.get("bufferViews", []) or []
     for i, img in enumerate(tree.get("images", []) or []):
         if isinstance(img, dict) and "bufferView" in img and binary:
@@ -177,6 +197,36 @@ def _check_gltf(tree: dict, binary: bytes, path: Path, max_pixels: int) -> None:
 
 # --------------------------------------------------------------------------------------------------------------------------
 # scene -> arrays
+
+
+def _texture_transforms(tree: dict) -> dict:
+    """KHR_texture_transform of each material's base-colour texture, as ``{material name: uv -> uv}``.
+
+    trimesh does not apply the extension. Per the spec the transform acts on glTF UVs (v down):
+    ``uv' = T(offset) R(rotation) S(scale) uv``; trimesh's UVs have v up, so v is flipped around it.
+    """
+    out = {}
+    for material in tree.get("materials", []) or []:
+        if not isinstance(material, dict):
+            continue
+        info = (material.get("pbrMetallicRoughness") or {}).get("baseColorTexture") or {}
+        ext = (info.get("extensions") or {}).get("KHR_texture_transform")
+        if not ext or not material.get("name"):
+            continue
+        off = np.asarray(ext.get("offset", [0.0, 0.0]), np.float64)
+        sc = np.asarray(ext.get("scale", [1.0, 1.0]), np.float64)
+        rot = float(ext.get("rotation", 0.0))
+        if not off.any() and (sc == 1).all() and rot == 0.0:
+            continue
+        c, s_ = np.cos(rot), np.sin(rot)
+        matrix = np.array([[c, s_], [-s_, c]]) @ np.diag(sc)
+
+        def apply(uv, matrix=matrix, off=off):
+            gl = np.stack([uv[:, 0], 1.0 - uv[:, 1]], 1) @ matrix.T + off
+            return np.stack([gl[:, 0], 1.0 - gl[:, 1]], 1)
+
+        out[material["name"]] = apply
+    return out
 
 
 def _rgb(value, default=(1.0, 1.0, 1.0)) -> np.ndarray:
@@ -228,7 +278,8 @@ def _part_name(node: str, geom_name: str, geom, named_nodes: dict, fmt: str, pat
     return geom_name
 
 
-def _scene_parts(scene, path: Path, named_nodes: dict, fmt: str, texture_override, has_materials: bool = True):
+def _scene_parts(scene, path: Path, named_nodes: dict, fmt: str, texture_override, has_materials: bool = True,
+                 uv_transforms: Optional[dict] = None):
     """Flatten a trimesh scene (node transforms applied) into per-part numpy arrays."""
     import trimesh
 
@@ -260,6 +311,9 @@ def _scene_parts(scene, path: Path, named_nodes: dict, fmt: str, texture_overrid
             base, image = _material_colour_and_image(visual.material if has_materials else None)
             if visual.uv is not None and len(visual.uv) == len(vertices):
                 uv = np.asarray(visual.uv, np.float64)[:, :2]
+                transform_uv = (uv_transforms or {}).get(getattr(visual.material, "name", None))
+                if transform_uv is not None and image is not None:
+                    uv = transform_uv(uv)
             if image is None and texture_override is not None and uv is not None:
                 image = texture_override
                 base = np.ones(3)
@@ -355,6 +409,7 @@ def load_asset(
         raise _fail(path, "is empty (0 bytes)")
     folder = path.parent.resolve()
     named_nodes: dict = {}
+    uv_transforms: dict = {}
     kwargs: dict = {}
     has_materials = True
     if suffix in (".glb", ".gltf"):
@@ -366,6 +421,7 @@ def load_asset(
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise _fail(path, f"is corrupt: the glTF JSON does not parse ({exc})") from None
         _check_gltf(tree, binary, path, max_texture_pixels)
+        uv_transforms = _texture_transforms(tree)
         named_nodes = {}
         for i, node in enumerate(tree.get("nodes", []) or []):
             if isinstance(node, dict) and node.get("name") and node["name"] not in named_nodes:
@@ -395,7 +451,7 @@ def load_asset(
         raise _fail(path, f"is corrupt or not a valid {suffix[1:].upper()} file ({type(exc).__name__}: {msg})") from None
     if resolver.problems:
         raise AssetError(resolver.problems[0])
-    parts = _scene_parts(scene, path, named_nodes, suffix, texture_override, has_materials)
+    parts = _scene_parts(scene, path, named_nodes, suffix, texture_override, has_materials, uv_transforms)
     return _assemble(parts, path, rotation, max_faces, device)
 
 

@@ -260,3 +260,55 @@ def test_gltf_vertex_colours_multiply_the_base_colour_factor(tmp_path):
     torch.testing.assert_close(asset.vertex_colors, torch.from_numpy(col), atol=1e-6, rtol=0)
     # trimesh keeps material factors as uint8: within one step of 1/255
     torch.testing.assert_close(asset.face_base_color[0], torch.tensor([0.5, 1.0, 0.25]), atol=1 / 255, rtol=0)
+
+
+def _textured_gltf(folder, extra_material=None, image_uri="t.png", required=()):
+    from PIL import Image
+
+    pos = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+    uv = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)  # glTF UVs (v down)
+    blob = pos.tobytes() + uv.tobytes()
+    texture = {"index": 0}
+    if extra_material:
+        texture["extensions"] = {"KHR_texture_transform": extra_material}
+    tree = {
+        "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0, "name": "tri"}],
+        "extensionsRequired": list(required), "extensionsUsed": list(required) + ["KHR_texture_transform"],
+        "materials": [{"name": "m", "pbrMetallicRoughness": {"baseColorTexture": texture}}],
+        "textures": [{"source": 0}], "images": [{"uri": image_uri}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "TEXCOORD_0": 1}, "material": 0}]}],
+        "accessors": [{"bufferView": 0, "componentType": 5126, "count": 3, "type": "VEC3", "min": [0, 0, 0],
+                       "max": [1, 1, 0]},
+                      {"bufferView": 1, "componentType": 5126, "count": 3, "type": "VEC2"}],
+        "bufferViews": [{"buffer": 0, "byteLength": 36}, {"buffer": 0, "byteOffset": 36, "byteLength": 24}],
+        "buffers": [{"uri": "t.bin", "byteLength": len(blob)}],
+    }
+    Image.new("RGB", (4, 2), (200, 10, 10)).save(folder / "t.png")
+    (folder / "t.bin").write_bytes(blob)
+    (folder / "t.gltf").write_text(json.dumps(tree))
+    return folder / "t.gltf"
+
+
+def test_khr_texture_transform_is_applied_to_the_uvs(tmp_path):
+    plain = load_asset(_textured_gltf(tmp_path))
+    # trimesh UVs are v-up: glTF (0,0),(1,0),(0,1) -> (0,1),(1,1),(0,0)
+    torch.testing.assert_close(plain.uv, torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]))
+    moved = load_asset(_textured_gltf(tmp_path, {"offset": [0.5, 0.25], "scale": [0.5, 0.5]}))
+    gl = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]) * 0.5 + [0.5, 0.25]  # the spec's T * S on glTF UVs
+    expect = np.stack([gl[:, 0], 1 - gl[:, 1]], 1)
+    np.testing.assert_allclose(moved.uv.numpy(), expect, atol=1e-6)
+
+
+def test_embedded_bombs_and_undecodable_compression_are_refused(tmp_path):
+    import base64
+
+    uri = "data:image/png;base64," + base64.b64encode(_png_header(10000, 9000)).decode()
+    with pytest.raises(AssetError, match=r"t\.gltf: embedded texture 0 is 10000x9000"):
+        load_asset(_textured_gltf(tmp_path, image_uri=uri))
+    with pytest.raises(AssetError, match=r"t\.gltf: is meshopt-compressed"):
+        load_asset(_textured_gltf(tmp_path, required=("EXT_meshopt_compression",)))
+    try:
+        import DracoPy  # noqa: F401
+    except ImportError:
+        with pytest.raises(AssetError, match=r"t\.gltf: is Draco-compressed .*pip install DracoPy"):
+            load_asset(_textured_gltf(tmp_path, required=("KHR_draco_mesh_compression",)))
