@@ -134,11 +134,11 @@ def compose_prompt(
     prompts = split_prompts(prompt)
     if not isinstance(negative_prompt, str):
         raise ConfigError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
+    _check_placeholders(prompts, negative_prompt, known_tokens(model, tokens))  # before touching the model
     if tokens is not None:
         from .tokens import apply_tokens
 
         apply_tokens(model, tokens)
-    _check_placeholders(prompts, negative_prompt, known_tokens(model, tokens))
 
     if cameras is not None:
         camera_views = cameras.embedding()

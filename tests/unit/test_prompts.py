@@ -89,6 +89,7 @@ def test_unknown_token_is_an_error_listing_the_known_ones(fresh_model):
     tokens = token_set(fresh_model, ["<dog>", "<hat>"])
     with pytest.raises(TokenError, match=r"unknown token\(s\) <cat> in the prompt; known tokens: <dog>, <hat>"):
         compose_prompt(fresh_model, "a <cat> wearing a <hat>", tokens=tokens)
+    assert fresh_model.tokenizer.added_tokens == []  # a refused prompt leaves the model untouched
     with pytest.raises(TokenError, match=r"unknown token\(s\) <dgo> in the prompt"):
         compose_prompt(fresh_model, "a dog", negative_prompt="<dgo>", tokens=tokens)
 
