@@ -40,6 +40,7 @@ from .textual_inversion import (
     personalization_loss,
     prepare_model_for_training,
     preview_from,
+    recording,
 )
 from .train import CheckpointPolicy, StepOutput, grad_enabled, run_training
 
@@ -246,7 +247,7 @@ def finetune(model, render: MultiViewRender, masks: ComponentMasks, tokens: Toke
             was_training = model.unet.training
             model.unet.train()
             try:
-                with rows.attached(), _gradient_checkpointing(model.unet, config.gradient_checkpointing):
+                with rows.attached(), recording(model, scene), _gradient_checkpointing(model.unet, config.gradient_checkpointing):
                     result = run_training(
                         step_fn, params, optimizer, config.steps, generator, fingerprint, progress=progress,
                         checkpoint=CheckpointPolicy(checkpoint_dir, config.checkpoint_every, "phase2"),

@@ -119,6 +119,8 @@ class Scene:
         token_ids: K new token ids, in component order.
         tokens, components: K token strings and component names.
         attention_layers: cross-attention layer names recorded for the attention loss.
+        attention_store: while :func:`recording` is active, the store the recording processors write to. Keeping
+            them installed for the whole run (not per forward) lets gradient checkpointing recompute the same ops.
     """
 
     latents: torch.Tensor
@@ -129,6 +131,7 @@ class Scene:
     components: tuple
     attention_layers: list = field(default_factory=list)
     image_size: tuple = (256, 256)
+    attention_store: object = None  # an open record_cross_attention store for the whole run (see recording())
 
     @property
     def num_views(self) -> int:
@@ -335,7 +338,11 @@ def personalization_loss(model, scene: Scene, generator: torch.Generator, attent
     with autocast_context(device, mixed_precision):
         text = encode_ids_differentiable(model, ids)  # [1, 77, D]
         text = text.expand(V, *text.shape[1:])
-        if with_attention:
+        if with_attention and scene.attention_store is not None:
+            scene.attention_store.clear()
+            eps_pred = model.predict_noise(noisy.to(model.dtype), timesteps, text, scene.cameras.to(model.dtype))
+            maps = dict(scene.attention_store.maps)
+        elif with_attention:
             from ..mvdream.attention import record_cross_attention
 
             with record_cross_attention(model.unet, scene.attention_layers) as store:
@@ -365,6 +372,22 @@ def preview_from(model, context) -> torch.Tensor:
         x0 = (noisy - (1.0 - ac).sqrt() * eps_pred.float()) / ac.sqrt()
         rgb = model.decode_latents(x0.to(model.dtype)).float().clamp(0, 1)
     return torch.cat(list(rgb), dim=-1).cpu()
+
+
+@contextlib.contextmanager
+def recording(model, scene: Scene):
+    """Install the recording cross-attention processors for a whole run (no-op without attention layers)."""
+    if not scene.attention_layers:
+        yield scene
+        return
+    from ..mvdream.attention import record_cross_attention
+
+    with record_cross_attention(model.unet, scene.attention_layers) as store:
+        scene.attention_store = store
+        try:
+            yield scene
+        finally:
+            scene.attention_store = None
 
 
 @contextlib.contextmanager
@@ -444,7 +467,7 @@ def train_textual_inversion(model, render: MultiViewRender, masks: ComponentMask
             return personalization_loss(model, scene, generator, config.attention_loss_weight, config.mixed_precision,
                                         prompt_prefix=config.prompt_prefix)
 
-        with frozen(model), rows.attached():
+        with frozen(model), rows.attached(), recording(model, scene):
             result = run_training(
                 step_fn, {"token_rows": rows.rows}, optimizer, config.steps, generator, fingerprint, progress=progress,
                 checkpoint=CheckpointPolicy(checkpoint_dir, config.checkpoint_every, "phase1"), resume_from=resume_from,
