@@ -53,7 +53,6 @@ TINY_TEXT = TextArch("open_clip", 128, 3, 2, 256, 49408, 77, 96)
 TINY_SD15_UNET = UNetArch(32, (1, 2, 4, 4), 2, (False, True, True, False), 1, 64, False, 16)
 TINY_SD15_TEXT = TextArch("hf_clip", 64, 2, 1, 128, 49408, 77, 64)
 
-Layout = "OrderedDict[str, Tuple[int, ...]]"
 
 
 # ------------------------------------------------------------------------------------------------- the layout
