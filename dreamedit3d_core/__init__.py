@@ -54,6 +54,13 @@ _EXPORTS = {
     "finetune": ".personalize.finetune",
     "save_tokens": ".tokens",
     "load_tokens": ".tokens",
+    "apply_tokens": ".tokens",
+    "save_comfy_embeddings": ".tokens",
+    "TIConfig": ".personalize.textual_inversion",
+    "FTConfig": ".personalize.finetune",
+    "save_unet_lora": ".personalize.finetune",
+    "load_unet_lora": ".personalize.finetune",
+    "save_finetuned_unet": ".personalize.finetune",
     # lifting
     "lift_to_mesh": ".lifting",
     "export_mesh": ".lifting",
