@@ -287,7 +287,7 @@ def released_state_dict(model: MVDreamModel) -> "OrderedDict[str, torch.Tensor]"
         tensor = torch.cat([pieces[i] for i in range(3)], dim=0) if None not in pieces else pieces[None]
         tensor = tensor.detach().to("cpu", dtype)
         if ldm_key.endswith("token_embedding.weight") and tensor.shape[0] > shape[0]:
-            tensor = tensor[: shape[0]]  # drop added placeholder rows
+            tensor = tensor[: shape[0]].clone()  # drop added placeholder rows (clone: torch.save keeps whole storages)
         out[ldm_key] = tensor.reshape(shape).contiguous()
     return out
 

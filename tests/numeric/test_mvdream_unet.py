@@ -178,3 +178,28 @@ def test_predict_noise_rejects_a_batch_that_is_not_whole_objects():
         model.predict_noise(latents, timesteps, text, None)
     with pytest.raises(ShapeError, match="text_embeddings must be"):
         model.predict_noise(latents, timesteps, text[:1], cameras)
+
+
+def test_attention_processor_errors_are_clear():
+    from dreamedit3d_core.errors import ConfigError, ShapeError
+    from dreamedit3d_core.mvdream.attention import MultiViewAttnProcessor
+
+    with pytest.raises(ConfigError, match="num_views must be at least 1, got 0"):
+        MultiViewAttnProcessor(0)
+    model = shared_tiny_model()
+    attn = dict(model.unet.named_modules())["down_blocks.1.attentions.0.transformer_blocks.0.attn1"]
+    with pytest.raises(ShapeError, match=r"UNet batch \(6\) must be a whole number of objects of num_views=4"):
+        attn(torch.zeros(6, 10, attn.to_q.in_features), num_views=4)
+    with pytest.raises(ConfigError, match="for self-attention"):
+        attn(torch.zeros(4, 10, attn.to_q.in_features), encoder_hidden_states=torch.zeros(4, 77, 64), num_views=4)
+
+
+def test_model_to_and_dtype_follow_the_modules():
+    model = fresh_tiny_model()
+    assert model.device.type == "cpu" and model.dtype == torch.float32
+    model.to(dtype=torch.float64)
+    assert model.dtype == torch.float64 and model.vae.dtype == torch.float64
+    latents, timesteps, text, cameras = unet_inputs(model, objects=1, size=8)
+    with torch.no_grad():
+        eps = model.predict_noise(latents, timesteps, text, cameras)  # inputs are cast to the UNet dtype
+    assert eps.dtype == torch.float64
