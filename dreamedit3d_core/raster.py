@@ -9,9 +9,10 @@ How it works, per view:
    ``row = -f·y/d + H/2`` with ``d = -z``; pixel ``(r, c)`` has its centre at ``(c + 0.5, r + 0.5)`` (as ``MVCameras.project``).
 2. For every triangle, the screen-space edge functions divided by the vertex depths (``q_i = λ_i / d_i``) are affine in the
    pixel position; their per-triangle plane coefficients are computed once in float64.
-3. Every (triangle, pixel-in-its-bounding-box) pair is enumerated in chunks of at most ``max_pairs`` pairs (bounded memory for
-   10^6 faces), tested (all ``q_i >= 0``: inclusive, so shared edges never leave gaps) and written to a z-buffer with one
-   ``scatter_reduce(amin)`` of a 64-bit key ``(float32 depth bits << 32) | triangle index``. Positive float32 bit patterns sort
+3. Triangles are processed in chunks whose bounding boxes hold at most ``max_pairs`` pixels (bounded memory for 10^6
+   faces). For every triangle and pixel row, the span of pixel centres inside all three edges (``q_i >= 0``, inclusive
+   with a 1e-9 px slack, so shared edges never leave gaps) is solved in closed form; each covered pixel is written to a
+   z-buffer with one ``scatter_reduce(amin)`` of a 64-bit key ``(float32 depth bits << 32) | triangle index``. Positive float32 bit patterns sort
    like the floats, so the key picks the nearest surface and, on exact depth ties, the lowest face index: the result is
    deterministic and the same on CPU and CUDA up to float rounding at ties.
 4. The winning triangle's perspective-correct barycentrics ``b_i = q_i / Σq`` and depth ``1 / Σq`` are evaluated once per pixel.
@@ -108,39 +109,51 @@ def _rasterize_screen(
         b = (x[:, k] - x[:, j]) / area[:, None] * tinv
         c = (x[:, j] * y[:, k] - y[:, j] * x[:, k]) / area[:, None] * tinv
         coef = torch.stack([a, b, c], dim=1)  # [T, 3 (a,b,c), 3 (vertex)]
-        columns = coef.permute(1, 2, 0).reshape(9, -1).contiguous()  # 1-D gathers are much faster than [P, 9] ones
         x0, y0 = xmin[idx].long(), ymin[idx].long()
-        bw = xmax[idx].long() - x0 + 1
-        counts = bw * (ymax[idx].long() - y0 + 1)
-        cum = counts.cumsum(0)
-        starts = cum - counts
+        x1 = xmax[idx].long()
+        n_rows = ymax[idx].long() - y0 + 1
+        counts = (x1 - x0 + 1) * n_rows  # bounding-box area: an upper bound of the pixels a triangle covers
+        sum_q = coef.sum(2)  # [T, 3]: sum_i q_i = 1 / depth is affine in the pixel position too
         zbuf = torch.full((hw,), _NO_HIT, dtype=torch.int64, device=device)
-        cum_cpu = cum.cpu()
+        cum_cpu = counts.cumsum(0).cpu()
+        row_starts = n_rows.cumsum(0) - n_rows
         n_tri, begin = idx.numel(), 0
         while begin < n_tri:
             base = int(cum_cpu[begin - 1]) if begin else 0
             end = int(torch.searchsorted(cum_cpu, base + max_pairs, right=True))
             end = min(max(end, begin + 1), n_tri)
-            tc = counts[begin:end]
-            n_pairs = int(cum_cpu[end - 1]) - base
-            pair_tri = torch.repeat_interleave(torch.arange(begin, end, device=device), tc, output_size=n_pairs)
-            local = torch.arange(n_pairs, device=device) - (starts - base)[pair_tri]
-            w = bw[pair_tri]
-            row_in_box = torch.div(local, w, rounding_mode="floor")
-            px = x0[pair_tri] + (local - row_in_box * w)
-            py = y0[pair_tri] + row_in_box
-            pxf, pyf = px.to(torch.float64) + 0.5, py.to(torch.float64) + 0.5
-            inside = torch.ones(n_pairs, dtype=torch.bool, device=device)
-            qs = torch.zeros(n_pairs, dtype=torch.float64, device=device)
-            for vtx in range(3):
-                q = columns[vtx][pair_tri] * pxf + columns[3 + vtx][pair_tri] * pyf + columns[6 + vtx][pair_tri]
-                inside &= q >= 0
-                qs += q
-            inside &= qs > 0
-            sel = inside.nonzero().squeeze(1)
-            d32 = (1.0 / qs[sel]).to(torch.float32)
-            key = (d32.view(torch.int32).to(torch.int64) << 32) | pair_tri[sel]
-            zbuf.scatter_reduce_(0, py[sel] * width + px[sel], key, reduce="amin", include_self=True)
+            # 1. one span per (triangle, pixel row): the pixel centres on the row inside all three edges
+            nr = n_rows[begin:end]
+            n_spans = int(nr.sum())
+            span_tri = torch.repeat_interleave(torch.arange(begin, end, device=device), nr, output_size=n_spans)
+            py = y0[span_tri] + torch.arange(n_spans, device=device) - (row_starts - row_starts[begin])[span_tri]
+            yc = py.to(torch.float64) + 0.5
+            lo = x0[span_tri].to(torch.float64) + 0.5
+            hi = x1[span_tri].to(torch.float64) + 0.5
+            cf = coef[span_tri]  # [S, 3, 3]
+            for vtx in range(3):  # q = a * x + s >= 0 with s = b * y + c
+                a_v = cf[:, 0, vtx]
+                s_v = cf[:, 1, vtx] * yc + cf[:, 2, vtx]
+                bound = -s_v / torch.where(a_v == 0, torch.ones_like(a_v), a_v)
+                lo = torch.where(a_v > 0, torch.maximum(lo, bound), lo)
+                hi = torch.where(a_v < 0, torch.minimum(hi, bound), hi)
+                hi = torch.where((a_v == 0) & (s_v < 0), lo - 1.0, hi)
+            # slack of 1e-9 px keeps centres exactly on a shared edge in both triangles (no pinholes from rounding)
+            px_lo = torch.ceil(lo - 0.5 - 1e-9).long()
+            n_px = (torch.floor(hi - 0.5 + 1e-9).long() - px_lo + 1).clamp(min=0)
+            # 2. the covered pixels: depth from sum_i q_i, written with the nearest-then-lowest-face key
+            n_pix = int(n_px.sum())
+            if n_pix:
+                span = torch.repeat_interleave(torch.arange(n_spans, device=device), n_px, output_size=n_pix)
+                px = px_lo[span] + torch.arange(n_pix, device=device) - (n_px.cumsum(0) - n_px)[span]
+                tri = span_tri[span]
+                pyy = py[span]
+                sq = sum_q[tri]
+                qs = sq[:, 0] * (px.to(torch.float64) + 0.5) + sq[:, 1] * (pyy.to(torch.float64) + 0.5) + sq[:, 2]
+                ok = qs > 0
+                d32 = (1.0 / qs[ok]).to(torch.float32)
+                key = (d32.view(torch.int32).to(torch.int64) << 32) | tri[ok]
+                zbuf.scatter_reduce_(0, pyy[ok] * width + px[ok], key, reduce="amin", include_self=True)
             begin = end
         hit = zbuf != _NO_HIT
         pix = hit.nonzero().squeeze(1)
