@@ -275,6 +275,9 @@ def released_state_dict(model: MVDreamModel) -> "OrderedDict[str, torch.Tensor]"
         params = module.state_dict()
         for diffusers_name, source in model._key_map[name].items():
             param = _text_name(diffusers_name, params) if name == "text" else diffusers_name
+            if param not in params:
+                raise ConfigError(f"the {name} has no parameter {param} (is it wrapped by an adapter such as LoRA?); "
+                                  "fuse or remove adapters before save_mvdream")
             parts[source.key][source.chunk] = params[param]
     out = OrderedDict()
     for ldm_key, (shape, dtype) in model._layout.items():

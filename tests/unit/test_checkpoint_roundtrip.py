@@ -150,3 +150,15 @@ def test_mvdream_sd15_layout_loads(tmp_path):
     out = save_mvdream(model, tmp_path / "back.safetensors")
     original, saved = read_state_dict(path), read_state_dict(out)
     assert set(saved) == set(original) and all(torch.equal(saved[k], original[k]) for k in original)
+
+
+def test_save_refuses_a_unet_wrapped_by_an_adapter(files, tmp_path):
+    from peft import LoraConfig
+
+    from dreamedit3d_core.errors import ConfigError
+
+    model = load_mvdream(files["safetensors"])
+    model.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"]))
+    with pytest.raises(ConfigError, match="wrapped by an adapter such as LoRA"):
+        save_mvdream(model, tmp_path / "lora.safetensors")
+    assert not (tmp_path / "lora.safetensors").exists()
