@@ -18,9 +18,11 @@ fraction of a second on a CPU. The vocabulary keeps the real 49,408 rows, so the
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -390,6 +392,7 @@ def tiny_checkpoint_path(seed: int = 0, variant: str = "mvdream-sd21") -> Path:
     path = _CACHE.get(key)
     if path is None or not path.exists():
         folder = Path(tempfile.mkdtemp(prefix="dreamedit3d_tiny_"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         path = write_tiny_checkpoint(folder / f"tiny-{variant}-seed{seed}.safetensors", seed, variant)
         _CACHE[key] = path
     return path
