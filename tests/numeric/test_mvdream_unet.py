@@ -16,12 +16,13 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-def test_one_view_with_zeroed_camera_mlp_equals_stock_diffusers_unet():
+@pytest.mark.parametrize("variant", ["mvdream-sd21", "mvdream-sd15"])
+def test_one_view_with_zeroed_camera_mlp_equals_stock_diffusers_unet(variant):
     """2D mode with the camera MLP zeroed is plain SD: a stock UNet2DConditionModel with the same weights agrees."""
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    model = fresh_tiny_model()
+    model = fresh_tiny_model(variant=variant)
     with torch.no_grad():
         for p in model.unet.class_embedding.parameters():
             p.zero_()
