@@ -65,7 +65,10 @@ def feathered_mask(alpha: torch.Tensor, erode_px: int, feather_px: int) -> torch
     if erode_px > 0:
         m = -F.max_pool2d(-m, 2 * erode_px + 1, stride=1, padding=erode_px)
     if feather_px > 0:
-        m = -F.max_pool2d(-m, 2 * feather_px + 1, stride=1, padding=feather_px)  # ramp ends at the eroded edge
+        # two box blurs of radius r reach 2r outwards: erode by 2r first, so the ramp ends at the eroded edge and no
+        # weight lands where bilinear colour samples would mix in the background
+        r2 = 2 * feather_px
+        m = -F.max_pool2d(-m, 2 * r2 + 1, stride=1, padding=r2)
         for _ in range(2):
             m = F.avg_pool2d(F.pad(m, (feather_px,) * 4, mode="replicate"), 2 * feather_px + 1, stride=1)
     return m
@@ -199,7 +202,7 @@ def sample_texture(texture: torch.Tensor, uv_image: torch.Tensor) -> torch.Tenso
 
 
 def refine_texture(texture: torch.Tensor, uv: torch.Tensor, faces: torch.Tensor, frags: Fragments, rgb: torch.Tensor,
-                   alpha: torch.Tensor, steps: int, lr: float = 0.02, progress=None) -> tuple[torch.Tensor, list]:
+                   alpha: torch.Tensor, steps: int, lr: float = 0.005, progress=None) -> tuple[torch.Tensor, list]:
     """Optimise the texture so the mesh rendered in the input views matches them (L1 inside both silhouettes).
 
     The rasterisation is held fixed (``frags`` of the lifted mesh in the input views); only the texture changes, through
@@ -226,7 +229,7 @@ def refine_texture(texture: torch.Tensor, uv: torch.Tensor, faces: torch.Tensor,
         opt.step()
         with torch.no_grad():
             param.clamp_(0.0, 1.0)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress is not None:
             progress.update(step + 1, steps, None, stage="refine_texture", loss=losses[-1])
     return param.detach(), losses

@@ -119,7 +119,7 @@ def _source_guided_geometry(alpha, cameras, source, grid, check) -> tuple[np.nda
     hull_edited = hull.silhouette_occupancy(alpha, cameras, fine, check)
     src_sil = hull.source_silhouettes(source, cameras, h, w, dilate_px=max(2, h // 96))
     hull_source = hull.silhouette_occupancy(src_sil, cameras, fine, check)
-    solid = hull.mesh_occupancy(source.vertices, source.faces, fine, check)
+    solid = hull.mesh_occupancy(source.vertices, source.faces, fine, where=hull_edited > 0.01, check_interrupt=check)
     occ = hull.source_guided_occupancy(hull.gaussian_smooth(hull_edited, hull.HULL_SMOOTH_SIGMA), hull_source, solid)
     occ = hull.keep_main_solids(occ)
     verts, faces = surface.marching_cubes(occ, fine)
@@ -243,7 +243,7 @@ def lift_to_mesh(
     t = time.perf_counter()
     h, w = rgb.shape[-2:]
     frags = bake.render_fragments(v_t, f_t, cameras, h, w)
-    view_sets = [bake.ViewSet(rgb, bake.feathered_mask(alpha, max(1, h // 128), max(1, h // 64)), cameras,
+    view_sets = [bake.ViewSet(rgb, bake.feathered_mask(alpha, max(2, h // 128), max(1, h // 128)), cameras,
                               frags.depth)]
     if source is not None:
         view_sets += _source_prior_views(source, cameras, min(128, (h // 8) * 8), background)
