@@ -89,8 +89,8 @@ def _check_image_header(data: bytes, path: Path, what: str, max_pixels: int) -> 
 class _ReadOnlyResolver:
     """trimesh resolver confined to the asset's folder: reads only, normalises Windows ``\\`` separators."""
 
-    def __init__(self, folder: Path, path: Path, max_pixels: int):
-        self.folder, self.path, self.max_pixels = folder, path, max_pixels
+    def __init__(self, folder: Path, path: Path, max_pixels: int, missing_ok: bool = False):
+        self.folder, self.path, self.max_pixels, self.missing_ok = folder, path, max_pixels, missing_ok
         self.file_name = path.name
         self.problems: list[str] = []  # trimesh swallows resolver errors: we re-raise them after loading
 
@@ -98,6 +98,9 @@ class _ReadOnlyResolver:
         try:
             target = _inside(self.folder, name, self.path, "referenced file")
             if not target.is_file():
+                if self.missing_ok:  # an OBJ without its .mtl or a texture still has its geometry
+                    warnings.warn(f"{self.path}: referenced file '{name}' is missing; loading without it", stacklevel=4)
+                    raise KeyError(name)
                 raise _fail(self.path, f"referenced file '{name}' is missing")
             data = target.read_bytes()
             if target.suffix.lower() in _IMAGE_SUFFIXES:
@@ -438,7 +441,7 @@ def load_asset(
         from PIL import Image
 
         texture_override = texture_override.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-    resolver = _ReadOnlyResolver(folder, path, max_texture_pixels)
+    resolver = _ReadOnlyResolver(folder, path, max_texture_pixels, missing_ok=suffix == ".obj")
     try:
         scene = trimesh.load(io.BytesIO(data), file_type=suffix[1:], resolver=resolver, force="scene",
                              process=False, **kwargs)

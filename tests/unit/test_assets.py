@@ -312,3 +312,10 @@ def test_embedded_bombs_and_undecodable_compression_are_refused(tmp_path):
     except ImportError:
         with pytest.raises(AssetError, match=r"t\.gltf: is Draco-compressed .*pip install DracoPy"):
             load_asset(_textured_gltf(tmp_path, required=("KHR_draco_mesh_compression",)))
+
+
+def test_obj_with_a_missing_mtl_loads_its_geometry_with_a_warning(tmp_path):
+    (tmp_path / "m.obj").write_text("mtllib gone.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nusemtl a\nf 1 2 3\n")
+    with pytest.warns(UserWarning, match=r"m\.obj: referenced file 'gone\.mtl' is missing; loading without it"):
+        asset = load_asset(tmp_path / "m.obj")
+    assert asset.faces.shape == (1, 3) and not asset.textures
