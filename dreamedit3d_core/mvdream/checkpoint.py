@@ -246,7 +246,7 @@ def load_mvdream(path: str | os.PathLike, device: str | torch.device = "cpu",
 
     if "alphas_cumprod" in state:
         alphas_cumprod = state["alphas_cumprod"].to(torch.float64)
-    else:  # not in released files' absence, but keep SD's schedule rather than fail
+    else:  # a state dict without schedule buffers (never a released file): SD's own schedule
         from ..tiny import schedule_buffers
 
         alphas_cumprod = schedule_buffers()["alphas_cumprod"].to(torch.float64)
