@@ -15,8 +15,19 @@ def host_fixdir(tmp_path_factory):
     return fixdir
 
 
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a live process (Linux /proc)."""
+    import os
+
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 @pytest.fixture(scope="session")
-def comfy_host(tmp_path_factory, host_fixdir):
+def comfy_host(tmp_path_factory, host_fixdir, request):
     comfy = comfy_path()
     if comfy is None:
         skip_or_fail("no ComfyUI tree: run tools/setup_env.sh or set COMFYUI_PATH")
@@ -24,4 +35,8 @@ def comfy_host(tmp_path_factory, host_fixdir):
     try:
         yield host
     finally:
+        cpu = _cpu_seconds(host.proc.pid)
         host.stop()
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"[host] ComfyUI {comfy}: boot {host.boot_seconds:.1f} s, server CPU {cpu:.0f} s")

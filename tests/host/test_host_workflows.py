@@ -69,8 +69,6 @@ def test_loader_and_render_list_the_prepared_files(object_info):
     assert "dreamedit3d-tiny-random-4view.pt" in ckpts
     assets = object_info["DreamEdit3D_OrthoRender"]["input"]["required"]["asset"][1]["options"]
     assert "dreamedit3d/kenney_character.glb" in assets
-    tokens = object_info["DreamEdit3D_LoadTokens"]["input"]["required"]["tokens_name"][1]["options"]
-    assert "dreamedit3d-example.safetensors" in tokens
 
 
 def test_ui_templates_convert_to_their_api_twins(object_info):
@@ -128,6 +126,9 @@ def test_full_edit_saves_tokens_as_embeddings_and_the_finetuned_model(comfy_host
         assert list(tensors) == ["clip_h"] and tensors["clip_h"].ndim == 2
     saved = full_edit_run.outputs["18"]["text"][0].split("/")[-1]
     assert (comfy_host.base / "models" / "mvdream" / saved).is_file()
+    # the names the sample-only workflow loads
+    assert saved == "dreamedit3d-example-finetuned.safetensors"
+    assert "saved models/mvdream_tokens/dreamedit3d-example.safetensors" in text
 
 
 def test_full_edit_writes_a_textured_glb_and_a_core_savglb_file(comfy_host, full_edit_run):
@@ -158,26 +159,6 @@ def full_edit_run_source_faces(host) -> int:
     return int(load_asset(host.base / "input" / "dreamedit3d" / "kenney_character.glb").faces.shape[0])
 
 
-def test_lift_builds_a_visual_hull_from_rendered_views(comfy_host):
-    import trimesh
-
-    prompt = {
-        "1": {"class_type": "DreamEdit3D_OrthoRender", "inputs": {
-            "asset": "dreamedit3d/kenney_character.glb", "resolution": 64, "elevation_deg": 15.0, "fov_deg": 40.0,
-            "background": 1.0, "lighting": "ambient_diffuse", "front_axis": "+z", "up_axis": "+y"}},
-        "2": {"class_type": "DreamEdit3D_LiftToMesh", "inputs": {
-            "images": ["1", 0], "views": ["1", 4], "mode": "hull", "grid": 32, "texture_size": 128,
-            "face_budget": 5000, "background": 1.0, "filename_prefix": "dreamedit3d/hull"}},
-        "3": {"class_type": "SaveGLB", "inputs": {"mesh": ["2", 0], "filename_prefix": "dreamedit3d/hull_core"}},
-    }
-    result = comfy_host.run(prompt, timeout=300)
-    assert result.status == "success", (result.error, comfy_host.log_tail())
-    mesh = trimesh.load(comfy_host.output_file(result.outputs["2"]["3d"][0]), force="mesh")
-    assert 0 < len(mesh.faces) <= 5000
-    lo, hi = mesh.bounds
-    assert (hi - lo).max() == pytest.approx(1.0, abs=0.15), "the hull spans the normalised asset"
-
-
 def test_full_edit_reports_progress_for_training_and_sampling(full_edit_run):
     progress_nodes = {p["node"] for p in full_edit_run.of_type("progress")}
     assert {"4", "5", "10"} <= progress_nodes, progress_nodes
@@ -200,13 +181,6 @@ def test_swapped_core_sampler_runs_the_same_edit(comfy_host, full_edit_run):
     assert not np.array_equal(before, after), "another sampler gives other images"
 
 
-def test_sample_only_runs_from_saved_tokens_and_model(comfy_host):
-    result = comfy_host.run(load_api_workflow("sample_only"), timeout=600)
-    assert result.status == "success", (result.error, comfy_host.log_tail())
-    views = _images(comfy_host, result, "8")
-    assert len(views) == 4 and all(im.size == (64, 64) for im in views)
-
-
 # ------------------------------------------------------------------------------------------------ interrupt
 def test_interrupt_during_training_stops_and_leaves_a_resumable_checkpoint(comfy_host):
     prompt = load_api_workflow("full_edit")
@@ -215,12 +189,12 @@ def test_interrupt_during_training_stops_and_leaves_a_resumable_checkpoint(comfy
     ti.update(steps=200, run_name=run_name, checkpoint_every=1000, seed=123)
     sent = []
 
-    def interrupt_at_step_3(host, kind, data, result):
-        if kind == "progress" and data.get("node") == "4" and data.get("value", 0) >= 3 and not sent:
+    def interrupt_at_step_2(host, kind, data, result):
+        if kind == "progress" and data.get("node") == "4" and data.get("value", 0) >= 2 and not sent:
             sent.append(data["value"])
             host.interrupt()
 
-    result = comfy_host.run(prompt, timeout=600, on_event=interrupt_at_step_3)
+    result = comfy_host.run(prompt, timeout=600, on_event=interrupt_at_step_2)
     assert sent and result.status == "interrupted", (result.status, result.error)
     folder = comfy_host.base / "output" / "dreamedit3d" / "train" / run_name / "phase1"
     states = sorted(folder.glob("phase1-step*.pt"))
@@ -228,7 +202,7 @@ def test_interrupt_during_training_stops_and_leaves_a_resumable_checkpoint(comfy
     assert comfy_host.alive()
 
     # resume: the same run continues from the saved step instead of starting over
-    ti.update(steps=int(sent[0]) + 3)
+    ti.update(steps=int(sent[0]) + 2)
     for nid in ("5", "7", "10", "12"):  # stop after training: keep outputs cheap
         prompt.pop(nid, None)
     for nid in list(prompt):
@@ -239,6 +213,33 @@ def test_interrupt_during_training_stops_and_leaves_a_resumable_checkpoint(comfy
     assert resumed.status == "success", (resumed.error, comfy_host.log_tail())
     first = [p["value"] for p in resumed.of_type("progress") if p["node"] == "4"]
     assert first and first[0] > 1, f"resumed run restarted from step 1: {first[:5]}"
+
+
+def test_sample_only_runs_from_saved_tokens_and_model(comfy_host):
+    result = comfy_host.run(load_api_workflow("sample_only"), timeout=600)
+    assert result.status == "success", (result.error, comfy_host.log_tail())
+    views = _images(comfy_host, result, "8")
+    assert len(views) == 4 and all(im.size == (64, 64) for im in views)
+
+
+def test_lift_builds_a_visual_hull_from_rendered_views(comfy_host):
+    import trimesh
+
+    prompt = {
+        "1": {"class_type": "DreamEdit3D_OrthoRender", "inputs": {
+            "asset": "dreamedit3d/kenney_character.glb", "resolution": 64, "elevation_deg": 15.0, "fov_deg": 40.0,
+            "background": 1.0, "lighting": "ambient_diffuse", "front_axis": "+z", "up_axis": "+y"}},
+        "2": {"class_type": "DreamEdit3D_LiftToMesh", "inputs": {
+            "images": ["1", 0], "views": ["1", 4], "mode": "hull", "grid": 32, "texture_size": 128,
+            "face_budget": 5000, "background": 1.0, "filename_prefix": "dreamedit3d/hull"}},
+        "3": {"class_type": "SaveGLB", "inputs": {"mesh": ["2", 0], "filename_prefix": "dreamedit3d/hull_core"}},
+    }
+    result = comfy_host.run(prompt, timeout=300)
+    assert result.status == "success", (result.error, comfy_host.log_tail())
+    mesh = trimesh.load(comfy_host.output_file(result.outputs["2"]["3d"][0]), force="mesh")
+    assert 0 < len(mesh.faces) <= 5000
+    lo, hi = mesh.bounds
+    assert (hi - lo).max() == pytest.approx(1.0, abs=0.15), "the hull spans the normalised asset"
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -21,7 +21,7 @@ from comfy_workflow import api_to_ui  # noqa: E402
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fixdir = Path(tmp) / "fix"
-        _host.prepare_fixtures(fixdir, "--no-personalized")
+        _host.prepare_fixtures(fixdir)
         host = _host.start_host(Path(tmp), fixdir, _host.comfy_path())
         try:
             info = host.object_info()

@@ -2,7 +2,7 @@
 
 Usage (with the host's Python, i.e. the one that runs ComfyUI)::
 
-    python tests/workflows/prepare_host.py FIXDIR [--asset PATH] [--no-personalized]
+    python tests/workflows/prepare_host.py FIXDIR [--asset PATH] [--personalized]
 
 writes
     FIXDIR/models/mvdream/dreamedit3d-tiny-random-4view.pt   a tiny seeded RANDOM MVDream checkpoint in the released key
@@ -127,7 +127,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("fixdir", type=Path)
     ap.add_argument("--asset", type=Path, default=DEFAULT_ASSET, help="the asset to copy into input/ (default: %(default)s)")
-    ap.add_argument("--no-personalized", action="store_true", help="skip the sample-only workflow's fine-tuned model and tokens")
+    ap.add_argument("--personalized", action="store_true",
+                    help="also write the sample-only workflow's fine-tuned model and tokens (else the full edit saves them)")
+    ap.add_argument("--no-personalized", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
     args = ap.parse_args(argv)
     if not args.asset.is_file():
         print(f"prepare_host: asset {args.asset} not found; pass --asset PATH (glb/gltf/obj/ply)", file=sys.stderr)
@@ -137,7 +139,7 @@ def main(argv=None) -> int:
     name = copy_asset(args.asset, args.fixdir / "input")
     print(f"prepare_host: checkpoint {ckpt}")
     print(f"prepare_host: asset input/{name.as_posix()}")
-    if not args.no_personalized:
+    if args.personalized:
         write_personalized(models, args.fixdir / "input" / name)
         print(f"prepare_host: fine-tuned model + tokens in {models}")
     return 0
