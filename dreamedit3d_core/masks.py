@@ -13,7 +13,7 @@ disagreement of a set of masks.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional, Union
+from typing import Mapping, Union
 
 import torch
 
