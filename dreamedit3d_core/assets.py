@@ -287,9 +287,17 @@ def _scene_parts(scene, path: Path, named_nodes: dict, fmt: str, texture_overrid
     import trimesh
 
     instances = [(node, *scene.graph[node]) for node in scene.graph.nodes_geometry]
-    if fmt in (".obj", ".ply"):  # one instance per geometry: keep the file's order of groups
-        order = {name: i for i, name in enumerate(scene.geometry)}
-        instances.sort(key=lambda item: order.get(item[2], len(order)))
+    if fmt in (".obj", ".ply"):  # one instance per geometry: keep the file's order of o/g groups (trimesh reverses it)
+        fallback = {name: len(named_nodes) + i for i, name in enumerate(reversed(list(scene.geometry)))}
+
+        def file_order(item):
+            geom = item[2]
+            if geom in named_nodes:
+                return named_nodes[geom]
+            hits = [i for n, i in named_nodes.items() if geom.startswith(n + "_") or geom.endswith("_" + n)]
+            return min(hits) if hits else fallback.get(geom, len(fallback) + len(named_nodes))
+
+        instances.sort(key=file_order)
     else:  # named glTF nodes in file order (trimesh's graph order is not), unnamed ones after them as trimesh lists them
         instances.sort(key=lambda item: named_nodes.get(item[0], len(named_nodes)))
     if not instances:  # e.g. a glTF without a scene: take the meshes as stored
@@ -434,6 +442,8 @@ def load_asset(
     elif suffix == ".obj":
         text = data.decode("utf-8", errors="replace")
         kwargs = dict(split_objects=True, split_groups=True, group_material=False)
+        for m in re.finditer(r"^[ \t]*[og][ \t]+(\S.*?)[ \t]*$", text, flags=re.M):  # group names, in file order
+            named_nodes.setdefault(m.group(1), len(named_nodes))
         if not re.search(r"^\s*mtllib\s", text, flags=re.M):
             has_materials = False  # trimesh would invent a dark grey material with a 2x2 placeholder image
     texture_override = _read_texture_override(texture, path, max_texture_pixels) if texture is not None else None

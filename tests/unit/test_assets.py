@@ -51,7 +51,9 @@ def test_every_shared_asset_loads_normalised_with_its_parts(shared_assets, name)
 @pytest.mark.assets
 def test_spider_mtl_with_windows_paths_gets_its_textures_and_ply_its_vertex_colours(shared_assets):
     spider = load_asset(shared_assets / "spider.obj")
-    assert len(spider.textures) == 4 and {"Bein1Li", "Kopf", "HLeib01"} <= set(spider.part_names)
+    assert len(spider.textures) == 4
+    assert spider.part_names[:4] == ("HLeib01", "OK", "Bein1Li", "Bein1Re") and spider.part_names[-1] == "Duplicate05"
+
     ply = load_asset(shared_assets / "vertex_colors_reference.ply")
     colours = {tuple(c) for c in (ply.vertex_colors * 255).round().int().tolist()}
     assert colours == {(192, 192, 192), (255, 0, 0), (0, 255, 0), (0, 127, 0)}
