@@ -69,7 +69,7 @@ def _sample_textures(asset: MeshAsset, fid: torch.Tensor, uv: torch.Tensor) -> t
     return out
 
 
-def _shade(asset: MeshAsset, frags: Fragments, normals_face: torch.Tensor, view_dir: torch.Tensor,
+def _shade(asset: MeshAsset, frags: Fragments, normals_face: torch.Tensor, c2w: torch.Tensor, focal: float,
            lighting: str, bg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Colour [3, H, W] composited over ``bg`` and coverage [H, W] for one view's fragments (V = 1)."""
     fid_img = frags.face_id[0]
@@ -81,20 +81,20 @@ def _shade(asset: MeshAsset, frags: Fragments, normals_face: torch.Tensor, view_
     if asset.uv is not None and asset.textures:
         colour = colour * _sample_textures(asset, fid, interpolate(asset.uv.to(torch.float32), asset.faces, frags)[0][hit])
     if lighting == "ambient_diffuse":
-        cos = (normals_face[fid] * view_dir[hit]).sum(-1).abs()
+        cos = (normals_face[fid] * _view_dirs(c2w, hit, focal)).sum(-1).abs()
         colour = colour * (AMBIENT + (1.0 - AMBIENT) * cos)[:, None]
     rgb = bg.view(3, 1, 1).expand(3, *fid_img.shape).clone()
     rgb[:, hit] = colour.clamp(0.0, 1.0).t()
     return rgb, hit.to(torch.float32)
 
 
-def _view_dirs(c2w: torch.Tensor, height: int, width: int, focal: float) -> torch.Tensor:
-    """World-space unit directions [H, W, 3] from each pixel centre towards the camera (one view)."""
-    dev = c2w.device
-    cols = (torch.arange(width, device=dev, dtype=torch.float32) + 0.5 - width / 2.0) / focal
-    rows = (torch.arange(height, device=dev, dtype=torch.float32) + 0.5 - height / 2.0) / focal
-    ray_cam = torch.stack(torch.broadcast_tensors(cols[None, :], -rows[:, None], -torch.ones(height, 1, device=dev)), -1)
-    ray = ray_cam @ c2w[:3, :3].t()
+def _view_dirs(c2w: torch.Tensor, hit: torch.Tensor, focal: float) -> torch.Tensor:
+    """World-space unit directions [P, 3] from the centres of the ``hit`` pixels ([H, W] bool) towards the camera."""
+    height, width = hit.shape
+    rows, cols = hit.nonzero(as_tuple=True)
+    x = (cols.to(torch.float32) + 0.5 - width / 2.0) / focal
+    y = -(rows.to(torch.float32) + 0.5 - height / 2.0) / focal
+    ray = torch.stack([x, y, -torch.ones_like(x)], -1) @ c2w[:3, :3].t()
     return -F.normalize(ray, dim=-1)
 
 
@@ -140,18 +140,19 @@ def render_views(
     for v in range(cameras.num_views):  # one view at a time bounds memory at 1024 px with SSAA
         # exact channels at 1 sample per pixel
         frags = rasterize(verts_cam[v], faces, h, w, focal)
-        dirs = _view_dirs(c2w[v], h, w, focal)
-        nrm = face_values(n_face, frags)[0]
+        hit = frags.face_id[0] >= 0
+        nrm = torch.zeros(h, w, 3, dtype=torch.float32, device=dev)
+        n_hit = n_face[frags.face_id[0][hit]]
         # two-sided: turn each normal towards the camera that sees it
-        nrm = torch.where(((nrm * dirs).sum(-1, keepdim=True) < 0), -nrm, nrm)
+        facing = (n_hit * _view_dirs(c2w[v], hit, focal)).sum(-1, keepdim=True) < 0
+        nrm[hit] = torch.where(facing, -n_hit, n_hit)
         normals.append(nrm.permute(2, 0, 1))
         depths.append(frags.depth[0][None])
         part_ids.append(face_values(asset.part_ids, frags, fill=-1)[0])
         # colour and alpha supersampled
         hs, ws = h * ssaa, w * ssaa
         frags_s = rasterize(verts_cam[v], faces, hs, ws, cameras.focal_px(hs)) if ssaa > 1 else frags
-        dirs_s = _view_dirs(c2w[v], hs, ws, cameras.focal_px(hs)) if ssaa > 1 else dirs
-        rgb, cov = _shade(asset, frags_s, n_face, dirs_s, lighting, bg)
+        rgb, cov = _shade(asset, frags_s, n_face, c2w[v], cameras.focal_px(hs), lighting, bg)
         if ssaa > 1:
             rgb = F.avg_pool2d(rgb[None], ssaa)[0]
             cov = F.avg_pool2d(cov[None, None], ssaa)[0, 0]
