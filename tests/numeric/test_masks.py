@@ -209,3 +209,15 @@ def test_sam_one_component_form_with_the_rest_of_the_object(tmp_path):
     assert both.disagreement.shape == (2,)
     with pytest.raises(ConfigError, match="segments one component"):
         masks_from_sam(r, sam, components="a: A; b: B", points=[xy])
+
+
+@pytest.mark.assets
+def test_parts_of_a_real_asset_make_component_masks(shared_assets):
+    from dreamedit3d_core.assets import load_asset
+
+    r = render_views(load_asset(shared_assets / "kenney_character.glb"), resolution=RES, ssaa=1)
+    m = masks_from_parts(r, "antenna: Antenna; arms: arm-left, ARM-RIGHT; robot: *")
+    assert m.names == ("antenna", "arms", "robot")
+    assert m.masks.any(dim=(2, 3)).all(), "every component is seen in every view"
+    assert not (m.masks.sum(0) > 1).any() and torch.equal(m.masks.any(0), r.part_id >= 0)
+    assert float(mask_disagreement(r, m.masks).max()) < 0.1

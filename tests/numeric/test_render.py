@@ -235,3 +235,20 @@ def test_cuda_render_matches_cpu():
     assert (a.part_id == b.part_id.cpu()).float().mean() > 0.999
     torch.testing.assert_close(a.depth, b.depth.cpu(), atol=1e-5, rtol=0)
     assert (a.rgb - b.rgb.cpu()).abs().gt(1e-3).float().mean() < 0.002
+
+
+def test_the_asset_front_faces_the_front_view(tmp_path):
+    """glTF front (+z) marker -> visible in MVDream's front view (azimuth 90), hidden in the back view."""
+    scene = trimesh.Scene()
+    scene.add_geometry(trimesh.creation.box((1.0, 1.0, 1.0)), node_name="body")
+    scene.add_geometry(trimesh.creation.box((0.3, 0.3, 0.2)), node_name="nose",
+                       transform=trimesh.transformations.translation_matrix([0.0, 0.0, 0.6]))
+    (tmp_path / "nosy.glb").write_bytes(scene.export(file_type="glb"))
+    r = render_views(load_asset(tmp_path / "nosy.glb"), resolution=64, ssaa=1)
+    nose = r.part_names.index("nose")
+    seen = (r.part_id == nose).sum((1, 2))
+    assert seen[0] > 30 and seen[2] == 0, seen.tolist()  # front sees it head-on, back not at all
+    # and in the front view it sits in the middle of the image, in front of the body (smaller depth)
+    rows, cols = (r.part_id[0] == nose).nonzero(as_tuple=True)
+    assert abs(float(cols.float().mean()) - 31.5) < 2
+    assert float(r.depth[0, 0][rows, cols].max()) < float(r.depth[0, 0][r.part_id[0] == 1 - nose].min())
