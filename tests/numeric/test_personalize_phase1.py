@@ -238,3 +238,18 @@ def test_phase1_on_a_real_two_part_asset_rendered_and_masked_by_the_pack(shared_
     masked1, _, _ = evaluate_scene(model, scene1)
     # observed: 0.435 -> 0.375 .. 0.396 on seeds 0, 1, 2
     assert masked1 < masked0 - 0.02, (masked0, masked1)
+
+
+def test_progress_reports_loss_terms_and_a_four_view_preview():
+    render, masks = two_component_scene(64)
+    seen = []
+    progress = CallbackProgress(on_update=lambda step, total, preview, info: seen.append((step, total, preview, info)))
+    train_textual_inversion(fresh_tiny_model(), render, masks,
+                            TIConfig(steps=2, lr=5e-2, resolution=None, preview_every=2), progress=progress)
+    assert [s[:2] for s in seen] == [(1, 2), (2, 2)]
+    assert seen[0][2] is None
+    preview = seen[1][2]
+    assert preview.shape == (3, 64, 4 * 64) and 0.0 <= float(preview.min()) <= float(preview.max()) <= 1.0
+    info = seen[1][3]
+    assert set(info) >= {"loss", "masked", "attention", "t", "k", "grad_norm"}
+    assert info["loss"] == pytest.approx(info["masked"] + 1e-2 * info["attention"], rel=1e-5)
