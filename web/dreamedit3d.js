@@ -27,6 +27,8 @@ const VIEW_NAMES = ["front", "right", "back", "left"]; // our view order: azimut
 const WIDGET_NAME = "dreamedit3d_views";
 const CORE_PREVIEW_WIDGET = "$$canvas-image-preview"; // ComfyUI's own image preview widget (frontend 1.2x-1.3x)
 const MIN_GRID = 160; // px, smallest grid side
+const EMPTY_HEIGHT = 22; // px, the widget before the node has run (one line of hint text)
+const EMPTY_HINT = "the four views appear here after a run";
 
 function isOurs(node) {
   const cls = node?.comfyClass ?? node?.constructor?.comfyClass ?? node?.type;
@@ -55,7 +57,7 @@ function addStyle() {
 .dreamedit3d-views { display: flex; flex-direction: column; gap: 4px; width: 100%; height: 100%; box-sizing: border-box;
   padding: 2px; overflow: hidden; font: 11px sans-serif; color: var(--input-text, #ddd); }
 .dreamedit3d-grid { display: grid; grid-template-columns: 1fr 1fr; grid-template-rows: 1fr 1fr; gap: 3px;
-  flex: 1 1 auto; min-height: 0; aspect-ratio: 1 / 1; max-width: 100%; margin: 0 auto; }
+  width: 100%; aspect-ratio: 1 / 1; flex: 0 1 auto; min-height: 0; }
 .dreamedit3d-cell { position: relative; overflow: hidden; background: #222; border-radius: 3px; min-width: 0; min-height: 0; }
 .dreamedit3d-cell img { position: absolute; display: block; }
 .dreamedit3d-cell img.dreamedit3d-whole { left: 0; top: 0; width: 100%; height: 100%; object-fit: contain; }
@@ -63,6 +65,8 @@ function addStyle() {
 .dreamedit3d-cell span { position: absolute; left: 3px; bottom: 2px; padding: 0 3px; border-radius: 2px;
   background: rgba(0,0,0,0.55); color: #eee; font-size: 10px; pointer-events: none; }
 .dreamedit3d-status { flex: 0 0 auto; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; opacity: 0.85; }
+.dreamedit3d-views.dreamedit3d-empty .dreamedit3d-grid { display: none; }
+.dreamedit3d-views.dreamedit3d-empty .dreamedit3d-status { opacity: 0.5; font-style: italic; }
 `;
   document.head.appendChild(style);
 }
@@ -80,11 +84,12 @@ function buildGrid(node) {
   if (state.el || state.canvasMode) return state;
   if (typeof node.addDOMWidget !== "function") {
     state.canvasMode = true; // old frontend: draw on the node canvas (onDrawForeground below)
+    state.empty = true;
     return state;
   }
   addStyle();
   const el = document.createElement("div");
-  el.className = "dreamedit3d-views";
+  el.className = "dreamedit3d-views dreamedit3d-empty";
   el.dataset.dreamedit3dNode = String(node.id);
   const grid = document.createElement("div");
   grid.className = "dreamedit3d-grid";
@@ -106,22 +111,40 @@ function buildGrid(node) {
   });
   const status = document.createElement("div");
   status.className = "dreamedit3d-status";
+  status.textContent = EMPTY_HINT;
   el.append(grid, status);
   state.el = el;
   state.statusEl = status;
+  state.empty = true;
+  const gridHeight = () => (state.empty ? EMPTY_HEIGHT : Math.max(MIN_GRID, (node.size?.[0] ?? MIN_GRID) - 20) + 18);
+  // Added when the node is created (not on its first output): the Vue node renderer ("Nodes 2.0") only mounts DOM
+  // widgets that exist when it first draws the node. Until the node runs it is one line of hint text.
   const widget = node.addDOMWidget(WIDGET_NAME, "dreamedit3d_views", el, {
     serialize: false, // not a value: never written into widgets_values or the prompt
     hideOnZoom: false,
-    getMinHeight: () => Math.max(MIN_GRID, (node.size?.[0] ?? MIN_GRID) - 20) + 18,
+    getMinHeight: gridHeight,
+    getMaxHeight: () => (state.empty ? EMPTY_HEIGHT : undefined),
   });
   if (widget) widget.serialize = false;
   state.widget = widget;
+  return state;
+}
+
+/** Leave the empty state: show the grid and grow the node so it fits (only ever grows it). */
+function reveal(node) {
+  const state = stateOf(node);
+  if (!state.empty) return;
+  state.empty = false;
+  if (state.el) {
+    state.el.classList.remove("dreamedit3d-empty");
+    if (state.status === "" && state.statusEl) state.statusEl.textContent = "";
+  }
   if (Array.isArray(node.size) && typeof node.setSize === "function") {
     const width = Math.max(node.size[0], MIN_GRID + 40);
     const computed = typeof node.computeSize === "function" ? node.computeSize([width, node.size[1]]) : node.size;
-    node.setSize([width, Math.max(node.size[1], computed[1])]);
+    const extra = state.canvasMode ? Math.min(width - 10, MIN_GRID * 2) + 10 : 0; // room for the drawn grid
+    node.setSize([width, Math.max(node.size[1], computed[1] + extra)]);
   }
-  return state;
 }
 
 function removeCorePreview(node) {
@@ -142,7 +165,7 @@ function markDirty(node) {
 function setStatus(node, text) {
   const state = stateOf(node);
   state.status = text ?? "";
-  if (state.statusEl) state.statusEl.textContent = state.status;
+  if (state.statusEl) state.statusEl.textContent = state.status || (state.empty ? EMPTY_HINT : "");
 }
 
 function setCanvasImages(state, sources, quadrant) {
@@ -175,6 +198,7 @@ function showViews(node, items) {
   } else {
     setCanvasImages(state, urls, false);
   }
+  reveal(node);
   removeCorePreview(node);
   markDirty(node);
   return true;
@@ -199,6 +223,7 @@ function showPreview(node, blob) {
   } else {
     setCanvasImages(state, [url], true);
   }
+  reveal(node);
   removeCorePreview(node);
   markDirty(node);
 }
@@ -302,7 +327,7 @@ app.registerExtension({
         const d = event?.detail;
         if (!d) return;
         const node = nodeByExecutionId(d.node);
-        if (!node || !isOurs(node) || !node.dreamedit3d?.el && !node.dreamedit3d?.canvasMode) return;
+        if (!node || !isOurs(node)) return;
         setStatus(node, `step ${d.value}/${d.max}`);
       } catch (err) {
         console.warn(`[${EXTENSION}] progress not shown:`, err);
@@ -313,6 +338,17 @@ app.registerExtension({
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!GRID_NODES.has(nodeData?.name)) return;
     const proto = nodeType.prototype;
+
+    const onNodeCreated = proto.onNodeCreated;
+    proto.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments);
+      try {
+        buildGrid(this);
+      } catch (err) {
+        console.warn(`[${EXTENSION}] no view grid on this node:`, err);
+      }
+      return r;
+    };
 
     const onExecuted = proto.onExecuted;
     proto.onExecuted = function (output) {

@@ -74,21 +74,28 @@ def test_page_loads_our_extension_without_console_errors(page):
 
 
 def test_missing_or_empty_outputs_are_ignored(page):
-    """onExecuted with no output, no images or junk items neither throws nor logs an error, and adds no grid."""
+    """onExecuted with no output, no images or junk items neither throws nor logs an error; the grid stays empty."""
     result = page.evaluate("""(() => {
         const node = LiteGraph.createNode("DreamEdit3D_OrthoRender");
         app.graph.add(node);
+        const height = node.size[1];
         for (const out of [undefined, null, {}, {images: []}, {images: [null, {subfolder: "x"}]}, {text: "not a list"}])
             node.onExecuted(out);
-        const grid = !!node.dreamedit3d?.el;
+        const s = node.dreamedit3d;
+        const result = {grid: !!s?.el, empty: s?.empty, source: s?.source ?? null, grew: node.size[1] > height,
+                        hint: s?.el?.querySelector(".dreamedit3d-status")?.textContent,
+                        gridShown: s?.el ? !s.el.classList.contains("dreamedit3d-empty") : null};
         app.graph.remove(node);
-        return {grid, hasHandler: typeof node.onExecuted === "function"};
+        return result;
     })()""")
-    assert result == {"grid": False, "hasHandler": True}
+    assert result == {"grid": True, "empty": True, "source": None, "grew": False, "gridShown": False,
+                      "hint": "the four views appear here after a run"}, result
     assert our_errors(page) == [], our_errors(page)
 
 
-def test_grid_of_four_views_appears_on_our_nodes_after_a_run(page, comfy_host):
+@pytest.fixture(scope="module")
+def web_run(page, comfy_host):
+    """Load the small graph into the page, queue it from the page, wait for the end; the grids' state per node id."""
     run_name = f"web-{uuid.uuid4().hex[:8]}"
     graph = small_graph(run_name)
     loaded = page.evaluate(f"""(async () => {{
@@ -109,9 +116,6 @@ def test_grid_of_four_views_appears_on_our_nodes_after_a_run(page, comfy_host):
         }}, 0));
         for (const ev of ["execution_success", "execution_error", "execution_interrupted"])
             app.api.addEventListener(ev, (e) => {{ window.__dreamedit3dDone = ev + " " + JSON.stringify(e.detail).slice(0, 2000); }});
-        const before = {{}};
-        for (const id of ids) before[id] = app.graph.getNodeById(+id)?.serialize().widgets_values?.length ?? null;
-        window.__dreamedit3dWidgetsBefore = before;
         return ids.map(id => app.graph.getNodeById(+id)?.comfyClass);
     }})()""")
     assert loaded == [GRID_NODE_IDS[i] for i in sorted(GRID_NODE_IDS)], loaded
@@ -141,11 +145,16 @@ def test_grid_of_four_views_appears_on_our_nodes_after_a_run(page, comfy_host):
                        box: [Math.round(box.width), Math.round(box.height)],
                        status: s.statusEl?.textContent ?? "",
                        corePreview: (node.widgets || []).some(w => w.name === "$$canvas-image-preview"),
-                       widgetsValues: node.serialize().widgets_values?.length ?? null}};
+                       widgetsValues: node.serialize().widgets_values?.length ?? 0,
+                       otherWidgets: node.widgets.filter(w => w.name !== "dreamedit3d_views").length}};
         }}
         return out;
     }})()""", timeout=60, interval=0.5)
+    return state
 
+
+def test_grid_of_four_views_appears_on_our_nodes_after_a_run(page, web_run):
+    state = web_run
     if os.environ.get("DREAMEDIT3D_SCREENSHOTS"):  # a picture of each grid, for eyes
         # a fresh profile opens the templates dialog over the canvas
         page.evaluate("document.querySelectorAll('.p-dialog-mask').forEach(m => m.remove()); 1")
@@ -173,8 +182,54 @@ def test_grid_of_four_views_appears_on_our_nodes_after_a_run(page, comfy_host):
     assert ti["source"] == "preview" and all(w > 0 for w, _ in ti["sizes"]), ti
     assert "loss" in ti["status"], ti["status"]
 
-    # the grid is not a value: saved workflows keep their widgets_values unchanged
-    before = page.evaluate("window.__dreamedit3dWidgetsBefore")
-    assert {nid: state[nid]["widgetsValues"] for nid in state} == before
+    # the grid is not a value: neither saved workflows (widgets_values) nor the prompt carry it
+    assert all(s["widgetsValues"] == s["otherWidgets"] for s in state.values()), state
+    prompt_inputs = page.evaluate("app.graphToPrompt().then(p => Object.fromEntries("
+                                  "Object.entries(p.output).map(([id, n]) => [id, Object.keys(n.inputs)])))")
+    assert not [nid for nid, names in prompt_inputs.items() if "dreamedit3d_views" in names], prompt_inputs
 
+    assert our_errors(page) == [], our_errors(page)
+
+
+def test_grid_also_shows_in_the_vue_node_renderer(page, web_run):
+    """"Nodes 2.0" (Vue nodes, opt-in in 1.32.9) mounts our DOM widget inside the node's own element."""
+    result = page.evaluate("""(async () => {
+        const sleep = (ms) => new Promise(r => setTimeout(r, ms));
+        const setting = app.extensionManager.setting;
+        const before = setting.get("Comfy.VueNodes.Enabled");
+        await setting.set("Comfy.VueNodes.Enabled", true);
+        try {
+            const items = app.graph.getNodeById(2).dreamedit3d.urls.map(u => {
+                const q = new URL(u, location.href).searchParams;
+                return {filename: q.get("filename"), subfolder: q.get("subfolder"), type: q.get("type")};
+            });
+            const node = LiteGraph.createNode("DreamEdit3D_OrthoRender");
+            node.pos = [5000, 5000];
+            app.graph.add(node);
+            await sleep(300);
+            node.onExecuted({images: items});
+            app.canvas.centerOnNode(node);
+            app.canvas.setDirty(true, true);
+            const el = node.dreamedit3d.el;
+            let imgs = [];
+            for (let i = 0; i < 40; i++) {
+                imgs = [...el.querySelectorAll("img")];
+                if (el.isConnected && imgs.every(im => im.complete && im.naturalWidth > 0)) break;
+                await sleep(250);
+            }
+            const box = el.querySelector(".dreamedit3d-grid").getBoundingClientRect();
+            const host = el.closest("[data-node-id]");
+            const out = {connected: el.isConnected, hostNode: host?.getAttribute("data-node-id") ?? null,
+                         nodeId: String(node.id), loaded: imgs.filter(im => im.complete && im.naturalWidth > 0).length,
+                         box: [Math.round(box.width), Math.round(box.height)]};
+            app.graph.remove(node);
+            return out;
+        } finally {
+            await setting.set("Comfy.VueNodes.Enabled", before ?? false);
+        }
+    })()""", timeout=60)
+    assert result["connected"] and result["hostNode"] == result["nodeId"], result
+    assert result["loaded"] == 4, result
+    w, h = result["box"]
+    assert w > 100 and abs(w - h) <= 0.1 * w, f"the grid is square in the Vue node: {result}"
     assert our_errors(page) == [], our_errors(page)
