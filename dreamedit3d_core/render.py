@@ -4,8 +4,9 @@ Cameras are exactly ``cameras.MVCameras`` (MVDream's orientations at the framing
 centres at +0.5, row 0 at the top). Per view:
 
 * colour and alpha: rasterized at ``ssaa`` x the resolution and box-filtered down (antialiasing), composited over
-  ``background``. Colour = face base colour x interpolated vertex colour x bilinear texture sample (UV v = 0 at the image
-  bottom, wrap = repeat as glTF's default sampler), times the lighting: ``"ambient_diffuse"`` is
+  ``background``. Colour = face base colour x interpolated vertex colour x texture sample (trilinear mipmapped, the
+  level from the UV step between neighbouring samples; UV v = 0 at the image bottom, wrap = repeat as glTF's default
+  sampler), times the lighting: ``"ambient_diffuse"`` is
   ``AMBIENT + (1 - AMBIENT) * |n . view|`` with a light at the camera (every view lit alike, two-sided), ``"unlit"`` is 1.
 * depth (view-axis distance, 0 = background), world-space geometric face normals (turned towards the camera, since faces
   are two-sided; 0 = background) and part ids (-1 = background): at 1 sample per pixel, so they stay exact.
@@ -49,8 +50,50 @@ def _check_options(resolution: int, ssaa: int, lighting: str, background) -> tup
     return bg
 
 
-def _sample_textures(asset: MeshAsset, fid: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """Bilinear texture colour [P, 3] for pixels hitting faces ``fid`` [P] at ``uv`` [P, 2] (1 where untextured)."""
+def _mip_pyramid(texture: torch.Tensor, device) -> list:
+    """Box-filtered levels [1, 3, h, w] of a texture [H, W, 3], halving down to 1 texel."""
+    level = texture.to(device, torch.float32).permute(2, 0, 1)[None]
+    levels = [level]
+    while max(level.shape[-2:]) > 1:
+        level = F.avg_pool2d(level, 2, ceil_mode=True, count_include_pad=False)
+        levels.append(level)
+    return levels
+
+
+def _bilinear(level: torch.Tensor, st: torch.Tensor) -> torch.Tensor:
+    """Bilinear sample [P, 3] of one level at wrapped UVs ``st`` [P, 2] (v = 0 at the bottom)."""
+    # grid_sample with align_corners=False: -1 is the left/top edge of the image, so u -> 2u-1 and v -> 1-2v
+    grid = torch.stack([2.0 * st[:, 0] - 1.0, 1.0 - 2.0 * st[:, 1]], dim=-1).view(1, 1, -1, 2)
+    return F.grid_sample(level, grid.to(level.dtype), mode="bilinear", padding_mode="border",
+                         align_corners=False)[0, :, 0].t()
+
+
+def _texel_footprint(uv_img: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
+    """UV change [H, W] (in UV units) from one sample to the next, the smaller of the forward and backward differences
+    that stay on the object (so UV seams and silhouettes do not blur), per image axis, the larger axis kept."""
+    big = torch.full_like(uv_img[..., 0], float("inf"))
+
+    def axis_step(dim: int) -> torch.Tensor:
+        d = (uv_img.narrow(dim, 1, uv_img.shape[dim] - 1) - uv_img.narrow(dim, 0, uv_img.shape[dim] - 1)).norm(dim=-1)
+        ok = hit.narrow(dim, 1, hit.shape[dim] - 1) & hit.narrow(dim, 0, hit.shape[dim] - 1)
+        d = torch.where(ok, d, torch.full_like(d, float("inf")))
+        fwd, bwd = big.clone(), big.clone()
+        fwd.narrow(dim, 0, d.shape[dim]).copy_(d)
+        bwd.narrow(dim, 1, d.shape[dim]).copy_(d)
+        step = torch.minimum(fwd, bwd)
+        return torch.where(torch.isinf(step), torch.zeros_like(step), step)
+
+    return torch.maximum(axis_step(0), axis_step(1))
+
+
+def _sample_textures(asset: MeshAsset, fid: torch.Tensor, uv: torch.Tensor,
+                     footprint: Optional[torch.Tensor] = None, pyramids: Optional[list] = None) -> torch.Tensor:
+    """Texture colour [P, 3] for pixels hitting faces ``fid`` [P] at ``uv`` [P, 2] (1 where untextured).
+
+    Without ``footprint``: bilinear. With it (UV units per sample, [P]) and ``pyramids`` (from :func:`_mip_pyramid`, one
+    per texture): trilinear mipmapping, the level chosen so one sample covers about one texel, so minified textures
+    are averaged instead of aliased.
+    """
     out = torch.ones(fid.shape[0], 3, dtype=torch.float32, device=fid.device)
     if asset.face_textures is None or not asset.textures:
         return out
@@ -61,16 +104,26 @@ def _sample_textures(asset: MeshAsset, fid: torch.Tensor, uv: torch.Tensor) -> t
             continue
         st = uv[sel]
         st = st - torch.floor(st)  # REPEAT wrap (glTF default sampler)
-        # grid_sample with align_corners=False: -1 is the left/top edge of the image, so u -> 2u-1 and v -> 1-2v
-        grid = torch.stack([2.0 * st[:, 0] - 1.0, 1.0 - 2.0 * st[:, 1]], dim=-1).view(1, 1, -1, 2)
-        img = texture.to(fid.device, torch.float32).permute(2, 0, 1)[None]
-        out[sel] = F.grid_sample(img, grid.to(img.dtype), mode="bilinear", padding_mode="border",
-                                 align_corners=False)[0, :, 0].t()
+        if footprint is None:
+            out[sel] = _bilinear(texture.to(fid.device, torch.float32).permute(2, 0, 1)[None], st)
+            continue
+        levels = pyramids[t]
+        texels = footprint[sel] * float(max(texture.shape[0], texture.shape[1]))
+        lod = torch.log2(texels.clamp(min=1.0)).clamp(max=len(levels) - 1)
+        base = lod.floor().long()
+        frac = (lod - base)[:, None]
+        colour = torch.empty(sel.shape[0], 3, dtype=torch.float32, device=fid.device)
+        for lvl in base.unique().tolist():
+            m = (base == lvl).nonzero().squeeze(1)
+            lower = _bilinear(levels[lvl], st[m])
+            upper = _bilinear(levels[min(lvl + 1, len(levels) - 1)], st[m])
+            colour[m] = lower + (upper - lower) * frac[m]
+        out[sel] = colour
     return out
 
 
 def _shade(asset: MeshAsset, frags: Fragments, normals_face: torch.Tensor, c2w: torch.Tensor, focal: float,
-           lighting: str, bg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+           lighting: str, bg: torch.Tensor, pyramids: Optional[list] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Colour [3, H, W] composited over ``bg`` and coverage [H, W] for one view's fragments (V = 1)."""
     fid_img = frags.face_id[0]
     hit = fid_img >= 0
@@ -79,7 +132,9 @@ def _shade(asset: MeshAsset, frags: Fragments, normals_face: torch.Tensor, c2w: 
     if asset.vertex_colors is not None:
         colour = colour * interpolate(asset.vertex_colors, asset.faces, frags)[0][hit]
     if asset.uv is not None and asset.textures:
-        colour = colour * _sample_textures(asset, fid, interpolate(asset.uv.to(torch.float32), asset.faces, frags)[0][hit])
+        uv_img = interpolate(asset.uv.to(torch.float32), asset.faces, frags)[0]
+        footprint = _texel_footprint(uv_img, hit)[hit] if pyramids is not None else None
+        colour = colour * _sample_textures(asset, fid, uv_img[hit], footprint, pyramids)
     if lighting == "ambient_diffuse":
         cos = (normals_face[fid] * _view_dirs(c2w, hit, focal)).sum(-1).abs()
         colour = colour * (AMBIENT + (1.0 - AMBIENT) * cos)[:, None]
@@ -106,6 +161,7 @@ def render_views(
     lighting: str = "ambient_diffuse",
     ssaa: int = 2,
     device: Optional[Union[str, torch.device]] = None,
+    mipmaps: bool = True,
 ) -> MultiViewRender:
     """Render the asset from every camera.
 
@@ -117,6 +173,8 @@ def render_views(
         lighting: "ambient_diffuse" or "unlit".
         ssaa: supersampling factor per side for colour and alpha (1 = off).
         device: optional device to render on.
+        mipmaps: trilinear mipmapped texture sampling (minified textures are averaged, not aliased); False samples
+            the full-resolution texture bilinearly.
 
     Returns:
         MultiViewRender: rgb [V,3,H,W], alpha [V,1,H,W], depth [V,1,H,W], normals [V,3,H,W], part_id [V,H,W], all on the
@@ -136,6 +194,7 @@ def render_views(
     n_face = face_normals(verts, faces)
     bg = torch.tensor(bg_tuple, dtype=torch.float32, device=dev)
     focal = cameras.focal_px(h)
+    pyramids = [_mip_pyramid(t, dev) for t in asset.textures] if mipmaps and asset.uv is not None else None
     rgbs, alphas, depths, normals, part_ids = [], [], [], [], []
     for v in range(cameras.num_views):  # one view at a time bounds memory at 1024 px with SSAA
         # exact channels at 1 sample per pixel
@@ -152,7 +211,7 @@ def render_views(
         # colour and alpha supersampled
         hs, ws = h * ssaa, w * ssaa
         frags_s = rasterize(verts_cam[v], faces, hs, ws, cameras.focal_px(hs)) if ssaa > 1 else frags
-        rgb, cov = _shade(asset, frags_s, n_face, c2w[v], cameras.focal_px(hs), lighting, bg)
+        rgb, cov = _shade(asset, frags_s, n_face, c2w[v], cameras.focal_px(hs), lighting, bg, pyramids)
         if ssaa > 1:
             rgb = F.avg_pool2d(rgb[None], ssaa)[0]
             cov = F.avg_pool2d(cov[None, None], ssaa)[0, 0]
