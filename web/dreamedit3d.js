@@ -35,6 +35,11 @@ function isOurs(node) {
   return typeof cls === "string" && GRID_NODES.has(cls);
 }
 
+// litegraph keeps node.size in a typed array (not an Array) in newer frontends
+function hasSize(node) {
+  return !!node?.size && typeof node.size.length === "number" && node.size.length >= 2;
+}
+
 function viewUrl(item) {
   if (!item || typeof item.filename !== "string") return null;
   const params = new URLSearchParams({
@@ -139,7 +144,7 @@ function reveal(node) {
     state.el.classList.remove("dreamedit3d-empty");
     if (state.status === "" && state.statusEl) state.statusEl.textContent = "";
   }
-  if (Array.isArray(node.size) && typeof node.setSize === "function") {
+  if (hasSize(node) && typeof node.setSize === "function") {
     const width = Math.max(node.size[0], MIN_GRID + 40);
     const computed = typeof node.computeSize === "function" ? node.computeSize([width, node.size[1]]) : node.size;
     const extra = state.canvasMode ? Math.min(width - 10, MIN_GRID * 2) + 10 : 0; // room for the drawn grid
@@ -252,7 +257,7 @@ function onExecutedOutput(node, output) {
 // ---------------------------------------------------------------------------------------------- canvas fallback
 function drawOnCanvas(node, ctx) {
   const state = node.dreamedit3d;
-  if (!state?.canvasMode || !state.images?.length || !Array.isArray(node.size)) return;
+  if (!state?.canvasMode || !state.images?.length || !hasSize(node)) return;
   const side = Math.min(node.size[0] - 10, MIN_GRID * 2);
   const top = node.size[1] - side - 5;
   if (top < 0 || side <= 0) return;

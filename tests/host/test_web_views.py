@@ -233,3 +233,50 @@ def test_grid_also_shows_in_the_vue_node_renderer(page, web_run):
     w, h = result["box"]
     assert w > 100 and abs(w - h) <= 0.1 * w, f"the grid is square in the Vue node: {result}"
     assert our_errors(page) == [], our_errors(page)
+
+
+def test_grid_is_drawn_on_the_canvas_where_dom_widgets_are_missing(page, web_run):
+    """Frontends without addDOMWidget: the four views are drawn on the node (white render background in the cells)."""
+    result = page.evaluate("""(async () => {
+        const sleep = (ms) => new Promise(r => setTimeout(r, ms));
+        const items = app.graph.getNodeById(2).dreamedit3d.urls.map(u => {
+            const q = new URL(u, location.href).searchParams;
+            return {filename: q.get("filename"), subfolder: q.get("subfolder"), type: q.get("type")};
+        });
+        const saved = LGraphNode.prototype.addDOMWidget;
+        LGraphNode.prototype.addDOMWidget = undefined;
+        let node;
+        try {
+            node = LiteGraph.createNode("DreamEdit3D_OrthoRender");
+        } finally {
+            LGraphNode.prototype.addDOMWidget = saved;
+        }
+        node.pos = [-6000, -6000];
+        app.graph.add(node);
+        const height = node.size[1];
+        node.onExecuted({images: items});
+        const s = node.dreamedit3d;
+        for (let i = 0; i < 40 && !s.images.every(im => im.complete && im.naturalWidth > 0); i++) await sleep(250);
+        app.canvas.centerOnNode(node);
+        app.canvas.setDirty(true, true);
+        await sleep(300);
+        // centre of each cell's top-left corner area (node coordinates, as drawOnCanvas lays the grid out)
+        const side = Math.min(node.size[0] - 10, 320), half = side / 2;
+        const left = (node.size[0] - side) / 2, top = node.size[1] - side - 5;
+        const ctx = app.canvas.canvas.getContext("2d");
+        const dpr = window.devicePixelRatio || 1;
+        const pixels = [];
+        for (let i = 0; i < 4; i++) {
+            const p = app.canvas.ds.convertOffsetToCanvas([node.pos[0] + left + (i % 2) * half + 5,
+                                                           node.pos[1] + top + (i >= 2 ? half : 0) + 5]);
+            pixels.push([...ctx.getImageData(Math.round(p[0] * dpr), Math.round(p[1] * dpr), 1, 1).data.slice(0, 3)]);
+        }
+        const out = {canvasMode: !!s.canvasMode, domWidget: !!s.el, loaded: s.images.filter(im => im.naturalWidth > 0).length,
+                     grew: node.size[1] > height, pixels};
+        app.graph.remove(node);
+        return out;
+    })()""", timeout=60)
+    assert result["canvasMode"] and not result["domWidget"], result
+    assert result["loaded"] == 4 and result["grew"], result
+    assert all(min(px) > 230 for px in result["pixels"]), f"the renders' white background is drawn in every cell: {result}"
+    assert our_errors(page) == [], our_errors(page)
