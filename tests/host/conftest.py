@@ -27,7 +27,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @pytest.fixture(scope="session")
-def comfy_host(tmp_path_factory, host_fixdir, request):
+def comfy_host(tmp_path_factory, host_fixdir):
     comfy = comfy_path()
     if comfy is None:
         skip_or_fail("no ComfyUI tree: run tools/setup_env.sh or set COMFYUI_PATH")
@@ -37,6 +37,12 @@ def comfy_host(tmp_path_factory, host_fixdir, request):
     finally:
         cpu = _cpu_seconds(host.proc.pid)
         host.stop()
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"[host] ComfyUI {comfy}: boot {host.boot_seconds:.1f} s, server CPU {cpu:.0f} s")
+        HOST_SUMMARY.append(f"ComfyUI {comfy}: boot {host.boot_seconds:.1f} s, server CPU {cpu:.0f} s")
+
+
+HOST_SUMMARY: list = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in HOST_SUMMARY:
+        terminalreporter.write_line(f"[host] {line}")
