@@ -46,7 +46,10 @@ def small_graph(run_name: str) -> dict:
 
 
 def our_errors(page) -> list:
-    return [e for e in page.errors() if any(e.mentions(f) for f in OUR_FRAGMENTS)]
+    """Errors from our script, and the warnings it logs when it catches one of its own failures ("[DreamEdit3D.views] ...")."""
+    return [e for e in page.console
+            if (e.level == "error" and any(e.mentions(f) for f in OUR_FRAGMENTS))
+            or (e.level == "warning" and e.text.startswith("[DreamEdit3D.views]"))]
 
 
 @pytest.fixture(scope="module")
