@@ -248,7 +248,8 @@ function onExecutedOutput(node, output) {
   if (images.length) showViews(node, images);
   const text = Array.isArray(output.text) ? output.text.filter((t) => typeof t === "string") : [];
   const extra = images.length > 4 ? ` (first 4 of ${images.length} images)` : "";
-  if (text.length || extra) {
+  if (text.length || images.length) {
+    // the node's own text (training: the last loss) replaces the "step n/N" line; views alone clear it
     buildGrid(node);
     setStatus(node, text.join(" · ") + extra);
   }
