@@ -19,6 +19,7 @@ if "comfy.model_management" in sys.modules:
     from .nodes.lifting import LiftToMesh
     from .nodes.load import MVDreamLoader, SaveMVDream
     from .nodes.masks import ComponentMask
+    from .nodes.metrics import EditMetrics
     from .nodes.personalize import LoadTokens, MultiViewTextualInversion, MVFineTune, SaveTokens
     from .nodes.prompts import ComposePrompt
     from .nodes.render import OrthoRender
@@ -26,7 +27,7 @@ if "comfy.model_management" in sys.modules:
 
     NODE_LIST = [
         MVDreamLoader, OrthoRender, ComponentMask, MultiViewTextualInversion, MVFineTune, ComposePrompt, MVScheduler,
-        MVSample, LiftToMesh, SaveMVDream, SaveTokens, LoadTokens,
+        MVSample, LiftToMesh, SaveMVDream, SaveTokens, LoadTokens, EditMetrics,
     ]
     NODE_CLASS_MAPPINGS = {cls.define_schema().node_id: cls for cls in NODE_LIST}
     NODE_DISPLAY_NAME_MAPPINGS = {cls.define_schema().node_id: cls.define_schema().display_name for cls in NODE_LIST}
