@@ -23,7 +23,7 @@ OUR_NODES = [
     "DreamEdit3D_MVDreamLoader", "DreamEdit3D_OrthoRender", "DreamEdit3D_ComponentMask",
     "DreamEdit3D_MultiViewTextualInversion", "DreamEdit3D_MVFineTune", "DreamEdit3D_ComposePrompt",
     "DreamEdit3D_MVScheduler", "DreamEdit3D_MVSample", "DreamEdit3D_LiftToMesh", "DreamEdit3D_SaveMVDream",
-    "DreamEdit3D_SaveTokens", "DreamEdit3D_LoadTokens",
+    "DreamEdit3D_SaveTokens", "DreamEdit3D_LoadTokens", "DreamEdit3D_EditMetrics",
 ]
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -240,6 +240,32 @@ def test_lift_builds_a_visual_hull_from_rendered_views(comfy_host):
     assert 0 < len(mesh.faces) <= 5000
     lo, hi = mesh.bounds
     assert (hi - lo).max() == pytest.approx(1.0, abs=0.15), "the hull spans the normalised asset"
+
+
+def test_sam_masks_run_from_points_on_one_view(comfy_host):
+    import numpy as np
+
+    prompt = {
+        "1": {"class_type": "DreamEdit3D_OrthoRender", "inputs": {
+            "asset": "dreamedit3d/kenney_character.glb", "resolution": 64, "elevation_deg": 15.0, "fov_deg": 40.0,
+            "background": 1.0, "lighting": "ambient_diffuse", "front_axis": "+z", "up_axis": "+y"}},
+        "2": {"class_type": "DreamEdit3D_ComponentMask", "inputs": {
+            "views": ["1", 4], "components": "head: top; robot: *", "source": "sam",
+            "sam_model": "dreamedit3d-tiny-random-sam.pth", "prompt_view": "front", "points": "32,20; 30,24"}},
+        "3": {"class_type": "MaskToImage", "inputs": {"mask": ["2", 1]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "dreamedit3d/sam"}},
+        "5": {"class_type": "MaskToImage", "inputs": {"mask": ["1", 1]}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "dreamedit3d/sam_alpha"}},
+    }
+    result = comfy_host.run(prompt, timeout=300)
+    assert result.status == "success", (result.error, comfy_host.log_tail())
+    masks = [np.asarray(m.convert("L")) > 127 for m in _images(comfy_host, result, "4")]
+    alpha = [np.asarray(m.convert("L")) > 127 for m in _images(comfy_host, result, "6")]
+    assert len(masks) == 8 and len(alpha) == 4
+    for v in range(4):  # 'head' is SAM's, 'robot' ('*') is the rest of the object: together exactly the object
+        assert not (masks[v] & masks[4 + v]).any()
+        assert np.array_equal(masks[v] | masks[4 + v], alpha[v])
+    assert any(m.any() for m in masks[:4])
 
 
 # ------------------------------------------------------------------------------------------------ bad input

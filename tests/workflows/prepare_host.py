@@ -8,6 +8,7 @@ writes
     FIXDIR/models/mvdream/dreamedit3d-tiny-random-4view.pt   a tiny seeded RANDOM MVDream checkpoint in the released key
                                                             layout and file format (torch pickle); outputs are noise
     FIXDIR/input/dreamedit3d/<asset>                        the example asset (+ the textures/buffers it refers to)
+    FIXDIR/models/sams/dreamedit3d-tiny-random-sam.pth      a tiny seeded RANDOM SAM (ComponentMask's SAM path)
     FIXDIR/models/mvdream/dreamedit3d-example-finetuned.safetensors, FIXDIR/models/mvdream_tokens/dreamedit3d-example.safetensors,
     FIXDIR/models/embeddings/dreamedit3d-example_*.safetensors
                                                             what the sample-only workflow loads (a 2-step personalisation
@@ -34,6 +35,7 @@ if str(REPO) not in sys.path:
 TINY_CHECKPOINT = "dreamedit3d-tiny-random-4view.pt"
 FINETUNED_CHECKPOINT = "dreamedit3d-example-finetuned.safetensors"
 TOKENS_NAME = "dreamedit3d-example"
+TINY_SAM = "dreamedit3d-tiny-random-sam.pth"
 ASSET_SUBFOLDER = "dreamedit3d"
 DEFAULT_ASSET = REPO.parent / "shared" / "assets" / "kenney_character.glb"
 # the example's components: one token per component; "*" takes every part not named before
@@ -98,6 +100,20 @@ def write_checkpoint(models_dir: Path) -> Path:
     return path
 
 
+def write_sam(models_dir: Path) -> Path:
+    """A tiny seeded RANDOM Segment Anything checkpoint (segment-anything's own classes, released state-dict format)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from _render_helpers import tiny_sam
+
+    path = models_dir / "sams" / TINY_SAM
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        torch.save(tiny_sam(seed=1).state_dict(), path)
+    return path
+
+
 def write_personalized(models_dir: Path, asset: Path, steps: int = 1, resolution: int = 64) -> None:
     """A short personalisation of the tiny model on ``asset`` through the core library (no ComfyUI): the fine-tuned
     model, our token file and the ComfyUI embeddings that the sample-only workflow loads."""
@@ -137,6 +153,8 @@ def main(argv=None) -> int:
     models = args.fixdir / "models"
     ckpt = write_checkpoint(models)
     name = copy_asset(args.asset, args.fixdir / "input")
+    sam = write_sam(models)
+    print(f"prepare_host: SAM {sam}")
     print(f"prepare_host: checkpoint {ckpt}")
     print(f"prepare_host: asset input/{name.as_posix()}")
     if args.personalized:
