@@ -35,13 +35,17 @@ GUTTER_TEXELS = 4
 @dataclass(frozen=True)
 class ViewSet:
     """Views to project colour from: rgb [V,3,H,W], soft weight mask [V,1,H,W], cameras, surface depth [V,H,W] for the
-    visibility test (0 = nothing), and a global weight (1 for the views, small for a prior)."""
+    visibility test (0 = nothing), a global weight (1 for the views, small for a prior), and optionally the coverage
+    alpha [V,1,H,W] the rgb was composited with over ``background`` (un-premultiplied when sampling, so antialiased
+    silhouette pixels give the object's colour rather than a mix with the background)."""
 
     rgb: torch.Tensor
     weight_mask: torch.Tensor
     cameras: MVCameras
     depth: torch.Tensor
     weight: float = 1.0
+    alpha: Optional[torch.Tensor] = None
+    background: Optional[Sequence[float]] = None
 
 
 def camera_space(verts: torch.Tensor, cameras: MVCameras) -> torch.Tensor:
@@ -98,6 +102,13 @@ def project_colors(points: torch.Tensor, normals: torch.Tensor, view_sets: Seque
         mask_w = _sample_images(vs.weight_mask.to(torch.float32), pix, depth)[..., 0]
         wgt = cos.pow(cos_power) * mask_w * visible * vs.weight  # [V, K]
         col = _sample_images(vs.rgb.to(torch.float32), pix, depth)  # [V, K, 3]
+        if vs.alpha is not None and vs.background is not None:
+            # rgb = a * colour + (1 - a) * background at antialiased edges: solve for colour where coverage is enough
+            a = _sample_images(vs.alpha.to(torch.float32), pix, depth)
+            bg = torch.tensor([float(c) for c in vs.background], dtype=col.dtype, device=col.device)
+            unmixed = ((col - (1.0 - a) * bg) / a.clamp(min=1e-6)).clamp(0.0, 1.0)
+            col = torch.where(a > 0.25, unmixed, col)
+            wgt = wgt * (a[..., 0] > 0.25)
         acc += (wgt[..., None] * col).sum(0)
         wsum += wgt.sum(0)
     return acc / wsum.clamp(min=1e-12)[:, None], wsum
@@ -156,13 +167,15 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
 
 def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor, uv: torch.Tensor,
-                 view_sets: Sequence[ViewSet], texture_size: int,
+                 view_sets: Sequence[ViewSet], texture_size: int, fallback_colors: Optional[torch.Tensor] = None,
                  check_interrupt: Optional[Callable[[], None]] = None) -> tuple[torch.Tensor, dict]:
     """Bake the views into a ``texture_size`` square texture over the mesh's UV layout.
 
     Args:
         verts: float [N, 3]; faces: int64 [M, 3]; normals: float [N, 3] unit vertex normals (taken from the mesh before its
             UV seams were cut, so they are continuous); uv: float [N, 2] in 0..1 (v = 0 at the bottom).
+        fallback_colors: float [N, 3] per-vertex colours (already filled where no view sees them); unseen texels take
+            their interpolation. None: unseen texels take the nearest seen texel in 3D instead (slower).
 
     Returns:
         (texture float32 [T, T, 3] in 0..1, row 0 at the top (v = 1); stats with ``unseen_texel_fraction``).
@@ -177,7 +190,12 @@ def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor
     seen = wsum > MIN_WEIGHT
     if check_interrupt is not None:
         check_interrupt()
-    colors = fill_unseen(pos, colors, seen)
+    if fallback_colors is not None:
+        # fill at vertex level (render-lift.md §4: the texel-level 3D nearest fill was most of the bake's time)
+        fill = interpolate(fallback_colors.to(torch.float32), faces, frags)[0][covered]
+        colors = torch.where(seen[:, None], colors, fill)
+    else:
+        colors = fill_unseen(pos, colors, seen)
     texture = torch.zeros(texture_size, texture_size, 3, dtype=torch.float32, device=verts.device)
     texture[covered] = colors.clamp(0.0, 1.0)
     texture = pad_gutter(texture, covered)

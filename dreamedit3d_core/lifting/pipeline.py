@@ -243,8 +243,8 @@ def lift_to_mesh(
     t = time.perf_counter()
     h, w = rgb.shape[-2:]
     frags = bake.render_fragments(v_t, f_t, cameras, h, w)
-    view_sets = [bake.ViewSet(rgb, bake.feathered_mask(alpha, max(2, h // 128), max(1, h // 128)), cameras,
-                              frags.depth)]
+    view_sets = [bake.ViewSet(rgb, bake.feathered_mask(alpha, max(1, h // 256), max(1, h // 256)), cameras,
+                              frags.depth, alpha=alpha, background=tuple(background))]
     if source is not None:
         view_sets += _source_prior_views(source, cameras, min(128, (h // 8) * 8), background)
     vertex_colors, vstats = bake.bake_vertex_colors(v_t, normals, view_sets)
@@ -258,7 +258,8 @@ def lift_to_mesh(
         uv = torch.from_numpy(uv_np).to(device)
         vertex_colors = vertex_colors[vmap_t]
         prog.check_interrupt()
-        texture, tstats = bake.bake_texture(out_v, out_f, normals[vmap_t], uv, view_sets, int(texture_size), check)
+        texture, tstats = bake.bake_texture(out_v, out_f, normals[vmap_t], uv, view_sets, int(texture_size),
+                                            vertex_colors, check)
         stats.update(tstats)
     times["texture_s"] = time.perf_counter() - t
     prog.update(4, total, None, stage="texture")

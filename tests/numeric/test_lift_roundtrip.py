@@ -55,10 +55,10 @@ def kenney_hull(kenney):
 def test_hull_round_trip_keeps_silhouettes_and_colour(kenney, kenney_hull):
     _, views = kenney
     iou, psnr = _scores(kenney_hull, views)
-    # measured IoU 0.979-0.983, PSNR 22.2-25.3 dB (mean 23.3) at grid 64, texture 256
+    # measured IoU 0.979-0.983, PSNR 23.0-26.7 dB (mean 24.5) at grid 64, texture 256
     print("kenney hull iou", iou, "psnr", psnr, kenney_hull.stats)
     assert min(iou) >= 0.95, iou
-    assert np.mean(psnr) >= 21.5 and min(psnr) >= 20.0, psnr
+    assert np.mean(psnr) >= 23.0 and min(psnr) >= 21.5, psnr
 
 
 def test_hull_mesh_is_watertight_and_within_budget(kenney_hull):
@@ -158,7 +158,7 @@ def test_texture_refinement_lowers_the_photometric_loss(kenney):
     mesh = lift_to_mesh(views.rgb, CAMS, alpha=views.alpha, grid=48, texture_size=128, face_budget=4000, refine_steps=10)
     first, last = mesh.stats["refine_loss_first"], mesh.stats["refine_loss_last"]
     print("refine L1", first, "->", last)
-    assert math.isfinite(last) and last < 0.96 * first  # measured -7% in 10 steps
+    assert math.isfinite(last) and last < 0.97 * first  # measured -5% in 10 steps
 
 
 def test_progress_reports_stages_and_interrupts(kenney):

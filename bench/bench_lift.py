@@ -1,0 +1,137 @@
+"""Benchmark LiftToMesh: seconds and quality at the quality size (grid 128, 1024^2 texture) on the shared assets.
+
+Each asset is rendered with ``render_views`` (4 MVDream views, 256 px), lifted, and the lifted mesh re-rendered with the same
+cameras. Quality: silhouette IoU per view (min over views) and colour PSNR inside both silhouettes (mean over views), for
+unlit inputs (the lift's own error) and for lit inputs (the render's light sits at each camera, which no single texture can
+reproduce). Prints; never asserts. ``cpu_s`` is the process CPU time (all threads): on a shared machine, wall time
+``total_s`` grows with the load average printed next to it, while ``cpu_s / threads`` approximates the unloaded wall time.
+
+    python -m bench.bench_lift --device cpu --threads 2
+    python -m bench.bench_lift --device cuda --grid 128 --texture 1024 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+ASSETS = ("kenney_character.glb", "cesium_milk_truck.glb", "lee_perry_smith_head.glb", "Fox.gltf", "spot.obj")
+
+
+def _header(device: torch.device, threads: int) -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
+    return (f"# bench_lift  device={name}  torch={torch.__version__}  threads={threads}  commit={commit}  "
+            f"python={platform.python_version()}")
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _quality(mesh, views, cams, res):
+    from _lift_helpers import lifted_as_asset, masked_psnr, silhouette_iou
+    from dreamedit3d_core.render import render_views
+
+    again = render_views(lifted_as_asset(mesh), cams, resolution=res, lighting="unlit")
+    inside = (again.alpha[:, 0] > 0.99) & (views.alpha[:, 0].cpu() > 0.99)
+    iou = silhouette_iou(again.alpha, views.alpha.cpu())
+    psnr = masked_psnr(again.rgb, views.rgb.cpu(), inside)
+    return min(iou), statistics.mean(psnr), min(psnr)
+
+
+def main(argv=None) -> list:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--grid", type=int, default=128)
+    ap.add_argument("--texture", type=int, default=1024)
+    ap.add_argument("--faces", type=int, default=50000)
+    ap.add_argument("--res", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per scenario (median reported)")
+    ap.add_argument("--assets", nargs="*", default=list(ASSETS))
+    ap.add_argument("--modes", nargs="*", default=["hull", "keep_source"])
+    ap.add_argument("--lighting", nargs="*", default=["unlit", "ambient_diffuse"])
+    ap.add_argument("--shared", default=str(REPO.parent / "shared" / "assets"))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    from dreamedit3d_core.assets import load_asset
+    from dreamedit3d_core.cameras import MVCameras
+    from dreamedit3d_core.lifting import lift_to_mesh
+    from dreamedit3d_core.render import render_views
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(_header(device, args.threads))
+    print(f"# grid={args.grid} texture={args.texture} face_budget={args.faces} views=4x{args.res}px")
+    cols = ("asset", "mode", "lighting", "total_s", "cpu_s", "load_avg", "geometry_s", "cleanup_s", "texture_s", "faces", "unseen_texels",
+            "iou_min", "psnr_mean_db", "psnr_min_db")
+    print("  ".join(f"{c:>14}" for c in cols))
+    cams = MVCameras.mvdream_default()
+    rows = []
+    warm = False
+    for name in args.assets:
+        path = Path(args.shared) / name
+        if not path.is_file():
+            print(f"# skip {name}: not found under {args.shared}")
+            continue
+        asset = load_asset(path).to(device)
+        for lighting in args.lighting:
+            views = render_views(asset, cams, resolution=args.res, lighting=lighting)
+            for mode in args.modes:
+                kw = dict(alpha=views.alpha, grid=args.grid, texture_size=args.texture, face_budget=args.faces,
+                          mode=mode, source=asset if mode != "hull" else None, device=device)
+                if not warm:  # first call pays imports and allocator warm-up
+                    lift_to_mesh(views.rgb, cams, **{**kw, "grid": 32, "texture_size": 128})
+                    warm = True
+                times, cpu, mesh = [], [], None
+                for _ in range(args.repeats):
+                    _sync(device)
+                    t, c = time.perf_counter(), time.process_time()
+                    mesh = lift_to_mesh(views.rgb, cams, **kw)
+                    _sync(device)
+                    times.append(time.perf_counter() - t)
+                    cpu.append(time.process_time() - c)
+                iou, psnr_mean, psnr_min = _quality(mesh.to("cpu"), views, cams, args.res)
+                s = mesh.stats
+                row = dict(asset=name, mode=mode, lighting=lighting, total_s=statistics.median(times),
+                           cpu_s=statistics.median(cpu), load_avg=os.getloadavg()[0],
+                           geometry_s=s["geometry_s"], cleanup_s=s["cleanup_s"], texture_s=s["texture_s"],
+                           faces=s["num_faces"], unseen_texels=s.get("unseen_texel_fraction", float("nan")),
+                           iou_min=iou, psnr_mean_db=psnr_mean, psnr_min_db=psnr_min)
+                rows.append(row)
+                print("  ".join(f"{row[c]:>14.3f}" if isinstance(row[c], float) else f"{row[c]!s:>14}" for c in cols),
+                      flush=True)
+    if rows:
+        for mode in args.modes:
+            sel = [r for r in rows if r["mode"] == mode]
+            if sel:
+                print(f"# {mode}: median total_s {np.median([r['total_s'] for r in sel]):.2f}  "
+                      f"min IoU {min(r['iou_min'] for r in sel):.3f}  "
+                      f"mean PSNR unlit {np.mean([r['psnr_mean_db'] for r in sel if r['lighting'] == 'unlit'] or [np.nan]):.2f} dB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
