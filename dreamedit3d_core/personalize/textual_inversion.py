@@ -121,6 +121,8 @@ class Scene:
         attention_layers: cross-attention layer names recorded for the attention loss.
         attention_store: while :func:`recording` is active, the store the recording processors write to. Keeping
             them installed for the whole run (not per forward) lets gradient checkpointing recompute the same ops.
+        class_latents: float32 [N, V, 4, h, w] prior-preservation objects (phase 2), or None.
+        class_prompt: the prompt of the class objects.
     """
 
     latents: torch.Tensor
@@ -132,6 +134,8 @@ class Scene:
     attention_layers: list = field(default_factory=list)
     image_size: tuple = (256, 256)
     attention_store: object = None  # an open record_cross_attention store for the whole run (see recording())
+    class_latents: Optional[torch.Tensor] = None
+    class_prompt: str = ""
 
     @property
     def num_views(self) -> int:
@@ -303,15 +307,23 @@ def autocast_context(device: torch.device, mixed_precision: str):
 def personalization_loss(model, scene: Scene, generator: torch.Generator, attention_loss_weight: float,
                          mixed_precision: str = "no", subset: Optional[Sequence[int]] = None,
                          timestep: Optional[int] = None, noise: Optional[torch.Tensor] = None,
-                         prompt_prefix: str = "a photo of ", diagnostics: Optional[dict] = None) -> StepOutput:
+                         prompt_prefix: str = "a photo of ", diagnostics: Optional[dict] = None,
+                         prior_loss_weight: float = 0.0) -> StepOutput:
     """One forward pass of the personalisation objective (both phases).
 
-    Random draws, in order, from ``generator`` (CPU): k, the subset permutation, the timestep, the noise.
-    ``subset``/``timestep``/``noise`` override the draws (tests, evaluation). When ``diagnostics`` is a dict it
-    receives ``attention`` (float [V, h, w, T], detached head/layer-averaged maps), ``positions`` and ``subset``.
+    Random draws, in order, from ``generator`` (CPU): k, the subset permutation, the timestep, the noise; with a
+    prior (``scene.class_latents`` and ``prior_loss_weight > 0``) then the class object, its timestep and noise.
+    ``subset``/``timestep``/``noise`` override the instance draws (tests, evaluation). When ``diagnostics`` is a dict
+    it receives ``attention`` (float [V, h, w, T], detached head/layer-averaged maps), ``positions``, ``subset``
+    and, with a prior, ``prior`` = (class index, timestep, noise).
+
+    With a prior the class object rides in the same UNet batch as a second object ([instance × V, class × V],
+    Break-a-Scene's batch order reversed), with the class prompt and the same cameras; its loss is the plain
+    (unmasked) noise MSE and its attention maps are not used.
 
     Returns:
-        StepOutput with loss = masked + λ·attention, info {masked, attention, t, k}, and the preview context.
+        StepOutput with loss = masked + λ·attention (+ w·prior), info {masked, attention, t, k[, prior]}, and the
+        preview context of the instance views.
     """
     K, V = len(scene.token_ids), scene.num_views
     if subset is None:
@@ -331,30 +343,52 @@ def personalization_loss(model, scene: Scene, generator: torch.Generator, attent
         if where.numel() != 1:
             raise TokenError(f"token {scene.tokens[i]} appears {where.numel()} times in the encoded prompt {prompt!r}")
         positions.append(int(where[0]))
-    ac = model.alphas_cumprod.to(device=device, dtype=torch.float64)[timestep].float()
+    alphas = model.alphas_cumprod.to(device=device, dtype=torch.float64)
+    ac = alphas[timestep].float()
     noisy = ac.sqrt() * scene.latents + (1.0 - ac).sqrt() * noise
     timesteps = torch.full((V,), timestep, dtype=torch.long, device=device)
+    cameras = scene.cameras
+    with_prior = prior_loss_weight > 0 and scene.class_latents is not None
+    if with_prior:
+        c = int(torch.randint(0, scene.class_latents.shape[0], (1,), generator=generator))
+        class_t = int(torch.randint(0, NUM_TRAIN_TIMESTEPS, (1,), generator=generator))
+        class_noise = torch.randn(scene.class_latents.shape[1:], generator=generator, dtype=torch.float32).to(device)
+        class_ac = alphas[class_t].float()
+        class_noisy = class_ac.sqrt() * scene.class_latents[c] + (1.0 - class_ac).sqrt() * class_noise
+        batch_latents = torch.cat([noisy, class_noisy])
+        timesteps = torch.cat([timesteps, torch.full((V,), class_t, dtype=torch.long, device=device)])
+        cameras = torch.cat([cameras, cameras])
+        ids = torch.cat([ids, model.tokenizer.encode([scene.class_prompt]).to(device)])
+        if diagnostics is not None:
+            diagnostics["prior"] = (c, class_t, class_noise.detach().cpu())
+    else:
+        batch_latents = noisy
     with_attention = attention_loss_weight > 0 and bool(scene.attention_layers)
     with autocast_context(device, mixed_precision):
-        text = encode_ids_differentiable(model, ids)  # [1, 77, D]
-        text = text.expand(V, *text.shape[1:])
+        text = encode_ids_differentiable(model, ids)  # [1 or 2, 77, D]
+        text = text.repeat_interleave(V, dim=0)  # view-contiguous: object b's views are rows b*V .. b*V+V-1
+
+        def forward():
+            return model.predict_noise(batch_latents.to(model.dtype), timesteps, text, cameras.to(model.dtype))
+
         if with_attention and scene.attention_store is not None:
             scene.attention_store.clear()
-            eps_pred = model.predict_noise(noisy.to(model.dtype), timesteps, text, scene.cameras.to(model.dtype))
+            eps_all = forward()
             maps = dict(scene.attention_store.maps)
         elif with_attention:
             from ..mvdream.attention import record_cross_attention
 
             with record_cross_attention(model.unet, scene.attention_layers) as store:
-                eps_pred = model.predict_noise(noisy.to(model.dtype), timesteps, text, scene.cameras.to(model.dtype))
+                eps_all = forward()
             maps = dict(store.maps)
         else:
-            eps_pred = model.predict_noise(noisy.to(model.dtype), timesteps, text, scene.cameras.to(model.dtype))
+            eps_all = forward()
+    eps_pred = eps_all[:V]
     union = scene.masks[subset].amax(dim=0)  # [V, H, W]
     masked = masked_diffusion_loss(eps_pred.float(), noise, union)
     attn = torch.zeros((), device=device)
     if with_attention:
-        avg = average_attention_maps(maps, batch=V)  # [V, HW, T]
+        avg = average_attention_maps(maps, batch=eps_all.shape[0])[:V]  # [V, HW, T] of the instance object
         h, w = map_size(avg.shape[1], scene.image_size)
         attn = attention_alignment_loss(avg.reshape(V, h, w, avg.shape[-1]), positions, scene.masks[subset])
         if diagnostics is not None:
@@ -362,6 +396,10 @@ def personalization_loss(model, scene: Scene, generator: torch.Generator, attent
                                subset=list(subset))
     loss = masked + attention_loss_weight * attn
     info = {"masked": float(masked.detach()), "attention": float(attn.detach()), "t": timestep, "k": len(subset)}
+    if with_prior:
+        prior = F.mse_loss(eps_all[V:].float(), class_noise)
+        loss = loss + prior_loss_weight * prior
+        info["prior"] = float(prior.detach())
     return StepOutput(loss, info, (noisy.detach(), eps_pred.detach(), ac))
 
 

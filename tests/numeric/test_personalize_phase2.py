@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from _personalize_helpers import all_parameters, fresh_tiny_model, two_component_scene
-from dreamedit3d_core.errors import ConfigError, MissingDependencyError, TokenError
+from dreamedit3d_core.errors import ConfigError, MissingDependencyError, ShapeError, TokenError
 from dreamedit3d_core.personalize.finetune import (
     FTConfig,
     finetune,
@@ -150,3 +150,48 @@ def test_phase2_bad_inputs_are_refused():
         FTConfig(mode="qlora")
     with pytest.raises(ConfigError, match="unknown FTConfig keys"):
         FTConfig.from_dict({"steps": 3, "learning_rate": 1e-4})
+
+
+def test_prior_term_matches_a_separate_forward_of_the_class_object():
+    """The class object rides in the same batch; its term equals the plain MSE of its own forward pass."""
+    from dreamedit3d_core.personalize.finetune import generate_class_latents
+    from dreamedit3d_core.personalize.textual_inversion import build_scene, personalization_loss
+
+    render, masks = two_component_scene(64)
+    model = fresh_tiny_model()
+    class_latents = generate_class_latents(model, "a 3d asset", render.cameras, 2, steps=2, seed=3, resolution=64)
+    assert class_latents.shape == (2, 4, 4, 8, 8) and torch.isfinite(class_latents).all()
+    again = generate_class_latents(model, "a 3d asset", render.cameras, 2, steps=2, seed=3, resolution=64)
+    assert torch.equal(class_latents, again)
+
+    ids = apply_tokens(model, _tokens(model))
+    scene = build_scene(model, render, masks, ("<hat>", "<dog>"), ids, None, 16, True)
+    scene.class_latents, scene.class_prompt = class_latents, "a 3d asset"
+    noise = torch.randn(scene.latents.shape, generator=torch.Generator().manual_seed(1))
+    diag = {}
+    with torch.no_grad():
+        out = personalization_loss(model, scene, torch.Generator().manual_seed(2), 1e-2, subset=[0], timestep=600,
+                                   noise=noise, diagnostics=diag, prior_loss_weight=0.5)
+        c, t, class_noise = diag["prior"]
+        ac = model.alphas_cumprod[t].float()
+        noisy = ac.sqrt() * class_latents[c] + (1 - ac).sqrt() * class_noise
+        eps = model.predict_noise(noisy, t, model.encode_text(["a 3d asset"]).expand(4, -1, -1), render.cameras.embedding())
+        prior_ref = torch.nn.functional.mse_loss(eps, class_noise).item()
+        alone = personalization_loss(model, scene, torch.Generator(), 1e-2, subset=[0], timestep=600, noise=noise)
+    assert out.info["prior"] == pytest.approx(prior_ref, rel=1e-5)
+    assert out.info["masked"] == pytest.approx(alone.info["masked"], rel=1e-5)
+    assert out.info["attention"] == pytest.approx(alone.info["attention"], rel=1e-5)
+    assert out.loss.item() == pytest.approx(alone.loss.item() + 0.5 * prior_ref, rel=1e-5)
+
+    _, _, result = finetune(model, render, masks, _tokens(model),
+                            FTConfig(steps=1, mode="lora", lora_rank=2, lr=1e-3, prior_preservation=True,
+                                     resolution=None), class_latents=class_latents, return_result=True)
+    assert "prior" in result.infos[0]
+    with pytest.raises(ShapeError, match="class_latents must be"):
+        finetune(fresh_tiny_model(), render, masks, _tokens(model),
+                 FTConfig(steps=1, prior_preservation=True, resolution=None), class_latents=class_latents[:, :3])
+    # without given class objects, the base model generates them first
+    _, _, generated = finetune(fresh_tiny_model(), render, masks, _tokens(model),
+                               FTConfig(steps=1, mode="lora", lora_rank=2, prior_preservation=True, num_class_objects=1,
+                                        class_sample_steps=1, resolution=None), return_result=True)
+    assert generated.infos[0]["prior"] > 0
