@@ -31,7 +31,7 @@ from ..progress import Progress
 from ..tokens import check_tokens_are_new, token_for_component, validate_token_names
 from ..types import ComponentMasks, MultiViewRender, TokenSet
 from .losses import attention_alignment_loss, average_attention_maps, map_size, masked_diffusion_loss
-from .train import CheckpointPolicy, StepOutput, TrainResult, clone_out_of_inference, grad_enabled, run_training
+from .train import CheckpointPolicy, StepOutput, clone_out_of_inference, grad_enabled, run_training
 
 NUM_TRAIN_TIMESTEPS = 1000
 MIXED_PRECISION = ("no", "bf16", "fp16")
