@@ -180,14 +180,15 @@ def open_solid(occ: torch.Tensor, radius: int = 1) -> torch.Tensor:
 
 
 def source_guided_occupancy(hull_edited: torch.Tensor, hull_source: torch.Tensor, source_solid: torch.Tensor,
-                            added_opening: int = 1) -> torch.Tensor:
+                            added_opening: int = 1, smooth_sigma: float = HULL_SMOOTH_SIGMA) -> torch.Tensor:
     """``(source ∧ hull(edited)) ∨ (hull(edited) ∧ ¬hull(source))`` on soft grids (min = and, max = or, 1 - x = not).
 
     The source solid keeps its concavities and the parts the edited silhouettes still cover; material only where the
-    edited silhouettes grow past the source's comes from the edited hull. That added part is opened by ``added_opening``
-    voxels, so silhouettes a pixel wider than the source's add no thin shell around the whole object.
+    edited silhouettes grow past the source's comes from the edited hull. That added part is smoothed like a pure hull
+    and opened by ``added_opening`` voxels, so silhouettes a pixel wider than the source's add no thin shell around the
+    whole object; the kept source part is cut by the unsmoothed hull, so thin source parts (legs, ears) survive.
     """
-    added = torch.minimum(hull_edited, 1.0 - hull_source)
+    added = torch.minimum(gaussian_smooth(hull_edited, smooth_sigma), 1.0 - hull_source)
     added = open_solid(added, added_opening)
     return torch.maximum(torch.minimum(source_solid, hull_edited), added)
 

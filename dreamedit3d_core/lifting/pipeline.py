@@ -120,7 +120,7 @@ def _source_guided_geometry(alpha, cameras, source, grid, check) -> tuple[np.nda
     src_sil = hull.source_silhouettes(source, cameras, h, w, dilate_px=max(2, h // 96))
     hull_source = hull.silhouette_occupancy(src_sil, cameras, fine, check)
     solid = hull.mesh_occupancy(source.vertices, source.faces, fine, where=hull_edited > 0.01, check_interrupt=check)
-    occ = hull.source_guided_occupancy(hull.gaussian_smooth(hull_edited, hull.HULL_SMOOTH_SIGMA), hull_source, solid)
+    occ = hull.source_guided_occupancy(hull_edited, hull_source, solid)
     occ = hull.keep_main_solids(occ)
     verts, faces = surface.marching_cubes(occ, fine)
     added = float((torch.minimum(hull_edited, 1 - hull_source) > 0.5).sum()) / max(float((occ > 0.5).sum()), 1.0)
