@@ -218,3 +218,45 @@ def test_model_management_takes_a_diffusers_module(pack):
     _compat.managed_load(unet)
     _compat.managed_load(unet)  # the same patcher is reused
     assert sum(1 for m in mm.current_loaded_models if m.model.model.inner is unet) == 1
+
+
+# ------------------------------------------------------------------------------------------------ training nodes
+def test_training_node_runs_under_inference_mode_and_leaves_its_input_model_untouched(pack, tmp_path):
+    """ComfyUI executes nodes inside torch.inference_mode(); the TI node must still train, on a private copy."""
+    import shutil
+
+    from dreamedit3d_pack.dreamedit3d_core.tiny import write_tiny_checkpoint
+    from dreamedit3d_pack.nodes import _compat
+    from conftest import SHARED
+
+    asset = SHARED / "assets" / "kenney_character.glb"
+    if not asset.is_file():
+        skip_or_fail(f"{asset} is missing")
+    ckpt_dir = _compat.model_folder("mvdream")
+    write_tiny_checkpoint(ckpt_dir / "tiny-node-test.safetensors", seed=0)
+    dest = _compat.input_folder() / "robot"
+    (dest / "Textures").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(asset, dest / asset.name)
+    shutil.copy2(asset.parent / "Textures" / "colormap.png", dest / "Textures" / "colormap.png")
+    get = pack.NODE_CLASS_MAPPINGS.get
+    with torch.inference_mode():
+        (model,) = node(get("DreamEdit3D_MVDreamLoader")).execute(ckpt_name="tiny-node-test.safetensors").result
+        before = model.token_embedding.weight.detach().clone()
+        render = node(get("DreamEdit3D_OrthoRender")).execute(asset="robot/kenney_character.glb", resolution=64)
+        images, alpha, _normals, _depth, views = render.result
+        assert images.shape == (4, 64, 64, 3) and alpha.shape == (4, 64, 64)
+        masked = node(get("DreamEdit3D_ComponentMask")).execute(views=views, components="antenna: antenna; robot: *")
+        union, stacked, cmap, views = masked.result
+        assert stacked.shape == (8, 64, 64) and cmap.shape == (4, 64, 64, 3)
+        ti = node(get("DreamEdit3D_MultiViewTextualInversion")).PREPARE_CLASS_CLONE({"unique_id": "4"})
+        out = ti.execute(model=model, views=views, init_words="robot: robot", steps=2, learning_rate=5e-3,
+                         attention_loss_weight=0.01, seed=0, run_name="node-test", resume=False, checkpoint_every=1000,
+                         preview_every=0)
+    trained, tokens = out.result
+    assert tokens.tokens == ("<antenna>", "<robot>") and tokens.embeddings.shape[0] == 2
+    assert trained is not model
+    assert "<robot>" in trained.tokenizer.added_tokens and "<robot>" not in model.tokenizer.added_tokens
+    assert torch.equal(model.token_embedding.weight, before), "the loader's model (ComfyUI's cache) is unchanged"
+    ids = trained.tokenizer.encode(["a <robot>"])[0]
+    rows = trained.token_embedding.weight[ids[2]]
+    assert torch.allclose(rows, tokens.embeddings[1, 0].to(rows)), "the trained model carries the learned vector"
