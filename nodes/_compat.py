@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import weakref
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -180,24 +179,21 @@ class _Holder(torch.nn.Module):
         self.device = device
 
 
-_MANAGED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+def managed_load(module: torch.nn.Module):
+    """Hand ``module`` to ComfyUI's model management for the duration of a node's work; returns the ModelPatcher.
 
-
-def managed_load(module: torch.nn.Module) -> None:
-    """Hand ``module`` to ComfyUI's model management and load it on the compute device.
-
-    One ModelPatcher per module (kept while the module lives), so ComfyUI's VRAM manager knows its size and can
-    offload other models (or this one, between runs) when memory is short. On CPU this costs next to nothing.
+    ComfyUI frees room (offloading its other models) and loads the whole module on the compute device
+    (``force_full_load``: our modules have no ComfyUI low-VRAM casting, so a partial load would split devices).
+    Keep the returned patcher alive while the module works; ComfyUI holds it weakly, so nothing leaks afterwards.
+    On CPU this costs next to nothing.
     """
     import comfy.model_patcher
 
-    patcher = _MANAGED.get(module)
-    if patcher is None:
-        device = next(module.parameters()).device
-        patcher = comfy.model_patcher.ModelPatcher(_Holder(module, device), load_device=compute_device(),
-                                                   offload_device=offload_device())
-        _MANAGED[module] = patcher
-    _mm.load_models_gpu([patcher])
+    device = next(module.parameters()).device
+    patcher = comfy.model_patcher.ModelPatcher(_Holder(module, device), load_device=compute_device(),
+                                               offload_device=offload_device())
+    _mm.load_models_gpu([patcher], force_full_load=True)
+    return patcher
 
 
 # --------------------------------------------------------------------------------------------- progress / interrupt

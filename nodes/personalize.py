@@ -8,8 +8,8 @@ from contextlib import contextmanager
 import torch
 
 from ..dreamedit3d_core.errors import ConfigError
-from ._compat import (FOLDER_TOKENS, ComfyProgress, embeddings_folder, io, model_files, model_folder, model_path,
-                      output_folder)
+from ._compat import (FOLDER_TOKENS, ComfyProgress, embeddings_folder, io, managed_load, model_files, model_folder,
+                      model_path, output_folder)
 from .load import _safe_stem
 from .sockets import MVDreamModelSocket, MVTokensSocket, MVViewsSocket
 
@@ -129,6 +129,7 @@ class MultiViewTextualInversion(io.ComfyNode):
         progress = ComfyProgress(int(steps), cls.hidden.unique_id)
         with training_mode():
             trained = clone_model(model)
+            patcher = managed_load(trained.unet)  # noqa: F841  (ComfyUI makes room; kept alive while training)
             tokens = ti.train_textual_inversion(trained, clone_tensors(views.render), clone_tensors(masks), config, progress,
                                                 resume_from=resume_file(folder, "phase1", resume), checkpoint_dir=folder)
         return io.NodeOutput(trained, tokens, ui={"text": [_loss_text(progress)]})
@@ -190,7 +191,9 @@ class MVFineTune(io.ComfyNode):
         folder = train_dir(run_name) / "phase2"
         progress = ComfyProgress(int(steps), cls.hidden.unique_id)
         with training_mode():
-            trained, tokens = ft.finetune(clone_model(model), clone_tensors(views.render), clone_tensors(masks),
+            copy_ = clone_model(model)
+            patcher = managed_load(copy_.unet)  # noqa: F841  (ComfyUI makes room; kept alive while training)
+            trained, tokens = ft.finetune(copy_, clone_tensors(views.render), clone_tensors(masks),
                                           clone_tensors(tokens), config, progress,
                                           resume_from=resume_file(folder, "phase2", resume), checkpoint_dir=folder)
         return io.NodeOutput(trained, tokens, ui={"text": [_loss_text(progress)]})

@@ -122,7 +122,7 @@ class MVSample(io.ComfyNode):
             throw_if_interrupted()
             progress.update(step + 1, total_steps, preview=latent_preview_rgb(x0))
 
-        managed_load(model.unet)
+        patcher = managed_load(model.unet)  # noqa: F841  (kept alive while sampling)
         denoiser = MVDenoiser(model, conditioning.to(device=device), float(cfg), quantize_timesteps=True)
         wrap = sampler_bridge.MVSamplerModel(denoiser, make_model_sampling(model.alphas_cumprod))
         latents = sampler_bridge.run_comfy_sampler(sampler, sigmas.to(device), wrap, start.to(device),

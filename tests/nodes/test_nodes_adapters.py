@@ -215,9 +215,11 @@ def test_model_management_takes_a_diffusers_module(pack):
     unet = UNet2DConditionModel(block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
                                 norm_num_groups=4, layers_per_block=1, sample_size=8, attention_head_dim=2)
-    _compat.managed_load(unet)
-    _compat.managed_load(unet)  # the same patcher is reused
-    assert sum(1 for m in mm.current_loaded_models if m.model.model.inner is unet) == 1
+    patcher = _compat.managed_load(unet)
+    assert any(m.model is patcher for m in mm.current_loaded_models)
+    assert next(unet.parameters()).device == mm.get_torch_device()
+    out = unet(torch.randn(1, 4, 8, 8), 1, torch.randn(1, 3, 8)).sample
+    assert out.shape == (1, 4, 8, 8)
 
 
 # ------------------------------------------------------------------------------------------------ training nodes
