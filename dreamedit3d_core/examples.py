@@ -2,7 +2,7 @@
 
 ``write_example_asset(path)`` writes a GLB of a toy figure in the glTF convention (+Y up, front +Z) with four named
 parts, each its own node: ``body`` (a box with a UV texture whose front face carries a marker, so the front is
-recognisable in renders), ``head`` (a sphere with vertex colours), ``hat`` (a cone with a plain base colour) and ``nose``
+recognisable in renders), ``head`` (a sphere), ``hat`` (a cone; both plain base colours) and ``nose``
 (a small cylinder pointing at the front). The component spec ``"hat: hat; toy: *"`` splits it into an accessory and
 the rest, like the paper's examples.
 """
@@ -57,8 +57,17 @@ def _textured_box(extents, size: int = 64):
         uvs.extend([(u0, v0), (u1, v0), (u1, v1), (u0, v1)])
         tris.extend([(base, base + 1, base + 2), (base, base + 2, base + 3)])
     image = Image.fromarray(_body_texture(size))
-    visual = trimesh.visual.TextureVisuals(uv=np.array(uvs), image=image)
+    # an explicit white factor: trimesh's default material would darken the texture to 40 %
+    material = trimesh.visual.material.PBRMaterial(baseColorTexture=image, baseColorFactor=[255, 255, 255, 255])
+    visual = trimesh.visual.TextureVisuals(uv=np.array(uvs), material=material)
     return trimesh.Trimesh(np.array(vertices, float), np.array(tris), visual=visual, process=False)
+
+
+def _plain(r: int, g: int, b: int):
+    """A material with only a base colour (glTF baseColorFactor)."""
+    import trimesh
+
+    return trimesh.visual.TextureVisuals(material=trimesh.visual.material.PBRMaterial(baseColorFactor=[r, g, b, 255]))
 
 
 def build_example_scene():
@@ -71,20 +80,18 @@ def build_example_scene():
 
     head = trimesh.creation.icosphere(subdivisions=2, radius=0.3)
     head.apply_translation((0.0, 0.75, 0.0))
-    height = (head.vertices[:, 1] - 0.45) / 0.6
-    colours = np.stack([0.9 - 0.3 * height, 0.75 + 0.0 * height, 0.55 + 0.3 * height, np.ones_like(height)], -1)
-    head.visual = trimesh.visual.ColorVisuals(head, vertex_colors=(colours * 255).astype(np.uint8))
+    head.visual = _plain(235, 195, 160)
     scene.add_geometry(head, node_name="head", geom_name="head")
 
     hat = trimesh.creation.cone(radius=0.28, height=0.4, sections=24)  # apex on +Z
     hat.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, (1, 0, 0)))  # apex up (+Y)
     hat.apply_translation((0.0, 0.98, 0.0))
-    hat.visual = trimesh.visual.ColorVisuals(hat, face_colors=(40, 40, 140, 255))
+    hat.visual = _plain(40, 40, 140)
     scene.add_geometry(hat, node_name="hat", geom_name="hat")
 
     nose = trimesh.creation.cylinder(radius=0.05, height=0.2, sections=16)  # along Z: points at the front
     nose.apply_translation((0.0, 0.72, 0.35))
-    nose.visual = trimesh.visual.ColorVisuals(nose, face_colors=(230, 120, 40, 255))
+    nose.visual = _plain(230, 120, 40)
     scene.add_geometry(nose, node_name="nose", geom_name="nose")
     return scene
 
