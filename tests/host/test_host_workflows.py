@@ -268,6 +268,21 @@ def test_sam_masks_run_from_points_on_one_view(comfy_host):
     assert any(m.any() for m in masks[:4])
 
 
+def test_null_for_an_optional_combo_without_choices_is_accepted(comfy_host):
+    """The frontend sends null for an optional combo with no choices (sam_model when models/sams is empty)."""
+    prompt = {
+        "1": {"class_type": "DreamEdit3D_OrthoRender", "inputs": {
+            "asset": "dreamedit3d/kenney_character.glb", "resolution": 64, "elevation_deg": 15.0, "fov_deg": 40.0,
+            "background": 1.0, "lighting": "ambient_diffuse", "front_axis": "+z", "up_axis": "+y"}},
+        "2": {"class_type": "DreamEdit3D_ComponentMask", "inputs": {
+            "views": ["1", 4], "components": "antenna: antenna; robot: *", "source": "parts", "sam_model": None,
+            "prompt_view": "front", "points": ""}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 2]}},
+    }
+    result = comfy_host.run(prompt, timeout=300)
+    assert result.status == "success", (result.error, comfy_host.log_tail())
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 def _expect_rejected(host, prompt, fragment):
     with pytest.raises(HostError) as info:
