@@ -62,7 +62,7 @@ def check_views(rgb: torch.Tensor, cameras: MVCameras, alpha: Optional[torch.Ten
     if not isinstance(alpha, torch.Tensor) or not alpha.is_floating_point():
         raise ShapeError(f"alpha must be a float tensor [V, 1, H, W] in 0..1, got {type(alpha).__name__}")
     if alpha.ndim == 3 and tuple(alpha.shape) == (v, h, w):
-        return  # accepted and unsqueezed by the caller
+        alpha = alpha[:, None]  # accepted; the caller unsqueezes it the same way
     if tuple(alpha.shape) != (v, 1, h, w):
         raise ShapeError(f"alpha must have shape [{v}, 1, {h}, {w}] like rgb, got {list(alpha.shape)}")
     if not bool(torch.isfinite(alpha).all()):

@@ -214,3 +214,11 @@ def test_reconstructor_registry_validates_and_replaces_the_hull():
     finally:
         unregister_reconstructor("octa")
     assert "octa" not in list_reconstructors()
+
+
+def test_three_dimensional_alpha_is_checked_for_nan_too():
+    rgb, alpha = _disc_views()
+    alpha = alpha[:, 0].clone()
+    alpha[1, 3, 3] = float("nan")
+    with pytest.raises(ShapeError, match="alpha contains NaN"):
+        lift_to_mesh(rgb, CAMS, alpha=alpha)
