@@ -260,7 +260,6 @@ class TokenRows(torch.nn.Module):
         self.embedding = [model.token_embedding]  # a list keeps it out of this module's parameters
         self.register_buffer("ids", torch.tensor(list(token_ids), dtype=torch.long, device=model.device), persistent=False)
         self.rows = torch.nn.Parameter(initial.detach().to(device=model.device, dtype=torch.float32).clone())
-        self._handle = None
 
     def _hook(self, module, inputs, output):
         ids = inputs[0]
@@ -286,12 +285,9 @@ class TokenRows(torch.nn.Module):
 
 
 def encode_ids_differentiable(model, ids: torch.Tensor) -> torch.Tensor:
-    """Text embeddings [B, 77, D] with autograd (the model's own encoder, falling back to the text tower)."""
-    out = model.encode_text_ids(ids)
-    if out.requires_grad or not torch.is_grad_enabled():
-        return out
-    # the model core encodes without grad: call the text tower directly (penultimate layer + final norm)
-    return model.text_encoder(input_ids=ids).last_hidden_state
+    """Text embeddings [B, 77, D] through the model's own encoder, which keeps the autograd graph (the spliced
+    token rows and, in phase 2, the text tower's weights receive gradients through it)."""
+    return model.encode_text_ids(ids)
 
 
 def autocast_context(device: torch.device, mixed_precision: str):
