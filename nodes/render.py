@@ -12,6 +12,8 @@ CATEGORY = "DreamEdit3D/render"
 ASSET_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply")
 AXES = ("+z", "-z", "+x", "-x", "+y", "-y")
 LIGHTING = ("ambient_diffuse", "unlit")
+# the file-upload flag of combos (ComfyUI 0.3.75: UploadType.model = "file_upload"); absent on a host without it
+UPLOAD = getattr(getattr(io, "UploadType", None), "model", None)
 
 
 class OrthoRender(io.ComfyNode):
@@ -25,7 +27,7 @@ class OrthoRender(io.ComfyNode):
             description="Renders an asset in MVDream's four views (front, right, back, left; elevation 15, azimuths "
                         "90/180/270/0): colour, alpha, depth, normals and part ids, with the exact cameras.",
             inputs=[
-                io.Combo.Input("asset", options=files, default=files[0] if files else None, upload=io.UploadType.model,
+                io.Combo.Input("asset", options=files, default=files[0] if files else None, upload=UPLOAD,
                                tooltip="A GLB/GLTF/OBJ/PLY file from ComfyUI's input folder (subfolders included). "
                                        "Ignored when a mesh is connected."),
                 io.Int.Input("resolution", default=256, min=64, max=1024, step=8,
