@@ -16,6 +16,7 @@ Usage::
     python -m bench.bench_train --device cuda --mixed-precision bf16 --steps 10
     python -m bench.bench_train --device cuda --scenarios phase2-full-ckpt --optimizer adamw8bit
     python -m bench.bench_train --json rows.json
+    python -m bench.bench_train --tiny                # every scenario on the tiny test model (smoke run)
 
 Targets (issue 6): both phases fit a 24 GB GPU (full fine-tuning with checkpointing and an 8-bit or fused
 optimiser; far less with LoRA); the default 400 + 400 steps take <= 2 minutes together on one H100.
@@ -109,7 +110,12 @@ def _worker(args) -> dict:
     phase, mode, ckpt = SCENARIOS[args.worker]
     device = args.device
     t0 = time.perf_counter()
-    model = build_real_size_model(device)
+    if args.tiny:
+        from dreamedit3d_core.tiny import load_tiny_mvdream
+
+        model = load_tiny_mvdream(device=device)
+    else:
+        model = build_real_size_model(device)
     build_s = time.perf_counter() - t0
     render, masks = scene()
     stamps = []
@@ -157,7 +163,8 @@ def _header(args) -> str:
     dev = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU {platform.processor() or platform.machine()} " \
           f"({torch.get_num_threads()} threads)"
     return (f"# device={dev} torch={torch.__version__} diffusers={diffusers.__version__} precision={args.mixed_precision} "
-            f"optimizer={args.optimizer} commit={commit} model=real-size sd-v2.1-base-4view (random weights) "
+            f"optimizer={args.optimizer} commit={commit} "
+            f"model={'tiny test model' if args.tiny else 'real-size sd-v2.1-base-4view (random weights)'} "
             f"views={VIEWS}x{SIZE}px steps={args.steps}")
 
 
@@ -169,6 +176,7 @@ def parse_args(argv=None):
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit"])
     p.add_argument("--json", default=None, help="write the rows to this file")
+    p.add_argument("--tiny", action="store_true", help="the tiny test model instead (a smoke run of every scenario)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.steps is None:
@@ -183,18 +191,19 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(_worker(args)))
         return 0
-    names = args.scenarios.split(",") if args.scenarios else (CPU_DEFAULT if args.device == "cpu" else list(SCENARIOS))
+    default = CPU_DEFAULT if args.device == "cpu" and not args.tiny else list(SCENARIOS)
+    names = args.scenarios.split(",") if args.scenarios else default
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
     print(_header(args))
-    if args.device == "cpu":
+    if args.device == "cpu" and not args.tiny:
         print("# CPU: each step runs the full-size UNet forward+backward on 4 views; expect minutes per scenario")
     print(f"{'scenario':<18} {'step_s':>9} {'first_step_s':>13} {'timed_steps':>11} {'peak_mem_gb':>12} {'x400_steps_min':>15}")
     rows = []
     for name in names:
         cmd = [sys.executable, "-m", "bench.bench_train", "--worker", name, "--device", args.device, "--steps",
-               str(args.steps), "--mixed-precision", args.mixed_precision, "--optimizer", args.optimizer]
+               str(args.steps), "--mixed-precision", args.mixed_precision, "--optimizer", args.optimizer] + (["--tiny"] if args.tiny else [])
         out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ))
         if out.returncode != 0:
             last = (out.stderr.strip().splitlines() or ["?"])[-1]
