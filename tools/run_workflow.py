@@ -23,10 +23,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO))
 
 from comfy_host import ComfyHost, HostError, link_or_copy, prepare_base_directory  # noqa: E402
 from comfy_workflow import ui_to_api  # noqa: E402
 
+DEFAULT_SHARED_ASSET = REPO.parent / "shared" / "assets" / "kenney_character.glb"
 REAL_NAMES = ("sd-v2.1-base-4view.pt", "sd-v2.1-base-4view.safetensors")
 TINY_NAME = "dreamedit3d-tiny-random-4view.pt"
 BANNER = "!" * 100
@@ -48,7 +50,12 @@ def find_real_checkpoint(comfy: Path, out: Path) -> Path | None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Run a DreamEdit3D example workflow headless in ComfyUI.")
     ap.add_argument("--workflow", default="full_edit", help="full_edit | full_edit_swapped_sampler | sample_only")
-    ap.add_argument("--asset", type=Path, default=None, help="asset to edit (default: the bundled example)")
+    ap.add_argument("--asset", type=Path, default=None,
+                    help="asset to edit (default: ../shared's kenney_character.glb when present, else the pack's own "
+                         "built-in toy figure)")
+    ap.add_argument("--components", default=None,
+                    help='component spec for your asset, e.g. "hat: Hat, Brim; dog: *" (part names as OrthoRender lists them)')
+    ap.add_argument("--prompt", default=None, help='edit prompt with the component tokens, e.g. "a <dog> wearing a <hat>"')
     ap.add_argument("--out", type=Path, default=REPO / "out" / "example", help="work folder (default: %(default)s)")
     ap.add_argument("--comfyui", type=Path, default=None, help="ComfyUI folder (default: $COMFYUI_PATH or .host/comfyui)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run")
@@ -60,12 +67,25 @@ def main(argv=None) -> int:
         return 2
     out = args.out.resolve()
     fixdir = out / "fixtures"
+    if args.asset is None and not DEFAULT_SHARED_ASSET.is_file():
+        # no ../shared beside the clone (a user's machine): the pack's own example, built on the fly
+        from dreamedit3d_core.examples import EXAMPLE_COMPONENTS, EXAMPLE_PROMPT, write_example_asset
+
+        toy = out / "example_asset" / "dreamedit3d_toy.glb"
+        if not toy.is_file():
+            write_example_asset(toy)
+        args.asset = toy
+        args.components = args.components or EXAMPLE_COMPONENTS
+        args.prompt = args.prompt or EXAMPLE_PROMPT
+        print(f"[run] example asset: the built-in toy figure {toy} (components {args.components!r})", flush=True)
     prep = [sys.executable, str(REPO / "tests" / "workflows" / "prepare_host.py"), str(fixdir)]
     if args.asset is not None:
         prep += ["--asset", str(args.asset)]
     real = find_real_checkpoint(comfy, out)
     if real is None and args.workflow == "sample_only":
         prep.append("--personalized")
+        if args.components is not None:
+            prep += ["--components", args.components]
     print(f"[run] preparing the asset and checkpoints in {fixdir}", flush=True)
     subprocess.run(prep, check=True)
 
@@ -98,10 +118,13 @@ def main(argv=None) -> int:
                     node["inputs"]["ckpt_name"] = real.name
         else:
             prompt = json.loads((REPO / "tests" / "workflows" / f"{args.workflow}.api.json").read_text())
-        if args.asset is not None:
-            for node in prompt.values():
-                if node["class_type"] == "DreamEdit3D_OrthoRender":
-                    node["inputs"]["asset"] = f"dreamedit3d/{args.asset.name}"
+        for node in prompt.values():
+            if args.asset is not None and node["class_type"] == "DreamEdit3D_OrthoRender":
+                node["inputs"]["asset"] = f"dreamedit3d/{args.asset.name}"
+            if args.components is not None and node["class_type"] == "DreamEdit3D_ComponentMask":
+                node["inputs"]["components"] = args.components
+            if args.prompt is not None and node["class_type"] == "DreamEdit3D_ComposePrompt":
+                node["inputs"]["prompt"] = args.prompt
         last = {}
 
         def show(_host, kind, data, _result):

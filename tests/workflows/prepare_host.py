@@ -114,7 +114,8 @@ def write_sam(models_dir: Path) -> Path:
     return path
 
 
-def write_personalized(models_dir: Path, asset: Path, steps: int = 1, resolution: int = 64) -> None:
+def write_personalized(models_dir: Path, asset: Path, steps: int = 1, resolution: int = 64,
+                       components: str = EXAMPLE_COMPONENTS) -> None:
     """A short personalisation of the tiny model on ``asset`` through the core library (no ComfyUI): the fine-tuned
     model, our token file and the ComfyUI embeddings that the sample-only workflow loads."""
     from dreamedit3d_core.assets import load_asset
@@ -131,7 +132,7 @@ def write_personalized(models_dir: Path, asset: Path, steps: int = 1, resolution
         return
     model = load_mvdream(models_dir / "mvdream" / TINY_CHECKPOINT)
     render = render_views(load_asset(asset), resolution=resolution)
-    masks = masks_from_parts(render, EXAMPLE_COMPONENTS)
+    masks = masks_from_parts(render, components)
     tokens = ti.train_textual_inversion(model, render, masks, ti.TIConfig(steps=steps, seed=0, resolution=resolution))
     model, tokens = ft.finetune(model, render, masks, tokens, ft.FTConfig(steps=steps, seed=0, resolution=resolution))
     save_mvdream(model, finetuned, overwrite=True)
@@ -145,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--asset", type=Path, default=DEFAULT_ASSET, help="the asset to copy into input/ (default: %(default)s)")
     ap.add_argument("--personalized", action="store_true",
                     help="also write the sample-only workflow's fine-tuned model and tokens (else the full edit saves them)")
+    ap.add_argument("--components", default=EXAMPLE_COMPONENTS,
+                    help="component spec for --personalized (default: %(default)s, the example asset's)")
     ap.add_argument("--no-personalized", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
     args = ap.parse_args(argv)
     if not args.asset.is_file():
@@ -158,7 +161,7 @@ def main(argv=None) -> int:
     print(f"prepare_host: checkpoint {ckpt}")
     print(f"prepare_host: asset input/{name.as_posix()}")
     if args.personalized:
-        write_personalized(models, args.fixdir / "input" / name)
+        write_personalized(models, args.fixdir / "input" / name, components=args.components)
         print(f"prepare_host: fine-tuned model + tokens in {models}")
     return 0
 
