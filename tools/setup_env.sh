@@ -10,7 +10,7 @@ cd "$ROOT"
 PY="${PYTHON:-python3}"
 VENV="$ROOT/.venv"
 HOST="$ROOT/.host"
-STAMP="$VENV/.dreamedit3d-env-v1"
+STAMP="$VENV/.dreamedit3d-env-v2"
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
@@ -38,6 +38,9 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/requirements.txt" -nt "$STAMP" ] || [ "$ROOT/re
   echo "torch==2.14.1" > "$HOST/torch-constraint.txt"; echo "torchvision==0.29.1" >> "$HOST/torch-constraint.txt"
   "${PIP[@]}" install -q -c "$HOST/torch-constraint.txt" -r "$HOST/comfy-requirements.txt" requests \
       -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
+  # optional: ComfyUI's two audio modules import torchaudio; without it they log import failures (harmless to us)
+  "${PIP[@]}" install -q -c "$HOST/torch-constraint.txt" torchaudio \
+      || echo "[setup] torchaudio not installed: ComfyUI's audio nodes will not load (the pack does not need them)"
   touch "$STAMP"
 fi
 echo "[setup] ready: $VENV (python $("$VENV/bin/python" -c 'import torch,sys;print(sys.version.split()[0],"torch",torch.__version__)'))"
