@@ -148,11 +148,17 @@ def _lora_config(rank: int, alpha: float, targets):
     return LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=list(targets), init_lora_weights=True)
 
 
-def add_unet_lora(model, rank: int = 16, alpha: float = 16.0, targets=DEFAULT_LORA_TARGETS) -> None:
-    """Attach a (zero-initialised, so initially inactive) LoRA adapter to ``model.unet``'s attention projections."""
+def add_unet_lora(model, rank: int = 16, alpha: float = 16.0, targets=DEFAULT_LORA_TARGETS, seed: int = 0) -> None:
+    """Attach a LoRA adapter to ``model.unet``'s attention projections.
+
+    ``lora_B`` starts at zero, so the adapter is initially inactive; ``lora_A`` is drawn from a CPU generator
+    seeded with ``seed`` (peft draws from the global RNG), so runs with the same seed start identically.
+    """
     if ADAPTER_NAME in (getattr(model.unet, "peft_config", None) or {}):
         raise ConfigError(f"the UNet already has a '{ADAPTER_NAME}' LoRA adapter: load the base model again")
-    model.unet.add_adapter(_lora_config(rank, alpha, targets), adapter_name=ADAPTER_NAME)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model.unet.add_adapter(_lora_config(rank, alpha, targets), adapter_name=ADAPTER_NAME)
 
 
 def _make_optimizer(kind: str, groups, betas, weight_decay, eps, device: torch.device):
@@ -250,7 +256,11 @@ def finetune(model, render: MultiViewRender, masks: ComponentMasks, tokens: Toke
         rows = TokenRows(model, token_ids, tokens.embeddings[:, 0].float())
         with frozen(model):
             if config.mode == "lora":
-                add_unet_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets)
+                existing = (getattr(model.unet, "peft_config", None) or {}).get(ADAPTER_NAME)
+                if existing is not None and resume_from is not None and existing.r == config.lora_rank:
+                    pass  # resuming on the model object an interrupted run left its adapter on: the file restores it
+                else:
+                    add_unet_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets, config.seed)
                 unet_params = {n: p for n, p in model.unet.named_parameters() if "lora_" in n}
             else:
                 unet_params = dict(model.unet.named_parameters())

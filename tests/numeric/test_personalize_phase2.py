@@ -195,3 +195,33 @@ def test_prior_term_matches_a_separate_forward_of_the_class_object():
                                FTConfig(steps=1, mode="lora", lora_rank=2, prior_preservation=True, num_class_objects=1,
                                         class_sample_steps=1, resolution=None), return_result=True)
     assert generated.infos[0]["prior"] > 0
+
+
+def test_an_interrupted_lora_run_resumes_bit_for_bit_on_a_fresh_or_the_same_model(tmp_path):
+    from dreamedit3d_core.errors import Interrupted
+    from dreamedit3d_core.personalize.train import latest_checkpoint
+    from dreamedit3d_core.progress import CallbackProgress
+
+    render, masks = two_component_scene(64)
+    config = FTConfig(steps=4, mode="lora", lora_rank=2, lr=1e-2, token_lr=1e-2, resolution=None, seed=4,
+                      checkpoint_every=0, attention_loss_weight=1.0)
+    base = fresh_tiny_model()
+    full_model, full_tokens = finetune(copy.deepcopy(base), render, masks, _tokens(base), config)
+    calls = {"n": 0}
+
+    def stop_after_two():
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    same = copy.deepcopy(base)
+    with pytest.raises(Interrupted):
+        finetune(same, render, masks, _tokens(base), config, progress=CallbackProgress(should_stop=stop_after_two),
+                 checkpoint_dir=tmp_path)
+    ckpt = latest_checkpoint(tmp_path, "phase2")
+    assert ckpt.name == "phase2-step000002.pt"
+    expected = {n: p for n, p in full_model.unet.named_parameters() if "lora_" in n}
+    for model in (copy.deepcopy(base), same):
+        model, tokens = finetune(model, render, masks, _tokens(base), config, resume_from=ckpt)
+        got = {n: p for n, p in model.unet.named_parameters() if "lora_" in n}
+        assert all(torch.equal(got[n], expected[n]) for n in expected)
+        assert torch.equal(tokens.embeddings, full_tokens.embeddings)
