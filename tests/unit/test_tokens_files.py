@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import skip_or_fail
 from dreamedit3d_core.errors import ConfigError, TokenError
 from dreamedit3d_core.tokens import (
     COMFY_SD2_KEY,
@@ -91,7 +92,7 @@ def test_comfy_embeddings_are_single_clip_h_tensors_one_file_per_token(tmp_path)
 def test_comfy_embedding_loads_through_comfyuis_own_load_embed(tmp_path):
     """Run comfy/sd1_clip.py load_embed (SD2 settings: size 1024, key clip_h) in a subprocess on our file."""
     if not (COMFY / "comfy" / "sd1_clip.py").is_file():
-        pytest.skip(f"no ComfyUI tree at {COMFY} (tools/setup_env.sh installs it)")
+        skip_or_fail(f"no ComfyUI tree at {COMFY} (tools/setup_env.sh installs it)")
     tokens = _tokens()
     save_comfy_embeddings(tokens, tmp_path / "embeddings")
     script = (
