@@ -152,7 +152,8 @@ class MVFineTune(io.ComfyNode):
                 io.Float.Input("token_learning_rate", default=2e-6, min=0.0, max=1.0, step=1e-6, round=False,
                                tooltip="Learning rate of the tokens during phase 2."),
                 io.Combo.Input("mode", options=list(FT_MODES), default="full",
-                               tooltip="full: every UNet weight; lora: a low-rank delta (small GPUs)."),
+                               tooltip="full: every UNet weight; lora: a low-rank delta (small GPUs). LoRA wants a much higher "
+                                       "learning_rate than full fine-tuning: about 1e-4 instead of 2e-6."),
                 io.Int.Input("lora_rank", default=8, min=1, max=256, tooltip="LoRA rank (mode lora)."),
                 io.Boolean.Input("train_text_encoder", default=False, tooltip="Also fine-tune the text encoder."),
                 io.Boolean.Input("gradient_checkpointing", default=False,
