@@ -169,3 +169,44 @@ def test_progress_reports_stages_and_interrupts(kenney):
     with pytest.raises(Interrupted):
         lift_to_mesh(views.rgb, CAMS, alpha=views.alpha, grid=32, texture_size=0, progress=prog)
     assert seen[:2] == [(1, 5, "silhouettes"), (2, 5, "geometry")]
+
+
+def test_source_guided_adds_what_the_edit_added_and_drops_what_it_removed():
+    import trimesh
+
+    from _lift_helpers import inside_mesh
+
+    source_tm, colors = box_with_nose()
+    source = asset_from_trimesh(source_tm, face_colors=colors)
+    # the "edit": the nose is gone and a ball (a hat) sits on top of the box
+    box = trimesh.creation.box(extents=(0.5, 0.5, 0.7))
+    hat = trimesh.creation.icosphere(subdivisions=3, radius=0.15)
+    hat.apply_translation((0.0, 0.25 + 0.12, 0.0))
+    edited_tm = trimesh.util.concatenate([box, hat])
+    edited = asset_from_trimesh(edited_tm, face_colors=np.tile([0.3, 0.8, 0.3], (len(edited_tm.faces), 1)))
+    views = _render(edited)
+    mesh = lift_to_mesh(views.rgb, CAMS, alpha=views.alpha, source=source, mode="source_guided", grid=64,
+                        texture_size=0, face_budget=5000)
+    v, f = mesh.vertices.numpy(), mesh.faces.numpy()
+    probes = np.array([[0.0, 0.40, 0.0],  # inside the hat
+                       [0.40, 0.0, 0.0],  # where the removed nose was
+                       [0.0, 0.0, 0.0]])  # inside the box
+    assert inside_mesh(v, f, probes).tolist() == [True, False, True]
+    assert mesh.stats["added_volume_fraction"] > 0.01
+    c = chamfer(v, f, edited_tm.vertices, edited_tm.faces)
+    print("edit chamfer", c, mesh.stats["added_volume_fraction"])
+    assert c < 0.012
+
+
+@pytest.mark.gpu
+def test_cuda_lift_matches_the_cpu_lift(kenney):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    _, views = kenney
+    kw = dict(alpha=views.alpha, grid=64, texture_size=256, face_budget=8000)
+    cpu = lift_to_mesh(views.rgb, CAMS, **kw)
+    gpu = lift_to_mesh(views.rgb.cuda(), CAMS, **{**kw, "alpha": views.alpha.cuda()})
+    assert gpu.vertices.is_cuda and gpu.texture.is_cuda
+    iou_c, psnr_c = _scores(cpu, views)
+    iou_g, psnr_g = _scores(gpu.to("cpu"), views)
+    assert min(iou_g) >= 0.95 and abs(np.mean(psnr_g) - np.mean(psnr_c)) < 0.5, (iou_g, psnr_g, psnr_c)
