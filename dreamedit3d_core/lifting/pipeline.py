@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..cameras import MVCameras
-from ..errors import ConfigError, LiftError, ShapeError
+from ..errors import ConfigError, LiftError
 from ..progress import Progress, as_progress
 from ..types import LiftedMesh, MeshAsset
 from . import bake, hull, surface
@@ -268,8 +268,8 @@ def lift_to_mesh(
     t = time.perf_counter()
     if refine_steps:
         covered = bake.rasterize_uv(uv, out_f, int(texture_size)).face_id[0] >= 0
-        frags_uv = bake.render_fragments(out_v, out_f, cameras, h, w)
-        texture, losses = bake.refine_texture(texture, uv, out_f, frags_uv, rgb, alpha, int(refine_steps), progress=prog)
+        frags_views = bake.render_fragments(out_v, out_f, cameras, h, w)
+        texture, losses = bake.refine_texture(texture, uv, out_f, frags_views, rgb, alpha, int(refine_steps), progress=prog)
         texture = bake.pad_gutter(texture, covered)
         stats["refine_loss_first"], stats["refine_loss_last"] = losses[0], losses[-1]
     times["refine_s"] = time.perf_counter() - t
