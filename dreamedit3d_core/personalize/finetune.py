@@ -22,7 +22,7 @@ import contextlib
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -44,7 +44,7 @@ from .textual_inversion import (
     preview_from,
     recording,
 )
-from .train import CheckpointPolicy, StepOutput, grad_enabled, run_training
+from .train import CheckpointPolicy, ConfigDict, StepOutput, grad_enabled, run_training
 
 ADAPTER_NAME = "dreamedit3d"
 LORA_FORMAT = "dreamedit3d.unet-lora"
@@ -54,7 +54,7 @@ DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 @dataclass(frozen=True)
-class FTConfig:
+class FTConfig(ConfigDict):
     """Phase 2 settings (defaults: Break-a-Scene's phase 2 mapped to MVDream at 256 px).
 
     Attributes:
@@ -129,17 +129,6 @@ class FTConfig:
             raise ConfigError(f"lora_rank must be at least 1, got {self.lora_rank}")
         if self.attention_loss_weight < 0:
             raise ConfigError(f"attention_loss_weight must be >= 0, got {self.attention_loss_weight}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown FTConfig keys {sorted(unknown)}; valid keys are {sorted(known)}")
-        return cls(**data)
 
 
 def _lora_config(rank: int, alpha: float, targets):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -31,14 +31,14 @@ from ..progress import Progress
 from ..tokens import check_tokens_are_new, token_for_component, validate_token_names
 from ..types import ComponentMasks, MultiViewRender, TokenSet
 from .losses import attention_alignment_loss, average_attention_maps, map_size, masked_diffusion_loss
-from .train import CheckpointPolicy, StepOutput, clone_out_of_inference, grad_enabled, run_training
+from .train import CheckpointPolicy, ConfigDict, StepOutput, clone_out_of_inference, grad_enabled, run_training
 
 NUM_TRAIN_TIMESTEPS = 1000
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
-class TIConfig:
+class TIConfig(ConfigDict):
     """Phase 1 settings (defaults: Break-a-Scene's phase 1 mapped to MVDream at 256 px).
 
     Attributes:
@@ -91,17 +91,6 @@ class TIConfig:
             raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise ConfigError(f"resolution must be a multiple of 8, got {self.resolution}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TIConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown TIConfig keys {sorted(unknown)}; valid keys are {sorted(known)}")
-        return cls(**data)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ the previous checkpoint of the same run is removed only after the new one is in 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -23,12 +24,27 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from ..errors import Interrupted, TrainingError
+from ..errors import ConfigError, Interrupted, TrainingError
 from ..progress import Progress, as_progress
 from ..storage import atomic_write, unique_path
 
 CHECKPOINT_FORMAT = "dreamedit3d.train-state"
 CHECKPOINT_VERSION = 1
+
+
+class ConfigDict:
+    """Round trip of a frozen config dataclass through a plain dict; an unknown key is a ConfigError naming the valid ones."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}; valid keys are {sorted(known)}")
+        return cls(**data)
 
 
 @contextlib.contextmanager
