@@ -71,17 +71,51 @@ def check_views(rgb: torch.Tensor, cameras: MVCameras, alpha: Optional[torch.Ten
         raise ShapeError(f"alpha must be in 0..1, got {float(alpha.min()):.3g}..{float(alpha.max()):.3g}")
 
 
+#: Tighter colour distance, on a 3x3-blurred image, for the background flood fill from the image border.
+FLOOD_THRESHOLD = 0.02
+#: Components smaller than this many pixels are speckle whatever the object's size.
+MIN_COMPONENT_PIXELS = 16
+
+
 def _clean_mask(mask: np.ndarray) -> np.ndarray:
-    """Opening (drop speckle), largest components, hole filling of one bool [H, W] mask."""
+    """Opening (drop speckle), significant components, hole filling of one bool [H, W] mask."""
     from scipy import ndimage
 
     mask = ndimage.binary_opening(mask, structure=np.ones((3, 3), bool))
     labels, n = ndimage.label(mask)
-    if n > 1:
+    if n >= 1:
         sizes = np.bincount(labels.ravel())[1:]
-        keep = np.flatnonzero(sizes >= MIN_COMPONENT_FRACTION * sizes.max()) + 1
+        keep = np.flatnonzero(sizes >= max(MIN_COMPONENT_FRACTION * sizes.max(), MIN_COMPONENT_PIXELS)) + 1
         mask = np.isin(labels, keep)
     return ndimage.binary_fill_holes(mask)
+
+
+def _flood_background(near_bg: np.ndarray) -> np.ndarray:
+    """Pixels of ``near_bg`` [H, W] connected to the image border (4-connectivity)."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(near_bg)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, border[border > 0])
+
+
+def _key_one(diff_raw: np.ndarray, diff_blur: np.ndarray, threshold: float) -> np.ndarray:
+    strict = _clean_mask(diff_raw > threshold)
+    if not strict.any():
+        return strict
+    # Light object parts on a light background (a white van on white) differ from it by less than `threshold`, and
+    # hole filling cannot recover them where they touch the outline. A flood fill of the background from the border,
+    # through pixels that match it closely after denoising, stops at them. It is trusted only inside the strict mask's
+    # box, so a background that drifts (vignetting, gradients) far from the object adds nothing.
+    from scipy import ndimage
+
+    loose = ~_flood_background(diff_blur < min(FLOOD_THRESHOLD, threshold))
+    loose = _clean_mask(ndimage.binary_erosion(loose, structure=np.ones((3, 3), bool)))  # undo the blur's 1 px spread
+    rows, cols = np.flatnonzero(strict.any(1)), np.flatnonzero(strict.any(0))
+    pad = 4
+    box = np.zeros_like(strict)
+    box[max(rows[0] - pad, 0):rows[-1] + pad + 1, max(cols[0] - pad, 0):cols[-1] + pad + 1] = True
+    return _clean_mask(strict | (loose & box))
 
 
 def key_background(rgb: torch.Tensor, background: Sequence[float] = (1.0, 1.0, 1.0),
@@ -90,6 +124,8 @@ def key_background(rgb: torch.Tensor, background: Sequence[float] = (1.0, 1.0, 1
 
     A pixel is object when any channel differs from the background by more than ``threshold``; each mask is then opened
     (3x3), reduced to its significant components and hole-filled, so white details inside the object stay object.
+    Near the object, pixels the background cannot reach by a flood fill from the image border (through pixels within
+    0.02 of the background colour after a 3x3 blur) are object too: this keeps light parts that touch the outline.
 
     Args:
         rgb: float [V, 3, H, W] in 0..1.
@@ -102,9 +138,12 @@ def key_background(rgb: torch.Tensor, background: Sequence[float] = (1.0, 1.0, 1
     if len(background) != 3:
         raise ShapeError(f"background must be an RGB triple in 0..1, got {background!r}")
     bg = torch.tensor([float(c) for c in background], dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
-    raw = ((rgb - bg).abs().amax(dim=1) > threshold).cpu().numpy()
-    cleaned = np.stack([_clean_mask(m) for m in raw])
-    return torch.from_numpy(cleaned).to(device=rgb.device, dtype=torch.float32)[:, None]
+    diff = rgb - bg
+    diff_raw = diff.abs().amax(dim=1).cpu().numpy()
+    blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(diff, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    diff_blur = blurred.abs().amax(dim=1).cpu().numpy()
+    masks = np.stack([_key_one(r, b, threshold) for r, b in zip(diff_raw, diff_blur)])
+    return torch.from_numpy(masks).to(device=rgb.device, dtype=torch.float32)[:, None]
 
 
 def check_masks(alpha: torch.Tensor, keyed: bool, background: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
