@@ -40,10 +40,22 @@ class VoxelGrid:
     spacing: float
     shape: tuple
 
-    def points(self, device=None, dtype=torch.float32) -> torch.Tensor:
-        """float [X*Y*Z, 3] sample points, x slowest (matches ``occ.reshape(-1)`` of an [X, Y, Z] grid)."""
-        axes = [torch.arange(n, device=device, dtype=torch.float64) * self.spacing + o for n, o in zip(self.shape, self.lo)]
-        return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).to(dtype)
+    def points_at(self, flat_index: torch.Tensor) -> torch.Tensor:
+        """float32 [K, 3] positions of the samples with these flat indices (x slowest, as ``occ.reshape(-1)``)."""
+        _, ny, nz = self.shape
+        i = torch.div(flat_index, ny * nz, rounding_mode="floor")
+        j = torch.div(flat_index, nz, rounding_mode="floor") % ny
+        k = flat_index % nz
+        ijk = torch.stack([i, j, k], -1).to(torch.float64)
+        lo = torch.tensor(self.lo, dtype=torch.float64, device=flat_index.device)
+        return (lo + ijk * self.spacing).to(torch.float32)
+
+    def chunks(self, device=None, size: int = 0):
+        """Yield (start, stop, points float32 [stop - start, 3]) over all samples, ``size`` at a time (bounded memory)."""
+        size = size or POINT_CHUNK
+        for start in range(0, self.num_points, size):
+            stop = min(start + size, self.num_points)
+            yield start, stop, self.points_at(torch.arange(start, stop, device=device))
 
     @property
     def num_points(self) -> int:
@@ -81,15 +93,13 @@ def silhouette_occupancy(alpha: torch.Tensor, cameras: MVCameras, grid: VoxelGri
         float32 [X, Y, Z] in 0..1 on ``alpha``'s device.
     """
     h, w = alpha.shape[-2:]
-    pts = grid.points(alpha.device)
-    out = torch.empty(pts.shape[0], dtype=torch.float32, device=alpha.device)
+    out = torch.empty(grid.num_points, dtype=torch.float32, device=alpha.device)
     a = alpha.to(torch.float32)
-    for start in range(0, pts.shape[0], POINT_CHUNK):
+    for start, stop, p in grid.chunks(alpha.device):
         if check_interrupt is not None:
             check_interrupt()
-        p = pts[start:start + POINT_CHUNK]
         pix, depth = cameras.project(p, h, w)
-        out[start:start + POINT_CHUNK] = _sample_images(a, pix, depth)[..., 0].amin(0)
+        out[start:stop] = _sample_images(a, pix, depth)[..., 0].amin(0)
     return out.reshape(grid.shape)
 
 
@@ -125,10 +135,9 @@ def mesh_occupancy(vertices: torch.Tensor, faces: torch.Tensor, grid: VoxelGrid,
 
     device = vertices.device
     res = int(min(768, max(64, math.ceil(4.0 * DEFAULT_HALF_EXTENT_AT_ORIGIN / grid.spacing))))
-    pts = grid.points(device)
-    sel = None if where is None else where.reshape(-1).to(device).nonzero().squeeze(1)
-    if sel is not None:
-        pts = pts[sel]
+    sel = (torch.arange(grid.num_points, device=device) if where is None
+           else where.reshape(-1).to(device).nonzero().squeeze(1))
+    pts = grid.points_at(sel)
     occ = torch.ones(pts.shape[0], dtype=torch.float32, device=device)
     v32 = vertices.to(torch.float32)
     for cams in _carving_cameras():
@@ -143,8 +152,6 @@ def mesh_occupancy(vertices: torch.Tensor, faces: torch.Tensor, grid: VoxelGrid,
             d_surf = _sample_images(surf, pix, depth, mode="nearest")[..., 0]
             inside = ((depth - d_surf) / grid.spacing + 0.5).clamp(0.0, 1.0) * (d_surf > 0)
             occ[start:start + POINT_CHUNK] = torch.minimum(occ[start:start + POINT_CHUNK], inside.amin(0))
-    if sel is None:
-        return occ.reshape(grid.shape)
     full = torch.zeros(grid.num_points, dtype=torch.float32, device=device)
     full[sel] = occ
     return full.reshape(grid.shape)

@@ -162,7 +162,8 @@ def lift_to_mesh(
         rgb: float [V, 3, H, W] in 0..1, the views in camera order (front, right, back, left for MVDream's four).
         cameras: the exact cameras the views were made with (``MultiViewRender.cameras``).
         alpha: float [V, 1, H, W] (or [V, H, W]) silhouettes in 0..1; None keys out ``background`` with morphological cleanup.
-        background: RGB in 0..1 of the views' flat background (used for keying when ``alpha`` is None).
+        background: RGB in 0..1 of the views' flat background: keyed out when ``alpha`` is None, and un-mixed from
+            antialiased silhouette pixels (where alpha is soft) when baking colour.
         source: the asset the views were edited from; needed by "source_guided" and "keep_source", used as colour prior.
         mode: "hull" (silhouette visual hull), "source_guided" (source solid where the edited silhouettes still cover it,
             plus the edited hull where they grow past the source) or "keep_source" (the source mesh exactly, re-textured).
