@@ -66,6 +66,12 @@ _EXPORTS = {
     "export_mesh": ".lifting",
     "read_provenance": ".lifting",
     "register_reconstructor": ".lifting",
+    # provenance and contact sheets
+    "build_record": ".provenance",
+    "save_png": ".provenance",
+    "read_png_provenance": ".provenance",
+    "read_file_provenance": ".provenance",
+    "contact_sheet": ".contact_sheet",
     # edit metrics
     "load_metric_clip": ".metrics",
     "load_metric_dino": ".metrics",

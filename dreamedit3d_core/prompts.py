@@ -169,7 +169,17 @@ def compose_prompt(
         prompts=tuple(texts),
         negative_prompt=negative,
         truncated=truncated[:-1],
+        provenance=conditioning_provenance(model, tokens),
     )
+
+
+def conditioning_provenance(model: Any, tokens: Optional[TokenSet] = None) -> dict:
+    """What the conditioning was made with: the base checkpoint's hash, the tokens used and their files' sha256."""
+    record = {"base_model_hash": str(getattr(model, "model_hash", "") or "")}
+    if tokens is not None:
+        record["tokens"] = list(tokens.tokens)
+        record["token_files"] = {name: sha for name, sha in getattr(tokens, "source_files", ())}
+    return record
 
 
 def _check_placeholders(prompts: Sequence[str], negative: str, known: Sequence[str]) -> None:

@@ -194,8 +194,10 @@ def load_tokens(path: str | os.PathLike) -> TokenSet:
     shapes = {tuple(as2d[t].shape) for t in order}
     if len(shapes) != 1:
         raise TokenError(f"{path.name}: tokens have different shapes {sorted(shapes)}; they cannot form one token set")
+    from .storage import file_sha256
+
     return TokenSet(tokens=tuple(order), embeddings=torch.stack([as2d[t] for t in order]), components=components,
-                    base_model_hash=meta.get("base_model_hash", ""))
+                    base_model_hash=meta.get("base_model_hash", ""), source_files=((path.name, file_sha256(path)),))
 
 
 def existing_token_id(tokenizer, token: str) -> Optional[int]:

@@ -207,12 +207,15 @@ class TokenSet:
         embeddings: float32 [K, n_vectors, D] (D = 1024 for OpenCLIP ViT-H).
         components: the component name each token was learned for.
         base_model_hash: fingerprint of the base checkpoint the tokens were learned with ("" if unknown).
+        source_files: ((file name, sha256 hex), ...) of the token files these vectors were read from; () when they
+            were learned in memory (provenance records it).
     """
 
     tokens: tuple
     embeddings: torch.Tensor
     components: tuple = ()
     base_model_hash: str = ""
+    source_files: tuple = ()
 
     def __post_init__(self):
         _check("embeddings", self.embeddings, (len(self.tokens), None, None), _FLOATS)
@@ -238,6 +241,8 @@ class MVConditioning:
         prompts: the B positive prompts as encoded (suffixes included).
         negative_prompt: the negative prompt as encoded.
         truncated: per prompt, whether it was longer than the text window and was cut like MVDream does.
+        provenance: JSON-able facts about what made it (base model hash, token names and token file hashes), copied
+            into the files written from its samples (``dreamedit3d_core.provenance``).
     """
 
     cond: torch.Tensor
@@ -247,6 +252,7 @@ class MVConditioning:
     prompts: tuple
     negative_prompt: str = ""
     truncated: tuple = ()
+    provenance: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
         _check("cond", self.cond, (None, None, None), _FLOATS)
