@@ -16,18 +16,20 @@ WEB_DIRECTORY = "web"
 
 # ComfyUI has imported (and configured) its model management before it loads any custom node
 if "comfy.model_management" in sys.modules:
+    from .nodes.contact_sheet import ContactSheet
     from .nodes.lifting import LiftToMesh
     from .nodes.load import MVDreamLoader, SaveMVDream
     from .nodes.masks import ComponentMask
     from .nodes.metrics import EditMetrics
     from .nodes.personalize import LoadTokens, MultiViewTextualInversion, MVFineTune, SaveTokens
     from .nodes.prompts import ComposePrompt
+    from .nodes.provenance import ReadProvenance, SaveViews
     from .nodes.render import OrthoRender
     from .nodes.sampling import MVSample, MVScheduler
 
     NODE_LIST = [
         MVDreamLoader, OrthoRender, ComponentMask, MultiViewTextualInversion, MVFineTune, ComposePrompt, MVScheduler,
-        MVSample, LiftToMesh, SaveMVDream, SaveTokens, LoadTokens, EditMetrics,
+        MVSample, LiftToMesh, SaveMVDream, SaveTokens, LoadTokens, EditMetrics, ContactSheet, SaveViews, ReadProvenance,
     ]
     NODE_CLASS_MAPPINGS = {cls.define_schema().node_id: cls for cls in NODE_LIST}
     NODE_DISPLAY_NAME_MAPPINGS = {cls.define_schema().node_id: cls.define_schema().display_name for cls in NODE_LIST}

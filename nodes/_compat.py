@@ -205,14 +205,10 @@ def interrupt_exception_type() -> type:
     return _mm.InterruptProcessingException
 
 
-def _preview_image(preview: Any, max_size: int = 512):
-    """A preview for the websocket: PIL from an image tensor [N,3,H,W] / [N,H,W,3] / [3,H,W] in 0..1 (grid for N>1)."""
-    from PIL import Image
-
+def _preview_views(preview: Any) -> Optional[torch.Tensor]:
+    """An image tensor [N,3,H,W] / [N,H,W,3] / [3,H,W] in 0..1 as a CPU IMAGE float32 [N,H,W,3]; None if not one."""
     if preview is None:
         return None
-    if isinstance(preview, Image.Image):
-        return ("JPEG", preview, max_size)
     t = torch.as_tensor(preview).detach().float().cpu()
     if t.ndim == 3:
         t = t[None]
@@ -222,6 +218,20 @@ def _preview_image(preview: Any, max_size: int = 512):
         t = t.permute(0, 2, 3, 1)  # -> [N,H,W,C]
     if t.shape[-1] == 1:
         t = t.expand(*t.shape[:-1], 3)
+    return t[..., :3].clamp(0, 1).contiguous()
+
+
+def _preview_image(preview: Any, max_size: int = 512):
+    """A preview for the websocket: PIL from an image tensor [N,3,H,W] / [N,H,W,3] / [3,H,W] in 0..1 (grid for N>1)."""
+    from PIL import Image
+
+    if preview is None:
+        return None
+    if isinstance(preview, Image.Image):
+        return ("JPEG", preview, max_size)
+    t = _preview_views(preview)
+    if t is None:
+        return None
     n, h, w, _ = t.shape
     cols = 2 if n == 4 else n
     rows = (n + cols - 1) // cols
@@ -238,19 +248,30 @@ class ComfyProgress:
 
     ``update`` drives ``comfy.utils.ProgressBar.update_absolute`` (websocket ``progress`` events + previews; the server's
     hook also checks interruption); ``check_interrupt`` raises ComfyUI's own InterruptProcessingException so the run
-    ends with ``execution_interrupted``. ``info`` values (loss, ...) are kept in ``last_info`` for the node's UI text.
+    ends with ``execution_interrupted``. ``info`` values (loss, ...) are kept in ``last_info`` for the node's UI text,
+    and the last image preview in ``last_preview`` (IMAGE [N,H,W,3] on the CPU, or None) for the node's UI images.
     """
 
     def __init__(self, total: int = 1, node_id: Optional[str] = None):
         self.bar = _cu.ProgressBar(max(int(total), 1), node_id=node_id)
         self.last_info: dict = {}
+        self.last_preview: Optional[torch.Tensor] = None
 
     def update(self, step: int, total: int, preview: Optional[Any] = None, **info: Any) -> None:
         self.last_info = dict(info)
+        views = None if preview is None or _is_pil(preview) else _preview_views(preview)
+        if views is not None:
+            self.last_preview = views
         self.bar.update_absolute(int(step), int(total), _preview_image(preview))
 
     def check_interrupt(self) -> None:
         throw_if_interrupted()
+
+
+def _is_pil(obj: Any) -> bool:
+    from PIL import Image
+
+    return isinstance(obj, Image.Image)
 
 
 def latent_preview_rgb(latents: torch.Tensor) -> torch.Tensor:
@@ -339,6 +360,48 @@ def core_mesh(vertices: torch.Tensor, faces: torch.Tensor, **optional: Any):
     kwargs = {k: (v[None] if isinstance(v, torch.Tensor) else v) for k, v in optional.items()
               if v is not None and k in params}
     return cls(vertices[None].float(), faces[None].long(), **kwargs)
+
+
+def core_mesh_batch(items: list[dict]):
+    """A core MESH holding several meshes: each item a dict with ``vertices`` [N_i,3], ``faces`` [M_i,3] and optional
+    ``uvs`` [N_i,2], ``texture`` [T,T,3], ``vertex_colors`` [N_i,3].
+
+    Per-item tensors are zero-padded to the largest item ([B,N,3], [B,M,3], ...); padded faces are (0,0,0), i.e.
+    degenerate triangles that draw nothing, and padded vertices are unreferenced. The true sizes go to
+    ``vertex_counts`` / ``face_counts`` (int64 [B]): passed to the constructor where the host's MESH takes them,
+    otherwise set as attributes (``mesh_from_core`` honours them; 0.3.75's SaveGLB writes the padded arrays).
+    Optional fields go in only where the running MESH takes them and every item has one of the same shape.
+    """
+    if not items:
+        raise ConfigError("no meshes to put into a MESH batch")
+    cls = core_mesh_class()
+    params = inspect.signature(cls.__init__).parameters
+
+    def pad(tensors: list, dtype) -> torch.Tensor:
+        rows = max(int(t.shape[0]) for t in tensors)
+        out = torch.zeros(len(tensors), rows, *tensors[0].shape[1:], dtype=dtype)
+        for i, t in enumerate(tensors):
+            out[i, : t.shape[0]] = t.to(dtype)
+        return out
+
+    vertices = pad([it["vertices"].detach().cpu() for it in items], torch.float32)
+    faces = pad([it["faces"].detach().cpu() for it in items], torch.int64)
+    kwargs: dict = {}
+    for key in ("uvs", "vertex_colors"):
+        vals = [it.get(key) for it in items]
+        if key in params and all(v is not None for v in vals):
+            kwargs[key] = pad([v.detach().cpu() for v in vals], torch.float32)
+    textures = [it.get("texture") for it in items]
+    if "texture" in params and all(t is not None for t in textures) and len({tuple(t.shape) for t in textures}) == 1:
+        kwargs["texture"] = torch.stack([t.detach().cpu().float() for t in textures])
+    counts = {"vertex_counts": torch.tensor([int(it["vertices"].shape[0]) for it in items], dtype=torch.int64),
+              "face_counts": torch.tensor([int(it["faces"].shape[0]) for it in items], dtype=torch.int64)}
+    kwargs.update({k: v for k, v in counts.items() if k in params})
+    mesh = cls(vertices, faces, **kwargs)
+    for key, value in counts.items():
+        if key not in params:
+            setattr(mesh, key, value)
+    return mesh
 
 
 def mesh_from_core(mesh: Any, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

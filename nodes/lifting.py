@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
-from ..dreamedit3d_core.errors import ConfigError
-from ._compat import ComfyProgress, compute_device, core_mesh, io, output_relative, save_target
+from ..dreamedit3d_core.errors import ConfigError, ShapeError
+from ._compat import ComfyProgress, compute_device, core_mesh_batch, io, output_relative, save_target
+from .provenance import image_record
 from .sockets import MVViewsSocket, from_comfy_image
 
 CATEGORY = "DreamEdit3D/lift"
@@ -24,7 +23,8 @@ class LiftToMesh(io.ComfyNode):
                         "provenance into the output folder.",
             is_output_node=True,
             inputs=[
-                io.Image.Input("images", tooltip="The four views [4,H,W,3] (e.g. MVSample's IMAGE)."),
+                io.Image.Input("images", tooltip="The four views [4,H,W,3] of an edit, or N*4 views of N edits (MVSample's "
+                                           "IMAGE for a several-line prompt): one GLB per edit."),
                 MVViewsSocket.Input("views", tooltip="The views the edit started from: their cameras (and the source "
                                                      "asset for source_guided/keep_source)."),
                 io.Combo.Input("mode", options=list(MODES), default="hull",
@@ -42,9 +42,11 @@ class LiftToMesh(io.ComfyNode):
                 io.Mask.Input("alpha", optional=True, tooltip="Silhouettes [4,H,W]; by default the background is keyed out."),
             ],
             outputs=[
-                io.Mesh.Output("out_mesh", display_name="mesh", tooltip="ComfyUI's core MESH (for SaveGLB / Preview3D)."),
+                io.Mesh.Output("out_mesh", display_name="mesh",
+                               tooltip="ComfyUI's core MESH (for SaveGLB / Preview3D); a batch of N meshes for N edits."),
                 io.String.Output("out_glb_path", display_name="glb_path",
-                                 tooltip="Our textured GLB, relative to the output folder (for Preview3D)."),
+                                 tooltip="Our textured GLB of the first edit, relative to the output folder (for "
+                                         "Preview3D, which shows one file; the node's own view lists them all)."),
             ],
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
@@ -59,40 +61,42 @@ class LiftToMesh(io.ComfyNode):
     def execute(cls, images, views, mode="hull", grid=128, texture_size=1024, face_budget=50000, background=1.0,
                 filename_prefix="dreamedit3d/edit", alpha=None) -> io.NodeOutput:
         from ..dreamedit3d_core.lifting import export_mesh, lift_to_mesh
+        from ..dreamedit3d_core.provenance import glb_extras, item_record
 
         if mode != "hull" and views.asset is None:
             raise ConfigError(f"mode {mode!r} needs the source asset: connect views from OrthoRender of an asset file")
         device = compute_device()
-        rgb = from_comfy_image(images, expect=views.render.num_views).to(device)
-        alpha_views = None if alpha is None else alpha.reshape(-1, 1, *alpha.shape[-2:]).float().to(device)
-        if alpha_views is None and mode == "keep_source":
-            # the geometry is the source's, so its own silhouettes are the right ones (no keying of the new views)
-            alpha_views = views.render.alpha.float().to(device)
-        lifted = lift_to_mesh(rgb, views.render.cameras, alpha=alpha_views, background=(float(background),) * 3,
-                              source=views.asset, mode=mode, grid=int(grid), texture_size=int(texture_size),
-                              face_budget=int(face_budget), progress=ComfyProgress(1, cls.hidden.unique_id),
-                              device=device).to("cpu")
+        num_views = views.render.num_views
+        if images.ndim != 4 or images.shape[0] == 0 or images.shape[0] % num_views:
+            raise ShapeError(f"LiftToMesh needs {num_views} views per edit (N*{num_views} images, view-contiguous), got "
+                             f"IMAGE {list(images.shape)}: connect MVSample's IMAGE")
+        edits = images.shape[0] // num_views
+        rgb_all = from_comfy_image(images).to(device)
+        alpha_all = None if alpha is None else alpha.reshape(-1, 1, *alpha.shape[-2:]).float().to(device)
+        if alpha_all is not None and alpha_all.shape[0] not in (num_views, edits * num_views):
+            raise ShapeError(f"alpha has {alpha_all.shape[0]} masks; give {num_views} (shared) or {edits * num_views} "
+                             "(one per view of every edit)")
+        record = image_record(images, cls.hidden.prompt)
         folder, stem, counter, subfolder = save_target(filename_prefix)
-        path = export_mesh(lifted, folder / f"{stem}_{counter:05d}_.glb", fmt="glb", extras=_provenance(cls.hidden.prompt))
-        mesh = core_mesh(lifted.vertices, lifted.faces, uvs=lifted.uv, texture=lifted.texture,
-                         vertex_colors=lifted.vertex_colors)
-        item = {"filename": path.name, "subfolder": subfolder, "type": "output"}
-        return io.NodeOutput(mesh, output_relative(path), ui={"3d": [item]})
-
-
-def _provenance(prompt) -> dict:
-    """What made this mesh: the prompts, seeds and tokens of the DreamEdit3D nodes in the running workflow."""
-    extras = {"generator": "DreamEdit3D"}
-    if not isinstance(prompt, dict):
-        return extras
-    keep = {"prompt", "negative_prompt", "seed", "noise_seed", "tokens_name", "ckpt_name", "sampler_name", "scheduler",
-            "steps", "cfg", "components"}
-    nodes = {}
-    for nid, node in prompt.items():
-        ct = node.get("class_type", "")
-        if ct.startswith("DreamEdit3D_") or ct in ("KSamplerSelect", "RandomNoise"):
-            vals = {k: v for k, v in node.get("inputs", {}).items() if k in keep and not isinstance(v, list)}
-            if vals:
-                nodes[f"{nid}:{ct}"] = vals
-    extras["workflow"] = json.loads(json.dumps(nodes, default=str))
-    return extras
+        progress = ComfyProgress(1, cls.hidden.unique_id)
+        meshes, paths, items = [], [], []
+        for n in range(edits):
+            rgb = rgb_all[n * num_views:(n + 1) * num_views]
+            alpha_views = None
+            if alpha_all is not None:
+                alpha_views = alpha_all if alpha_all.shape[0] == num_views else alpha_all[n * num_views:(n + 1) * num_views]
+            elif mode == "keep_source":
+                # the geometry is the source's, so its own silhouettes are the right ones (no keying of the new views)
+                alpha_views = views.render.alpha.float().to(device)
+            lifted = lift_to_mesh(rgb, views.render.cameras, alpha=alpha_views, background=(float(background),) * 3,
+                                  source=views.asset, mode=mode, grid=int(grid), texture_size=int(texture_size),
+                                  face_budget=int(face_budget), progress=progress, device=device).to("cpu")
+            extras = glb_extras(item_record(record, n, num_views), generator="DreamEdit3D",
+                                workflow=record.get("workflow", {}))
+            path = export_mesh(lifted, folder / f"{stem}_{counter + n:05d}_.glb", fmt="glb", extras=extras)
+            meshes.append(dict(vertices=lifted.vertices, faces=lifted.faces, uvs=lifted.uv, texture=lifted.texture,
+                               vertex_colors=lifted.vertex_colors))
+            paths.append(output_relative(path))
+            items.append({"filename": path.name, "subfolder": subfolder, "type": "output"})
+        # Preview3D takes one file name: glb_path is the first edit's GLB; the ui lists every GLB written
+        return io.NodeOutput(core_mesh_batch(meshes), paths[0], ui={"3d": items})

@@ -9,7 +9,7 @@ import torch
 
 from ..dreamedit3d_core.errors import ConfigError
 from ._compat import (FOLDER_TOKENS, ComfyProgress, embeddings_folder, io, managed_load, model_files, model_folder,
-                      model_path, output_folder)
+                      model_path, output_folder, ui)
 from .load import _safe_stem
 from .sockets import MVDreamModelSocket, MVTokensSocket, MVViewsSocket
 
@@ -132,7 +132,7 @@ class MultiViewTextualInversion(io.ComfyNode):
             patcher = managed_load(trained.unet)  # noqa: F841  (ComfyUI makes room; kept alive while training)
             tokens = ti.train_textual_inversion(trained, clone_tensors(views.render), clone_tensors(masks), config, progress,
                                                 resume_from=resume_file(folder, "phase1", resume), checkpoint_dir=folder)
-        return io.NodeOutput(trained, tokens, ui={"text": [_loss_text(progress)]})
+        return io.NodeOutput(trained, tokens, ui=_training_ui(progress, cls, views.render.num_views))
 
 
 class MVFineTune(io.ComfyNode):
@@ -197,7 +197,19 @@ class MVFineTune(io.ComfyNode):
             trained, tokens = ft.finetune(copy_, clone_tensors(views.render), clone_tensors(masks),
                                           clone_tensors(tokens), config, progress,
                                           resume_from=resume_file(folder, "phase2", resume), checkpoint_dir=folder)
-        return io.NodeOutput(trained, tokens, ui={"text": [_loss_text(progress)]})
+        return io.NodeOutput(trained, tokens, ui=_training_ui(progress, cls, views.render.num_views))
+
+
+def _training_ui(progress: ComfyProgress, cls, num_views: int = 4) -> dict:
+    """The node's UI after training: the last loss as text and the last preview as one image per view (so the web
+    grid shows it again after a reload of the page). The trainers preview a strip [H, V*W] of the views side by side."""
+    out = {"text": [_loss_text(progress)]}
+    preview = progress.last_preview
+    if preview is not None:
+        if preview.shape[0] == 1 and preview.shape[2] % num_views == 0:
+            preview = torch.stack(preview[0].chunk(num_views, dim=1))  # [V, H, W, 3], view order kept
+        out["images"] = ui.PreviewImage(preview, cls=cls).as_dict()["images"]
+    return out
 
 
 def _loss_text(progress: ComfyProgress) -> str:

@@ -84,9 +84,10 @@ class MVSample(io.ComfyNode):
             ],
             outputs=[
                 io.Latent.Output("out_latent", display_name="latent", tooltip="The sampled latents [4,4,H/8,W/8]."),
-                io.Image.Output("out_images", display_name="images", tooltip="The decoded views [4,H,W,3] (front, right, back, left)."),
+                io.Image.Output("out_images", display_name="images", tooltip="The decoded views [4,H,W,3] (front, right, back, left); "
+                                                                         "N*4 for N prompts, one edit after another."),
             ],
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
 
     @classmethod
@@ -94,7 +95,7 @@ class MVSample(io.ComfyNode):
                 latent=None) -> io.NodeOutput:
         from ..dreamedit3d_core.sampling import decode_views
         from ..dreamedit3d_core.schedule import MVDenoiser
-        from . import sampler_bridge
+        from . import provenance, sampler_bridge
 
         conditioning = _with_negative(positive, negative)
         if sigmas.numel() < 2:
@@ -128,6 +129,10 @@ class MVSample(io.ComfyNode):
         latents = sampler_bridge.run_comfy_sampler(sampler, sigmas.to(device), wrap, start.to(device),
                                                    latent_image=init.to(device), callback=callback, seed=int(seed))
         images = to_comfy_image(decode_views(model, latents, views))
+        # what made these views follows the IMAGE to LiftToMesh / SaveViews / ContactSheet (nodes/provenance.py)
+        provenance.remember(images, provenance.sample_record(
+            conditioning, model, int(seed), provenance.sampler_name(sampler, cls.hidden.prompt, cls.hidden.unique_id),
+            sigmas, float(cfg)))
         return io.NodeOutput({"samples": latents.detach().float().cpu()}, images, ui=ui.PreviewImage(images, cls=cls))
 
 
