@@ -76,7 +76,7 @@ def test_ui_templates_convert_to_their_api_twins(object_info):
     from comfy_workflow import ui_to_api
 
     names = api_workflow_names()
-    assert set(names) == {"full_edit", "sample_only", "full_edit_swapped_sampler"}
+    assert set(names) == {"full_edit", "sample_only", "full_edit_swapped_sampler", "batch_edits"}
     for name in names:
         ui = json.loads((UI_WORKFLOWS / f"{name}.json").read_text())
         converted = without_meta(ui_to_api(ui, object_info))
