@@ -122,3 +122,23 @@ def test_labels_drop_the_prompt_suffixes():
     from dreamedit3d_core.prompts import with_suffixes
 
     assert strip_suffixes(with_suffixes("a <dog> with a hat")) == "a <dog> with a hat"
+
+
+def test_loaded_tokens_carry_their_file_hash_into_the_conditioning_provenance(tmp_path):
+    import hashlib
+    from types import SimpleNamespace
+
+    from dreamedit3d_core.prompts import conditioning_provenance
+    from dreamedit3d_core.tokens import load_tokens, save_tokens
+    from dreamedit3d_core.types import TokenSet
+
+    tokens = TokenSet(tokens=("<hat>",), embeddings=torch.randn(1, 1, 8, generator=torch.Generator().manual_seed(2)),
+                      base_model_hash="ef" * 32)
+    assert tokens.source_files == ()
+    path = save_tokens(tokens, tmp_path / "hat.safetensors")
+    loaded = load_tokens(path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert loaded.source_files == (("hat.safetensors", sha),)
+    rec = conditioning_provenance(SimpleNamespace(model_hash="12" * 32), loaded)
+    assert rec == {"base_model_hash": "12" * 32, "tokens": ["<hat>"], "token_files": {"hat.safetensors": sha}}
+    assert conditioning_provenance(SimpleNamespace()) == {"base_model_hash": ""}
