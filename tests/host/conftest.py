@@ -46,3 +46,10 @@ HOST_SUMMARY: list = []
 def pytest_terminal_summary(terminalreporter):
     for line in HOST_SUMMARY:
         terminalreporter.write_line(f"[host] {line}")
+    # how many real-host tests ran (CI must show they ran, not skipped)
+    counts = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        reports = terminalreporter.stats.get(outcome, [])
+        counts[outcome] = sum(1 for r in reports if getattr(r, "when", "call") in ("call", "setup")
+                              and "host" in getattr(r, "keywords", {}) and (outcome != "passed" or r.when == "call"))
+    terminalreporter.write_line("[host] real-host tests: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
