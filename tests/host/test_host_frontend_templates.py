@@ -42,7 +42,7 @@ def server_inputs(prompt: dict, object_info: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("name", ["full_edit", "full_edit_swapped_sampler", "sample_only"])
+@pytest.mark.parametrize("name", ["full_edit", "full_edit_swapped_sampler", "sample_only", "batch_edits"])
 def test_frontend_turns_each_template_into_its_api_twin(frontend, comfy_host, name):
     assert name in api_workflow_names()
     ui = json.loads((UI_WORKFLOWS / f"{name}.json").read_text())
