@@ -21,9 +21,8 @@ from . import bake, hull, surface
 from .views import DEFAULT_KEY_THRESHOLD, check_masks, check_views, key_background
 
 MODES = ("hull", "source_guided", "keep_source")
-#: Weight of the source's own colours relative to the views: a prior for what no view sees (render-lift.md §5 step 5).
-#: 1e-3 as in the design let it tint texels the views see at grazing angles (-2 dB in the round trip), so it is smaller.
-SOURCE_PRIOR_WEIGHT = 1e-5
+#: Weight of a view's silhouette band (inside the mask, outside its eroded core) relative to its core.
+EDGE_BAND_WEIGHT = 1e-4
 #: (elevation, azimuth offset) in degrees of the extra source renders used as that prior: two from above, two from below.
 SOURCE_PRIOR_VIEWS = ((70.0, 45.0), (-60.0, 45.0))
 
@@ -128,7 +127,7 @@ def _source_guided_geometry(alpha, cameras, source, grid, check) -> tuple[np.nda
 
 
 def _source_prior_views(source: MeshAsset, cameras: MVCameras, size: int, background) -> list:
-    """Renders of the source from above and below, as a low-weight colour prior depth-tested against the source."""
+    """Renders of the source from above and below: a colour prior, depth-tested against the source's own depth."""
     from ..render import render_views
 
     views = []
@@ -136,7 +135,8 @@ def _source_prior_views(source: MeshAsset, cameras: MVCameras, size: int, backgr
         azimuths = torch.tensor([0.0, 180.0], dtype=torch.float64) + float(cameras.azimuth_deg[0]) + offset
         cams = MVCameras(elevation_deg=elev, azimuth_deg=azimuths, fov_deg=cameras.fov_deg, radius=cameras.radius)
         r = render_views(source, cams, resolution=size, background=tuple(background), ssaa=1)
-        views.append(bake.ViewSet(r.rgb, bake.feathered_mask(r.alpha, 1, 0), cams, r.depth[:, 0], SOURCE_PRIOR_WEIGHT))
+        views.append(bake.ViewSet(r.rgb, bake.feathered_mask(r.alpha, 1, 0), cams, r.depth[:, 0], alpha=r.alpha,
+                                   background=tuple(background)))
     return views
 
 
@@ -240,15 +240,18 @@ def lift_to_mesh(
     prog.check_interrupt()
     prog.update(3, total, None, stage="cleanup")
 
-    # 4. colour: views (depth-tested against the lifted mesh) + the source as a faint prior
+    # 4. colour: views (depth-tested against the lifted mesh); the source stands in where no view sees the surface
     t = time.perf_counter()
     h, w = rgb.shape[-2:]
     frags = bake.render_fragments(v_t, f_t, cameras, h, w)
-    view_sets = [bake.ViewSet(rgb, bake.feathered_mask(alpha, max(1, h // 256), max(1, h // 256)), cameras,
-                              frags.depth, alpha=alpha, background=tuple(background))]
-    if source is not None:
-        view_sets += _source_prior_views(source, cameras, min(128, (h // 8) * 8), background)
-    vertex_colors, vstats = bake.bake_vertex_colors(v_t, normals, view_sets)
+    # inside the silhouette but outside its eroded, feathered core a view still counts, faintly: its (un-mixed) colour
+    # beats the source prior and the nearest-neighbour fill for surface only seen near silhouettes
+    weight_mask = bake.feathered_mask(alpha, max(1, h // 256), max(1, h // 256)) + EDGE_BAND_WEIGHT * (alpha > 0.5)
+    view_sets = [bake.ViewSet(rgb, weight_mask, cameras, frags.depth, alpha=alpha, background=tuple(background))]
+    # the source's colours stand in only where no view sees the surface (render-lift.md §5 step 5; the design's blend
+    # at weight 1e-3 tinted what the views see at grazing angles, measured -2 dB in the round trip)
+    prior_sets = _source_prior_views(source, cameras, min(128, (h // 8) * 8), background) if source is not None else []
+    vertex_colors, vstats = bake.bake_vertex_colors(v_t, normals, view_sets, prior_sets)
     stats.update(vstats)
     uv = texture = None
     out_v, out_f = v_t, f_t
@@ -260,7 +263,7 @@ def lift_to_mesh(
         vertex_colors = vertex_colors[vmap_t]
         prog.check_interrupt()
         texture, tstats = bake.bake_texture(out_v, out_f, normals[vmap_t], uv, view_sets, int(texture_size),
-                                            vertex_colors, check)
+                                            vertex_colors, check, prior_sets)
         stats.update(tstats)
     times["texture_s"] = time.perf_counter() - t
     prog.update(4, total, None, stage="texture")
