@@ -181,8 +181,11 @@ def test_grid_of_four_views_appears_on_our_nodes_after_a_run(page, web_run):
     assert previews.get("4", 0) >= 2, previews
     trained = page.evaluate("window.__dreamedit3dTrainingGrid")
     assert trained and all(t == "preview blob:" for t in trained), trained
+    # after the run the node's own output carries its last training preview, cut into the four views (so the grid
+    # survives a page reload), with the loss as text
     ti = state["4"]
-    assert ti["source"] == "preview" and all(w > 0 for w, _ in ti["sizes"]), ti
+    assert ti["source"] == "views" and ti["views"] == ["front", "right", "back", "left"], ti
+    assert len(set(ti["srcs"])) == 4 and all(w > 0 and w == h for w, h in ti["sizes"]), ti
     assert "loss" in ti["status"], ti["status"]
 
     # the grid is not a value: neither saved workflows (widgets_values) nor the prompt carry it
