@@ -33,6 +33,15 @@ sys.path.insert(0, str(REPO / "tests"))
 ASSETS = ("kenney_character.glb", "cesium_milk_truck.glb", "lee_perry_smith_head.glb", "Fox.gltf", "spot.obj")
 
 
+#: PSNR at or above this means the re-render is identical (an untextured, unlit asset): left out of the means.
+FLAT_PSNR_DB = 99.0
+
+
+def _textured(rows) -> list:
+    vals = [r["psnr_mean_db"] for r in rows if r["psnr_mean_db"] < FLAT_PSNR_DB]
+    return vals or [float("nan")]
+
+
 def _header(device: torch.device, threads: int) -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
@@ -129,7 +138,9 @@ def main(argv=None) -> list:
                 print(f"# {mode}: median total_s {np.median([r['total_s'] for r in sel]):.2f}  "
                       f"median best_s {np.median([r['best_s'] for r in sel]):.2f}  "
                       f"min IoU {min(r['iou_min'] for r in sel):.3f}  "
-                      f"mean PSNR unlit {np.mean([r['psnr_mean_db'] for r in sel if r['lighting'] == 'unlit'] or [np.nan]):.2f} dB")
+                      f"mean PSNR unlit {np.mean(_textured([r for r in sel if r['lighting'] == 'unlit'])):.2f} dB  "
+                      f"lit {np.mean(_textured([r for r in sel if r['lighting'] != 'unlit'])):.2f} dB "
+                      f"(flat-colour assets that come back identical, PSNR >= {FLAT_PSNR_DB} dB, left out)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
