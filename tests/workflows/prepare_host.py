@@ -13,9 +13,14 @@ writes
     FIXDIR/models/embeddings/dreamedit3d-example_*.safetensors
                                                             what the sample-only workflow loads (a 2-step personalisation
                                                             of the tiny model on the asset, through the core library)
+    FIXDIR/workflows/<name>.api.json                        the API workflows of tests/workflows/, adapted to the asset:
+                                                            its file name, a component spec made from its own parts and
+                                                            an edit prompt with those components' tokens
 Link ``FIXDIR/models/*`` into the host's ``models/`` and ``FIXDIR/input`` as its ``input/`` (tools/comfy_host.py does).
-The workflows in tests/workflows/*.api.json refer to exactly these names; pass ``--asset`` to run them on another asset
-(it is copied under the example asset's name's folder with its own file name; edit the workflow's ``asset`` input).
+The workflows in tests/workflows/*.api.json refer to exactly these names for the default asset; **with ``--asset`` POST
+the adapted copies in ``FIXDIR/workflows/``** (the asset's smallest named part becomes the component ``part``, the rest
+``object``; a single-part asset is one component ``object``). Without ``../shared`` the default asset is the pack's own
+built-in toy figure.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ FINETUNED_CHECKPOINT = "dreamedit3d-example-finetuned.safetensors"
 TOKENS_NAME = "dreamedit3d-example"
 TINY_SAM = "dreamedit3d-tiny-random-sam.pth"
 ASSET_SUBFOLDER = "dreamedit3d"
-DEFAULT_ASSET = REPO.parent / "shared" / "assets" / "kenney_character.glb"
+SHARED_ASSET = REPO.parent / "shared" / "assets" / "kenney_character.glb"
+DEFAULT_ASSET = SHARED_ASSET  # else the built-in toy (dreamedit3d_core.examples), written on demand
 # the example's components: one token per component; "*" takes every part not named before
 EXAMPLE_COMPONENTS = "antenna: antenna; robot: *"
 EXAMPLE_TOKENS = ("<antenna>", "<robot>")
@@ -140,16 +146,61 @@ def write_personalized(models_dir: Path, asset: Path, steps: int = 1, resolution
     save_comfy_embeddings(tokens, models_dir / "embeddings", prefix=TOKENS_NAME + "_", overwrite=True)
 
 
+_SPEC_CHARS = re.compile(r"[:;,\n*]")
+
+
+def components_for(asset: Path) -> tuple[str, str]:
+    """A component spec and an edit prompt that fit ``asset``'s own parts: ``(spec, prompt)``."""
+    from dreamedit3d_core.assets import load_asset
+
+    loaded = load_asset(asset)
+    if asset.resolve() == SHARED_ASSET.resolve():
+        return EXAMPLE_COMPONENTS, "a <robot> with a <antenna> made of gold"
+    counts = {name: int((loaded.part_ids == i).sum()) for i, name in enumerate(loaded.part_names)}
+    usable = [n for n in counts if counts[n] > 0 and not _SPEC_CHARS.search(n) and n.strip() == n and n]
+    if len(counts) < 2 or not usable:
+        return "object: *", "a <object> made of gold"
+    part = min(usable, key=lambda n: counts[n])  # the smallest part: most often the accessory
+    return f"part: {part}; object: *", "a <object> with a <part> made of gold"
+
+
+def write_adapted_workflows(fixdir: Path, asset_name: str, spec: str, prompt: str) -> list[Path]:
+    """The API twins with this asset's file name, component spec and edit prompt (tokens replaced)."""
+    out = []
+    for twin in sorted((REPO / "tests" / "workflows").glob("*.api.json")):
+        graph = json.loads(twin.read_text())
+        for node in graph.values():
+            inputs = node.get("inputs", {})
+            if node.get("class_type") == "DreamEdit3D_OrthoRender" and isinstance(inputs.get("asset"), str):
+                inputs["asset"] = asset_name
+            if node.get("class_type") == "DreamEdit3D_ComponentMask" and inputs.get("source", "parts") == "parts":
+                inputs["components"] = spec
+            if node.get("class_type") == "DreamEdit3D_ComposePrompt" and any(
+                    t in str(inputs.get("prompt", "")) for t in EXAMPLE_TOKENS):
+                inputs["prompt"] = prompt
+        target = fixdir / "workflows" / twin.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(graph, indent=2))
+        out.append(target)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("fixdir", type=Path)
     ap.add_argument("--asset", type=Path, default=DEFAULT_ASSET, help="the asset to copy into input/ (default: %(default)s)")
     ap.add_argument("--personalized", action="store_true",
                     help="also write the sample-only workflow's fine-tuned model and tokens (else the full edit saves them)")
-    ap.add_argument("--components", default=EXAMPLE_COMPONENTS,
-                    help="component spec for --personalized (default: %(default)s, the example asset's)")
+    ap.add_argument("--components", default=None,
+                    help="component spec (default: the example's for the default asset, else made from the asset's parts)")
     ap.add_argument("--no-personalized", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
     args = ap.parse_args(argv)
+    if args.asset == DEFAULT_ASSET and not DEFAULT_ASSET.is_file():
+        from dreamedit3d_core.examples import write_example_asset
+
+        args.asset = args.fixdir / "example_asset" / "dreamedit3d_toy.glb"
+        if not args.asset.is_file():
+            write_example_asset(args.asset)
     if not args.asset.is_file():
         print(f"prepare_host: asset {args.asset} not found; pass --asset PATH (glb/gltf/obj/ply)", file=sys.stderr)
         return 2
@@ -160,8 +211,13 @@ def main(argv=None) -> int:
     print(f"prepare_host: SAM {sam}")
     print(f"prepare_host: checkpoint {ckpt}")
     print(f"prepare_host: asset input/{name.as_posix()}")
+    spec, prompt = components_for(args.asset)
+    spec = args.components or spec
+    adapted = write_adapted_workflows(args.fixdir, name.as_posix(), spec, prompt)
+    print(f"prepare_host: components {spec!r}, edit prompt {prompt!r}")
+    print(f"prepare_host: workflows for this asset: {', '.join(str(p) for p in adapted)}")
     if args.personalized:
-        write_personalized(models, args.fixdir / "input" / name, components=args.components)
+        write_personalized(models, args.fixdir / "input" / name, components=spec)
         print(f"prepare_host: fine-tuned model + tokens in {models}")
     return 0
 
