@@ -8,6 +8,8 @@ exceptions, log entries and every requested URL, and evaluates JavaScript (await
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import shutil
@@ -263,3 +265,22 @@ class Browser:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+@contextlib.contextmanager
+def frontend_page(url: str):
+    """A page of the ComfyUI frontend at ``url``, once the app and its extensions are up; the browser stops on exit.
+
+    Fails in CI (skips elsewhere) when no Chromium is installed.
+    """
+    from conftest import skip_or_fail
+
+    if chromium_path() is None:
+        skip_or_fail("no Chromium: run tools/install_browser.sh (Debian's chromium) or set CHROMIUM_PATH")
+    browser = Browser().start()
+    try:
+        page = browser.open(url)
+        page.wait_for("!!(window.app && window.app.graph && window.app.extensions?.length)", timeout=60)
+        yield page
+    finally:
+        browser.stop()

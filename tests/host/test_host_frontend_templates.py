@@ -10,24 +10,16 @@ import json
 
 import pytest
 
-from _browser import Browser, chromium_path
+from _browser import frontend_page
 from _host import UI_WORKFLOWS, api_workflow_names, load_api_workflow, with_template_values, without_meta
-from conftest import skip_or_fail
 
 pytestmark = pytest.mark.host
 
 
 @pytest.fixture(scope="module")
 def frontend(comfy_host):
-    if chromium_path() is None:
-        skip_or_fail("no Chromium: run tools/install_browser.sh (Debian's chromium) or set CHROMIUM_PATH")
-    browser = Browser().start()
-    try:
-        page = browser.open(comfy_host.url + "/")
-        page.wait_for("!!(window.app && window.app.graph && window.app.extensions?.length)", timeout=60)
+    with frontend_page(comfy_host.url + "/") as page:
         yield page
-    finally:
-        browser.stop()
 
 
 def server_inputs(prompt: dict, object_info: dict) -> dict:

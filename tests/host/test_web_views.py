@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import skip_or_fail
-from _browser import Browser, BrowserError, chromium_path
+from _browser import frontend_page
 from _host import load_api_workflow
 from comfy_host import PACK_FOLDER  # tools/ is on sys.path once _host is imported
 
@@ -54,15 +53,8 @@ def our_errors(page) -> list:
 
 @pytest.fixture(scope="module")
 def page(comfy_host):
-    if chromium_path() is None:
-        skip_or_fail("no Chromium: run tools/install_browser.sh (Debian's chromium) or set CHROMIUM_PATH")
-    browser = Browser().start()
-    try:
-        page = browser.open(comfy_host.url + "/")
-        page.wait_for("!!(window.app && window.app.graph && window.app.extensions?.length)", timeout=60)
+    with frontend_page(comfy_host.url + "/") as page:
         yield page
-    finally:
-        browser.stop()
 
 
 def test_page_loads_our_extension_without_console_errors(page):
