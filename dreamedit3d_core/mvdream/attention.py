@@ -155,8 +155,12 @@ class RecordingCrossAttnProcessor(PerViewCrossAttnProcessor):
             raise ConfigError("RecordingCrossAttnProcessor does not take an attention mask")
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         query, key, value = _project_heads(attn, hidden_states, context)
-        scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale
-        probs = scores.softmax(dim=-1)
+        # Under torch.autocast (mixed-precision training) matmul is re-cast to fp16/bf16 whatever its inputs are, so
+        # `.float()` alone would not keep the scores in fp32: fp16 q·kᵀ can overflow before the scale, and the maps the
+        # attention loss uses would be rounded. Autocast is switched off for the scores and the softmax only.
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale
+            probs = scores.softmax(dim=-1)
         n, heads, length, tokens = probs.shape
         self.store.maps[self.layer_name] = probs.reshape(n * heads, length, tokens)
         self.store.heads[self.layer_name] = heads

@@ -99,3 +99,26 @@ def test_unknown_layer_pattern_is_a_clear_error():
         with record_cross_attention(model.unet, ["down_blocks.7.*"]):
             pass
     assert DEFAULT_RECORD_LAYERS[0].startswith("down_blocks.1.")
+
+
+def test_recorded_probabilities_stay_float32_under_bf16_autocast():
+    # mixed-precision training runs the UNet under torch.autocast; autocast re-casts matmul to the low dtype whatever
+    # its inputs are, so the maps must be computed with autocast off (fp16 scores on CUDA overflow / round).
+    from diffusers.models.attention_processor import Attention
+
+    from dreamedit3d_core.mvdream.attention import CrossAttentionStore, RecordingCrossAttnProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=64, cross_attention_dim=32, heads=2, dim_head=32)
+    store = CrossAttentionStore()
+    attn.set_processor(RecordingCrossAttnProcessor(store, "layer"))
+    x, ctx = torch.randn(2, 16, 64) * 3, torch.randn(2, 77, 32) * 3
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(x, encoder_hidden_states=ctx)
+        q, k = attn.to_q(x), attn.to_k(ctx)  # what the processor sees: bf16 projections
+    assert out.dtype == torch.bfloat16  # the layer itself still runs in the autocast dtype
+    probs = store.maps["layer"]
+    assert probs.dtype == torch.float32
+    qh, kh = q.float().reshape(2, 16, 2, 32), k.float().reshape(2, 77, 2, 32)
+    reference = torch.einsum("nihd,njhd->nhij", qh, kh).mul(32 ** -0.5).softmax(-1).reshape(4, 16, 77)
+    assert (probs - reference).abs().max().item() <= 1e-6
