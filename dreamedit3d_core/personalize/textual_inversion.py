@@ -477,6 +477,10 @@ def train_textual_inversion(model, render: MultiViewRender, masks: ComponentMask
         optimizer = torch.optim.AdamW([rows.rows], lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
                                       eps=config.adam_eps)
         generator = torch.Generator("cpu").manual_seed(int(config.seed))
+        # fp16 forward passes (fp16 autocast, or a model loaded in fp16, ComfyUI's default on CUDA) need loss scaling,
+        # or the small gradients reaching the token rows through the fp16 graph underflow to zero (as in phase 2).
+        fp16_forward = config.mixed_precision == "fp16" or model.dtype == torch.float16
+        scaler = torch.amp.GradScaler(scene.latents.device.type) if fp16_forward else None
         fingerprint = {
             "phase": "textual_inversion",
             "model_hash": getattr(model, "model_hash", ""),
@@ -494,7 +498,7 @@ def train_textual_inversion(model, render: MultiViewRender, masks: ComponentMask
             result = run_training(
                 step_fn, {"token_rows": rows.rows}, optimizer, config.steps, generator, fingerprint, progress=progress,
                 checkpoint=CheckpointPolicy(checkpoint_dir, config.checkpoint_every, "phase1"), resume_from=resume_from,
-                max_grad_norm=config.max_grad_norm, preview_fn=lambda ctx: preview_from(model, ctx),
+                max_grad_norm=config.max_grad_norm, scaler=scaler, preview_fn=lambda ctx: preview_from(model, ctx),
                 preview_every=config.preview_every, learning_rates=[config.lr],
             )
         rows.write_back()

@@ -253,3 +253,32 @@ def test_progress_reports_loss_terms_and_a_four_view_preview():
     info = seen[1][3]
     assert set(info) >= {"loss", "masked", "attention", "t", "k", "grad_norm"}
     assert info["loss"] == pytest.approx(info["masked"] + 1e-2 * info["attention"], rel=1e-5)
+
+
+def test_fp16_forward_passes_train_with_a_grad_scaler(monkeypatch):
+    # On CUDA the loader's default is fp16 and phase 1 may autocast to fp16: without loss scaling the token rows'
+    # gradients underflow in the fp16 graph. The scaler is handed to run_training exactly when the forward is fp16.
+    import dreamedit3d_core.personalize.textual_inversion as ti
+
+    render, masks = two_component_scene(64)
+    seen = []
+
+    def capture(*args, scaler=None, **kwargs):
+        seen.append(scaler)
+        raise KeyboardInterrupt  # stop before any step: only the wiring is under test here
+
+    monkeypatch.setattr(ti, "run_training", capture)
+    for model, precision in ((fresh_tiny_model(), "no"), (fresh_tiny_model(), "fp16"),
+                             (fresh_tiny_model().to(dtype=torch.float16), "no")):
+        with pytest.raises(KeyboardInterrupt):
+            train_textual_inversion(model, render, masks, TIConfig(steps=1, resolution=None, mixed_precision=precision))
+    assert seen[0] is None
+    assert all(isinstance(s, torch.amp.GradScaler) for s in seen[1:])
+
+    monkeypatch.undo()  # a real step on a model loaded in fp16: the scaled step trains the rows, finite
+    model = fresh_tiny_model().to(dtype=torch.float16)
+    tokens = train_textual_inversion(model, render, masks, TIConfig(steps=2, lr=1e-2, resolution=None,
+                                                                   init_words=("hat", "")))
+    assert torch.isfinite(tokens.embeddings).all()
+    init = model.token_embedding.weight[model.tokenizer.token_ids("hat")[0]].float().cpu()
+    assert not torch.equal(tokens.embeddings[0, 0], init)
