@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..dreamedit3d_core.errors import ConfigError, ShapeError
-from ._compat import (ComfyProgress, calculate_sigmas, compute_device, io, latent_preview_rgb,
+from ._compat import (ComfyProgress, calculate_sigmas, compute_device, intermediate_device, io, latent_preview_rgb,
                       make_model_sampling, managed_load, scheduler_names, throw_if_interrupted, ui)
 from .sockets import MVConditioningSocket, MVDreamModelSocket, to_comfy_image
 
@@ -133,7 +133,9 @@ class MVSample(io.ComfyNode):
         provenance.remember(images, provenance.sample_record(
             conditioning, model, int(seed), provenance.sampler_name(sampler, cls.hidden.prompt, cls.hidden.unique_id),
             sigmas, float(cfg)))
-        return io.NodeOutput({"samples": latents.detach().float().cpu()}, images, ui=ui.PreviewImage(images, cls=cls))
+        # LATENTs live on ComfyUI's intermediate device (the CPU, or the GPU under --gpu-only), as core KSampler's do
+        out_latent = {"samples": latents.detach().to(device=intermediate_device(), dtype=torch.float32)}
+        return io.NodeOutput(out_latent, images, ui=ui.PreviewImage(images, cls=cls))
 
 
 def _with_negative(positive, negative):

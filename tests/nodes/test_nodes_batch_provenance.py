@@ -73,7 +73,7 @@ def graph(pack):
                      sampler=comfy.samplers.sampler_object("euler"), sigmas=sigmas, seed=31, cfg=7.5, resolution=64)
     latent, images = sample.result
     return dict(model=trained, tokens=tokens, views=views, alpha=alpha, cond=cond, sigmas=sigmas, images=images, ti=ti,
-                prompt_graph=prompt_graph)
+                prompt_graph=prompt_graph, latent=latent)
 
 
 def test_training_node_returns_its_last_four_view_preview_and_loss_in_the_ui(pack, graph):
@@ -116,6 +116,23 @@ def test_sample_records_every_prompt_seed_sampler_sigmas_and_hashes_on_its_image
     assert rec["tokens"] == ["<antenna>", "<robot>"] and rec["token_files"] == {}  # learned in memory, no file
     assert rec["version"] == __version__
     assert recall(images.clone()) == {}  # another tensor (an edited image) has no record
+
+
+def test_sample_returns_its_latent_on_comfys_intermediate_device(pack, graph, monkeypatch):
+    # core KSampler hands LATENTs over on intermediate_device() (the GPU under --gpu-only), not always on the CPU;
+    # a stand-in device ("meta") tells the two apart on a CPU-only machine
+    from comfy_api.latest import io
+    import comfy.samplers
+    from dreamedit3d_pack.nodes import sampling
+
+    assert graph["latent"]["samples"].device == torch.device("cpu")  # ComfyUI's intermediate device here
+    monkeypatch.setattr(sampling, "intermediate_device", lambda: torch.device("meta"))
+    hidden = {io.Hidden.prompt: graph["prompt_graph"], io.Hidden.unique_id: "7"}
+    with torch.inference_mode():
+        latent, _ = run(pack, "DreamEdit3D_MVSample", hidden, model=graph["model"], positive=graph["cond"],
+                        sampler=comfy.samplers.sampler_object("euler"), sigmas=graph["sigmas"], seed=31, cfg=7.5,
+                        resolution=64).result
+    assert latent["samples"].device == torch.device("meta") and latent["samples"].dtype == torch.float32
 
 
 def test_sampler_name_falls_back_to_the_sampler_function(pack):
