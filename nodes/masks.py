@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..dreamedit3d_core.errors import ConfigError
-from ._compat import FOLDER_SAMS, io, model_files, model_path, ui
+from ._compat import FOLDER_SAMS, compute_device, free_memory_for, io, model_files, model_path, ui
 from .sockets import MVViewsSocket, component_map_image, component_masks_to_comfy
 
 CATEGORY = "DreamEdit3D/render"
@@ -77,9 +77,13 @@ class ComponentMask(io.ComfyNode):
         else:
             if not sam_model:
                 raise ConfigError("source 'sam' needs a SAM checkpoint: put one (e.g. sam_vit_b_01ec64.pth) into models/sams")
-            masks = core_masks.masks_from_sam(views.render, model_path(FOLDER_SAMS, sam_model),
-                                              components=components, view=VIEW_NAMES.index(prompt_view),
-                                              points=parse_points(points))
+            # the views are kept on the CPU, and SAM runs on the render's device unless told otherwise: run it on
+            # ComfyUI's compute device (a ViT-H image encoder on the CPU takes tens of seconds per view)
+            path, device = model_path(FOLDER_SAMS, sam_model), compute_device()
+            free_memory_for(int(1.5 * path.stat().st_size), device)  # room next to MVDream
+            masks = core_masks.masks_from_sam(views.render, path, components=components,
+                                              view=VIEW_NAMES.index(prompt_view), points=parse_points(points),
+                                              device=device)
         union, stacked = component_masks_to_comfy(masks)
         cmap = component_map_image(masks)
         return io.NodeOutput(union, stacked, cmap, views.with_masks(masks), ui=ui.PreviewImage(cmap, cls=cls))

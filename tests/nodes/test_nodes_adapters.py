@@ -262,3 +262,40 @@ def test_training_node_runs_under_inference_mode_and_leaves_its_input_model_unto
     ids = trained.tokenizer.encode(["a <robot>"])[0]
     rows = trained.token_embedding.weight[ids[2]]
     assert torch.allclose(rows, tokens.embeddings[1, 0].to(rows)), "the trained model carries the learned vector"
+
+
+def test_sam_component_mask_runs_sam_on_the_compute_device(pack, monkeypatch):
+    """OrthoRender keeps the views on the CPU; SAM must still run on ComfyUI's compute device, not the render's."""
+    import shutil
+
+    from _render_helpers import tiny_sam
+    from conftest import SHARED
+    from dreamedit3d_pack.dreamedit3d_core import masks as core_masks
+    from dreamedit3d_pack.nodes import _compat
+
+    asset = SHARED / "assets" / "kenney_character.glb"
+    if not asset.is_file():
+        skip_or_fail(f"{asset} is missing")
+    dest = _compat.input_folder() / "robot"
+    (dest / "Textures").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(asset, dest / asset.name)
+    shutil.copy2(asset.parent / "Textures" / "colormap.png", dest / "Textures" / "colormap.png")
+    sams = _compat.model_folder(_compat.FOLDER_SAMS)
+    sams.mkdir(parents=True, exist_ok=True)
+    torch.save(tiny_sam().state_dict(), sams / "tiny-node-sam.pth")
+    real, seen = core_masks.masks_from_sam, []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("device"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core_masks, "masks_from_sam", spy)
+    get = pack.NODE_CLASS_MAPPINGS.get
+    with torch.inference_mode():
+        views = node(get("DreamEdit3D_OrthoRender")).execute(asset="robot/kenney_character.glb", resolution=64).result[-1]
+        out = node(get("DreamEdit3D_ComponentMask")).execute(views=views, components="head: top; robot: *", source="sam",
+                                                             sam_model="tiny-node-sam.pth", prompt_view="front",
+                                                             points="32,20; 30,24")
+    assert seen == [_compat.compute_device()]
+    union, stacked, _cmap, masked_views = out.result
+    assert stacked.shape == (8, 64, 64) and masked_views.require_masks("test").names == ("head", "robot")
