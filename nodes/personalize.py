@@ -193,6 +193,11 @@ class MVFineTune(io.ComfyNode):
         progress = ComfyProgress(int(steps), cls.hidden.unique_id)
         with training_mode():
             copy_ = clone_model(model)
+            if mode == "full" or train_text_encoder:
+                # the loader's "auto" dtype is fp16 on CUDA, but trained weights need fp32 masters (finetune() refuses
+                # others: fp16 cannot hold 2e-6 steps, and mixed_precision autocasts anyway). The copy is private, so
+                # it is upcast here; the fine-tuned model stays fp32 (fp16 would round its small updates away).
+                copy_.to(dtype=torch.float32)
             patcher = managed_load(copy_.unet)  # noqa: F841  (ComfyUI makes room; kept alive while training)
             trained, tokens = ft.finetune(copy_, clone_tensors(views.render), clone_tensors(masks),
                                           clone_tensors(tokens), config, progress,

@@ -299,3 +299,42 @@ def test_sam_component_mask_runs_sam_on_the_compute_device(pack, monkeypatch):
     assert seen == [_compat.compute_device()]
     union, stacked, _cmap, masked_views = out.result
     assert stacked.shape == (8, 64, 64) and masked_views.require_masks("test").names == ("head", "robot")
+
+
+def test_full_finetune_node_trains_a_model_loaded_in_half_precision(pack):
+    """The loader's "auto" dtype is fp16 on CUDA; MVFineTune (full) must train an fp32 copy instead of refusing."""
+    import shutil
+
+    from conftest import SHARED
+    from dreamedit3d_pack.dreamedit3d_core.tiny import write_tiny_checkpoint
+    from dreamedit3d_pack.dreamedit3d_core.types import TokenSet
+    from dreamedit3d_pack.nodes import _compat
+
+    asset = SHARED / "assets" / "kenney_character.glb"
+    if not asset.is_file():
+        skip_or_fail(f"{asset} is missing")
+    write_tiny_checkpoint(_compat.model_folder("mvdream") / "tiny-half-test.safetensors", seed=0)
+    dest = _compat.input_folder() / "robot"
+    (dest / "Textures").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(asset, dest / asset.name)
+    shutil.copy2(asset.parent / "Textures" / "colormap.png", dest / "Textures" / "colormap.png")
+    get = pack.NODE_CLASS_MAPPINGS.get
+    common = dict(steps=1, attention_loss_weight=0.01, seed=0, resume=False, checkpoint_every=1000, preview_every=0)
+    with torch.inference_mode():
+        (model,) = node(get("DreamEdit3D_MVDreamLoader")).execute(ckpt_name="tiny-half-test.safetensors",
+                                                                    dtype="float16").result
+        assert model.dtype == torch.float16
+        views = node(get("DreamEdit3D_OrthoRender")).execute(asset="robot/kenney_character.glb", resolution=64).result[-1]
+        views = node(get("DreamEdit3D_ComponentMask")).execute(views=views, components="antenna: antenna; robot: *").result[-1]
+        phase1 = model  # phase 1's output is a model of the loader's dtype; random tokens stand in for its tokens
+        gen = torch.Generator().manual_seed(0)
+        tokens = TokenSet(tokens=("<antenna>", "<robot>"), embeddings=torch.randn(2, 1, model.text_dim, generator=gen),
+                          components=("antenna", "robot"))
+        before = {n: p.detach().clone() for n, p in phase1.unet.named_parameters()}
+        ft = node(get("DreamEdit3D_MVFineTune")).PREPARE_CLASS_CLONE({"unique_id": "5"})
+        trained, _ = ft.execute(model=phase1, views=views, tokens=tokens, learning_rate=1e-3, run_name="half-ft",
+                                token_learning_rate=1e-4, mode="full", lora_rank=4, train_text_encoder=False,
+                                gradient_checkpointing=False, mixed_precision="no", **common).result
+    assert trained.dtype == torch.float32 and phase1.dtype == torch.float16  # the input model is left as it was
+    changed = [n for n, p in trained.unet.named_parameters() if not torch.equal(p.detach().half(), before[n])]
+    assert changed, "the fine-tuned UNet did not change"
