@@ -148,6 +148,12 @@ def add_unet_lora(model, rank: int = 16, alpha: float = 16.0, targets=DEFAULT_LO
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model.unet.add_adapter(_lora_config(rank, alpha, targets), adapter_name=ADAPTER_NAME)
+    # On a base in fp16/bf16 (the loader's default on CUDA) peft makes the adapter half too, which cannot train
+    # (finetune() wants fp32 trainable weights). Upcast it, as peft's autocast_adapter_dtype does for its own
+    # loaders: the LoRA layers cast their input to the adapter's dtype and the result back to the base's.
+    from peft.tuners.tuners_utils import cast_adapter_dtype
+
+    cast_adapter_dtype(model.unet, ADAPTER_NAME, autocast_adapter_dtype=True)
 
 
 def _make_optimizer(kind: str, groups, betas, weight_decay, eps, device: torch.device):
@@ -270,7 +276,10 @@ def finetune(model, render: MultiViewRender, masks: ComponentMasks, tokens: Toke
             if text_params:
                 groups.append({"params": list(text_params.values()), "lr": config.text_encoder_lr})
             optimizer = _make_optimizer(config.optimizer, groups, config.betas, config.weight_decay, config.adam_eps, device)
-            scaler = torch.amp.GradScaler(device.type) if config.mixed_precision == "fp16" else None
+            # loss scaling whenever the forward runs in fp16: fp16 autocast, or LoRA on a base loaded in fp16 (the
+            # loader's default on CUDA; the fp32 adapter's gradients come back through the fp16 graph and underflow)
+            fp16_forward = config.mixed_precision == "fp16" or model.dtype == torch.float16
+            scaler = torch.amp.GradScaler(device.type) if fp16_forward else None
             params = {**{f"unet.{n}": p for n, p in unet_params.items()}, "token_rows": rows.rows,
                       **{f"text_encoder.{n}": p for n, p in text_params.items()}}
             generator = torch.Generator("cpu").manual_seed(int(config.seed))

@@ -225,3 +225,27 @@ def test_an_interrupted_lora_run_resumes_bit_for_bit_on_a_fresh_or_the_same_mode
         got = {n: p for n, p in model.unet.named_parameters() if "lora_" in n}
         assert all(torch.equal(got[n], expected[n]) for n in expected)
         assert torch.equal(tokens.embeddings, full_tokens.embeddings)
+
+
+def test_lora_on_a_base_loaded_in_fp16_trains_with_loss_scaling(monkeypatch):
+    # ComfyUI's loader gives fp16 weights on CUDA; LoRA keeps fp32 adapters on that base, but their gradients come
+    # back through the fp16 graph, so the step needs a GradScaler (as fp16 autocast does).
+    import dreamedit3d_core.personalize.finetune as ft
+
+    seen = []
+    real = ft.run_training
+
+    def spy(*args, scaler=None, **kwargs):
+        seen.append(scaler)
+        return real(*args, scaler=scaler, **kwargs)
+
+    monkeypatch.setattr(ft, "run_training", spy)
+    render, masks = two_component_scene(64)
+    model = fresh_tiny_model().to(dtype=torch.float16)
+    model, tokens = finetune(model, render, masks, _tokens(model),
+                             FTConfig(steps=2, mode="lora", lora_rank=2, lr=1e-2, resolution=None))
+    assert len(seen) == 1 and isinstance(seen[0], torch.amp.GradScaler)
+    lora = {n: p for n, p in model.unet.named_parameters() if "lora_B" in n}
+    assert lora and all(p.dtype == torch.float32 for p in lora.values())
+    assert any(p.abs().sum() > 0 for p in lora.values()), "the adapter did not learn (its B starts at zero)"
+    assert torch.isfinite(tokens.embeddings).all()
