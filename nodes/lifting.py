@@ -40,6 +40,8 @@ class LiftToMesh(io.ComfyNode):
                                tooltip="Background grey of the views (keyed out when no alpha is given)."),
                 io.String.Input("filename_prefix", default="dreamedit3d/edit", tooltip="GLB path prefix in the output folder."),
                 io.Mask.Input("alpha", optional=True, tooltip="Silhouettes [4,H,W]; by default the background is keyed out."),
+                io.Boolean.Input("also_obj", default=False, optional=True,
+                                 tooltip="Also write OBJ + MTL + PNG next to each GLB (same name, never overwriting)."),
             ],
             outputs=[
                 io.Mesh.Output("out_mesh", display_name="mesh",
@@ -59,7 +61,7 @@ class LiftToMesh(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, views, mode="hull", grid=128, texture_size=1024, face_budget=50000, background=1.0,
-                filename_prefix="dreamedit3d/edit", alpha=None) -> io.NodeOutput:
+                filename_prefix="dreamedit3d/edit", alpha=None, also_obj=False) -> io.NodeOutput:
         from ..dreamedit3d_core.lifting import export_mesh, lift_to_mesh
         from ..dreamedit3d_core.provenance import glb_extras, item_record
 
@@ -94,6 +96,8 @@ class LiftToMesh(io.ComfyNode):
             extras = glb_extras(item_record(record, n, num_views), generator="DreamEdit3D",
                                 workflow=record.get("workflow", {}))
             path = export_mesh(lifted, folder / f"{stem}_{counter + n:05d}_.glb", fmt="glb", extras=extras)
+            if also_obj:
+                export_mesh(lifted, path.with_suffix(".obj"), fmt="obj", extras=extras)
             meshes.append(dict(vertices=lifted.vertices, faces=lifted.faces, uvs=lifted.uv, texture=lifted.texture,
                                vertex_colors=lifted.vertex_colors))
             paths.append(output_relative(path))

@@ -176,6 +176,28 @@ def test_lift_writes_one_glb_per_edit_with_its_own_prompt_and_a_padded_mesh_batc
             texture_size=0, face_budget=0)
 
 
+def test_lift_also_writes_obj_mtl_png_next_to_each_glb_when_asked(pack, graph):
+    from comfy_api.latest import io
+    from dreamedit3d_pack.nodes import _compat
+
+    hidden = {io.Hidden.prompt: graph["prompt_graph"], io.Hidden.unique_id: "9"}
+    with torch.inference_mode():
+        out = run(pack, "DreamEdit3D_LiftToMesh", hidden, images=graph["images"][:4], views=graph["views"], grid=24,
+                  texture_size=64, face_budget=0, filename_prefix="dreamedit3d/objs", alpha=graph["alpha"],
+                  also_obj=True)
+    (item,) = out.ui["3d"]
+    glb = _compat.output_folder() / item["subfolder"] / item["filename"]
+    obj, mtl, png = (glb.with_suffix(s) for s in (".obj", ".mtl", ".png"))
+    assert obj.is_file() and mtl.is_file() and png.is_file()
+    assert f"map_Kd {png.name}" in mtl.read_text()
+    import trimesh
+
+    reloaded = trimesh.load(obj, force="mesh", process=False)
+    from_glb = trimesh.load(glb, force="mesh", process=False)
+    assert len(reloaded.faces) == len(from_glb.faces) > 0
+    assert reloaded.visual.uv is not None and reloaded.visual.material.image is not None
+
+
 def test_core_mesh_batch_pads_and_mesh_from_core_trims(pack):
     from dreamedit3d_pack.nodes import _compat
 
