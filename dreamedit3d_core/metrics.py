@@ -92,8 +92,20 @@ class ViewScores:
 # models
 
 
+class _ModelOnDevice:
+    """``device``/``dtype`` of a metric model's ``model`` (where its parameters live)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
 @dataclass(frozen=True, eq=False)
-class ClipMetricModel:
+class ClipMetricModel(_ModelOnDevice):
     """A loaded CLIP for metrics.
 
     Attributes:
@@ -111,14 +123,6 @@ class ClipMetricModel:
     @property
     def has_text(self) -> bool:
         return self.tokenize is not None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -141,7 +145,7 @@ class ClipMetricModel:
 
 
 @dataclass(frozen=True, eq=False)
-class DinoMetricModel:
+class DinoMetricModel(_ModelOnDevice):
     """A loaded DINO ViT (transformers ``ViTModel``) for the identity metric.
 
     Attributes:
@@ -153,14 +157,6 @@ class DinoMetricModel:
     model: torch.nn.Module
     image_size: int
     source: str = ""
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
