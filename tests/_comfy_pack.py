@@ -58,3 +58,21 @@ def node(cls):
     """A V3 node class ready for ``.execute`` outside the executor (hidden inputs set, as ComfyUI does per run)."""
     clone = cls.PREPARE_CLASS_CLONE({})
     return clone
+
+
+def install_robot_asset(input_folder: Path) -> str:
+    """Copy ../shared's kenney_character.glb and its external texture into ``input_folder/robot``; returns the name the
+    OrthoRender node takes. Skips (fails in CI) when ../shared is absent."""
+    import shutil
+
+    from conftest import SHARED, skip_or_fail
+
+    asset = SHARED / "assets" / "kenney_character.glb"
+    if not asset.is_file():
+        skip_or_fail(f"{asset} is missing")
+    dest = input_folder / "robot"
+    (dest / "Textures").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(asset, dest / asset.name)
+    shutil.copy2(asset.parent / "Textures" / "colormap.png", dest / "Textures" / "colormap.png")
+    return f"robot/{asset.name}"
+

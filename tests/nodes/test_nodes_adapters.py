@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from _comfy_pack import comfy_root, import_comfy_tree, import_pack, node, point_folders_at
+from _comfy_pack import comfy_root, import_comfy_tree, import_pack, install_robot_asset, node, point_folders_at
 from conftest import skip_or_fail
 
 pytestmark = pytest.mark.nodes
@@ -225,21 +225,13 @@ def test_model_management_takes_a_diffusers_module(pack):
 # ------------------------------------------------------------------------------------------------ training nodes
 def test_training_node_runs_under_inference_mode_and_leaves_its_input_model_untouched(pack, tmp_path):
     """ComfyUI executes nodes inside torch.inference_mode(); the TI node must still train, on a private copy."""
-    import shutil
 
     from dreamedit3d_pack.dreamedit3d_core.tiny import write_tiny_checkpoint
     from dreamedit3d_pack.nodes import _compat
-    from conftest import SHARED
 
-    asset = SHARED / "assets" / "kenney_character.glb"
-    if not asset.is_file():
-        skip_or_fail(f"{asset} is missing")
     ckpt_dir = _compat.model_folder("mvdream")
     write_tiny_checkpoint(ckpt_dir / "tiny-node-test.safetensors", seed=0)
-    dest = _compat.input_folder() / "robot"
-    (dest / "Textures").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(asset, dest / asset.name)
-    shutil.copy2(asset.parent / "Textures" / "colormap.png", dest / "Textures" / "colormap.png")
+    install_robot_asset(_compat.input_folder())
     get = pack.NODE_CLASS_MAPPINGS.get
     with torch.inference_mode():
         (model,) = node(get("DreamEdit3D_MVDreamLoader")).execute(ckpt_name="tiny-node-test.safetensors").result
@@ -266,20 +258,12 @@ def test_training_node_runs_under_inference_mode_and_leaves_its_input_model_unto
 
 def test_sam_component_mask_runs_sam_on_the_compute_device(pack, monkeypatch):
     """OrthoRender keeps the views on the CPU; SAM must still run on ComfyUI's compute device, not the render's."""
-    import shutil
 
     from _render_helpers import tiny_sam
-    from conftest import SHARED
     from dreamedit3d_pack.dreamedit3d_core import masks as core_masks
     from dreamedit3d_pack.nodes import _compat
 
-    asset = SHARED / "assets" / "kenney_character.glb"
-    if not asset.is_file():
-        skip_or_fail(f"{asset} is missing")
-    dest = _compat.input_folder() / "robot"
-    (dest / "Textures").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(asset, dest / asset.name)
-    shutil.copy2(asset.parent / "Textures" / "colormap.png", dest / "Textures" / "colormap.png")
+    install_robot_asset(_compat.input_folder())
     sams = _compat.model_folder(_compat.FOLDER_SAMS)
     sams.mkdir(parents=True, exist_ok=True)
     torch.save(tiny_sam().state_dict(), sams / "tiny-node-sam.pth")
@@ -303,21 +287,13 @@ def test_sam_component_mask_runs_sam_on_the_compute_device(pack, monkeypatch):
 
 def test_full_finetune_node_trains_a_model_loaded_in_half_precision(pack):
     """The loader's "auto" dtype is fp16 on CUDA; MVFineTune (full) must train an fp32 copy instead of refusing."""
-    import shutil
 
-    from conftest import SHARED
     from dreamedit3d_pack.dreamedit3d_core.tiny import write_tiny_checkpoint
     from dreamedit3d_pack.dreamedit3d_core.types import TokenSet
     from dreamedit3d_pack.nodes import _compat
 
-    asset = SHARED / "assets" / "kenney_character.glb"
-    if not asset.is_file():
-        skip_or_fail(f"{asset} is missing")
     write_tiny_checkpoint(_compat.model_folder("mvdream") / "tiny-half-test.safetensors", seed=0)
-    dest = _compat.input_folder() / "robot"
-    (dest / "Textures").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(asset, dest / asset.name)
-    shutil.copy2(asset.parent / "Textures" / "colormap.png", dest / "Textures" / "colormap.png")
+    install_robot_asset(_compat.input_folder())
     get = pack.NODE_CLASS_MAPPINGS.get
     common = dict(steps=1, attention_loss_weight=0.01, seed=0, resume=False, checkpoint_every=1000, preview_every=0)
     with torch.inference_mode():

@@ -13,8 +13,8 @@ import shutil
 import pytest
 import torch
 
-from _comfy_pack import comfy_root, import_comfy_tree, import_pack, point_folders_at
-from conftest import SHARED, skip_or_fail
+from _comfy_pack import comfy_root, import_comfy_tree, import_pack, install_robot_asset, point_folders_at
+from conftest import skip_or_fail
 
 pytestmark = pytest.mark.nodes
 
@@ -46,14 +46,8 @@ def graph(pack):
     from dreamedit3d_pack.dreamedit3d_core.tiny import write_tiny_checkpoint
     from dreamedit3d_pack.nodes import _compat
 
-    asset = SHARED / "assets" / "kenney_character.glb"
-    if not asset.is_file():
-        skip_or_fail(f"{asset} is missing")
     write_tiny_checkpoint(_compat.model_folder("mvdream") / "tiny-batch.safetensors", seed=0)
-    dest = _compat.input_folder() / "robot"
-    (dest / "Textures").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(asset, dest / asset.name)
-    shutil.copy2(asset.parent / "Textures" / "colormap.png", dest / "Textures" / "colormap.png")
+    install_robot_asset(_compat.input_folder())
     prompt_graph = {"4": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
                     "7": {"class_type": "DreamEdit3D_MVSample", "inputs": {"sampler": ["4", 0], "seed": 31}}}
     hidden = {io.Hidden.prompt: prompt_graph, io.Hidden.unique_id: "7"}
