@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .cameras import VIEW_NAMES
 from .errors import ShapeError
-from .provenance import VIEW_NAMES
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from .cameras import view_names
 from .errors import CheckpointError, ConfigError, ShapeError
 from .types import ComponentMasks
 
@@ -53,7 +54,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_RESIZE_RATIO = 256 / 224  # DreamBooth: Resize(256) -> CenterCrop(224)
-VIEW_NAMES = ("front", "right", "back", "left")  # our view order (azimuths 90, 180, 270, 0)
 CLIP_HEAD_DIM = 64  # every OpenAI/LAION CLIP except bigG uses 64-dim heads
 _HEADS_BY_WIDTH = {1664: 16}  # ViT-bigG/14: 104-dim heads
 _WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -576,11 +576,6 @@ METRIC_INFO = {  # key: (label, chart axis low, chart axis high (values beyond a
     "dino_identity_protected": ("DINO identity (protected parts)", 0.0, 1.0,
                                 "cos(DINO_CLS(edit*m+bg*(1-m)), DINO_CLS(src*m+bg*(1-m))), m = protected mask"),
 }
-
-
-def view_names(num_views: int) -> tuple:
-    """Our view names for 4 views (front, right, back, left), else view0, view1, ..."""
-    return VIEW_NAMES if num_views == len(VIEW_NAMES) else tuple(f"view{i}" for i in range(num_views))
 
 
 def evaluate_edit(source_images: torch.Tensor, edited_images: torch.Tensor, source_caption: str = "",

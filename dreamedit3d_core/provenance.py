@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from .cameras import VIEW_NAMES
 from .errors import AssetError, ConfigError
 
 #: PNG text chunk / GLB ``asset.extras`` key holding the record.
@@ -26,7 +27,6 @@ PNG_KEY = "dreamedit3d"
 GLB_KEY = "dreamedit3d"
 GENERATOR = "DreamEdit3D"
 #: Our view order (MVDream azimuths 90, 180, 270, 0).
-VIEW_NAMES = ("front", "right", "back", "left")
 
 
 def _plain(value: Any) -> Any:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from ..dreamedit3d_core.cameras import VIEW_NAMES
 from ..dreamedit3d_core.errors import ConfigError
 from ._compat import FOLDER_SAMS, compute_device, free_memory_for, io, model_files, model_path, ui
 from .sockets import MVViewsSocket, component_map_image, component_masks_to_comfy
 
 CATEGORY = "DreamEdit3D/render"
 SOURCES = ("parts", "sam")
-VIEW_NAMES = ("front", "right", "back", "left")
 
 
 def parse_points(text: str) -> list[tuple[float, float]]:
