@@ -31,6 +31,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .errors import ConfigError
+from .schedule import sd21_betas
 from .mvdream.layout import (
     HF_CLIP_PREFIX,
     OPEN_CLIP_PREFIX,
@@ -289,7 +290,7 @@ def released_layout(unet: UNetArch = SD21_UNET, vae: VAEArch = SD21_VAE,
 def schedule_buffers(timesteps: int = 1000, linear_start: float = 0.00085,
                      linear_end: float = 0.012) -> "OrderedDict[str, torch.Tensor]":
     """LDM ``register_schedule`` for the "linear" (= scaled linear) betas: float64 maths, stored as float32."""
-    betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2
+    betas = sd21_betas(timesteps, linear_start, linear_end)
     alphas = 1.0 - betas
     ac = torch.cumprod(alphas, dim=0)
     ac_prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])

@@ -19,11 +19,11 @@ from typing import Iterator, List, Optional, Sequence
 
 import torch
 
+from ..cameras import NUM_VIEWS
 from ..errors import ConfigError, ShapeError, TokenError
 from .tokenizer import MVTokenizer
 
 LATENT_SCALE = 0.18215
-NUM_VIEWS = 4
 
 
 class MVDreamModel:

@@ -29,7 +29,6 @@ import argparse
 import json
 import re
 import shutil
-import struct
 import sys
 from pathlib import Path
 
@@ -49,21 +48,15 @@ EXAMPLE_COMPONENTS = "antenna: antenna; robot: *"
 EXAMPLE_TOKENS = ("<antenna>", "<robot>")
 
 
-def _glb_json(path: Path) -> dict:
-    data = path.read_bytes()
-    if data[:4] != b"glTF" or len(data) < 20:
-        return {}
-    (chunk_len,) = struct.unpack_from("<I", data, 12)
-    return json.loads(data[20:20 + chunk_len])
-
-
 def asset_companions(path: Path) -> list[Path]:
     """Relative paths of the files an asset refers to (glTF buffers/images, OBJ mtllib and maps), that exist beside it."""
     path = Path(path)
+    from dreamedit3d_core.lifting.export import read_glb_json
+
     refs: list[str] = []
     suffix = path.suffix.lower()
     if suffix in (".glb", ".gltf"):
-        doc = _glb_json(path) if suffix == ".glb" else json.loads(path.read_text())
+        doc = read_glb_json(path) if suffix == ".glb" else json.loads(path.read_text())
         refs += [b.get("uri", "") for b in doc.get("buffers", [])] + [i.get("uri", "") for i in doc.get("images", [])]
     elif suffix == ".obj":
         text = path.read_text(errors="replace")
