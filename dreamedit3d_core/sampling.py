@@ -12,7 +12,7 @@
 Both run the UNet once per step on ``[uncond, cond]`` for all views of every object together (CFG inside the
 denoiser), report to a :class:`~dreamedit3d_core.progress.Progress` after each step and check for interruption
 before it. ``steps`` is always the number of steps run: a partial edit (``denoise < 1``) runs the last ``steps`` of a
-``round(steps / denoise)``-step schedule, as ComfyUI's KSampler does.
+``int(steps / denoise)``-step schedule (:func:`~dreamedit3d_core.schedule.full_schedule_steps`, ComfyUI's rule).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import torch
 
 from .errors import ConfigError, ShapeError
 from .progress import Progress, as_progress
-from .schedule import SIGMA_SCHEDULES, MVDenoiser, check_alphas_cumprod, make_sigmas, sigmas_from_alphas_cumprod
+from .schedule import (SIGMA_SCHEDULES, MVDenoiser, check_alphas_cumprod, full_schedule_steps, make_sigmas,
+                       sigmas_from_alphas_cumprod)
 from .types import MultiViewSamples, MVConditioning
 
 METHODS = ("ddim", "euler")
@@ -190,21 +191,19 @@ def sample_latents(
         raise ConfigError(f"unknown sigma schedule {sigma_schedule!r}; choose one of {list(SIGMA_SCHEDULES)}")
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps must be a positive integer, got {steps!r}")
-    if not (0.0 < denoise <= 1.0):
-        raise ConfigError(f"denoise must be in (0, 1], got {denoise}")
+    total_steps = full_schedule_steps(steps, denoise)
     if denoise < 1.0 and init_latents is None:
         raise ConfigError(f"denoise {denoise} < 1 edits existing latents: pass init_latents (or use denoise 1.0)")
     progress = as_progress(progress)
     device = torch.device(getattr(model, "device", conditioning.cond.device))
     conditioning = conditioning.to(device=device)
-    shape = _latent_shape(conditioning, init_latents, noise, resolution)
+    shape = latent_shape(conditioning, init_latents, noise, resolution)
     if noise is None:
         noise, seed = initial_noise(shape, seed, generator, device)
     else:
         noise = noise.to(device=device, dtype=torch.float32)
         seed = -1 if seed is None else int(seed)
     init = None if init_latents is None else init_latents.to(device=device, dtype=torch.float32)
-    total_steps = max(steps, int(round(steps / denoise)))
 
     def report(info: StepInfo) -> None:
         progress.update(info.step + 1, info.total, preview=info.denoised, sigma=info.sigma)
@@ -228,7 +227,13 @@ def decode_views(model: Any, latents: torch.Tensor, num_views: int) -> torch.Ten
     return torch.cat(chunks).clamp(0.0, 1.0)
 
 
-def _latent_shape(conditioning: MVConditioning, init, noise, resolution: int) -> tuple:
+def latent_shape(conditioning: MVConditioning, init: Optional[torch.Tensor] = None,
+                 noise: Optional[torch.Tensor] = None, resolution: int = 256) -> tuple:
+    """Shape ``(B·V, 4, h, w)`` of the latents to sample for ``conditioning``, checking ``init``/``noise`` against it.
+
+    ``init`` (latents to edit) or ``noise`` fix ``h, w`` when given (and must agree); otherwise ``resolution`` (pixels,
+    a positive multiple of 8) does. Raises ``ShapeError``/``ConfigError`` naming the bad input.
+    """
     n = conditioning.cond.shape[0]
     for name, t in (("init_latents", init), ("noise", noise)):
         if t is not None and (t.ndim != 4 or t.shape[0] != n or t.shape[1] != LATENT_CHANNELS):
@@ -243,6 +248,9 @@ def _latent_shape(conditioning: MVConditioning, init, noise, resolution: int) ->
     if resolution < VAE_SCALE or resolution % VAE_SCALE:
         raise ConfigError(f"resolution must be a positive multiple of {VAE_SCALE}, got {resolution}")
     return (n, LATENT_CHANNELS, resolution // VAE_SCALE, resolution // VAE_SCALE)
+
+
+_latent_shape = latent_shape  # old private name, kept until nodes/sampling.py switches
 
 
 def _run_ddim(denoiser: MVDenoiser, noise, init, steps: int, total_steps: int, progress: Progress, report):

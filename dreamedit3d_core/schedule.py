@@ -166,6 +166,26 @@ def make_sigmas(kind: str, num_steps: int, sigma_table: torch.Tensor) -> torch.T
     raise ConfigError(f"unknown sigma schedule {kind!r}; choose one of {list(SIGMA_SCHEDULES)}")
 
 
+def full_schedule_steps(steps: int, denoise: float = 1.0) -> int:
+    """Length of the schedule whose last ``steps`` steps a partial edit runs: ``int(steps / denoise)``.
+
+    ComfyUI's one rule (``comfy_extras/nodes_custom_sampler.BasicScheduler`` and ``comfy/samplers.KSampler.set_steps``):
+    ``denoise`` 1 gives ``steps``; below 1 the schedule is stretched to ``int(steps / denoise)`` steps (floor, not round)
+    and only its tail ``sigmas[-(steps + 1):]`` is run, so the edit starts below σ_max.
+
+    Args:
+        steps: steps actually run, ≥ 1.
+        denoise: fraction of the schedule to run, in (0, 1].
+
+    Returns:
+        int ≥ ``steps``.
+    """
+    _check_steps(steps)
+    if not (0.0 < denoise <= 1.0):  # also refuses NaN
+        raise ConfigError(f"denoise must be in (0, 1], got {denoise}; use 1.0 to sample from pure noise")
+    return steps if denoise >= 1.0 else int(steps / denoise)
+
+
 def _check_steps(num_steps: int) -> None:
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ConfigError(f"steps must be a positive integer, got {num_steps!r}")

@@ -15,6 +15,7 @@ from dreamedit3d_core.schedule import (
     MVDenoiser,
     betas_from_alphas_cumprod,
     check_alphas_cumprod,
+    full_schedule_steps,
     karras_sigmas,
     make_sigmas,
     normal_sigmas,
@@ -88,6 +89,25 @@ def test_normal_sigmas_at_integer_timesteps_are_the_table_values():
     four = normal_sigmas(4, table)  # timesteps 999, 666, 333, 0
     torch.testing.assert_close(four, torch.cat([table[[999, 666, 333, 0]], torch.zeros(1, dtype=torch.float64)]).float())
     torch.testing.assert_close(normal_sigmas(1000, table)[:-1], table.flip(0).float())
+
+
+def test_denoise_stretches_the_schedule_by_comfys_floor_rule():
+    # ComfyUI BasicScheduler / KSampler.set_steps: int(steps / denoise); 7 / 0.4 = 17.5 floors to 17 (round() gave 18)
+    assert full_schedule_steps(7, 0.4) == 17
+    assert full_schedule_steps(5, 0.5) == 10 and full_schedule_steps(30, 1.0) == 30 and full_schedule_steps(3, 0.3) == 10
+    for bad in (0.0, -1.0, 2.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="denoise must be in \\(0, 1\\]"):
+            full_schedule_steps(10, bad)
+    with pytest.raises(ConfigError, match="steps must be a positive integer"):
+        full_schedule_steps(0, 0.5)
+
+
+def test_partial_edit_runs_the_tail_of_the_floor_stretched_schedule(known):
+    model, cond, _, _ = known
+    out = sample_views(model, cond, method="euler", steps=7, cfg=2.0, init_latents=torch.ones(LATENT), denoise=0.4,
+                       noise=torch.randn(LATENT))
+    table = sigmas_from_alphas_cumprod(model.alphas_cumprod)
+    torch.testing.assert_close(out.sigmas, karras_sigmas(17, float(table[0]), float(table[-1]))[-8:])
 
 
 def test_bad_schedule_inputs_raise_clear_errors():
