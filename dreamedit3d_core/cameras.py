@@ -12,17 +12,22 @@ Conventions (bytedance/MVDream ``mvdream/camera_utils.py``; ``../shared/design/m
 
 Render cameras reuse exactly these orientations, placed at ``radius`` (not 1) and given a perspective
 field of view; pixel centres are at +0.5, row 0 is the top of the image.
+
+``MVCameras`` is the one home of the camera math every stage uses: ``world_to_camera`` (world -> each view's OpenGL
+camera space), ``project`` (world -> pixel x = column, y = row, and view-axis depth) and ``unproject`` (pixel + depth ->
+world), all computed in float64 with the pure formulas of ``geometry.py``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from .errors import ConfigError, ShapeError
+from .geometry import camera_to_pixels, pixels_to_camera, transform_points
 
 NUM_VIEWS = 4
 DEFAULT_ELEVATION_DEG = 15.0
@@ -168,30 +173,65 @@ class MVCameras:
         """Focal length in pixels for an image ``height`` pixels tall (square pixels)."""
         return 0.5 * height / math.tan(math.radians(self.fov_deg) / 2.0)
 
-    def intrinsics(self, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """OpenCV-style K [3, 3]: principal point at the image centre, pixel centres at +0.5."""
-        f = self.focal_px(height)
-        return torch.tensor([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]], dtype=dtype)
+    def positions(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Camera centres [V, 3] in world space."""
+        return self.c2w(dtype)[:, :3, 3]
+
+    def world_to_camera(self, points: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """World points into every view's OpenGL camera space (x right, y up, looking down -z; depth = -z).
+
+        Args:
+            points: float [N, 3] world positions.
+            dtype: dtype of the result (default: ``points``' dtype); the transform is always computed in float64.
+
+        Returns:
+            float [V, N, 3] on ``points``' device.
+        """
+        _check_points(points)
+        w2c = self.w2c(torch.float64).to(points.device)
+        return transform_points(w2c, points.to(torch.float64)).to(points.dtype if dtype is None else dtype)
 
     def project(self, points: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Project world points into every view.
+        """Project world points into every view (the pinhole of ``geometry.camera_to_pixels`` with ``focal_px(height)``).
 
         Args:
             points: float [N, 3] world positions.
 
         Returns:
-            (pixels float [V, N, 2] as (x = column, y = row) in pixel units, depth float [V, N], positive in front).
+            (pixels float [V, N, 2] as (x = column, y = row) in pixel units, depth float [V, N], positive in front), in
+            ``points``' dtype (computed in float64).
         """
-        if points.ndim != 2 or points.shape[-1] != 3:
-            raise ShapeError(f"points must be [N, 3], got {tuple(points.shape)}")
-        w2c = self.w2c(torch.float64).to(points.device)
-        p = points.to(torch.float64)
-        cam = torch.einsum("vij,nj->vni", w2c[:, :3, :3], p) + w2c[:, None, :3, 3]
-        depth = -cam[..., 2]
-        f = self.focal_px(height)
-        x = f * cam[..., 0] / depth + width / 2.0
-        y = -f * cam[..., 1] / depth + height / 2.0
-        return torch.stack([x, y], dim=-1).to(points.dtype), depth.to(points.dtype)
+        cam = self.world_to_camera(points, torch.float64)
+        xy, depth = camera_to_pixels(cam, self.focal_px(height), height, width)
+        return xy.to(points.dtype), depth.to(points.dtype)
+
+    def unproject(self, pixels: torch.Tensor, depth: torch.Tensor, height: int, width: int,
+                  view: Optional[int] = None) -> torch.Tensor:
+        """World points seen at ``pixels`` with view-axis ``depth``: the inverse of :meth:`project`.
+
+        Args:
+            pixels: float [V, P, 2] (x = column, y = row, pixel centres at +0.5) in every view, or [P, 2] in ``view``.
+            depth: float [V, P] (or [P]) view-axis distance, as :meth:`project` returns and ``MultiViewRender.depth``
+                holds.
+            view: the view index when ``pixels`` is [P, 2].
+
+        Returns:
+            float [V, P, 3] (or [P, 3]) world positions in ``pixels``' dtype (computed in float64).
+        """
+        one_view = view is not None
+        want = 2 if one_view else 3
+        if pixels.ndim != want or pixels.shape[-1] != 2 or tuple(depth.shape) != tuple(pixels.shape[:-1]):
+            v = self.num_views
+            layout = "[P, 2] with depth [P] (one view)" if one_view else f"[{v}, P, 2] with depth [{v}, P]"
+            raise ShapeError(f"unproject needs pixels {layout}, got pixels {list(pixels.shape)} and depth "
+                             f"{list(depth.shape)}")
+        if one_view and not (0 <= int(view) < self.num_views):
+            raise ShapeError(f"view {view} does not exist; these cameras have views 0..{self.num_views - 1}")
+        if not one_view and pixels.shape[0] != self.num_views:
+            raise ShapeError(f"pixels are given for {pixels.shape[0]} views, these cameras have {self.num_views}")
+        cam = pixels_to_camera(pixels.to(torch.float64), depth.to(torch.float64), self.focal_px(height), height, width)
+        c2w = self.c2w(torch.float64).to(pixels.device)
+        return transform_points(c2w[int(view)] if one_view else c2w, cam).to(pixels.dtype)
 
     def to_dict(self) -> dict:
         return {
@@ -219,6 +259,13 @@ def framing_distance(fov_deg: float, half_extent_at_origin: float = DEFAULT_HALF
     with a margin, at any elevation.
     """
     return half_extent_at_origin / math.tan(math.radians(fov_deg) / 2.0)
+
+
+def _check_points(points) -> None:
+    if not isinstance(points, torch.Tensor):
+        raise ShapeError(f"points must be a float tensor [N, 3] of world positions, got {type(points).__name__}")
+    if points.ndim != 2 or points.shape[-1] != 3:
+        raise ShapeError(f"points must be [N, 3], got {tuple(points.shape)}; flatten them to one row per point")
 
 
 def view_names(num_views: int) -> Sequence[str]:

@@ -6,7 +6,9 @@ package beyond torch, runs on whatever device the vertices are on, and matches E
 How it works, per view:
 
 1. Project camera-space vertices (OpenGL: x right, y up, looking down -z) to pixels: ``col = f·x/d + W/2``,
-   ``row = -f·y/d + H/2`` with ``d = -z``; pixel ``(r, c)`` has its centre at ``(c + 0.5, r + 0.5)`` (as ``MVCameras.project``).
+   ``row = -f·y/d + H/2`` with ``d = -z``; pixel ``(r, c)`` has its centre at ``(c + 0.5, r + 0.5)``
+   (``geometry.pinhole_pixels``, as ``MVCameras.project``). :func:`rasterize_views` starts from world positions and
+   ``MVCameras``; :func:`rasterize` from camera-space positions and a focal length.
 2. For every triangle, the screen-space edge functions divided by the vertex depths (``q_i = λ_i / d_i``) are affine in the
    pixel position; their per-triangle plane coefficients are computed once in float64.
 3. Triangles are processed in chunks whose bounding boxes hold at most ``max_pairs`` pixels (bounded memory for 10^6
@@ -24,11 +26,15 @@ object from outside it); degenerate (zero screen area) triangles cover nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import torch
 
 from .errors import ShapeError
+from .geometry import pinhole_pixels
+
+if TYPE_CHECKING:
+    from .cameras import MVCameras
 
 #: Vertices closer to the camera than this (in camera units) drop their triangle.
 NEAR_PLANE = 1e-4
@@ -202,10 +208,40 @@ def rasterize(
     p = verts_cam.to(torch.float64)
     d = -p[..., 2]
     ok = d > NEAR_PLANE
-    safe_d = torch.where(ok, d, torch.ones_like(d))
-    xy = torch.stack([focal_px * p[..., 0] / safe_d + width / 2.0, -focal_px * p[..., 1] / safe_d + height / 2.0], -1)
+    safe_d = torch.where(ok, d, torch.ones_like(d))  # dropped vertices get a finite placeholder position
+    xy = pinhole_pixels(p[..., :2], safe_d, focal_px, height, width)
     inv_d = torch.where(ok, 1.0 / safe_d, torch.zeros_like(d))
     return _rasterize_screen(xy, inv_d, faces, int(height), int(width), max_pairs)
+
+
+def rasterize_views(
+    vertices: torch.Tensor,
+    faces: torch.Tensor,
+    cameras: "MVCameras",
+    resolution: Union[int, Sequence[int]],
+    views: Optional[Sequence[int]] = None,
+    max_pairs: int = DEFAULT_MAX_PAIRS,
+) -> Fragments:
+    """Rasterize a world-space mesh in the views of ``cameras`` (the one path from world to fragments).
+
+    Args:
+        vertices: float [N, 3] world positions (taken to each view with ``MVCameras.world_to_camera``, in float64,
+            then back in ``vertices``' dtype).
+        faces: int [M, 3] vertex indices (two-sided).
+        cameras: the cameras; their ``focal_px(height)`` sets the lens.
+        resolution: image size, an int (square) or (height, width).
+        views: indices of the views to rasterize, in this order (default all); e.g. one at a time to bound memory.
+        max_pairs: see :func:`rasterize`.
+
+    Returns:
+        Fragments [len(views), H, W] on ``vertices``' device.
+    """
+    height, width = (int(resolution), int(resolution)) if isinstance(resolution, int) else \
+        (int(resolution[0]), int(resolution[1]))
+    verts_cam = cameras.world_to_camera(vertices)
+    if views is not None:
+        verts_cam = verts_cam[list(views)]
+    return rasterize(verts_cam, faces, height, width, cameras.focal_px(height), max_pairs)
 
 
 def rasterize_uv(

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from .cameras import MVCameras
 from .errors import ConfigError
-from .raster import Fragments, face_values, interpolate, rasterize
+from .geometry import pixels_to_camera
+from .raster import Fragments, face_values, interpolate, rasterize_views
 from .types import MeshAsset, MultiViewRender
 
 LIGHTING_MODES = ("ambient_diffuse", "unlit")
@@ -147,9 +148,8 @@ def _view_dirs(c2w: torch.Tensor, hit: torch.Tensor, focal: float) -> torch.Tens
     """World-space unit directions [P, 3] from the centres of the ``hit`` pixels ([H, W] bool) towards the camera."""
     height, width = hit.shape
     rows, cols = hit.nonzero(as_tuple=True)
-    x = (cols.to(torch.float32) + 0.5 - width / 2.0) / focal
-    y = -(rows.to(torch.float32) + 0.5 - height / 2.0) / focal
-    ray = torch.stack([x, y, -torch.ones_like(x)], -1) @ c2w[:3, :3].t()
+    centres = torch.stack([cols.to(torch.float32) + 0.5, rows.to(torch.float32) + 0.5], -1)
+    ray = pixels_to_camera(centres, torch.ones_like(centres[:, 0]), focal, height, width) @ c2w[:3, :3].t()
     return -F.normalize(ray, dim=-1)
 
 
@@ -188,9 +188,7 @@ def render_views(
     h = w = resolution
     verts = asset.vertices.to(torch.float32)
     faces = asset.faces
-    w2c = cameras.w2c(torch.float64).to(dev)
     c2w = cameras.c2w(torch.float32).to(dev)
-    verts_cam = (torch.einsum("vij,nj->vni", w2c[:, :3, :3], verts.double()) + w2c[:, None, :3, 3]).to(torch.float32)
     n_face = face_normals(verts, faces)
     bg = torch.tensor(bg_tuple, dtype=torch.float32, device=dev)
     focal = cameras.focal_px(h)
@@ -198,7 +196,7 @@ def render_views(
     rgbs, alphas, depths, normals, part_ids = [], [], [], [], []
     for v in range(cameras.num_views):  # one view at a time bounds memory at 1024 px with SSAA
         # exact channels at 1 sample per pixel
-        frags = rasterize(verts_cam[v], faces, h, w, focal)
+        frags = rasterize_views(verts, faces, cameras, (h, w), views=[v])
         hit = frags.face_id[0] >= 0
         nrm = torch.zeros(h, w, 3, dtype=torch.float32, device=dev)
         n_hit = n_face[frags.face_id[0][hit]]
@@ -210,7 +208,7 @@ def render_views(
         part_ids.append(face_values(asset.part_ids, frags, fill=-1)[0])
         # colour and alpha supersampled
         hs, ws = h * ssaa, w * ssaa
-        frags_s = rasterize(verts_cam[v], faces, hs, ws, cameras.focal_px(hs)) if ssaa > 1 else frags
+        frags_s = rasterize_views(verts, faces, cameras, (hs, ws), views=[v]) if ssaa > 1 else frags
         rgb, cov = _shade(asset, frags_s, n_face, c2w[v], cameras.focal_px(hs), lighting, bg, pyramids)
         if ssaa > 1:
             rgb = F.avg_pool2d(rgb[None], ssaa)[0]

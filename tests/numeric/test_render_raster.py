@@ -10,7 +10,7 @@ import trimesh
 from _render_helpers import embree_cast, lumpy_scene, to_camera
 from dreamedit3d_core.cameras import MVCameras
 from dreamedit3d_core.errors import ShapeError
-from dreamedit3d_core.raster import interpolate, rasterize, rasterize_uv
+from dreamedit3d_core.raster import interpolate, rasterize, rasterize_uv, rasterize_views
 
 pytestmark = pytest.mark.numeric
 
@@ -117,3 +117,23 @@ def test_cuda_matches_cpu():
     assert b.face_id.device.type == "cuda"
     assert (a.face_id == b.face_id.cpu()).float().mean() > 0.999
     torch.testing.assert_close(a.depth, b.depth.cpu(), atol=1e-5, rtol=0)
+
+
+def test_rasterize_views_is_rasterize_on_the_cameras_and_unproject_lands_on_the_embree_hit_points():
+    verts, faces, _ = lumpy_scene()
+    cams = MVCameras.mvdream_default()
+    h, w = 40, 48
+    vt = torch.tensor(verts, dtype=torch.float32)
+    frags = rasterize_views(vt, torch.tensor(faces), cams, (h, w))
+    direct = rasterize(to_camera(vt, cams), torch.tensor(faces), h, w, cams.focal_px(h))
+    assert torch.equal(frags.face_id, direct.face_id) and torch.equal(frags.depth, direct.depth)
+    # a subset of views, in the order asked for
+    some = rasterize_views(vt, torch.tensor(faces), cams, (h, w), views=[2, 0])
+    assert torch.equal(some.face_id, direct.face_id[[2, 0]]) and torch.equal(some.depth, direct.depth[[2, 0]])
+    # pixel centre + rendered depth -> world, against Embree's own ray hits
+    ref = embree_cast(verts, faces, cams, h, w)
+    cols, rows = torch.meshgrid(torch.arange(w) + 0.5, torch.arange(h) + 0.5, indexing="xy")
+    pix = torch.stack([cols, rows], -1).reshape(1, -1, 2).expand(4, -1, -1).to(torch.float64)
+    world = cams.unproject(pix, frags.depth.reshape(4, -1).to(torch.float64), h, w).reshape(4, h, w, 3).numpy()
+    hit = frags.mask.numpy()
+    np.testing.assert_allclose(world[hit], ref["location"][hit], atol=1e-5, rtol=0)
