@@ -12,9 +12,8 @@ from _render_helpers import lumpy_scene, tiny_sam
 from dreamedit3d_core.assets import asset_from_arrays
 from dreamedit3d_core.cameras import MVCameras
 from dreamedit3d_core.errors import CheckpointError, ConfigError
-from dreamedit3d_core.masks import (lift_pixels, mask_disagreement, masks_from_parts, masks_from_sam,
+from dreamedit3d_core.masks import (SamPrompt, lift_pixels, load_sam, mask_disagreement, masks_from_parts, masks_from_sam,
                                     parse_component_spec, project_visible)
-from dreamedit3d_core.masks_sam import SamPrompt, load_sam
 from dreamedit3d_core.render import render_views
 from dreamedit3d_core.types import MaskSource
 
@@ -221,3 +220,21 @@ def test_parts_of_a_real_asset_make_component_masks(shared_assets):
     assert m.masks.any(dim=(2, 3)).all(), "every component is seen in every view"
     assert not (m.masks.sum(0) > 1).any() and torch.equal(m.masks.any(0), r.part_id >= 0)
     assert float(mask_disagreement(r, m.masks).max()) < 0.1
+
+
+def test_masks_package_modules_import_alone_and_the_old_sam_path_is_the_same_objects():
+    """spec, parts, reproject and sam each import in a fresh interpreter (no cycle between them), and
+    ``dreamedit3d_core.masks_sam`` (the path before the package) names the very same functions."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import dreamedit3d_core.masks as pkg
+    import dreamedit3d_core.masks_sam as old
+
+    root = str(Path(pkg.__file__).resolve().parents[2])
+    for mod in ("spec", "parts", "reproject", "sam"):
+        code = f"import sys; sys.path.insert(0, {root!r}); import dreamedit3d_core.masks.{mod}"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, f"dreamedit3d_core.masks.{mod} does not import alone: {done.stderr[-400:]}"
+    assert old.masks_from_sam is pkg.masks_from_sam and old.SamPrompt is pkg.SamPrompt and old.load_sam is pkg.load_sam
