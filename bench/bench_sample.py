@@ -108,9 +108,14 @@ def conditioning(device, dtype, text_dim: int):
 
 def stock_loop(unet, cond, noise, steps: int, cfg: float, alphas_cumprod):
     """The floor: diffusers' DDIMScheduler + the bare UNet with its default attention, one CFG batch per step."""
-    from dreamedit3d_core.sampling import mvdream_ddim_scheduler
+    from diffusers import DDIMScheduler
 
-    sched = mvdream_ddim_scheduler(alphas_cumprod)
+    from dreamedit3d_core.schedule import betas_from_alphas_cumprod
+
+    # MVDream's DDIMSampler as diffusers config (mvdream.md §5), on the same ᾱ table
+    sched = DDIMScheduler(num_train_timesteps=alphas_cumprod.shape[0],
+                          trained_betas=betas_from_alphas_cumprod(alphas_cumprod.cpu()).numpy(), steps_offset=1,
+                          timestep_spacing="leading", set_alpha_to_one=False, clip_sample=False)
     sched.set_timesteps(steps)
     text = torch.cat([cond.uncond, cond.cond])
     cams = torch.cat([cond.cameras, cond.cameras])

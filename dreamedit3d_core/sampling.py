@@ -1,10 +1,11 @@
-"""Sampling four consistent views without ComfyUI: MVDream's DDIM and a k-diffusion Euler, same denoiser.
+"""Sampling four consistent views without ComfyUI: one Euler loop over a sigma schedule, one denoiser.
 
-* ``ddim``: MVDream's ``DDIMSampler`` (``../shared/design/mvdream.md`` §5) = diffusers ``DDIMScheduler`` with
-  ``steps_offset=1``, ``timestep_spacing="leading"``, ``set_alpha_to_one=False``, ``clip_sample=False``, eta 0; 50 steps
-  are timesteps 981, 961, …, 1. The scheduler's ᾱ table is the checkpoint's own ``alphas_cumprod`` buffer. For step
-  counts that do not divide 1000, MVDream's ``range(0, 1000, 1000 // S) + 1`` yields more than S timesteps; we run
-  exactly S (diffusers' "leading" spacing), which is the same for 50, 25, 20, 10 ... steps.
+* ``ddim``: MVDream's ``DDIMSampler`` (``../shared/design/mvdream.md`` §5, η = 0) is one Euler step in sigma space
+  per timestep (``schedule.py``), so it runs as :func:`sample_euler` over :func:`~dreamedit3d_core.schedule.ddim_sigmas`:
+  the σ of timesteps 981, 961, …, 1 for 50 steps (diffusers' "leading" spacing, ``steps_offset=1``), ending at σ(ᾱ_0)
+  (``set_alpha_to_one=False``); the result is the DDPM latent there. The table is the checkpoint's own
+  ``alphas_cumprod`` buffer, and the UNet sees the integer timesteps. For step counts that do not divide 1000,
+  MVDream's ``range(0, 1000, 1000 // S) + 1`` yields more than S timesteps; we run exactly S.
 * ``euler``: Karras et al. (2022) Algorithm 2 without churn, in k-diffusion's contract ``sample_euler(model, x,
   sigmas)`` with ``model(x, sigma) -> x0`` (:class:`~dreamedit3d_core.schedule.MVDenoiser`), on ``karras`` or
   ``normal`` sigmas from the same table.
@@ -24,14 +25,10 @@ import torch
 
 from .errors import ConfigError, ShapeError
 from .progress import Progress, as_progress
-from .schedule import (SIGMA_SCHEDULES, MVDenoiser, check_alphas_cumprod, full_schedule_steps, make_sigmas,
-                       sigmas_from_alphas_cumprod)
+from .schedule import SIGMA_SCHEDULES, MVDenoiser, ddpm_latent, full_schedule_steps, make_sigmas
 from .types import MultiViewSamples, MVConditioning
 
 METHODS = ("ddim", "euler")
-#: MVDream's DDIMSampler, as diffusers config (mvdream.md §5).
-MVDREAM_DDIM_CONFIG = dict(steps_offset=1, timestep_spacing="leading", set_alpha_to_one=False, clip_sample=False,
-                           prediction_type="epsilon")
 LATENT_CHANNELS = 4
 #: SD VAE downsampling factor.
 VAE_SCALE = 8
@@ -52,27 +49,6 @@ class StepInfo:
     sigma: float
     x: torch.Tensor
     denoised: torch.Tensor
-
-
-# ------------------------------------------------------------------------------------------------ schedulers
-
-
-def mvdream_ddim_scheduler(alphas_cumprod: torch.Tensor):
-    """diffusers ``DDIMScheduler`` configured as MVDream's DDIMSampler, on the checkpoint's own ᾱ table.
-
-    Built from the betas recovered from ``alphas_cumprod`` (float64), then its ᾱ table and final ᾱ are set to the
-    buffer itself so that no float32 cumprod drift (≤ 1e-6 relative) creeps in.
-    """
-    from diffusers import DDIMScheduler
-
-    from .schedule import betas_from_alphas_cumprod
-
-    ac = check_alphas_cumprod(torch.as_tensor(alphas_cumprod).detach().cpu())
-    scheduler = DDIMScheduler(num_train_timesteps=ac.shape[0], trained_betas=betas_from_alphas_cumprod(ac).numpy(),
-                              **MVDREAM_DDIM_CONFIG)
-    scheduler.alphas_cumprod = ac.to(torch.float32)
-    scheduler.final_alpha_cumprod = ac[0].to(torch.float32)  # set_alpha_to_one=False: the last step lands on ᾱ_0
-    return scheduler
 
 
 # ------------------------------------------------------------------------------------------- k-diffusion samplers
@@ -152,7 +128,7 @@ def sample_views(
         denoise: fraction of the noise schedule to run, in (0, 1]; 1 starts from pure noise.
         progress: receives ``update(step, total, preview=StepInfo.denoised, sigma=…)`` per step; its
             ``check_interrupt()`` runs before every step.
-        sigma_schedule: ``"karras"`` or ``"normal"`` (Euler only).
+        sigma_schedule: ``"karras"``, ``"normal"`` or ``"ddim"`` (Euler only; ``method="ddim"`` is Euler on ``"ddim"``).
         noise: float [B·V, 4, h, w] standard normal noise to use instead of drawing it (tests, ComfyUI NOISE).
         resolution: image side in pixels when neither ``init_latents`` nor ``noise`` fixes it (multiple of 8).
 
@@ -180,18 +156,15 @@ def sample_latents(
     noise: Optional[torch.Tensor] = None,
     resolution: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """:func:`sample_views` without the VAE: returns ``(latents [B·V, 4, h, w], schedule, seed)``.
+    """:func:`sample_views` without the VAE: returns ``(latents [B·V, 4, h, w], sigmas, seed)``.
 
-    ``schedule`` is the DDIM timesteps (float [S]) or the Euler sigmas (float [S + 1]); ``seed`` is -1 when
-    ``noise`` was given without a seed.
+    ``sigmas`` is the float32 [S + 1] schedule run (CPU); ``seed`` is -1 when ``noise`` was given without a seed.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown sampling method {method!r}; choose one of {list(METHODS)}")
     if sigma_schedule not in SIGMA_SCHEDULES:
         raise ConfigError(f"unknown sigma schedule {sigma_schedule!r}; choose one of {list(SIGMA_SCHEDULES)}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
-    total_steps = full_schedule_steps(steps, denoise)
+    total_steps = full_schedule_steps(steps, denoise)  # checks steps and denoise
     if denoise < 1.0 and init_latents is None:
         raise ConfigError(f"denoise {denoise} < 1 edits existing latents: pass init_latents (or use denoise 1.0)")
     progress = as_progress(progress)
@@ -208,15 +181,12 @@ def sample_latents(
     def report(info: StepInfo) -> None:
         progress.update(info.step + 1, info.total, preview=info.denoised, sigma=info.sigma)
 
-    if method == "ddim":
-        denoiser = MVDenoiser(model, conditioning, cfg, quantize_timesteps=True)
-        latents, schedule = _run_ddim(denoiser, noise, init, steps, total_steps, progress, report)
-    else:
-        denoiser = MVDenoiser(model, conditioning, cfg)
-        sigmas = make_sigmas(sigma_schedule, total_steps, denoiser.sigma_table)[-(steps + 1):].to(device)
-        latents = _run_euler(denoiser, noise, init, sigmas, progress, report)
-        schedule = sigmas.cpu()
-    return latents, schedule, int(seed)
+    kind = "ddim" if method == "ddim" else sigma_schedule
+    # DDIM feeds the UNet its integer timesteps, exactly as MVDream's sampler does
+    denoiser = MVDenoiser(model, conditioning, cfg, quantize_timesteps=kind == "ddim")
+    sigmas = make_sigmas(kind, total_steps, denoiser.sigma_table)[-(steps + 1):]
+    latents = _run_schedule(denoiser, noise, init, sigmas.to(device), progress, report)
+    return latents, sigmas, int(seed)
 
 
 def decode_views(model: Any, latents: torch.Tensor, num_views: int) -> torch.Tensor:
@@ -253,30 +223,7 @@ def latent_shape(conditioning: MVConditioning, init: Optional[torch.Tensor] = No
 _latent_shape = latent_shape  # old private name, kept until nodes/sampling.py switches
 
 
-def _run_ddim(denoiser: MVDenoiser, noise, init, steps: int, total_steps: int, progress: Progress, report):
-    scheduler = mvdream_ddim_scheduler(denoiser.model.alphas_cumprod)
-    scheduler.set_timesteps(total_steps)
-    timesteps = scheduler.timesteps[-steps:]
-    ac = scheduler.alphas_cumprod.to(noise.device)
-    if init is None:
-        z = noise
-    else:  # q(z_t | z_0) at the first timestep run
-        z = scheduler.add_noise(init, noise, timesteps[:1].to(noise.device))
-    sigma_table = denoiser.sigma_table.to(torch.float32)
-    for i, t in enumerate(timesteps):
-        progress.check_interrupt()
-        sigma_cpu = sigma_table[int(t)]
-        sigma = sigma_cpu.to(noise.device)
-        x = z * (1.0 / ac[int(t)]).sqrt()  # DDPM latent -> sigma space
-        with torch.no_grad():
-            denoised = denoiser(x, sigma)
-        eps = (x - denoised) / sigma  # the CFG'd eps, as MVDream's sampler uses it
-        z = scheduler.step(eps, int(t), z, eta=0.0).prev_sample
-        report(StepInfo(i, steps, float(sigma_cpu), x, denoised))
-    return z, timesteps.to(torch.float32)
-
-
-def _run_euler(denoiser: MVDenoiser, noise, init, sigmas: torch.Tensor, progress: Progress, report):
+def _run_schedule(denoiser: MVDenoiser, noise, init, sigmas: torch.Tensor, progress: Progress, report):
     sigma0 = sigmas[0]
     if init is None:  # pure noise: the DDPM prior N(0, 1) at t = T, i.e. sqrt(1 + σ²) in sigma space
         x = noise * (1.0 + sigma0**2).sqrt()
@@ -293,4 +240,5 @@ def _run_euler(denoiser: MVDenoiser, noise, init, sigmas: torch.Tensor, progress
     def on_step(d: dict) -> None:
         report(StepInfo(int(d["i"]), total, float(sigmas_cpu[d["i"]]), d["x"], d["denoised"]))
 
-    return sample_euler(model_with_interrupt, x, sigmas, callback=on_step)
+    x = sample_euler(model_with_interrupt, x, sigmas, callback=on_step)
+    return ddpm_latent(x, sigmas_cpu[-1])  # x itself when the schedule ends at 0; DDIM ends at σ(ᾱ_0)

@@ -11,13 +11,19 @@ Conventions (``../shared/design/mvdream.md`` §5, k-diffusion ``external.Discret
 * Timestep ↔ sigma: linear interpolation of ``log sigma`` over the 1000 training timesteps (k-diffusion
   ``sigma_to_t`` / ``t_to_sigma``; ComfyUI's ``ModelSamplingDiscrete.sigma``). ComfyUI's own ``timestep()`` rounds to
   the nearest training step instead: :class:`MVDenoiser` offers both (``quantize_timesteps``).
+* DDIM with η = 0 is one Euler step in sigma space: ``x_{σ'} = x0 + σ'·(x − x0)/σ`` is DDIM's update divided by
+  ``sqrt(ᾱ)``. MVDream's DDIMSampler is therefore :func:`ddim_sigmas` (its timesteps' σ, ending at σ(ᾱ_0)) run by
+  the same Euler loop as every other schedule.
 * Batches are view-contiguous (``index = b·V + v``): the V views of one object are always evaluated together in
   one UNet call, so the joint multi-view self-attention sees all of them.
+* Guidance is plain CFG on x0; a caller may replace the rule or add post-CFG steps with typed
+  :data:`GuidanceHook` functions. Translating ComfyUI's ``model_options`` dicts into them is ``nodes/sampler_bridge.py``'s job.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -32,8 +38,31 @@ NUM_TRAIN_TIMESTEPS = 1000
 #: Karras et al. (2022) default rho.
 KARRAS_RHO = 7.0
 
-#: A post-CFG hook gets ComfyUI's ``sampler_post_cfg_function`` argument dict and returns the new denoised x0.
-PostCFGHook = Callable[[dict], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GuidanceStep:
+    """What a guidance hook sees at one denoiser call (all float [N, 4, h, w] unless said).
+
+    Attributes:
+        x: the noisy latents in sigma space; sigma: float [N] their noise level per row.
+        cond_x0 / uncond_x0: the x0 estimates for the prompt and the negative prompt (``uncond_x0`` None when the
+            denoiser skipped the unconditional half: cfg 1 and no hook).
+        cfg: the guidance scale s.
+        denoised: the guided x0 so far (plain CFG, or the previous hook's result).
+    """
+
+    x: torch.Tensor
+    sigma: torch.Tensor
+    cond_x0: torch.Tensor
+    uncond_x0: Optional[torch.Tensor]
+    cfg: float
+    denoised: torch.Tensor
+
+
+#: A guidance hook returns the new guided x0 for a :class:`GuidanceStep`; used to replace plain CFG
+#: (``cfg_rule``) or after it (``post_cfg_hooks``, CFG++ samplers read ``uncond_x0`` there).
+GuidanceHook = Callable[[GuidanceStep], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------------- schedule math
@@ -87,12 +116,6 @@ def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """σ_t = sqrt((1 − ᾱ_t) / ᾱ_t), float64 [T], increasing with t."""
     ac = check_alphas_cumprod(alphas_cumprod)
     return ((1.0 - ac) / ac).sqrt()
-
-
-def alphas_cumprod_from_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
-    """ᾱ = 1 / (σ² + 1) (inverse of :func:`sigmas_from_alphas_cumprod`)."""
-    sigmas = torch.as_tensor(sigmas)
-    return 1.0 / (sigmas.to(torch.float64) ** 2 + 1.0)
 
 
 def sigma_to_t(sigma: torch.Tensor, sigma_table: torch.Tensor, quantize: bool = False) -> torch.Tensor:
@@ -154,7 +177,37 @@ def normal_sigmas(num_steps: int, sigma_table: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros(1)]).to(torch.float32)
 
 
-SIGMA_SCHEDULES = ("karras", "normal")
+def ddim_timesteps(num_steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
+    """MVDream's ``DDIMSampler`` timesteps, int64 [num_steps], decreasing: 50 steps are 981, 961, …, 1.
+
+    diffusers ``DDIMScheduler`` "leading" spacing with ``steps_offset=1``: ``arange(S)·(T // S) + 1``, reversed.
+    MVDream's own ``range(0, T, T // S) + 1`` yields more than S timesteps when S does not divide T; this runs exactly S.
+    """
+    _check_steps(num_steps)
+    if num_steps > num_train_timesteps:
+        raise ConfigError(f"DDIM runs at most {num_train_timesteps} steps (one per training timestep), got {num_steps}; "
+                          "use fewer steps or a larger denoise")
+    return (torch.arange(num_steps, dtype=torch.int64) * (num_train_timesteps // num_steps) + 1).flip(0)
+
+
+def ddim_sigmas(num_steps: int, sigma_table: torch.Tensor) -> torch.Tensor:
+    """DDIM (η = 0) as a sigma schedule: σ at :func:`ddim_timesteps`, then σ(ᾱ_0), float32 [num_steps + 1].
+
+    The last value is not 0: MVDream's sampler (``set_alpha_to_one=False``) ends on ᾱ_0, the least noisy training
+    step; the sampler returns the DDPM latent there (:func:`ddpm_latent`).
+    """
+    timesteps = ddim_timesteps(num_steps, sigma_table.shape[0])
+    table = sigma_table.detach().cpu()
+    return torch.cat([table[timesteps], table[:1]]).to(torch.float32)
+
+
+def ddpm_latent(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """The DDPM latent ``sqrt(ᾱ)·x0 + sqrt(1 − ᾱ)·eps`` of a sigma-space latent ``x`` at ``sigma`` (= x at σ = 0)."""
+    sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
+    return x / (sigma**2 + 1.0).sqrt()
+
+
+SIGMA_SCHEDULES = ("karras", "normal", "ddim")
 
 
 def make_sigmas(kind: str, num_steps: int, sigma_table: torch.Tensor) -> torch.Tensor:
@@ -163,6 +216,8 @@ def make_sigmas(kind: str, num_steps: int, sigma_table: torch.Tensor) -> torch.T
         return karras_sigmas(num_steps, float(sigma_table.min()), float(sigma_table.max()))
     if kind == "normal":
         return normal_sigmas(num_steps, sigma_table)
+    if kind == "ddim":
+        return ddim_sigmas(num_steps, sigma_table)
     raise ConfigError(f"unknown sigma schedule {kind!r}; choose one of {list(SIGMA_SCHEDULES)}")
 
 
@@ -197,16 +252,16 @@ def _check_steps(num_steps: int) -> None:
 class MVDenoiser:
     """MVDream's eps UNet as a sigma-space multi-view denoiser with classifier-free guidance.
 
-    ``denoiser(x, sigma)`` returns the CFG'd x0 estimate, the k-diffusion model contract (``sample_*(model, x, sigmas)``)
-    and ComfyUI's (``KSAMPLER.sample``). One call evaluates uncond and cond in ONE UNet batch, ``[uncond (B·V), cond
-    (B·V)]``: every block of V consecutive rows is one object's views, so the joint attention always sees all of them.
+    ``denoiser(x, sigma)`` returns the CFG'd x0 estimate, the k-diffusion model contract (``sample_*(model, x, sigmas)``).
+    One call evaluates uncond and cond in ONE UNet batch, ``[uncond (B·V), cond (B·V)]``: every block of V consecutive
+    rows is one object's views, so the joint attention always sees all of them.
 
     Args:
         model: an object with ``predict_noise(latents, timesteps, text_embeddings, cameras)``, ``alphas_cumprod``
             (float [T]) and ``num_views`` (``MVDreamModel``).
         conditioning: text + cameras for B objects (:func:`~dreamedit3d_core.prompts.compose_prompt`).
         cfg: guidance scale s in ``uncond + s·(cond − uncond)`` (on x0, which equals CFG on eps at fixed x, σ).
-        post_cfg_hooks: functions applied after CFG, in order, with ComfyUI's ``sampler_post_cfg_function`` dict.
+        post_cfg_hooks: :data:`GuidanceHook` functions applied after CFG at every call, in order.
         quantize_timesteps: feed the UNet the nearest integer training timestep (ComfyUI's behaviour) instead of
             the log-σ interpolated one (k-diffusion's default).
     """
@@ -216,7 +271,7 @@ class MVDenoiser:
         model: Any,
         conditioning: MVConditioning,
         cfg: float = 7.5,
-        post_cfg_hooks: Sequence[PostCFGHook] = (),
+        post_cfg_hooks: Sequence[GuidanceHook] = (),
         quantize_timesteps: bool = False,
     ):
         if not math.isfinite(cfg):
@@ -262,14 +317,17 @@ class MVDenoiser:
                                        cameras.to(device=x_in.device, dtype=dtype))
         return eps.to(x_in.dtype)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: Optional[dict] = None, **_: Any):
-        """CFG'd x0 for noisy latents.
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cfg_rule: Optional[GuidanceHook] = None,
+                 post_cfg_hooks: Sequence[GuidanceHook] = (), needs_uncond: bool = False, **_: Any) -> torch.Tensor:
+        """Guided x0 for noisy latents.
 
         Args:
             x: float [B·V, 4, h, w] noisy latents in sigma space (x0 + σ·noise), view-contiguous.
             sigma: float scalar or [B·V] noise level per row (the V rows of one object share it).
-            model_options: ComfyUI's dict; its ``sampler_cfg_function`` replaces plain CFG and its
-                ``sampler_post_cfg_function`` hooks run after those given at construction.
+            cfg_rule: replaces plain CFG for this call (its ``GuidanceStep.denoised`` is the plain CFG result).
+            post_cfg_hooks: run after those given at construction, in order.
+            needs_uncond: evaluate the unconditional half even at cfg 1 without hooks (ComfyUI's
+                ``disable_cfg1_optimization``). Other keyword arguments (k-diffusion ``extra_args``) are ignored.
 
         Returns:
             float [B·V, 4, h, w] denoised x0, dtype of ``x``.
@@ -281,37 +339,20 @@ class MVDenoiser:
                 f"latents must be [{n}, C, h, w] ({cond.batch_size} object(s) × {cond.num_views} views), "
                 f"got {list(x.shape)}"
             )
-        model_options = {} if model_options is None else model_options
         sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32)
         sigma = sigma.reshape(-1).expand(n) if sigma.numel() == 1 else sigma.reshape(n)
         sig4 = sigma.to(x.dtype)[:, None, None, None]
         x_in = x / (sig4**2 + 1.0).sqrt()  # c_in: the DDPM latent sqrt(ᾱ)x0 + sqrt(1−ᾱ)eps
-        hooks = self.post_cfg_hooks + tuple(model_options.get("sampler_post_cfg_function", ()))
-        need_uncond = (not math.isclose(self.cfg, 1.0) or hooks or "sampler_cfg_function" in model_options
-                       or model_options.get("disable_cfg1_optimization", False))
-        if need_uncond:
+        hooks = self.post_cfg_hooks + tuple(post_cfg_hooks)
+        if not math.isclose(self.cfg, 1.0) or hooks or cfg_rule is not None or needs_uncond:
             eps = self.predict_eps(torch.cat([x_in, x_in]), torch.cat([sigma, sigma]),
                                    torch.cat([cond.uncond, cond.cond]), torch.cat([cond.cameras, cond.cameras]))
             uncond_x0, cond_x0 = x - sig4 * eps[:n], x - sig4 * eps[n:]
+            denoised = uncond_x0 + (cond_x0 - uncond_x0) * self.cfg
         else:
             cond_x0 = x - sig4 * self.predict_eps(x_in, sigma, cond.cond, cond.cameras)
-            uncond_x0 = None
-        return self.combine(x, sigma, cond_x0, uncond_x0, model_options, hooks)
-
-    def combine(self, x, sigma, cond_x0, uncond_x0, model_options: dict, hooks: Sequence[PostCFGHook]):
-        """CFG on x0 then the post-CFG hooks, with ComfyUI's ``cfg_function`` argument names (``samplers.py``)."""
-        if uncond_x0 is None:
-            denoised = cond_x0
-        elif "sampler_cfg_function" in model_options:
-            args = {"cond": x - cond_x0, "uncond": x - uncond_x0, "cond_scale": self.cfg, "timestep": sigma,
-                    "input": x, "sigma": sigma, "cond_denoised": cond_x0, "uncond_denoised": uncond_x0,
-                    "model": self, "model_options": model_options, "input_cond": None, "input_uncond": None}
-            denoised = x - model_options["sampler_cfg_function"](args)
-        else:
-            denoised = uncond_x0 + (cond_x0 - uncond_x0) * self.cfg
-        for hook in hooks:
-            args = {"denoised": denoised, "cond": None, "uncond": None, "cond_scale": self.cfg, "model": self,
-                    "uncond_denoised": uncond_x0, "cond_denoised": cond_x0, "sigma": sigma,
-                    "model_options": model_options, "input": x}
-            denoised = hook(args)
-        return denoised
+            uncond_x0, denoised = None, cond_x0
+        step = GuidanceStep(x=x, sigma=sigma, cond_x0=cond_x0, uncond_x0=uncond_x0, cfg=self.cfg, denoised=denoised)
+        for hook in ((cfg_rule,) if cfg_rule is not None else ()) + hooks:
+            step = replace(step, denoised=hook(step))
+        return step.denoised

@@ -6,6 +6,9 @@ samplers expect as ``model_wrap`` (``../shared/design/comfyui.md`` §4, ``comfy/
 
 * ``model_wrap(x, sigma, model_options={}, seed=None) -> x0`` (CFG inside, post-CFG hooks honoured: the CFG++
   samplers install one through ``model_options["sampler_post_cfg_function"]`` and crash without it);
+  :func:`guidance_from_model_options` is the one place where ComfyUI's ``sampler_cfg_function`` /
+  ``sampler_post_cfg_function`` argument dicts (``comfy/samplers.py`` ``cfg_function``) are built: the core
+  denoiser only knows its typed ``GuidanceHook``/``GuidanceStep``;
 * ``model_wrap.inner_model.model_sampling`` (noise scaling, sigma_min/max; an EPS ``ModelSamplingDiscrete`` built by
   ``nodes/_compat.make_model_sampling`` from the checkpoint's ``alphas_cumprod``);
 * ``model_wrap.inner_model.scale_latent_inpaint`` (used with a denoise mask);
@@ -20,9 +23,43 @@ from typing import Any, Callable, Optional
 import torch
 
 try:  # inside ComfyUI the pack is a package imported by path: relative import; tests load this file on its own
-    from ..dreamedit3d_core.schedule import MVDenoiser
+    from ..dreamedit3d_core.schedule import GuidanceHook, GuidanceStep, MVDenoiser
 except ImportError:
-    from dreamedit3d_core.schedule import MVDenoiser
+    from dreamedit3d_core.schedule import GuidanceHook, GuidanceStep, MVDenoiser
+
+
+def guidance_from_model_options(model_options: dict, model: Any) -> dict:
+    """ComfyUI's guidance entries of ``model_options`` as the core denoiser's typed keyword arguments.
+
+    Args:
+        model_options: ComfyUI's dict; ``sampler_cfg_function`` replaces plain CFG, ``sampler_post_cfg_function``
+            (a list) runs after it in order, ``disable_cfg1_optimization`` keeps the uncond half at cfg 1.
+        model: what the hooks see as ``args["model"]`` (the stand-in ``BaseModel``).
+
+    Returns:
+        ``{"cfg_rule", "post_cfg_hooks", "needs_uncond"}`` for :meth:`MVDenoiser.__call__`.
+    """
+    cfg_function = model_options.get("sampler_cfg_function")
+    cfg_rule: Optional[GuidanceHook] = None
+    if cfg_function is not None:
+        def cfg_rule(step: GuidanceStep) -> torch.Tensor:
+            # ComfyUI's contract: "cond"/"uncond" are x − x0 and the function returns the guided x − x0
+            args = {"cond": step.x - step.cond_x0, "uncond": step.x - step.uncond_x0, "cond_scale": step.cfg,
+                    "timestep": step.sigma, "input": step.x, "sigma": step.sigma, "cond_denoised": step.cond_x0,
+                    "uncond_denoised": step.uncond_x0, "model": model, "model_options": model_options,
+                    "input_cond": None, "input_uncond": None}
+            return step.x - cfg_function(args)
+
+    def post_cfg(function: Callable[[dict], torch.Tensor]) -> GuidanceHook:
+        def hook(step: GuidanceStep) -> torch.Tensor:
+            return function({"denoised": step.denoised, "cond": None, "uncond": None, "cond_scale": step.cfg,
+                             "model": model, "uncond_denoised": step.uncond_x0, "cond_denoised": step.cond_x0,
+                             "sigma": step.sigma, "model_options": model_options, "input": step.x})
+        return hook
+
+    return {"cfg_rule": cfg_rule,
+            "post_cfg_hooks": tuple(post_cfg(f) for f in model_options.get("sampler_post_cfg_function", ())),
+            "needs_uncond": bool(model_options.get("disable_cfg1_optimization", False))}
 
 
 class _ModelPatcherView:
@@ -60,17 +97,24 @@ class MVSamplerModel:
         denoiser: the :class:`~dreamedit3d_core.schedule.MVDenoiser` (model, conditioning, cfg).
         model_sampling: ComfyUI's EPS ``ModelSamplingDiscrete`` on the same ᾱ table (``nodes/_compat.make_model_sampling``).
         model_patcher: optional real ModelPatcher (for any other object a sampler may ask for).
+        model_options: the model's own ComfyUI options (as a ModelPatcher carries them): their guidance hooks run
+            at every call, before those a sampler passes in its call's ``model_options``.
     """
 
-    def __init__(self, denoiser: MVDenoiser, model_sampling: Any, model_patcher: Any = None):
+    def __init__(self, denoiser: MVDenoiser, model_sampling: Any, model_patcher: Any = None,
+                 model_options: Optional[dict] = None):
         self.denoiser = denoiser
         self.model_patcher = _ModelPatcherView(model_sampling, model_patcher)
         self.inner_model = _InnerModel(model_sampling, self.model_patcher)
-        self.model_options: dict = {"transformer_options": {}}
+        self.model_options: dict = {"transformer_options": {}, **(model_options or {})}
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: Optional[dict] = None,
                  seed: Optional[int] = None, **_: Any) -> torch.Tensor:
-        return self.denoiser(x, sigma, model_options=model_options or {})
+        own = guidance_from_model_options(self.model_options, self.inner_model)
+        call = guidance_from_model_options(model_options or {}, self.inner_model)
+        return self.denoiser(x, sigma, cfg_rule=call["cfg_rule"] or own["cfg_rule"],
+                             post_cfg_hooks=own["post_cfg_hooks"] + call["post_cfg_hooks"],
+                             needs_uncond=own["needs_uncond"] or call["needs_uncond"])
 
 
 def run_comfy_sampler(

@@ -127,6 +127,52 @@ def test_bridge_exposes_what_comfy_samplers_read(comfy):
     torch.testing.assert_close(kept, torch.full(LATENT, 2.0))
 
 
+def _known_denoiser(cfg):
+    target = torch.randn(LATENT, generator=torch.Generator().manual_seed(1))
+    model, cond = KnownX0Model(target), toy_conditioning()
+    return MVDenoiser(model, cond, cfg=cfg), model.x0_for(cond.uncond), model.x0_for(cond.cond)
+
+
+def test_bridge_passes_post_cfg_functions_comfys_argument_dicts():
+    """(Moved from the core's tests: the ComfyUI dicts are built only in nodes/sampler_bridge.py now.)"""
+    bridge = load_sampler_bridge()
+    den, x0_u, x0_c = _known_denoiser(cfg=3.0)
+    seen = {}
+
+    def hook(args):
+        seen.update(args)
+        return args["denoised"] * 0.0 + args["uncond_denoised"]
+
+    wrap = bridge.MVSamplerModel(den, model_sampling=None, model_options={"sampler_post_cfg_function": [hook]})
+    x = torch.randn(LATENT)
+    out = wrap(x, torch.tensor(1.5), model_options={"sampler_post_cfg_function": [lambda a: a["denoised"] + 1.0]})
+    assert {"denoised", "cond_denoised", "uncond_denoised", "sigma", "input", "model_options", "model",
+            "cond_scale"} <= set(seen)
+    torch.testing.assert_close(seen["denoised"], x0_u + 3.0 * (x0_c - x0_u), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out, x0_u + 1.0, rtol=1e-5, atol=1e-4)  # the model's own hooks first, then the call's
+    assert seen["input"] is x and seen["cond_scale"] == 3.0 and seen["model"] is wrap.inner_model
+
+
+def test_bridge_sampler_cfg_function_replaces_plain_cfg():
+    bridge = load_sampler_bridge()
+    den, x0_u, x0_c = _known_denoiser(cfg=9.0)
+    x = torch.randn(LATENT)
+    # ComfyUI's contract: args["cond"] / ["uncond"] are x - x0; the function returns the guided "x - x0"
+    opts = {"sampler_cfg_function": lambda a: a["uncond"] + 2.0 * (a["cond"] - a["uncond"])}
+    out = bridge.MVSamplerModel(den, model_sampling=None)(x, torch.tensor(1.0), model_options=opts)
+    torch.testing.assert_close(out, x0_u + 2.0 * (x0_c - x0_u), rtol=1e-5, atol=1e-4)
+
+
+def test_bridge_disable_cfg1_optimization_keeps_the_uncond_half():
+    bridge = load_sampler_bridge()
+    den, _, x0_c = _known_denoiser(cfg=1.0)
+    wrap = bridge.MVSamplerModel(den, model_sampling=None)
+    out = wrap(torch.zeros(LATENT), torch.tensor(0.7), model_options={"disable_cfg1_optimization": True})
+    torch.testing.assert_close(out, x0_c, rtol=1e-5, atol=1e-5)
+    wrap(torch.zeros(LATENT), torch.tensor(0.7), model_options={})
+    assert den.model.calls == [8, 4]  # uncond + cond when asked, cond only otherwise
+
+
 # ------------------------------------------------------------------------------------- tiny MVDream model
 
 

@@ -10,11 +10,14 @@ from _sampling_helpers import KnownX0Model, diffusers_ddim_loop, toy_conditionin
 
 from dreamedit3d_core.errors import ConfigError, Interrupted, ShapeError
 from dreamedit3d_core.progress import CallbackProgress
-from dreamedit3d_core.sampling import mvdream_ddim_scheduler, sample_euler, sample_views
+from dreamedit3d_core.sampling import sample_euler, sample_views
 from dreamedit3d_core.schedule import (
+    GuidanceStep,
     MVDenoiser,
     betas_from_alphas_cumprod,
     check_alphas_cumprod,
+    ddim_sigmas,
+    ddim_timesteps,
     full_schedule_steps,
     karras_sigmas,
     make_sigmas,
@@ -140,31 +143,37 @@ def test_denoiser_with_cfg_one_skips_the_uncond_half(known):
     assert model.calls == [4]
 
 
-def test_post_cfg_hooks_receive_comfy_arguments_and_replace_denoised(known):
+def test_post_cfg_hooks_see_the_guidance_step_and_replace_denoised(known):
     model, cond, x0_u, x0_c = known
-    seen = {}
+    seen = []
 
-    def hook(args):
-        seen.update(args)
-        return args["denoised"] * 0.0 + args["uncond_denoised"]
+    def hook(step: GuidanceStep):
+        seen.append(step)
+        return step.denoised * 0.0 + step.uncond_x0
 
     den = MVDenoiser(model, cond, cfg=3.0, post_cfg_hooks=[hook])
     x = torch.randn(LATENT)
-    out = den(x, torch.tensor(1.5), model_options={"sampler_post_cfg_function": [lambda a: a["denoised"] + 1.0]})
-    assert {"denoised", "cond_denoised", "uncond_denoised", "sigma", "input", "model_options", "model",
-            "cond_scale"} <= set(seen)
-    torch.testing.assert_close(seen["denoised"], cfg_x0(x0_u, x0_c, 3.0), rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(out, x0_u + 1.0, rtol=1e-5, atol=1e-4)  # construction hooks first, then model_options'
-    assert seen["input"] is x and seen["cond_scale"] == 3.0
+    out = den(x, torch.tensor(1.5), post_cfg_hooks=[lambda s: s.denoised + 1.0])
+    step = seen[0]
+    torch.testing.assert_close(step.denoised, cfg_x0(x0_u, x0_c, 3.0), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(step.cond_x0, x0_c, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out, x0_u + 1.0, rtol=1e-5, atol=1e-4)  # construction hooks first, then the call's
+    assert step.x is x and step.cfg == 3.0 and step.sigma.tolist() == [1.5] * 4
 
 
-def test_sampler_cfg_function_replaces_plain_cfg(known):
+def test_cfg_rule_replaces_plain_cfg(known):
     model, cond, x0_u, x0_c = known
     x = torch.randn(LATENT)
-    # ComfyUI's contract: args["cond"] / ["uncond"] are x - x0; the function returns the guided "x - x0"
-    opts = {"sampler_cfg_function": lambda a: a["uncond"] + 2.0 * (a["cond"] - a["uncond"])}
-    out = MVDenoiser(model, cond, cfg=9.0)(x, torch.tensor(1.0), model_options=opts)
+    out = MVDenoiser(model, cond, cfg=9.0)(x, torch.tensor(1.0),
+                                           cfg_rule=lambda s: s.uncond_x0 + 2.0 * (s.cond_x0 - s.uncond_x0))
     torch.testing.assert_close(out, cfg_x0(x0_u, x0_c, 2.0), rtol=1e-5, atol=1e-4)
+
+
+def test_needs_uncond_evaluates_both_halves_at_cfg_one(known):
+    model, cond, _, x0_c = known
+    out = MVDenoiser(model, cond, cfg=1.0)(torch.zeros(LATENT), torch.tensor(0.7), needs_uncond=True)
+    torch.testing.assert_close(out, x0_c, rtol=1e-5, atol=1e-5)
+    assert model.calls == [8]
 
 
 def test_denoiser_refuses_latents_of_the_wrong_batch(known):
@@ -204,11 +213,24 @@ def test_partial_euler_edit_starts_below_sigma_max_and_still_lands_on_x0(known):
     torch.testing.assert_close(out.latents, cfg_x0(x0_u, x0_c, 2.0), rtol=1e-5, atol=1e-4)
 
 
-def test_mvdream_ddim_scheduler_has_mvdreams_timesteps():
-    sched = mvdream_ddim_scheduler(sd21_alphas_cumprod())
-    sched.set_timesteps(50)
-    assert sched.timesteps[0].item() == 981 and sched.timesteps[-1].item() == 1 and len(sched.timesteps) == 50
-    assert sched.final_alpha_cumprod.item() == pytest.approx(0.99915)
+def test_ddim_schedule_has_mvdreams_timesteps():
+    table = sigmas_from_alphas_cumprod(sd21_alphas_cumprod())
+    timesteps = ddim_timesteps(50)
+    assert timesteps[0].item() == 981 and timesteps[-1].item() == 1 and len(timesteps) == 50
+    sigmas = ddim_sigmas(50, table)
+    # set_alpha_to_one=False: the last step lands on ᾱ_0 (σ = sqrt((1 − ᾱ_0) / ᾱ_0)), not on a clean latent
+    assert sigmas.shape == (51,) and sigmas[-1].item() == pytest.approx(math.sqrt((1 - 0.99915) / 0.99915), rel=1e-6)
+    torch.testing.assert_close(sigmas[:-1], table[timesteps].float())
+
+
+@pytest.mark.parametrize("steps", [1, 7, 10, 30, 50, 333])
+def test_ddim_timesteps_equal_diffusers_mvdream_config(steps):
+    from diffusers import DDIMScheduler
+
+    ref = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                        timestep_spacing="leading", set_alpha_to_one=False, clip_sample=False)
+    ref.set_timesteps(steps)
+    assert ddim_timesteps(steps).tolist() == ref.timesteps.tolist()
 
 
 def test_core_ddim_equals_a_diffusers_ddim_loop_on_the_known_model(known):
@@ -217,7 +239,10 @@ def test_core_ddim_equals_a_diffusers_ddim_loop_on_the_known_model(known):
     ref = diffusers_ddim_loop(model, cond, noise, steps=10, cfg=7.5)
     out = sample_views(model, cond, method="ddim", steps=10, cfg=7.5, noise=noise)
     torch.testing.assert_close(out.latents, ref, rtol=1e-4, atol=1e-4)
-    assert out.sigmas.tolist() == list(range(901, 0, -100))
+    # the schedule run is sigmas now (was its timesteps): the σ of timesteps 901, 801, ..., 1, then σ(ᾱ_0)
+    table = sigmas_from_alphas_cumprod(sd21_alphas_cumprod())
+    assert sigma_to_t(out.sigmas[:-1], table, quantize=True).tolist() == list(range(901, 0, -100))
+    assert out.sigmas.shape == (11,) and out.sigmas[-1].item() == pytest.approx(table[0].item(), rel=1e-6)
 
 
 def test_progress_reports_every_step_and_interrupt_stops_sampling():

@@ -10,6 +10,7 @@ from _sampling_helpers import diffusers_ddim_loop
 
 from dreamedit3d_core.prompts import compose_prompt
 from dreamedit3d_core.sampling import sample_views
+from dreamedit3d_core.schedule import sigma_to_t, sigmas_from_alphas_cumprod
 from dreamedit3d_core.tiny import load_tiny_mvdream
 
 pytestmark = pytest.mark.numeric
@@ -36,7 +37,10 @@ def test_core_ddim_equals_an_independent_diffusers_ddim_loop(model, cond):
     ref = diffusers_ddim_loop(model, cond, noise, steps=6, cfg=7.5)
     out = sample_views(model, cond, method="ddim", steps=6, cfg=7.5, noise=noise)
     torch.testing.assert_close(out.latents, ref, rtol=1e-4, atol=1e-4)
-    assert out.sigmas.tolist() == [831.0, 665.0, 499.0, 333.0, 167.0, 1.0]  # leading spacing, offset 1
+    # the schedule run is sigmas now (was its timesteps): those of 831, ..., 1 (leading spacing, offset 1), then σ(ᾱ_0)
+    table = sigmas_from_alphas_cumprod(model.alphas_cumprod)
+    assert sigma_to_t(out.sigmas[:-1], table, quantize=True).tolist() == [831.0, 665.0, 499.0, 333.0, 167.0, 1.0]
+    assert out.sigmas[-1].item() == pytest.approx(table[0].item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("method", ["ddim", "euler"])
@@ -76,7 +80,8 @@ def test_partial_edit_starts_from_the_encoded_views(model, cond):
     out = sample_views(model, cond, method="ddim", steps=2, seed=0, init_latents=init, denoise=0.2,
                        progress=CallbackProgress(on_update=lambda s, t, p, i: steps.append(s)))
     # the last 2 of a 10-step MVDream schedule: timesteps 101 and 1
-    assert out.sigmas.tolist() == [101.0, 1.0] and steps == [1, 2]
+    table = sigmas_from_alphas_cumprod(model.alphas_cumprod)
+    assert sigma_to_t(out.sigmas[:-1], table, quantize=True).tolist() == [101.0, 1.0] and steps == [1, 2]
     assert out.images.shape == (4, 3, 32, 32)
 
 
