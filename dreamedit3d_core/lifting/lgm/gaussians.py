@@ -1,0 +1,266 @@
+"""3D Gaussians in our world frame, and from them a watertight mesh with no compiled extension.
+
+Recipe (``../shared/design/lgm.md`` "From Gaussians to a mesh"): drop nearly transparent Gaussians; sum the Gaussians'
+density ``sum_i o_i exp(-1/2 (x - mu_i)^T Sigma_i^-1 (x - mu_i))`` on a voxel grid, each Gaussian only over the voxels of
+its 3-sigma box, in chunks (bounded memory; progress and interruption per chunk); turn it into an occupancy whose 0.5
+level sits where the density falls to half its local ridge (LGM's Gaussians are surface splats, so the ridge is the
+surface); fill the volume the shell encloses; intersect with the views' visual hull; marching cubes.
+
+Sub-voxel splats would fall between grid samples, so each covariance is widened by ``(antialias * voxel)^2`` on its
+diagonal before sampling (the 3D low-pass of Mip-Splatting, Yu et al. 2024); the surface moves out by about
+``1.18 * antialias * voxel``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...cameras import MVCameras
+from ...errors import LiftError, ShapeError
+from ..hull import ISO_LEVEL, VoxelGrid, keep_main_solids, silhouette_occupancy
+from ..surface import marching_cubes
+from .network import RawGaussians
+from .rays import LGMFrame
+
+#: Gaussians below this opacity are dropped (LGM's own ``save_ply`` pruning).
+MIN_OPACITY = 0.005
+#: Density is summed out to this many standard deviations.
+CUTOFF_SIGMA = 3.0
+#: Covariances are widened by (ANTIALIAS_VOXELS * voxel)^2 so thin splats register on the grid.
+ANTIALIAS_VOXELS = 0.5
+#: The occupancy's 0.5 level: density at this fraction of its local maximum (the splats' ridge) ...
+RIDGE_FRACTION = 0.5
+#: ... found within this many voxels ...
+RIDGE_RADIUS_VOXELS = 3
+#: ... but never below this absolute density (a faint lone Gaussian makes no surface).
+MIN_SURFACE_DENSITY = 0.2
+#: Shell gaps up to this many voxels are closed before the enclosed volume is filled.
+CLOSE_GAPS_VOXELS = 2
+#: A Gaussian's window is at most this many voxels either side of its centre (larger ones are truncated and counted).
+MAX_WINDOW_VOXELS = 32
+#: Density evaluations per chunk (about 64 bytes each while a chunk is processed).
+EVALS_PER_CHUNK = 1 << 21
+
+
+def quaternion_matrix(q: torch.Tensor) -> torch.Tensor:
+    """The 3DGS rasterizer's matrix of a quaternion (w, x, y, z) [..., 4] -> [..., 3, 3], taken as it is.
+
+    Unit quaternions give rotations. The rasterizer does not normalise (``computeCov3D`` of diff-gaussian-rasterization),
+    so the older LGM weights' small, non-unit quaternions give matrices near the identity, and so do they here.
+    """
+    w, x, y, z = q.unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ]
+    return torch.stack(rows, -1).reshape(q.shape[:-1] + (3, 3))
+
+
+@dataclass(frozen=True)
+class Gaussians:
+    """One object's 3D Gaussians in our world frame.
+
+    Attributes:
+        means: float32 [N, 3]; opacity: float32 [N] in 0..1; scales: float32 [N, 3] standard deviations along the
+        columns of ``axes``; axes: float32 [N, 3, 3] with ``covariance = axes diag(scales^2) axes^T``; colors: float32
+        [N, 3] in 0..1.
+    """
+
+    means: torch.Tensor
+    opacity: torch.Tensor
+    scales: torch.Tensor
+    axes: torch.Tensor
+    colors: torch.Tensor
+
+    def __post_init__(self):
+        n = self.means.shape[0] if isinstance(self.means, torch.Tensor) else -1
+        want = {"means": (n, 3), "opacity": (n,), "scales": (n, 3), "axes": (n, 3, 3), "colors": (n, 3)}
+        for name, shape in want.items():
+            t = getattr(self, name)
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or not torch.is_floating_point(t):
+                got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ShapeError(f"Gaussians.{name} must be a float tensor {list(shape)}, got {got}")
+
+    @property
+    def num(self) -> int:
+        return int(self.means.shape[0])
+
+    def covariance(self) -> torch.Tensor:
+        """float32 [N, 3, 3]."""
+        a = self.axes.to(torch.float64)
+        return (a * self.scales.to(torch.float64)[:, None, :] ** 2) @ a.transpose(1, 2)
+
+    def select(self, keep: torch.Tensor) -> "Gaussians":
+        return Gaussians(self.means[keep], self.opacity[keep], self.scales[keep], self.axes[keep], self.colors[keep])
+
+    def to(self, device=None, dtype=torch.float32) -> "Gaussians":
+        return Gaussians(*(getattr(self, k).to(device=device, dtype=dtype)
+                           for k in ("means", "opacity", "scales", "axes", "colors")))
+
+    def __repr__(self) -> str:
+        return f"Gaussians(num={self.num}, device={self.means.device})"
+
+
+def gaussians_from_lgm(raw: RawGaussians, frame: LGMFrame, index: int = 0) -> Gaussians:
+    """Object ``index`` of LGM's output, moved from LGM's frame into ours (``frame.from_lgm``), as float32."""
+    axes = frame.rotate_from_lgm(quaternion_matrix(raw.rotation[index].to(torch.float64)))
+    return Gaussians(
+        means=frame.from_lgm(raw.position[index].to(torch.float64)).float(),
+        opacity=raw.opacity[index, :, 0].float(),
+        scales=(raw.scale[index].to(torch.float64) / frame.scale).float(),
+        axes=axes.float(),
+        colors=raw.color[index].float(),
+    )
+
+
+def fit_gaussian_grid(g: Gaussians, resolution: int, min_opacity: float = 0.05) -> VoxelGrid:
+    """A grid with ``resolution`` samples along the longest side of the box holding the visible Gaussians' 3-sigma
+    extents.
+
+    Raises:
+        LiftError: no Gaussian is visible.
+    """
+    keep = g.opacity >= min_opacity
+    if not bool(keep.any()):
+        raise LiftError(f"LGM predicted no Gaussian with opacity >= {min_opacity} (max {float(g.opacity.max()):.3g}): "
+                        "nothing to mesh; check that the views show an object on a white background")
+    sel = g.select(keep)
+    reach = CUTOFF_SIGMA * sel.covariance().diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()
+    lo = (sel.means.double() - reach).amin(0).cpu()
+    hi = (sel.means.double() + reach).amax(0).cpu()
+    spacing = float((hi - lo).max()) / (resolution - 1)
+    lo = lo - spacing
+    shape = tuple(int(math.ceil(float(e) / spacing)) + 3 for e in (hi - lo))
+    return VoxelGrid(tuple(float(x) for x in lo), spacing, shape)
+
+
+def density_grid(g: Gaussians, grid: VoxelGrid, antialias_voxels: float = ANTIALIAS_VOXELS,
+                 min_opacity: float = MIN_OPACITY, evals_per_chunk: int = EVALS_PER_CHUNK,
+                 progress=None) -> tuple[torch.Tensor, dict]:
+    """Summed Gaussian density at the grid's samples, each Gaussian over its own 3-sigma window of voxels.
+
+    Args:
+        g: the Gaussians (on the device to compute on).
+        grid: where to sample.
+        antialias_voxels: covariance widening in voxels (module docstring).
+        progress: a :class:`~dreamedit3d_core.progress.Progress`; ``check_interrupt`` is called per chunk and
+            ``update(done, total, stage="lgm density")`` reports Gaussians done.
+
+    Returns:
+        (float32 [X, Y, Z] on ``g``'s device, stats: Gaussians used, windows truncated at MAX_WINDOW_VOXELS).
+    """
+    device = g.means.device
+    sel = g.select(g.opacity >= min_opacity)
+    h = float(grid.spacing)
+    cov = sel.covariance() + (antialias_voxels * h) ** 2 * torch.eye(3, dtype=torch.float64, device=device)
+    precision = torch.linalg.inv(cov).to(torch.float32)
+    reach_vox = CUTOFF_SIGMA * cov.diagonal(dim1=1, dim2=2).amax(-1).sqrt() / h
+    window = reach_vox.ceil().clamp(1, MAX_WINDOW_VOXELS).to(torch.int64)
+    truncated = int((reach_vox > MAX_WINDOW_VOXELS).sum())
+    shape = torch.tensor(grid.shape, device=device)
+    lo = torch.tensor(grid.lo, dtype=torch.float64, device=device)
+    centre = torch.round((sel.means.double() - lo) / h).to(torch.int64)
+    flat = torch.zeros(grid.num_points, dtype=torch.float32, device=device)
+    strides = torch.tensor([grid.shape[1] * grid.shape[2], grid.shape[2], 1], device=device)
+    total, done = sel.num, 0
+    for k in torch.unique(window).tolist():
+        idx = (window == k).nonzero()[:, 0]
+        r = torch.arange(-k, k + 1, device=device)
+        offsets = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+        per_chunk = max(1, evals_per_chunk // offsets.shape[0])
+        for start in range(0, idx.numel(), per_chunk):
+            if progress is not None:
+                progress.check_interrupt()
+            i = idx[start:start + per_chunk]
+            vox = centre[i, None, :] + offsets[None]  # [n, W, 3]
+            inside = ((vox >= 0) & (vox < shape)).all(-1)
+            d = (lo + vox.double() * h - sel.means[i, None, :].double()).float()
+            q = torch.einsum("nwi,nij,nwj->nw", d, precision[i], d)
+            val = sel.opacity[i, None] * torch.exp(-0.5 * q)
+            keep = inside & (q <= CUTOFF_SIGMA ** 2)
+            flat.index_add_(0, (vox[keep] * strides).sum(-1), val[keep])
+            done += i.numel()
+            if progress is not None:
+                progress.update(done, total, None, stage="lgm density")
+    return flat.reshape(grid.shape), {"gaussians_used": total, "windows_truncated": truncated}
+
+
+def surface_occupancy(density: torch.Tensor, ridge_fraction: float = RIDGE_FRACTION,
+                      ridge_radius: int = RIDGE_RADIUS_VOXELS, min_density: float = MIN_SURFACE_DENSITY,
+                      close_gaps: int = CLOSE_GAPS_VOXELS) -> torch.Tensor:
+    """Soft occupancy in 0..1 with its 0.5 level at ``max(ridge_fraction * local max, min_density)`` of the density, and
+    the volume the shell encloses (after closing gaps of ``close_gaps`` voxels) set to 1."""
+    from scipy import ndimage
+
+    ridge = F.max_pool3d(density[None, None], 2 * ridge_radius + 1, stride=1, padding=ridge_radius)[0, 0]
+    level = torch.maximum(ridge * ridge_fraction, torch.full_like(ridge, min_density))
+    occ = (0.5 * density / level).clamp(0.0, 1.0)
+    solid = (occ >= ISO_LEVEL).cpu().numpy()
+    pad = close_gaps + 1
+    closed = ndimage.binary_closing(np.pad(solid, pad), structure=ndimage.generate_binary_structure(3, 1),
+                                    iterations=close_gaps)[pad:-pad, pad:-pad, pad:-pad] if close_gaps else solid
+    enclosed = ndimage.binary_fill_holes(closed | solid) & ~solid
+    return torch.where(torch.from_numpy(enclosed).to(occ.device), torch.ones_like(occ), occ)
+
+
+def gaussians_to_mesh(g: Gaussians, resolution: int = 128, alpha: Optional[torch.Tensor] = None,
+                      cameras: Optional[MVCameras] = None, progress=None,
+                      antialias_voxels: float = ANTIALIAS_VOXELS) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A watertight triangle mesh of the Gaussians' surface in our world frame.
+
+    Args:
+        g: Gaussians in our frame.
+        resolution: voxels along the longest side of the Gaussians' box.
+        alpha, cameras: the views' silhouettes float [V, 1, H, W] and cameras; when given, the solid is intersected with
+            their visual hull (Gaussians floating outside every view's silhouette are cut away).
+        progress: interruption and progress hooks (see :func:`density_grid`).
+
+    Returns:
+        (vertices float64 [N, 3], faces int64 [M, 3] with outward winding, stats).
+
+    Raises:
+        LiftError: no visible Gaussian, or nothing left to mesh.
+    """
+    if (alpha is None) != (cameras is None):
+        raise LiftError("gaussians_to_mesh needs both alpha and cameras to intersect with the visual hull, or neither")
+    grid = fit_gaussian_grid(g, int(resolution))
+    density, stats = density_grid(g, grid, antialias_voxels=antialias_voxels, progress=progress)
+    occ = surface_occupancy(density)
+    if alpha is not None:
+        check = progress.check_interrupt if progress is not None else None
+        hull_occ = silhouette_occupancy(alpha.to(device=occ.device, dtype=torch.float32), cameras, grid, check)
+        occ = torch.minimum(occ, hull_occ)
+    occ = keep_main_solids(occ)
+    verts, faces = marching_cubes(occ, grid)
+    stats.update({"grid_shape": list(grid.shape), "voxel_size": grid.spacing})
+    return verts, faces, stats
+
+
+def gaussian_colors_at(points: torch.Tensor, g: Gaussians, neighbours: int = 8, chunk: int = 512) -> torch.Tensor:
+    """Colour of the Gaussians around each point: float32 [P, 3], the ``neighbours`` nearest visible centres weighted by
+    opacity times their density at the point (the nearest one's colour where all weights vanish)."""
+    sel = g.select(g.opacity >= MIN_OPACITY)
+    if sel.num == 0:
+        raise LiftError("no visible Gaussian to take colours from")
+    k = min(neighbours, sel.num)
+    precision = torch.linalg.inv(sel.covariance() + 1e-10 * torch.eye(3, dtype=torch.float64,
+                                                                       device=sel.means.device)).float()
+    out = torch.empty(points.shape[0], 3, dtype=torch.float32, device=points.device)
+    pts = points.to(device=sel.means.device, dtype=torch.float32)
+    for s in range(0, pts.shape[0], chunk):
+        p = pts[s:s + chunk]
+        dist, nn_idx = torch.cdist(p, sel.means).topk(k, largest=False)
+        d = p[:, None, :] - sel.means[nn_idx]
+        q = torch.einsum("pki,pkij,pkj->pk", d, precision[nn_idx], d)
+        w = sel.opacity[nn_idx] * torch.exp(-0.5 * q.clamp_max(80.0))
+        cols = sel.colors[nn_idx]
+        weighted = (w[..., None] * cols).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-12)
+        out[s:s + chunk] = torch.where((w.sum(1) > 1e-8)[:, None], weighted, cols[:, 0]).to(out.device)
+    return out

@@ -1,0 +1,106 @@
+"""LGM as a lifting reconstructor: four views -> Gaussians -> mesh, plugged into ``lift_to_mesh(reconstructor=...)``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ...cameras import MVCameras
+from ...errors import ConfigError
+from ..pipeline import register_reconstructor
+from .checkpoint import _resolve_dtype, load_lgm
+from .gaussians import Gaussians, gaussians_from_lgm, gaussians_to_mesh
+from .network import LGMNetwork
+from .rays import FRAMES, lgm_frame, lgm_input
+
+#: LGM was trained on objects over white.
+LGM_BACKGROUND = (1.0, 1.0, 1.0)
+
+
+class LGMReconstructor:
+    """Callable with :func:`~dreamedit3d_core.lifting.register_reconstructor`'s contract, loading the weights lazily.
+
+    Args:
+        path: an LGM ``.safetensors`` file (see :func:`~.checkpoint.load_lgm`).
+        dtype: network dtype; None: float16 on CUDA, float32 on the CPU.
+        frame: "first_view" (LGM's training normalisation, default) or "world" (see :mod:`.rays`).
+        rotation_normalization: override the file's (see :func:`~.checkpoint.rotation_normalization_for`).
+        hull: intersect the Gaussians' solid with the views' visual hull.
+
+    After a call, ``last_gaussians`` holds the Gaussians (our frame) and ``last_stats`` the mesh extraction's numbers.
+    """
+
+    def __init__(self, path: str | os.PathLike, dtype=None, frame: str = "first_view",
+                 rotation_normalization: Optional[str] = None, hull: bool = True):
+        if frame not in FRAMES:
+            raise ConfigError(f"unknown LGM frame {frame!r}; valid frames are {list(FRAMES)}")
+        self.path = Path(path)
+        self.dtype = dtype
+        self.frame = frame
+        self.rotation_normalization = rotation_normalization
+        self.hull = bool(hull)
+        self._network: Optional[LGMNetwork] = None
+        self.last_gaussians: Optional[Gaussians] = None
+        self.last_stats: dict = {}
+
+    def network(self, device=None) -> LGMNetwork:
+        """The loaded network on ``device`` (loaded once, moved when the device changes)."""
+        device = torch.device(device if device is not None else "cpu")
+        dtype = _resolve_dtype(self.dtype, device)
+        if self._network is None:
+            self._network = load_lgm(self.path, device, dtype, self.rotation_normalization)
+        else:
+            p = next(self._network.parameters())
+            if p.device != device or p.dtype != dtype:
+                self._network = self._network.to(device=device, dtype=dtype)
+        return self._network
+
+    def gaussians(self, rgb: torch.Tensor, cameras: MVCameras, alpha: Optional[torch.Tensor] = None,
+                  device=None) -> Gaussians:
+        """LGM's Gaussians for four views, in our world frame.
+
+        Args:
+            rgb: float [4, 3, H, W] in 0..1 (front, right, back, left); alpha: float [4, 1, H, W] silhouettes, used to
+                put the views on white as LGM was trained (None: the views are already on white).
+        """
+        device = torch.device(device) if device is not None else rgb.device
+        net = self.network(device)
+        rgb = rgb.to(device=device, dtype=torch.float32)
+        if alpha is not None:
+            a = alpha.to(device=device, dtype=torch.float32)
+            a = a[:, None] if a.ndim == 3 else a
+            white = torch.tensor(LGM_BACKGROUND, device=device).reshape(1, 3, 1, 1)
+            rgb = rgb * a + white * (1.0 - a)
+        x = lgm_input(rgb, cameras, net.config.input_size, self.frame, LGM_BACKGROUND)
+        dtype = next(net.parameters()).dtype
+        with torch.inference_mode():
+            raw = net(x.to(device=device, dtype=dtype))
+        return gaussians_from_lgm(raw, lgm_frame(cameras, self.frame))
+
+    def __call__(self, rgb: torch.Tensor, alpha: torch.Tensor, cameras: MVCameras, *, grid: int = 128, device=None,
+                 progress=None) -> tuple[np.ndarray, np.ndarray]:
+        g = self.gaussians(rgb, cameras, alpha, device)
+        self.last_gaussians = g
+        verts, faces, stats = gaussians_to_mesh(g, int(grid), alpha if self.hull else None,
+                                                cameras if self.hull else None, progress)
+        self.last_stats = stats
+        return verts, faces
+
+
+def register_lgm(path: str | os.PathLike, name: str = "lgm", overwrite: bool = False, **options) -> LGMReconstructor:
+    """Make LGM (weights at ``path``) available as ``lift_to_mesh(..., reconstructor=name)``; returns the reconstructor.
+
+    ``options`` go to :class:`LGMReconstructor` (dtype, frame, rotation_normalization, hull). The weights are read on
+    first use; a bad file raises :class:`~dreamedit3d_core.errors.CheckpointError` then (or call
+    ``.network()`` to check it now).
+    """
+    rec = LGMReconstructor(path, **options)
+    register_reconstructor(name, rec, overwrite=overwrite)
+    return rec
+
+
+__all__: Sequence[str] = ("LGMReconstructor", "register_lgm", "LGM_BACKGROUND")
