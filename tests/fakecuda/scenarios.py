@@ -1,0 +1,378 @@
+"""Scenarios that run the pack on the simulated CUDA device (tests/fakecuda/simcuda.py), one process for all.
+
+Started by tests/fakecuda/test_fakecuda.py as ``python tests/fakecuda/scenarios.py --out RESULTS.json [CASE ...]``
+in a subprocess whose environment preloads the CUDA runtime stub (``simcuda.simulated_cuda_env()``). Each case runs
+inside ``simulated_cuda()`` and its own checks; the result file holds, per case, ``ok``, the error (with the source
+line the layer names), the number of aten ops that ran on the simulated device and the ops recomputed in float32 on
+the CPU (CPU-only half-precision gaps). Cases:
+
+- ``selfcheck_*``: bugs injected on purpose must be caught with their line; legal patterns must pass.
+- ``core_*``: every core stage with tensors on ``cuda`` in float16 and bfloat16 (tiny seeded model).
+- ``nodes_*``: the full-edit and batch workflows (tests/workflows, adapted by prepare_host) run node by node as
+  ComfyUI runs them (inference mode, outputs cached), with ComfyUI's model management seeing the simulated GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+for _p in (str(REPO), str(REPO / "tests"), str(HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import torch  # noqa: E402
+
+import simcuda  # noqa: E402
+from simcuda import SimCudaTensor, SimulatedCudaError, simulated_cuda  # noqa: E402
+
+CUDA = torch.device("cuda", 0)
+CASES: dict = {}
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def case(name: str):
+    def register(fn):
+        CASES[name] = fn
+        return fn
+    return register
+
+
+def expect_on_cuda(what: str, t) -> None:
+    if not isinstance(t, torch.Tensor) or t.device.type != "cuda":
+        raise AssertionError(f"{what} is on {getattr(t, 'device', type(t).__name__)}, expected the simulated cuda:0")
+
+
+def expect_caught(what: str, fn, line_fragment: str) -> str:
+    """``fn`` must raise SimulatedCudaError naming a line containing ``line_fragment``; returns the message."""
+    try:
+        fn()
+    except SimulatedCudaError as err:
+        if line_fragment not in str(err) or "scenarios.py:" not in str(err):
+            raise AssertionError(f"{what}: caught, but the message does not name the line: {err}") from None
+        return str(err)
+    raise AssertionError(f"{what}: the injected bug was NOT caught")
+
+
+# ------------------------------------------------------------------------------------------------ self-check
+@case("selfcheck_injected_bugs_are_caught")
+def selfcheck_injected(sim):
+    x = torch.randn(2, 8, device="cuda")
+    w = torch.randn(8, 8, device="cuda")
+    cpu_mask = torch.ones(2, 8)
+    msgs = [
+        expect_caught("CPU mask times CUDA noise", lambda: x * cpu_mask, "x * cpu_mask"),
+        expect_caught("fp16 @ fp32 matmul", lambda: x.half() @ w, "x.half() @ w"),
+        expect_caught(".numpy() of a CUDA tensor", lambda: x.numpy(), "x.numpy()"),
+        expect_caught("CPU generator for CUDA noise",
+                      lambda: torch.randn(2, 8, device="cuda", generator=torch.Generator().manual_seed(0)), "generator="),
+        expect_caught("CPU tensor as a CUDA conv weight",
+                      lambda: torch.nn.functional.conv2d(torch.randn(1, 3, 8, 8, device="cuda"), torch.randn(4, 3, 3, 3)),
+                      "conv2d"),
+    ]
+    return {"messages": msgs}
+
+
+@case("selfcheck_legal_patterns_pass")
+def selfcheck_legal(sim):
+    x = torch.randn(4, 8, device="cuda")
+    checks = {
+        "cpu_index": x[torch.tensor([2, 0])],
+        "cpu_bool_index": x[torch.tensor([True, False, True, False])],
+        "cpu_0dim_scalar": x * torch.tensor(0.5),
+        "cuda_generator": torch.randn(3, device="cuda", generator=torch.Generator("cuda").manual_seed(1)),
+        "nonzero": (x > 0).nonzero(),
+    }
+    for k, v in checks.items():
+        expect_on_cuda(k, v)
+    scalar = float(x.sum())
+    host = x.cpu().numpy()
+    if host.shape != (4, 8) or not isinstance(scalar, float) or x.cpu().device.type != "cpu":
+        raise AssertionError("float()/cpu().numpy() of a CUDA tensor gave the wrong thing")
+    # a training step the way the pack trains: autocast, grad scaler, fused AdamW, backward through the engine
+    lin = torch.nn.Linear(8, 8).to("cuda")
+    expect_on_cuda("Module.to('cuda') parameter", lin.weight)
+    opt = torch.optim.AdamW(lin.parameters(), lr=1e-3, fused=True)
+    scaler = torch.amp.GradScaler("cuda")
+    for dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast("cuda", dtype=dtype):
+            y = lin(x)
+        if y.dtype != dtype:
+            raise AssertionError(f"autocast on the simulated device gave {y.dtype}, expected {dtype}")
+        scaler.scale(y.float().pow(2).mean()).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    expect_on_cuda("trained weight", lin.weight)
+    return {"checked": sorted(checks)}
+
+
+# ------------------------------------------------------------------------------------------------ core stages
+def _tiny_on_cuda(dtype: torch.dtype):
+    from dreamedit3d_core.tiny import load_tiny_mvdream
+
+    model = load_tiny_mvdream(seed=0, device=CUDA, dtype=dtype)
+    expect_on_cuda("loaded UNet weight", next(model.unet.parameters()))
+    if next(model.unet.parameters()).dtype != dtype:
+        raise AssertionError(f"loaded weights are {next(model.unet.parameters()).dtype}, expected {dtype}")
+    return model
+
+
+def _scene(size: int = 64):
+    from _personalize_helpers import two_component_scene
+
+    render, masks = two_component_scene(size=size)
+    return render, masks
+
+
+def _core_load_compose_sample_vae(sim, dtype):
+    from dreamedit3d_core.prompts import compose_prompt
+    from dreamedit3d_core.sampling import METHODS, sample_views
+
+    model = _tiny_on_cuda(dtype)
+    render, _ = _scene()
+    cond = compose_prompt(model, "a robot made of gold", cameras=render.cameras)
+    expect_on_cuda("conditioning", cond.cond)
+    out = {}
+    for method in METHODS:
+        views = sample_views(model, cond, method=method, steps=2, cfg=7.5, seed=3, resolution=64)
+        expect_on_cuda(f"{method} latents", views.latents)
+        expect_on_cuda(f"{method} images", views.images)
+        out[method] = list(views.images.shape)
+    enc = model.encode_images(views.images)
+    expect_on_cuda("VAE latents", enc)
+    dec = model.decode_latents(enc)
+    expect_on_cuda("VAE decode", dec)
+    return out
+
+
+def _core_phase1(sim, dtype, mixed_precision="no"):
+    from dreamedit3d_core.personalize.textual_inversion import TIConfig, train_textual_inversion
+
+    model = _tiny_on_cuda(dtype)
+    render, masks = _scene()
+    tokens = train_textual_inversion(model, render.to(CUDA) if hasattr(render, "to") else render, masks,
+                                     TIConfig(steps=2, resolution=64, checkpoint_every=1000, mixed_precision=mixed_precision))
+    return {"tokens": list(tokens.tokens)}
+
+
+def _core_phase2(sim, dtype, mode, mixed_precision, checkpointing=False):
+    from dreamedit3d_core.personalize.finetune import FTConfig, finetune
+    from dreamedit3d_core.personalize.textual_inversion import TIConfig, train_textual_inversion
+
+    model = _tiny_on_cuda(dtype)
+    if mode == "full":
+        model.to(dtype=torch.float32)  # full fine-tuning trains fp32 masters (finetune() refuses others)
+    render, masks = _scene()
+    tokens = train_textual_inversion(model, render, masks, TIConfig(steps=1, resolution=64, checkpoint_every=1000))
+    model, tokens = finetune(model, render, masks, tokens,
+                             FTConfig(steps=2, mode=mode, lora_rank=4, mixed_precision=mixed_precision, resolution=64,
+                                      gradient_checkpointing=checkpointing, checkpoint_every=1000))
+    expect_on_cuda("fine-tuned UNet weight", next(model.unet.parameters()))
+    return {"mode": mode, "mixed_precision": mixed_precision}
+
+
+def _core_render_masks_lift(sim, dtype):
+    from dreamedit3d_core.assets import load_asset
+    from dreamedit3d_core.examples import write_example_asset
+    from dreamedit3d_core.lifting import lift_to_mesh
+    from dreamedit3d_core.masks import masks_from_parts
+    from dreamedit3d_core.render import render_views
+
+    path = Path(tempfile.mkdtemp(prefix="fakecuda_asset_")) / "toy.glb"
+    with torch._C._DisableTorchDispatch():  # writing the file is host work, outside the simulation
+        write_example_asset(path)
+    asset = load_asset(path)
+    render = render_views(asset, resolution=64, device=CUDA)
+    expect_on_cuda("render rgb", render.rgb)
+    masks = masks_from_parts(render, "hat: hat; figure: *")
+    expect_on_cuda("masks", masks.masks)
+    mesh = lift_to_mesh(render.rgb.to(dtype), render.cameras, alpha=render.alpha.to(dtype), source=asset,
+                        mode="source_guided", grid=32, texture_size=64, device=CUDA)
+    return {"faces": int(mesh.faces.shape[0]), "masks": list(masks.masks.shape)}
+
+
+for _name, _dtype in DTYPES.items():
+    case(f"core_load_compose_sample_vae_{_name}")(lambda sim, d=_dtype: _core_load_compose_sample_vae(sim, d))
+    case(f"core_phase1_{_name}")(lambda sim, d=_dtype: _core_phase1(sim, d))
+    case(f"core_render_masks_lift_{_name}")(lambda sim, d=_dtype: _core_render_masks_lift(sim, d))
+    for _mode in ("full", "lora"):
+        for _mp in ("no", "bf16", "fp16"):
+            case(f"core_phase2_{_mode}_{_mp}_{_name}")(lambda sim, d=_dtype, m=_mode, p=_mp: _core_phase2(sim, d, m, p))
+case("core_phase1_autocast_fp16")(lambda sim: _core_phase1(sim, torch.float32, "fp16"))
+case("core_phase1_autocast_bf16")(lambda sim: _core_phase1(sim, torch.float32, "bf16"))
+case("core_phase2_full_checkpointing_bf16")(lambda sim: _core_phase2(sim, torch.bfloat16, "full", "bf16", True))
+
+
+# ------------------------------------------------------------------------------------------------ node workflows
+_HOST: dict = {}
+
+
+def _host():
+    """The ComfyUI tree imported with its device detection on (it sees the simulated GPU), our pack, and the fixtures."""
+    if _HOST:
+        return _HOST
+    import asyncio
+
+    from _comfy_pack import comfy_root, import_pack, point_folders_at
+
+    root = comfy_root()
+    if root is None:
+        raise simcuda.SimulatedCudaUnavailable("no ComfyUI tree: run tools/setup_env.sh or set COMFYUI_PATH")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import utils.extra_config  # noqa: F401  (binds the tree's utils package first, as _comfy_pack does)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = False
+    import comfy.model_management as mm
+    import nodes as comfy_nodes
+
+    if mm.get_torch_device().type != "cuda":
+        raise AssertionError(f"ComfyUI picked {mm.get_torch_device()} as its compute device, expected the simulated cuda")
+    base = Path(tempfile.mkdtemp(prefix="fakecuda_host_"))
+    point_folders_at(base)
+    asyncio.run(comfy_nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    pack = import_pack()
+    sys.path.insert(0, str(REPO / "tests" / "workflows"))
+    import prepare_host
+
+    prepare_host.main([str(base)])
+    for kind in ("mvdream", "sams"):
+        import folder_paths
+
+        folder_paths.add_model_folder_path(kind, str(base / "models" / kind), is_default=True)
+    _HOST.update(base=base, pack=pack, mm=mm, comfy_nodes=comfy_nodes)
+    return _HOST
+
+
+def run_workflow(graph: dict) -> dict:
+    """Run an API-format graph node by node in dependency order, as ComfyUI's executor does: each node under
+    ``torch.inference_mode()``, every output kept (ComfyUI's cache). Returns {node id: outputs tuple}."""
+    host = _host()
+    mapping = {**host["comfy_nodes"].NODE_CLASS_MAPPINGS, **host["pack"].NODE_CLASS_MAPPINGS}
+    from _comfy_pack import node as v3_node
+
+    done: dict = {}
+
+    def resolve(value):
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and value[0] in graph:
+            return done[value[0]][value[1]]
+        return value
+
+    pending = list(graph)
+    while pending:
+        for nid in pending:
+            inputs = graph[nid]["inputs"]
+            deps = [v[0] for v in inputs.values() if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and v[0] in graph]
+            if all(d in done for d in deps):
+                break
+        else:
+            raise AssertionError(f"cycle in the workflow among {pending}")
+        cls = mapping[graph[nid]["class_type"]]
+        kwargs = {k: resolve(v) for k, v in inputs.items()}
+        with torch.inference_mode():
+            if hasattr(cls, "define_schema"):
+                out = v3_node(cls).execute(**kwargs)
+                result = tuple(out.args) if out is not None else ()
+            else:
+                result = getattr(cls(), cls.FUNCTION)(**kwargs)
+                result = result.get("result", ()) if isinstance(result, dict) else tuple(result or ())
+        done[nid] = result
+        pending.remove(nid)
+    return done
+
+
+def _workflow(name: str, dtype_name: str) -> dict:
+    host = _host()
+    graph = json.loads((host["base"] / "workflows" / f"{name}.api.json").read_text())
+    for spec in graph.values():
+        if spec["class_type"] == "DreamEdit3D_MVDreamLoader":
+            spec["inputs"]["dtype"] = dtype_name
+    done = run_workflow(graph)
+    found = {}
+    for nid, spec in graph.items():
+        if spec["class_type"] == "DreamEdit3D_MVSample":
+            latent = done[nid][0]["samples"]
+            found[f"{nid}:latent_device"] = str(latent.device)
+        if spec["class_type"] in ("DreamEdit3D_MultiViewTextualInversion", "DreamEdit3D_MVFineTune"):
+            expect_on_cuda(f"{spec['class_type']} model weight", next(done[nid][0].unet.parameters()))
+    return found
+
+
+def _node_dtype_name(dtype_name: str) -> str:
+    return {"fp16": "float16", "bf16": "bfloat16"}[dtype_name]
+
+
+for _name in DTYPES:
+    case(f"nodes_full_edit_{_name}")(lambda sim, n=_name: _workflow("full_edit", _node_dtype_name(n)))
+    case(f"nodes_batch_edits_{_name}")(lambda sim, n=_name: _workflow("batch_edits", _node_dtype_name(n)))
+case("nodes_full_edit_auto")(lambda sim: _workflow("full_edit", "auto"))
+
+
+@case("selfcheck_node_bug_is_caught")
+def selfcheck_node_bug(sim):
+    """A device placement broken inside a node (a CPU mask multiplied into the CUDA noise) fails naming its line."""
+    host = _host()
+    sampler_bridge = sys.modules[host["pack"].__name__ + ".nodes.sampler_bridge"]
+    original = sampler_bridge.run_comfy_sampler
+
+    def broken(sampler, sigmas, model, noise, *args, **kwargs):
+        noise = noise * torch.ones(noise.shape)  # the injected bug: a CPU tensor times the CUDA noise
+        return original(sampler, sigmas, model, noise, *args, **kwargs)
+
+    sampler_bridge.run_comfy_sampler = broken
+    try:
+        msg = expect_caught("CPU mask in a node", lambda: _workflow("batch_edits", "float16"), "noise * torch.ones")
+    finally:
+        sampler_bridge.run_comfy_sampler = original
+    return {"message": msg}
+
+
+# ------------------------------------------------------------------------------------------------ main
+def run_case(name: str) -> dict:
+    start = time.perf_counter()
+    result = {"name": name, "ok": False}
+    try:
+        with simulated_cuda() as sim:
+            result["details"] = CASES[name](sim)
+            result["ok"] = True
+    except Exception as err:  # every failure is reported per case, with its traceback
+        result["error"] = f"{type(err).__name__}: {err}"
+        result["traceback"] = traceback.format_exc()[-4000:]
+    result["ops"] = sim.ops if "sim" in locals() else 0
+    result["half_fallbacks"] = dict(sim.half_fallbacks) if "sim" in locals() else {}
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("cases", nargs="*", help="case names or prefixes (default: all)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args(argv)
+    if args.list:
+        print("\n".join(CASES))
+        return 0
+    simcuda.main_requires_stub()
+    names = [n for n in CASES if not args.cases or any(n.startswith(c) for c in args.cases)]
+    results = []
+    for name in names:
+        res = run_case(name)
+        results.append(res)
+        print(f"{'ok  ' if res['ok'] else 'FAIL'} {name} ({res['seconds']} s, {res['ops']} ops)"
+              + ("" if res["ok"] else f": {res['error'][:400]}"), flush=True)
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

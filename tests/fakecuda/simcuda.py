@@ -1,0 +1,359 @@
+"""A simulated CUDA device for tests on machines without a GPU (issue 16; ../shared/design/gpu-sim.md).
+
+Every tensor the code under test puts on "cuda" becomes a :class:`SimCudaTensor`: a tensor whose device *is*
+``cuda:0`` for everything that looks (``.device``, dispatch keys, autocast, the autograd engine), carrying a real CPU
+tensor with its values. :class:`SimulatedCuda` (a ``TorchDispatchMode``) runs each aten op twice:
+
+1. on PyTorch's fake tensors with the arguments' real devices, so device propagation is decided by PyTorch's own rules
+   (mixing a CUDA and a non-scalar CPU tensor raises exactly what a GPU raises; a 0-dim CPU scalar, a CPU index into a
+   CUDA tensor, ``.item()`` are legal), and
+2. on the CPU copies, so values exist (``if loss > 0``, ``.item()``, ``nonzero``) and dtype errors the CPU kernels share
+   with CUDA (``fp16 @ fp32``) surface.
+
+Generators are checked as CUDA checks them (a CPU generator for CUDA noise is refused). Any error is re-raised as
+:class:`SimulatedCudaError` naming the innermost source line outside torch and this layer, i.e. the product's line.
+
+The C++ side of torch (the autograd engine's device threads, stream and event guards, autocast's availability check,
+``is_bf16_supported``) needs a CUDA runtime that answers; ``cudastub.c`` provides one sm_90 device, loaded with
+``LD_PRELOAD`` into a subprocess only (:func:`stub_library` builds it, :func:`simulated_cuda_env` makes the environment).
+Without it backward over a CUDA tensor aborts the process (pytorch issue 92627), so this module refuses to start.
+
+Known CPU-vs-CUDA differences are filtered, each named in :data:`CPU_ONLY_REFUSALS`: an op the CPU has no half-precision
+kernel for, but whose CUDA kernel exists (the fake run accepted it), is recomputed in float32 and cast back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import traceback
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+STUB_SOURCE = Path(__file__).with_name("cudastub.c")
+SIM_DEVICE = torch.device("cuda", 0)
+THIS_FILE = os.path.abspath(__file__)
+TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+# CPU kernels that refuse half precision where the CUDA kernel accepts it; recomputed in float32 (see module doc)
+CPU_ONLY_REFUSALS = ("not implemented for 'Half'", "not implemented for 'BFloat16'")
+
+
+class SimulatedCudaError(RuntimeError):
+    """A device or dtype error a real CUDA run would raise, with the source line that caused it."""
+
+
+class SimulatedCudaUnavailable(RuntimeError):
+    """The simulation cannot start on this machine (no compiler, no CUDA headers, or a torch without CUDA)."""
+
+
+# ------------------------------------------------------------------------------------------------ the runtime stub
+def _cuda_include_dirs() -> list[Path]:
+    """CUDA runtime headers: those the CUDA-build torch wheel's nvidia packages ship (crt/ comes with triton's copy),
+    or a toolkit under CUDA_HOME / /usr/local/cuda."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    cands = [*sorted(site.glob("nvidia/cu*/include")), *sorted(site.glob("nvidia/cuda_runtime/include")),
+             site / "triton" / "backends" / "nvidia" / "include"]
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(env):
+            cands.append(Path(os.environ[env]) / "include")
+    cands.append(Path("/usr/local/cuda/include"))
+    return [p for p in cands if (p / "cuda_runtime_api.h").is_file() or (p / "crt" / "host_defines.h").is_file()]
+
+
+def why_unavailable() -> Optional[str]:
+    """None when the simulation can run here, else the reason in one line."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build: the simulation needs the CUDA-build wheel (its C++ CUDA paths)"
+    if shutil.which(os.environ.get("CC", "gcc")) is None:
+        return "no C compiler (gcc) to build tests/fakecuda/cudastub.c: apt-get install gcc"
+    incs = _cuda_include_dirs()
+    if not any((p / "cuda_runtime_api.h").is_file() for p in incs) or not any((p / "crt" / "host_defines.h").is_file() for p in incs):
+        return ("no CUDA runtime headers (cuda_runtime_api.h and crt/host_defines.h) in the torch wheel's nvidia/triton "
+                "packages or CUDA_HOME: install the CUDA-build torch wheel's dependencies")
+    return None
+
+
+def stub_library(cache_dir: Optional[Path] = None) -> Path:
+    """Build (once per source and torch version) the runtime stub; returns the shared library's path."""
+    reason = why_unavailable()
+    if reason:
+        raise SimulatedCudaUnavailable(reason)
+    import hashlib
+
+    tag = hashlib.sha256(STUB_SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+    cache_dir = Path(cache_dir or os.environ.get("DREAMEDIT3D_FAKECUDA_CACHE", Path.home() / ".cache" / "dreamedit3d-fakecuda"))
+    lib = cache_dir / f"libcudastub-{tag}.so"
+    if lib.is_file():
+        return lib
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+    cmd = [os.environ.get("CC", "gcc"), "-shared", "-fPIC", "-O1", "-Wl,-soname,libcuda.so.1"]
+    incs = _cuda_include_dirs()
+    cmd += ["-I" + str(incs[0])] + [a for p in incs[1:] for a in ("-idirafter", str(p))]
+    cmd += ["-o", str(tmp), str(STUB_SOURCE), "-ldl"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SimulatedCudaUnavailable(f"building {STUB_SOURCE.name} failed: {done.stderr.strip()[:800]}")
+    os.replace(tmp, lib)
+    return lib
+
+
+def simulated_cuda_env(base: Optional[dict] = None) -> dict:
+    """Environment for a subprocess that runs under the simulation (the stub preloaded, one thread)."""
+    env = dict(os.environ if base is None else base)
+    lib = str(stub_library())
+    env["LD_PRELOAD"] = lib + (":" + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["DREAMEDIT3D_FAKECUDA"] = "1"
+    return env
+
+
+def stub_is_loaded() -> bool:
+    """Whether this process runs with the stub (torch then sees the one simulated device)."""
+    if os.environ.get("DREAMEDIT3D_FAKECUDA") != "1":
+        return False
+    try:
+        with open("/proc/self/maps") as maps:
+            return "libcudastub" in maps.read()
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ the tensor
+class SimCudaTensor(torch.Tensor):
+    """A tensor on the simulated ``cuda:0`` holding its values in ``self.cpu_value`` (a plain CPU tensor)."""
+
+    cpu_value: torch.Tensor
+
+    @staticmethod
+    def __new__(cls, value: torch.Tensor):
+        out = torch.Tensor._make_wrapper_subclass(cls, value.shape, strides=value.stride(), storage_offset=value.storage_offset(),
+                                                  dtype=value.dtype, device=SIM_DEVICE, requires_grad=False)
+        out.cpu_value = value
+        return out
+
+    def numpy(self, *, force: bool = False):
+        # the C++ check runs after the subclass check, so say what a CUDA tensor says
+        raise SimulatedCudaError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to "
+                                 f"host memory first. (simulated CUDA) at {source_line()}")
+
+    def __repr__(self, *, tensor_contents=None):  # printing must not dispatch into the mode
+        return f"SimCudaTensor({self.cpu_value!r}, device='{SIM_DEVICE}')"
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        mode = SimulatedCuda.active
+        if mode is None:
+            raise SimulatedCudaError(f"{func} on a simulated CUDA tensor outside SimulatedCuda(): enter the mode first")
+        return mode.run_op(func, args, kwargs or {})
+
+
+def sim_value(t: Any) -> Any:
+    """The CPU values of a simulated CUDA tensor (any other object unchanged)."""
+    return t.cpu_value if isinstance(t, SimCudaTensor) else t
+
+
+# ------------------------------------------------------------------------------------------------ the mode
+def source_line(skip_paths: tuple = ()) -> str:
+    """``file:line: code`` of the innermost frame outside torch, this layer and the standard library."""
+    stdlib = os.path.dirname(os.__file__)
+    for frame in reversed(traceback.extract_stack()):
+        path = os.path.abspath(frame.filename)
+        if path == THIS_FILE or path.startswith(TORCH_DIR) or path.startswith(stdlib) or "<" in frame.filename:
+            continue
+        if any(path.startswith(p) for p in skip_paths):
+            continue
+        return f"{frame.filename}:{frame.lineno}: {(frame.line or '').strip()}"
+    return "<no source line outside torch>"
+
+
+def _is_cuda_device(x: Any) -> bool:
+    return isinstance(x, torch.device) and x.type == "cuda" or isinstance(x, str) and x.startswith("cuda")
+
+
+class SimulatedCuda(TorchDispatchMode):
+    """Run the code under test as if ``cuda:0`` existed (see the module doc). Use as a context manager.
+
+    ``ops`` counts the aten ops run on the simulated device; ``half_fallbacks`` lists ops recomputed in float32 on the
+    CPU because only the CPU lacked a half kernel.
+    """
+
+    active: Optional["SimulatedCuda"] = None
+
+    def __init__(self, skip_paths: tuple = ()):
+        super().__init__()
+        if not stub_is_loaded():
+            raise SimulatedCudaUnavailable("the CUDA runtime stub is not preloaded in this process: run the code in a "
+                                           "subprocess with tests/fakecuda/simcuda.simulated_cuda_env()")
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=False)
+        self.skip_paths = tuple(os.path.abspath(p) for p in skip_paths)
+        self.ops = 0
+        self.half_fallbacks: dict = {}
+        self._cpu_generators: dict = {}
+        self._stack = ExitStack()
+
+    def __enter__(self):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        # values need a kernel the CPU has: the math attention (memory estimates use the GPU's choice, bench_memory)
+        self._stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        # Module.to("cuda") must swap in the simulated tensors (param.data = ... would keep a plain Parameter object)
+        swap = torch.__future__.get_swap_module_params_on_conversion()
+        torch.__future__.set_swap_module_params_on_conversion(True)
+        self._stack.callback(torch.__future__.set_swap_module_params_on_conversion, swap)
+        SimulatedCuda.active = self
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        SimulatedCuda.active = None
+        self._stack.close()
+        return super().__exit__(*exc)
+
+    # --- conversion helpers
+    def _fake_of(self, t: torch.Tensor):
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        value = sim_value(t)
+        device = SIM_DEVICE if isinstance(t, SimCudaTensor) else t.device
+        storage = value.untyped_storage().nbytes() // max(value.element_size(), 1)
+        with torch._C._DisableTorchDispatch():
+            meta = torch.empty(max(storage, 1), dtype=value.dtype, device="meta").as_strided(
+                value.shape, value.stride(), value.storage_offset())
+        return FakeTensor(self.fake_mode, meta, device)
+
+    def _cpu_generator(self, gen: torch.Generator) -> torch.Generator:
+        key = (id(gen), gen.initial_seed())
+        if key not in self._cpu_generators:
+            self._cpu_generators[key] = torch.Generator("cpu").manual_seed(gen.initial_seed())
+        return self._cpu_generators[key]
+
+    def _fail(self, message: str, cause: BaseException) -> SimulatedCudaError:
+        return SimulatedCudaError(f"{message} (simulated CUDA) at {source_line(self.skip_paths)}")
+
+    # --- the op
+    def run_op(self, func, args, kwargs):
+        flat, spec = tree_flatten((args, kwargs))
+        self.ops += 1
+        # 1. device propagation by PyTorch's fake tensors
+        fake_flat = [self._fake_of(a) if isinstance(a, torch.Tensor) else (None if isinstance(a, torch.Generator) else a)
+                     for a in flat]
+        fake_args, fake_kwargs = tree_unflatten(fake_flat, spec)
+        from torch._subclasses.fake_tensor import (DataDependentOutputException, DynamicOutputShapeException,
+                                                   FakeTensorDeviceMismatchError, UnsupportedOperatorException)
+
+        fake_out = None
+        try:
+            with self.fake_mode, torch._C._DisableAutocast():
+                fake_out = func(*fake_args, **fake_kwargs)
+        except FakeTensorDeviceMismatchError as err:
+            raise self._fail(f"{func}: {err}", err) from None
+        except (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException,
+                NotImplementedError):
+            fake_out = None  # values decide the shape (nonzero, item): devices come from the inputs below
+        except RuntimeError as err:
+            if "device" in str(err).lower():
+                raise self._fail(f"{func}: {err}", err) from None
+            fake_out = None  # a meta kernel stricter or looser than CUDA's: the CPU run below decides
+        # 2. generators: CUDA kernels take CUDA generators only
+        target_cuda = self._output_on_cuda(func, flat, fake_out)
+        for a in flat:
+            if isinstance(a, torch.Generator) and target_cuda and a.device.type != "cuda":
+                raise self._fail(f"{func}: Expected a 'cuda' device type for generator but found '{a.device.type}'", None)
+        # 3. values on the CPU
+        real_flat = [self._real_arg(a) for a in flat]
+        real_args, real_kwargs = tree_unflatten(real_flat, spec)
+        try:
+            with torch._C._DisableAutocast():
+                out = func(*real_args, **real_kwargs)
+        except RuntimeError as err:
+            if any(s in str(err) for s in CPU_ONLY_REFUSALS) and fake_out is not None:
+                out = self._run_in_float32(func, real_args, real_kwargs, fake_out)
+            else:
+                raise self._fail(f"{func}: {err}", err) from None
+        # 4. wrap outputs on the device PyTorch decided
+        return self._wrap(func, out, fake_out, flat, target_cuda)
+
+    def _real_arg(self, a):
+        if isinstance(a, SimCudaTensor):
+            return a.cpu_value
+        if _is_cuda_device(a):
+            return torch.device("cpu")
+        if isinstance(a, torch.Generator) and a.device.type == "cuda":
+            return self._cpu_generator(a)
+        return a
+
+    @staticmethod
+    def _output_on_cuda(func, flat, fake_out) -> bool:
+        if fake_out is not None:
+            leaves = [t for t in tree_flatten(fake_out)[0] if isinstance(t, torch.Tensor)]
+            if leaves:
+                return leaves[0].device.type == "cuda"
+        if any(_is_cuda_device(a) for a in flat):
+            return True
+        return any(isinstance(a, SimCudaTensor) and a.dim() > 0 for a in flat) or any(isinstance(a, SimCudaTensor) for a in flat)
+
+    def _run_in_float32(self, func, real_args, real_kwargs, fake_out):
+        name = str(func)
+        self.half_fallbacks[name] = self.half_fallbacks.get(name, 0) + 1
+        up = tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16) else t,
+                      (real_args, real_kwargs))
+        with torch._C._DisableAutocast():
+            out = func(*up[0], **up[1])
+        fake_leaves, _ = tree_flatten(fake_out)
+        out_leaves, out_spec = tree_flatten(out)
+        cast = [o.to(f.dtype) if isinstance(o, torch.Tensor) and isinstance(f, torch.Tensor) else o
+                for o, f in zip(out_leaves, fake_leaves)]
+        return tree_unflatten(cast, out_spec)
+
+    def _wrap(self, func, out, fake_out, flat, target_cuda):
+        by_value = {id(a.cpu_value): a for a in flat if isinstance(a, SimCudaTensor)}
+        out_leaves, out_spec = tree_flatten(out)
+        fake_leaves = tree_flatten(fake_out)[0] if fake_out is not None else [None] * len(out_leaves)
+        if len(fake_leaves) != len(out_leaves):
+            fake_leaves = [None] * len(out_leaves)
+        wrapped = []
+        for o, f in zip(out_leaves, fake_leaves):
+            if not isinstance(o, torch.Tensor):
+                wrapped.append(o)
+                continue
+            on_cuda = f.device.type == "cuda" if isinstance(f, torch.Tensor) else target_cuda
+            if func is torch.ops.aten._to_copy.default:
+                on_cuda = isinstance(f, torch.Tensor) and f.device.type == "cuda"
+            if not on_cuda:
+                wrapped.append(o)
+            elif id(o) in by_value:  # in-place op or out=: the same tensor object comes back
+                wrapped.append(by_value[id(o)])
+            else:
+                wrapped.append(SimCudaTensor(o))
+        return tree_unflatten(wrapped, out_spec)
+
+    # --- the outermost dispatch (factories, and ops on plain CPU tensors)
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        flat, _ = tree_flatten((args, kwargs))
+        if any(isinstance(a, SimCudaTensor) for a in flat) or any(_is_cuda_device(a) for a in flat):
+            return self.run_op(func, args, kwargs)
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def simulated_cuda(skip_paths: tuple = ()):
+    """``with simulated_cuda() as sim:`` run code as if ComfyUI's compute device were a CUDA GPU."""
+    with SimulatedCuda(skip_paths) as sim:
+        yield sim
+
+
+def main_requires_stub() -> None:
+    """Exit with a one-line reason when a scenario script is started without the stub."""
+    if not stub_is_loaded():
+        sys.exit("tests/fakecuda: start this script through simcuda.simulated_cuda_env() (the CUDA runtime stub is not preloaded)")
