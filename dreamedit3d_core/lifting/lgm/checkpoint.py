@@ -139,6 +139,14 @@ def rotation_normalization_for(path: str | os.PathLike, metadata: Optional[Mappi
     return RotationNormalization.PER_GAUSSIAN
 
 
+def as_rotation_normalization(value) -> RotationNormalization:
+    try:
+        return RotationNormalization(value)
+    except ValueError:
+        raise ConfigError(f"rotation_normalization must be one of {[r.value for r in RotationNormalization]}, got "
+                          f"{value!r}") from None
+
+
 def _resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     if dtype is None or dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -170,6 +178,8 @@ def load_lgm(path: str | os.PathLike, device: str | torch.device = "cpu", dtype=
     path = Path(path)
     device = torch.device(device)
     dtype = _resolve_dtype(dtype, device)
+    if rotation_normalization is not None:
+        as_rotation_normalization(rotation_normalization)
     keys, metadata = _open_header(path)
     _check_lgm_keys(path, keys)
     from safetensors.torch import load_file
@@ -184,7 +194,7 @@ def load_lgm(path: str | os.PathLike, device: str | torch.device = "cpu", dtype=
         config = infer_config(state, input_size)
     except ConfigError as exc:
         raise CheckpointError(f"{path.name}: the tensor shapes give no valid LGM network ({exc})") from None
-    rot = (RotationNormalization(rotation_normalization) if rotation_normalization is not None
+    rot = (as_rotation_normalization(rotation_normalization) if rotation_normalization is not None
            else rotation_normalization_for(path, metadata))
     with torch.device("meta"):
         net = LGMNetwork(config, rot)
