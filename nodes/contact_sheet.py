@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ._compat import io, ui
-from .provenance import recall
-from .sockets import MVConditioningSocket, from_comfy_image, to_comfy_image
+from .provenance import carried
+from .sockets import MVConditioningSocket, MVSamplesSocket, from_comfy_image, to_comfy_image
 
 CATEGORY = "DreamEdit3D/output"
 
@@ -26,12 +26,15 @@ class ContactSheet(io.ComfyNode):
                 MVConditioningSocket.Input("conditioning", optional=True,
                                            tooltip="ComposePrompt's conditioning: its prompts label the rows."),
                 io.Int.Input("padding", default=4, min=0, max=64, optional=True, tooltip="Pixels between views."),
+                MVSamplesSocket.Input("samples", optional=True,
+                                      tooltip="MVSample's samples: their recorded prompts label the rows when the "
+                                              "images went through other nodes first."),
             ],
             outputs=[io.Image.Output("out_image", display_name="image", tooltip="The contact sheet [1,Hs,Ws,3].")],
         )
 
     @classmethod
-    def execute(cls, images, labels="", conditioning=None, padding=4) -> io.NodeOutput:
+    def execute(cls, images, labels="", conditioning=None, padding=4, samples=None) -> io.NodeOutput:
         from ..dreamedit3d_core.contact_sheet import contact_sheet, strip_suffixes
 
         if labels and labels.strip():
@@ -39,7 +42,7 @@ class ContactSheet(io.ComfyNode):
         elif conditioning is not None:
             rows = [strip_suffixes(p) for p in conditioning.prompts]
         else:
-            rows = [strip_suffixes(p) for p in recall(images).get("prompts", [])]
+            rows = [strip_suffixes(p) for p in carried(images, samples).get("prompts", [])]
         sheet, _ = contact_sheet(from_comfy_image(images), rows, pad=int(padding))
         image = to_comfy_image(sheet[None])
         return io.NodeOutput(image, ui=ui.PreviewImage(image, cls=cls))

@@ -6,7 +6,9 @@ import torch
 
 from ..dreamedit3d_core.errors import ConfigError
 from ..dreamedit3d_core.storage import unique_path
-from ._compat import FOLDER_MVDREAM, compute_device, io, model_files, model_folder, model_path
+from ._compat import compute_device, io
+from .folders import FOLDER_MVDREAM, file_stamp, model_files, model_folder, model_path
+from .paths import plain_file_stem
 from .sockets import MVDreamModelSocket
 
 CATEGORY = "DreamEdit3D/model"
@@ -46,9 +48,15 @@ class MVDreamLoader(io.ComfyNode):
         if name is not None and name not in model_files(FOLDER_MVDREAM):
             have = ", ".join(model_files(FOLDER_MVDREAM)[:12]) or "none"
             return f"checkpoint {name!r} is not in models/mvdream (files there: {have}); copy it there and refresh"
-        if kw.get("dtype") is not None and kw["dtype"] not in DTYPES:
-            return f"dtype {kw['dtype']!r} is not one of {list(DTYPES)}"
         return True
+
+    @classmethod
+    def fingerprint_inputs(cls, ckpt_name=None, **_):
+        # a checkpoint overwritten under the same name loads again
+        try:
+            return file_stamp(model_path(FOLDER_MVDREAM, ckpt_name))
+        except ValueError:  # not there: validation reports it
+            return "missing"
 
     @classmethod
     def execute(cls, ckpt_name, dtype="auto") -> io.NodeOutput:
@@ -72,26 +80,28 @@ class SaveMVDream(io.ComfyNode):
             inputs=[
                 MVDreamModelSocket.Input("model", tooltip="The model to save (e.g. from MVFineTune)."),
                 io.String.Input("filename", default="dreamedit3d-finetuned",
-                                tooltip="File name in models/mvdream (without extension); a counter is added if taken."),
+                                tooltip="A plain file name in models/mvdream (without extension; no folders, no '..'); "
+                                        "a counter is added if taken."),
             ],
             outputs=[io.String.Output("out_ckpt_name", display_name="ckpt_name", tooltip="The saved file's name in models/mvdream.")],
         )
 
     @classmethod
+    def validate_inputs(cls, filename=None):
+        if filename is not None:
+            try:
+                plain_file_stem(filename, ".safetensors", what="filename")
+            except ConfigError as exc:
+                return str(exc)
+        return True
+
+    @classmethod
     def execute(cls, model, filename) -> io.NodeOutput:
         from ..dreamedit3d_core.personalize.finetune import save_finetuned_unet
 
-        stem = _safe_stem(filename)
+        stem = plain_file_stem(filename, ".safetensors", what="filename")
         path = unique_path(model_folder(FOLDER_MVDREAM) / f"{stem}.safetensors")
         saved = save_finetuned_unet(model, path, overwrite=False)
         name = saved.name
         return io.NodeOutput(name, ui={"text": [f"saved models/mvdream/{name}"]})
 
-
-def _safe_stem(name: str) -> str:
-    """A plain file stem (no folders, no '..'): nodes write only inside their own folders."""
-    stem = str(name).strip().replace("\\", "/").split("/")[-1]
-    stem = stem[:-len(".safetensors")] if stem.endswith(".safetensors") else stem
-    if not stem or stem in (".", "..") or stem.startswith("."):
-        raise ConfigError(f"file name {name!r} is not usable: give a plain name such as 'my-model'")
-    return stem

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from ..dreamedit3d_core.cameras import VIEW_NAMES
 from ..dreamedit3d_core.errors import ConfigError
-from ._compat import FOLDER_SAMS, compute_device, free_memory_for, io, model_files, model_path, ui
+from ..dreamedit3d_core.types import MaskSource
+from ._compat import compute_device, free_memory_for, io, ui
+from .folders import FOLDER_SAMS, file_stamp, model_files, model_path
 from .sockets import MVViewsSocket, component_map_image, component_masks_to_comfy
 
 CATEGORY = "DreamEdit3D/render"
-SOURCES = ("parts", "sam")
+SOURCES = tuple(m.value for m in MaskSource)
+NO_SAM = "(none)"  # the sam_model choice when models/sams is empty (source 'parts' needs none)
 
 
 def parse_points(text: str) -> list[tuple[float, float]]:
@@ -28,7 +31,7 @@ def parse_points(text: str) -> list[tuple[float, float]]:
 class ComponentMask(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        sams = model_files(FOLDER_SAMS)
+        sams = [NO_SAM] + model_files(FOLDER_SAMS)
         return io.Schema(
             node_id="DreamEdit3D_ComponentMask",
             display_name="Component Masks (DreamEdit3D)",
@@ -41,10 +44,10 @@ class ComponentMask(io.ComfyNode):
                 io.String.Input("components", default="antenna: antenna; robot: *", multiline=True,
                                 tooltip="'name: part, part; name: *' - one component per ';'. Part names are the "
                                         "asset's node/mesh names; '*' takes every part not named before."),
-                io.Combo.Input("source", options=list(SOURCES), default="parts",
+                io.Combo.Input("source", options=MaskSource, default=MaskSource.PARTS,
                                tooltip="parts: exact masks from the asset's parts; sam: Segment Anything (assets "
                                        "without usable parts)."),
-                io.Combo.Input("sam_model", options=sams, default=sams[0] if sams else None, optional=True,
+                io.Combo.Input("sam_model", options=sams, default=sams[min(1, len(sams) - 1)], optional=True,
                                tooltip="SAM checkpoint in models/sams (source 'sam' only)."),
                 io.Combo.Input("prompt_view", options=list(VIEW_NAMES), default="front", optional=True,
                                tooltip="The view the SAM points are placed on (source 'sam' only)."),
@@ -61,21 +64,23 @@ class ComponentMask(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **kw):
-        if kw.get("source") is not None and kw["source"] not in SOURCES:
-            return f"source {kw['source']!r} is not one of {list(SOURCES)}"
-        if kw.get("prompt_view") is not None and kw["prompt_view"] not in VIEW_NAMES:
-            return f"prompt_view {kw['prompt_view']!r} is not one of {list(VIEW_NAMES)}"
-        return True
+    def fingerprint_inputs(cls, source=None, sam_model=None, **_):
+        # a SAM checkpoint overwritten under the same name segments again
+        if source != MaskSource.SAM.value or not sam_model or sam_model == NO_SAM:
+            return ""
+        try:
+            return file_stamp(model_path(FOLDER_SAMS, sam_model))
+        except ValueError:
+            return "missing"
 
     @classmethod
     def execute(cls, views, components, source="parts", sam_model=None, prompt_view="front", points="") -> io.NodeOutput:
         from ..dreamedit3d_core import masks as core_masks
 
-        if source == "parts":
+        if MaskSource(source) is MaskSource.PARTS:
             masks = core_masks.masks_from_parts(views.render, components)
         else:
-            if not sam_model:
+            if not sam_model or sam_model == NO_SAM:
                 raise ConfigError("source 'sam' needs a SAM checkpoint: put one (e.g. sam_vit_b_01ec64.pth) into models/sams")
             # the views are kept on the CPU, and SAM runs on the render's device unless told otherwise: run it on
             # ComfyUI's compute device (a ViT-H image encoder on the CPU takes tens of seconds per view)

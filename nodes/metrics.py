@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from ..dreamedit3d_core.errors import ConfigError
-from . import _compat
-from ._compat import compute_device, free_memory_for, io, model_files, model_path, ui
+from ._compat import compute_device, free_memory_for, io, ui
+from .folders import FOLDER_CLIP_VISION, FOLDER_DINO, file_stamp, model_files, model_path
 from .sockets import MVViewsSocket, from_comfy_image, to_comfy_image
 
 CATEGORY = "DreamEdit3D/evaluate"
 NONE = "(none)"
-FOLDER_CLIP = "clip_vision"  # ComfyUI's own folder
-FOLDER_DINO = getattr(_compat, "FOLDER_DINO", "dino")  # models/dino, registered by _compat
+FOLDER_CLIP = FOLDER_CLIP_VISION  # ComfyUI's own folder
 
 
 def _choices(kind: str) -> list[str]:
@@ -89,6 +88,17 @@ class EditMetrics(io.ComfyNode):
             if value not in _choices(kind):  # 0.3.75 does not check V3 combos
                 return f"{input_id} {value!r} is not in models/{kind}: put the model there and refresh"
         return True
+
+    @classmethod
+    def fingerprint_inputs(cls, clip_model=None, dino_model=None, **_):
+        # a metric model overwritten under the same name scores again
+        stamps = []
+        for folder, name in ((FOLDER_CLIP, clip_model), (FOLDER_DINO, dino_model)):
+            try:
+                stamps.append(file_stamp(model_path(folder, name)) if name and name != NONE else "")
+            except ValueError:
+                stamps.append("missing")
+        return "|".join(stamps)
 
     @classmethod
     def execute(cls, source_images, edited_images, source_caption, edit_caption, clip_model, dino_model,

@@ -8,14 +8,17 @@ from contextlib import contextmanager
 import torch
 
 from ..dreamedit3d_core.errors import ConfigError
-from ._compat import (FOLDER_TOKENS, ComfyProgress, embeddings_folder, io, managed_load, model_files, model_folder,
-                      model_path, output_folder, ui)
-from .load import _safe_stem
+from ..dreamedit3d_core.personalize.finetune import MODES as FT_MODES
+from ..dreamedit3d_core.personalize.textual_inversion import MIXED_PRECISION as PRECISIONS
+from ._compat import advanced, io, managed_load, ui
+from .folders import FOLDER_TOKENS, embeddings_folder, file_stamp, model_files, model_folder, model_path, output_folder
+from .paths import plain_file_stem
+from .progress import ComfyProgress
 from .sockets import MVDreamModelSocket, MVTokensSocket, MVViewsSocket
 
 CATEGORY = "DreamEdit3D/personalize"
-FT_MODES = ("full", "lora")
-PRECISIONS = ("no", "bf16", "fp16")
+#: what SaveTokens does when the name is taken: the choice is a widget, so it is visible in the workflow
+IF_EXISTS = ("new_version", "overwrite", "error")
 
 
 @contextmanager
@@ -45,7 +48,7 @@ def clone_tensors(obj):
 
 def train_dir(run_name: str):
     """Where a run keeps its resumable training state: output/dreamedit3d/train/<run_name>/."""
-    return output_folder() / "dreamedit3d" / "train" / _safe_stem(run_name)
+    return output_folder() / "dreamedit3d" / "train" / plain_file_stem(run_name, what="run_name")
 
 
 def resume_file(folder, prefix: str, resume: bool):
@@ -75,20 +78,29 @@ def _common_inputs(steps: int, lr: float):
         io.Int.Input("steps", default=steps, min=1, max=20000, tooltip="Optimisation steps."),
         io.Float.Input("learning_rate", default=lr, min=0.0, max=1.0, step=1e-7, round=False,
                        tooltip="AdamW learning rate (gradients clipped at 1.0)."),
-        io.Float.Input("attention_loss_weight", default=1e-2, min=0.0, max=10.0, step=1e-3, round=False,
-                       tooltip="Weight of the attention-alignment loss (Break-a-Scene: 0.01); 0 turns it off."),
+        advanced(io.Float.Input("attention_loss_weight", default=1e-2, min=0.0, max=10.0, step=1e-3, round=False,
+                                tooltip="Weight of the attention-alignment loss (Break-a-Scene: 0.01); 0 turns it off.")),
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                      tooltip="Seed for timesteps, noise and component sampling."),
         io.String.Input("run_name", default="dreamedit3d-run",
-                        tooltip="Training state (optimizer, step, RNG) is saved under "
+                        tooltip="A plain name: training state (optimizer, step, RNG) is saved under "
                                 "output/dreamedit3d/train/<run_name>/ every few steps and on interruption."),
-        io.Boolean.Input("resume", default=True,
-                         tooltip="Continue a run of the same name where it stopped (same model and components)."),
-        io.Int.Input("checkpoint_every", default=50, min=1, max=10000, tooltip="Save the training state every N steps.",
-                     ),
-        io.Int.Input("preview_every", default=25, min=0, max=10000,
-                     tooltip="Preview the 4-view reconstruction every N steps (0 = never)."),
+        advanced(io.Boolean.Input("resume", default=True,
+                                  tooltip="Continue a run of the same name where it stopped (same model and components).")),
+        advanced(io.Int.Input("checkpoint_every", default=50, min=1, max=10000,
+                              tooltip="Save the training state every N steps.")),
+        advanced(io.Int.Input("preview_every", default=25, min=0, max=10000,
+                              tooltip="Preview the 4-view reconstruction every N steps (0 = never).")),
     ]
+
+
+def _check_run_name(run_name) -> bool | str:
+    if run_name is not None:
+        try:
+            plain_file_stem(run_name, what="run_name")
+        except ConfigError as exc:
+            return str(exc)
+    return True
 
 
 class MultiViewTextualInversion(io.ComfyNode):
@@ -115,6 +127,10 @@ class MultiViewTextualInversion(io.ComfyNode):
             hidden=[io.Hidden.unique_id],
             not_idempotent=False,
         )
+
+    @classmethod
+    def validate_inputs(cls, run_name=None):
+        return _check_run_name(run_name)
 
     @classmethod
     def execute(cls, model, views, init_words, steps, learning_rate, attention_loss_weight, seed, run_name, resume,
@@ -149,17 +165,17 @@ class MVFineTune(io.ComfyNode):
                 MVViewsSocket.Input("views", tooltip="The same views with component masks."),
                 MVTokensSocket.Input("tokens", tooltip="The tokens from phase 1."),
                 *_common_inputs(400, 2e-6),
-                io.Float.Input("token_learning_rate", default=2e-6, min=0.0, max=1.0, step=1e-6, round=False,
-                               tooltip="Learning rate of the tokens during phase 2."),
-                io.Combo.Input("mode", options=list(FT_MODES), default="full",
+                advanced(io.Float.Input("token_learning_rate", default=2e-6, min=0.0, max=1.0, step=1e-6, round=False,
+                                        tooltip="Learning rate of the tokens during phase 2.")),
+                io.Combo.Input("mode", options=_choices(FT_MODES), default="full",
                                tooltip="full: every UNet weight; lora: a low-rank delta (small GPUs). LoRA wants a much higher "
                                        "learning_rate than full fine-tuning: about 1e-4 instead of 2e-6."),
-                io.Int.Input("lora_rank", default=8, min=1, max=256, tooltip="LoRA rank (mode lora)."),
-                io.Boolean.Input("train_text_encoder", default=False, tooltip="Also fine-tune the text encoder."),
-                io.Boolean.Input("gradient_checkpointing", default=False,
-                                 tooltip="Trade compute for memory (needed for full fine-tuning on 24 GB)."),
-                io.Combo.Input("mixed_precision", options=list(PRECISIONS), default="no",
-                               tooltip="Autocast dtype on GPU with fp32 master weights."),
+                advanced(io.Int.Input("lora_rank", default=8, min=1, max=256, tooltip="LoRA rank (mode lora).")),
+                advanced(io.Boolean.Input("train_text_encoder", default=False, tooltip="Also fine-tune the text encoder.")),
+                advanced(io.Boolean.Input("gradient_checkpointing", default=False,
+                                          tooltip="Trade compute for memory (needed for full fine-tuning on 24 GB).")),
+                advanced(io.Combo.Input("mixed_precision", options=_choices(PRECISIONS), default="no",
+                                        tooltip="Autocast dtype on GPU with fp32 master weights.")),
             ],
             outputs=[
                 MVDreamModelSocket.Output("out_model", display_name="model", tooltip="The fine-tuned model."),
@@ -169,12 +185,8 @@ class MVFineTune(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **kw):
-        if kw.get("mode") is not None and kw["mode"] not in FT_MODES:
-            return f"mode {kw['mode']!r} is not one of {list(FT_MODES)}"
-        if kw.get("mixed_precision") is not None and kw["mixed_precision"] not in PRECISIONS:
-            return f"mixed_precision {kw['mixed_precision']!r} is not one of {list(PRECISIONS)}"
-        return True
+    def validate_inputs(cls, run_name=None):
+        return _check_run_name(run_name)
 
     @classmethod
     def execute(cls, model, views, tokens, steps, learning_rate, attention_loss_weight, seed, run_name, resume,
@@ -205,6 +217,11 @@ class MVFineTune(io.ComfyNode):
         return io.NodeOutput(trained, tokens, ui=_training_ui(progress, cls, views.render.num_views))
 
 
+def _choices(options) -> list:
+    """A core option list (a tuple of strings or a ``str`` Enum) as combo options."""
+    return [getattr(o, "value", o) for o in options]
+
+
 def _training_ui(progress: ComfyProgress, cls, num_views: int = 4) -> dict:
     """The node's UI after training: the last loss as text and the last preview as one image per view (so the web
     grid shows it again after a reload of the page). The trainers preview a strip [H, V*W] of the views side by side."""
@@ -229,34 +246,90 @@ class SaveTokens(io.ComfyNode):
             node_id="DreamEdit3D_SaveTokens",
             display_name="Save Tokens (DreamEdit3D)",
             category=CATEGORY,
-            description="Saves learned tokens twice: our file in models/mvdream_tokens (for LoadTokens), and one "
-                        "ComfyUI embedding per token in models/embeddings, usable as 'embedding:<name>' in core "
-                        "CLIPTextEncode with an SD2 model. Never overwrites: a free name is chosen.",
+            description="Saves learned tokens twice: our file models/mvdream_tokens/<name>.safetensors (for "
+                        "LoadTokens), and one ComfyUI embedding per token, models/embeddings/<name>_<token>.safetensors, "
+                        "usable as 'embedding:<name>_<token>' in core CLIPTextEncode with an SD2 model. When the name "
+                        "is taken, if_exists decides: a new version <name>_v2 (the old files, and prompts using them, "
+                        "stay as they were), overwrite, or stop with an error.",
             is_output_node=True,
             inputs=[
                 MVTokensSocket.Input("tokens", tooltip="The learned tokens."),
                 io.String.Input("name", default="dreamedit3d-tokens",
-                                tooltip="File name (models/mvdream_tokens/<name>.safetensors) and embedding prefix "
-                                        "(embeddings/<name>_<token>.safetensors)."),
+                                tooltip="A plain name: the token file models/mvdream_tokens/<name>.safetensors and the "
+                                        "embeddings <name>_<token> (prompt: embedding:<name>_<token>)."),
+                io.Combo.Input("if_exists", options=list(IF_EXISTS), default="new_version",
+                               tooltip="When <name> is taken: new_version writes <name>_v2 (v3, ...) and leaves the old "
+                                       "files alone; overwrite replaces them (prompts naming them get the new "
+                                       "tokens); error stops."),
             ],
-            outputs=[io.String.Output("out_tokens_name", display_name="tokens_name", tooltip="The token file's name in models/mvdream_tokens.")],
+            outputs=[
+                io.String.Output("out_tokens_name", display_name="tokens_name",
+                                 tooltip="The token file's name in models/mvdream_tokens."),
+                MVTokensSocket.Output("out_tokens", display_name="tokens",
+                                      tooltip="The same tokens, now recording the file they were saved to (connect "
+                                              "ComposePrompt here so the GLB's provenance names the token file)."),
+            ],
         )
 
     @classmethod
-    def execute(cls, tokens, name) -> io.NodeOutput:
-        from ..dreamedit3d_core.tokens import comfy_embedding_name, save_comfy_embeddings, save_tokens
+    def validate_inputs(cls, name=None):
+        if name is not None:
+            try:
+                plain_file_stem(name, ".safetensors", what="name")
+            except ConfigError as exc:
+                return str(exc)
+        return True
 
-        stem = _safe_stem(name)
+    @classmethod
+    def execute(cls, tokens, name, if_exists="new_version") -> io.NodeOutput:
+        from dataclasses import replace
+
+        from ..dreamedit3d_core.storage import file_sha256
+        from ..dreamedit3d_core.tokens import save_comfy_embeddings, save_tokens
+
+        stem = plain_file_stem(name, ".safetensors", what="name")
         ours_dir, emb_dir = model_folder(FOLDER_TOKENS), embeddings_folder()
-        for i in range(100000):  # the first stem free in both folders, so one run never half-overwrites another
-            cand = stem if i == 0 else f"{stem}_{i:05d}"
-            emb = [emb_dir / f"{comfy_embedding_name(t, cand + '_')}.safetensors" for t in tokens.tokens]
-            if not (ours_dir / f"{cand}.safetensors").exists() and not any(p.exists() for p in emb):
-                break
-        saved = save_tokens(tokens, ours_dir / f"{cand}.safetensors")
-        written = save_comfy_embeddings(tokens, emb_dir, prefix=cand + "_")
+        chosen, taken = token_file_stem(stem, tokens.tokens, ours_dir, emb_dir, if_exists)
+        overwrite = taken and if_exists == "overwrite"
+        saved = save_tokens(tokens, ours_dir / f"{chosen}.safetensors", overwrite=overwrite)
+        written = save_comfy_embeddings(tokens, emb_dir, prefix=chosen + "_", overwrite=overwrite)
+        note = ({"overwrite": f"{stem} existed: overwritten", "new_version": f"{stem} existed: saved as {chosen}"}
+                .get(if_exists) if taken else None)
         lines = [f"saved models/mvdream_tokens/{saved.name}"] + [f"embedding:{p.stem}" for p in written]
-        return io.NodeOutput(saved.name, ui={"text": lines})
+        saved_tokens = replace(tokens, source_files=((saved.name, file_sha256(saved)),))
+        return io.NodeOutput(saved.name, saved_tokens, ui={"text": ([note] if note else []) + lines})
+
+
+def token_file_stem(stem: str, tokens, ours_dir, emb_dir, if_exists: str) -> tuple[str, bool]:
+    """(the stem to write, whether ``stem`` was taken) for SaveTokens' ``if_exists`` choice.
+
+    A stem is taken when our token file or any of its embedding files exists; a new version is the first
+    ``<stem>_v<N>`` (N >= 2) free in both folders, so one save never half-overwrites another.
+
+    Raises:
+        ConfigError: ``stem`` is taken and ``if_exists`` is 'error' (or not a known choice).
+    """
+    from ..dreamedit3d_core.tokens import comfy_embedding_name
+
+    def is_taken(candidate: str) -> bool:
+        files = [ours_dir / f"{candidate}.safetensors"]
+        files += [emb_dir / f"{comfy_embedding_name(t, candidate + '_')}.safetensors" for t in tokens]
+        return any(p.exists() for p in files)
+
+    if if_exists not in IF_EXISTS:
+        raise ConfigError(f"if_exists {if_exists!r} is not one of {list(IF_EXISTS)}")
+    if not is_taken(stem):
+        return stem, False
+    if if_exists == "overwrite":
+        return stem, True
+    if if_exists == "error":
+        raise ConfigError(f"tokens named {stem!r} exist already (models/mvdream_tokens/{stem}.safetensors or its "
+                          "embeddings): set if_exists to new_version or overwrite, or choose another name")
+    for version in range(2, 100000):
+        candidate = f"{stem}_v{version}"
+        if not is_taken(candidate):
+            return candidate, True
+    raise ConfigError(f"no free version of {stem!r} in models/mvdream_tokens: clean up the folder")
 
 
 class LoadTokens(io.ComfyNode):
@@ -279,6 +352,14 @@ class LoadTokens(io.ComfyNode):
         if name is not None and name not in model_files(FOLDER_TOKENS):
             return f"token file {name!r} is not in models/mvdream_tokens (files there: {model_files(FOLDER_TOKENS)[:12]})"
         return True
+
+    @classmethod
+    def fingerprint_inputs(cls, tokens_name=None, **_):
+        # a token file overwritten under the same name (SaveTokens' if_exists: overwrite) loads again
+        try:
+            return file_stamp(model_path(FOLDER_TOKENS, tokens_name))
+        except ValueError:
+            return "missing"
 
     @classmethod
     def execute(cls, tokens_name) -> io.NodeOutput:

@@ -1,42 +1,46 @@
-"""Provenance in the graph: MVSample's facts follow its IMAGE; SaveViews writes PNGs with them; ReadProvenance reads back.
+"""Provenance in the graph: what made MVSample's views travels with them; SaveViews writes it; ReadProvenance reads it.
 
-An IMAGE is a bare tensor, so what made it (prompts, seed, sampler, sigmas, model and token hashes) cannot ride on it.
-MVSample files a record under its output tensor (:func:`remember`); ComfyUI hands that same tensor object to every
-node downstream (and keeps it while the output is cached), so LiftToMesh, SaveViews and ContactSheet find the record
-with :func:`recall`. An IMAGE changed on the way (resized, another node's) has no record: then the files carry what
-the workflow's widgets say (:func:`workflow_values`), as they always do.
+The record (prompts, seed, sampler, sigmas, model and token hashes) is carried on the data itself, never in a
+registry: MVSample's IMAGE tensor carries it as an attribute (:func:`attach`; ComfyUI hands that same object to every
+node downstream), and its MV_SAMPLES output carries it as a value (:class:`~nodes.sockets.MVSamples`). A core image
+node in between (a resize, a sharpen) makes a new tensor without the attribute; then connect MV_SAMPLES to the
+``samples`` input of SaveViews / ContactSheet and the record still arrives. Without either, the files carry what the
+workflow's widgets say (:func:`workflow_values`), as they always do.
 """
 
 from __future__ import annotations
 
 import json
-import weakref
 from typing import Any, Optional
 
 import torch
 
-from ..dreamedit3d_core.errors import AssetError, ConfigError
-from ._compat import (input_folder, io, list_input_files, output_folder, output_relative, resolve_input_file,
-                      save_target)
+from ..dreamedit3d_core.errors import ConfigError
+from ._compat import UPLOAD_FILE, io
+from .folders import (file_stamp, input_folder, list_input_files, output_relative, resolve_input_file,
+                      resolve_output_file, save_target)
+from .sockets import MVSamplesSocket
 
 CATEGORY = "DreamEdit3D/output"
-#: (weak reference to the IMAGE tensor, record) by id of the tensor; entries leave with their tensor.
-_LEDGER: dict = {}
+#: the attribute of an IMAGE tensor that carries its record
+ATTRIBUTE = "dreamedit3d_provenance"
 
 
-def remember(images: torch.Tensor, record: dict) -> None:
-    """File ``record`` under the IMAGE tensor ``images`` (until the tensor is freed)."""
-    key = id(images)
-    _LEDGER[key] = (weakref.ref(images), dict(record))
-    weakref.finalize(images, _LEDGER.pop, key, None)
+def attach(images: torch.Tensor, record: dict) -> torch.Tensor:
+    """Carry ``record`` on the IMAGE tensor ``images`` itself (returned, for chaining)."""
+    setattr(images, ATTRIBUTE, dict(record))
+    return images
 
 
-def recall(images: Any) -> dict:
-    """The record filed under exactly this tensor object; {} for any other."""
-    entry = _LEDGER.get(id(images))
-    if entry is None or entry[0]() is not images:
-        return {}
-    return dict(entry[1])
+def carried(images: Any, samples: Any = None) -> dict:
+    """The record carried by ``samples`` (an MV_SAMPLES value) or else by the tensor ``images``; {} when neither."""
+    record = getattr(samples, "record", None) or getattr(images, ATTRIBUTE, None)
+    return dict(record or {})
+
+
+# the names nodes used before the record moved onto the data (nodes/lifting.py reads with image_record)
+remember = attach
+recall = carried
 
 
 # widget values worth recording from the running workflow
@@ -88,11 +92,12 @@ def sample_record(conditioning, model, seed: int, sampler: str, sigmas: torch.Te
         num_views=int(conditioning.num_views), **facts)
 
 
-def image_record(images: Any, prompt: Any) -> dict:
-    """What made ``images``: MVSample's record when they are its output, always with the workflow's widget values."""
+def image_record(images: Any, prompt: Any, samples: Any = None) -> dict:
+    """What made ``images``: MVSample's record (from ``samples``, an MV_SAMPLES value, or carried by the tensor),
+    always with the workflow's widget values."""
     from ..dreamedit3d_core.provenance import build_record
 
-    record = recall(images) or build_record()
+    record = carried(images, samples) or build_record()
     record["workflow"] = workflow_values(prompt)
     return record
 
@@ -122,6 +127,9 @@ class SaveViews(io.ComfyNode):
                 io.Image.Input("images", tooltip="Views [N*4,H,W,3] (e.g. MVSample's IMAGE; one edit per 4 views)."),
                 io.String.Input("filename_prefix", default="dreamedit3d/views",
                                 tooltip="PNG path prefix in the output folder."),
+                MVSamplesSocket.Input("samples", optional=True,
+                                      tooltip="MVSample's samples: their record reaches the PNGs even when the images "
+                                              "went through other nodes on the way."),
             ],
             outputs=[io.String.Output("out_paths", display_name="paths",
                                       tooltip="The PNGs written, relative to the output folder, one per line.")],
@@ -129,12 +137,12 @@ class SaveViews(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, images, filename_prefix="dreamedit3d/views") -> io.NodeOutput:
+    def execute(cls, images, filename_prefix="dreamedit3d/views", samples=None) -> io.NodeOutput:
         from ..dreamedit3d_core.provenance import save_png, view_record
 
         if images.ndim != 4 or images.shape[-1] < 3:
             raise ConfigError(f"IMAGE must be [N, H, W, 3], got {list(images.shape)}")
-        record = image_record(images, cls.hidden.prompt)
+        record = image_record(images, cls.hidden.prompt, samples)
         num_views = int(record.get("num_views", 4))
         chunks = png_chunks(cls.hidden.prompt, cls.hidden.extra_pnginfo)
         folder, stem, counter, subfolder = save_target(filename_prefix)
@@ -153,26 +161,7 @@ NO_FILE = "none"
 
 def output_file(name: str, extensions=READ_EXTENSIONS):
     """``name`` (relative to the output folder) as an absolute path; refuses anything that leaves the folder."""
-    from pathlib import Path
-
-    rel = str(name).replace("\\", "/").strip()
-    if rel.endswith(" [output]"):
-        rel = rel[: -len(" [output]")]
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    if not parts or rel.startswith("/") or ".." in parts or ":" in parts[0]:
-        raise AssetError(f"path {name!r} is not a file inside the output folder: give a path relative to it, "
-                         "e.g. 'dreamedit3d/edit_00001_.glb'")
-    if Path(rel).suffix.lower() not in extensions:
-        raise AssetError(f"{name!r} is not a {' or '.join(e[1:].upper() for e in extensions)} file")
-    root = output_folder().resolve()
-    path = (output_folder() / "/".join(parts)).resolve()
-    try:
-        path.relative_to(root)
-    except ValueError:
-        raise AssetError(f"path {name!r} resolves outside the output folder (symlink?)") from None
-    if not path.is_file():
-        raise AssetError(f"{name!r} not found in the output folder {output_folder()}")
-    return path
+    return resolve_output_file(name, extensions, what="path")
 
 
 class ReadProvenance(io.ComfyNode):
@@ -190,7 +179,7 @@ class ReadProvenance(io.ComfyNode):
             inputs=[
                 io.String.Input("path", default="", optional=True,
                                 tooltip="A GLB or PNG relative to the output folder; used when not empty."),
-                io.Combo.Input("file", options=files, default=NO_FILE, optional=True,
+                io.Combo.Input("file", options=files, default=NO_FILE, optional=True, upload=UPLOAD_FILE,
                                tooltip="A GLB or PNG from the input folder (upload one there), used when path is empty."),
             ],
             outputs=[io.String.Output("out_json", display_name="json", tooltip="The provenance record as JSON ({} if none).")],
@@ -204,6 +193,18 @@ class ReadProvenance(io.ComfyNode):
         return True
 
     @classmethod
+    def fingerprint_inputs(cls, path="", file=NO_FILE, **_):
+        # the same name, overwritten, is read again
+        try:
+            if path and str(path).strip():
+                return file_stamp(output_file(str(path).strip().splitlines()[0].strip()))
+            if file and file != NO_FILE:
+                return file_stamp(resolve_input_file(file, READ_EXTENSIONS, what="file"))
+        except ValueError:
+            return "missing"
+        return ""
+
+    @classmethod
     def execute(cls, path="", file=NO_FILE) -> io.NodeOutput:
         from ..dreamedit3d_core.provenance import read_file_provenance
 
@@ -211,7 +212,7 @@ class ReadProvenance(io.ComfyNode):
             # several paths (one per line, e.g. from SaveViews): the first one
             target = output_file(str(path).strip().splitlines()[0].strip())
         elif file and file != NO_FILE:
-            target = resolve_input_file(file, READ_EXTENSIONS)
+            target = resolve_input_file(file, READ_EXTENSIONS, what="file")
         else:
             raise ConfigError("ReadProvenance has no file: connect a path (e.g. LiftToMesh's glb_path) or pick a file")
         text = json.dumps(read_file_provenance(target), indent=1, sort_keys=True)

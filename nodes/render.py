@@ -1,19 +1,23 @@
-"""OrthoRender: an asset (a file from the input folder, or a core MESH) -> four MVDream-convention views."""
+"""OrthoRender: an asset (a file from the input folder, or a core MESH) -> four views in MVDream's camera convention.
+
+The node id says "Ortho" for the saved workflows that use it; the views are perspective renders (40 degree field of
+view by default) from MVDream's four orthogonal directions (azimuths 90/180/270/0: front, right, back, left)."""
 
 from __future__ import annotations
 
 import torch
 
 from ..dreamedit3d_core.errors import AssetError
-from ._compat import compute_device, io, list_input_files, mesh_from_core, resolve_input_file, ui
-from .sockets import MVViews, MVViewsSocket, to_comfy_image, to_comfy_mask
+from ..dreamedit3d_core.render import LIGHTING_MODES
+from ._compat import UPLOAD_FILE, compute_device, io, ui
+from .folders import file_stamp, list_input_files, resolve_input_file
+from .sockets import MVViews, MVViewsSocket, mesh_from_core, to_comfy_image, to_comfy_mask
 
 CATEGORY = "DreamEdit3D/render"
 ASSET_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply")
 AXES = ("+z", "-z", "+x", "-x", "+y", "-y")
-LIGHTING = ("ambient_diffuse", "unlit")
-# the file-upload flag of combos (ComfyUI 0.3.75: UploadType.model = "file_upload"); absent on a host without it
-UPLOAD = getattr(getattr(io, "UploadType", None), "model", None)
+LIGHTING = LIGHTING_MODES  # the renderer's own option list (one definition)
+UPLOAD = UPLOAD_FILE
 
 
 class OrthoRender(io.ComfyNode):
@@ -22,10 +26,11 @@ class OrthoRender(io.ComfyNode):
         files = list_input_files(ASSET_EXTENSIONS)
         return io.Schema(
             node_id="DreamEdit3D_OrthoRender",
-            display_name="Ortho Render 4 Views (DreamEdit3D)",
+            display_name="Render 4 MVDream Views (DreamEdit3D)",
             category=CATEGORY,
-            description="Renders an asset in MVDream's four views (front, right, back, left; elevation 15, azimuths "
-                        "90/180/270/0): colour, alpha, depth, normals and part ids, with the exact cameras.",
+            description="Renders an asset as MVDream sees it: perspective views (field of view fov_deg) from MVDream's "
+                        "four orthogonal directions (front, right, back, left; elevation 15, azimuths 90/180/270/0): "
+                        "colour, alpha, depth, normals and part ids, with the exact cameras.",
             inputs=[
                 io.Combo.Input("asset", options=files, default=files[0] if files else None, upload=UPLOAD,
                                tooltip="A GLB/GLTF/OBJ/PLY file from ComfyUI's input folder (subfolders included). "
@@ -38,7 +43,7 @@ class OrthoRender(io.ComfyNode):
                                tooltip="Vertical field of view (MVDream trained with 15-60 degrees)."),
                 io.Float.Input("background", default=1.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Background grey level (1 = white, as MVDream trains on white/grey)."),
-                io.Combo.Input("lighting", options=list(LIGHTING), default="ambient_diffuse",
+                io.Combo.Input("lighting", options=[getattr(m, "value", m) for m in LIGHTING], default="ambient_diffuse",
                                tooltip="ambient_diffuse: flat ambient + simple diffuse light; unlit: base colours only."),
                 io.Combo.Input("front_axis", options=list(AXES), default="+z",
                                tooltip="The asset's own front direction (glTF: +Z). It is turned to MVDream's front view."),
@@ -64,12 +69,21 @@ class OrthoRender(io.ComfyNode):
                 resolve_input_file(kw["asset"], ASSET_EXTENSIONS)
             except AssetError as exc:
                 return str(exc)
-        for key, allowed in (("lighting", LIGHTING), ("front_axis", AXES), ("up_axis", AXES)):
-            if key in kw and kw[key] is not None and kw[key] not in allowed:
-                return f"{key} {kw[key]!r} is not one of {list(allowed)}"
+        if kw.get("front_axis") and kw.get("up_axis") and str(kw["front_axis"])[1:] == str(kw["up_axis"])[1:]:
+            return f"front_axis {kw['front_axis']} and up_axis {kw['up_axis']} must be different axes"
         if kw.get("resolution") is not None and int(kw["resolution"]) % 8:
             return f"resolution {kw['resolution']} is not a multiple of 8"
         return True
+
+    @classmethod
+    def fingerprint_inputs(cls, asset=None, **_):
+        # an asset overwritten under the same name renders again (a connected mesh is tracked by ComfyUI itself)
+        if not asset:
+            return ""
+        try:
+            return file_stamp(resolve_input_file(asset, ASSET_EXTENSIONS))
+        except AssetError:
+            return "missing"
 
     @classmethod
     def execute(cls, asset, resolution=256, elevation_deg=15.0, fov_deg=40.0, background=1.0, lighting="ambient_diffuse",

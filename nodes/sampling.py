@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from ..dreamedit3d_core.errors import ConfigError, ShapeError
-from ._compat import (ComfyProgress, calculate_sigmas, compute_device, intermediate_device, io, latent_preview_rgb,
-                      make_model_sampling, managed_load, scheduler_names, throw_if_interrupted, ui)
-from .sockets import MVConditioningSocket, MVDreamModelSocket, to_comfy_image
+from ._compat import (calculate_sigmas, compute_device, intermediate_device, io, make_model_sampling, managed_load,
+                      scheduler_names, throw_if_interrupted, ui)
+from .progress import ComfyProgress, latent_preview_rgb
+from .sockets import MVConditioningSocket, MVDreamModelSocket, MVSamples, MVSamplesSocket, to_comfy_image
 
 CATEGORY = "DreamEdit3D/sample"
 
@@ -40,12 +41,6 @@ class MVScheduler(io.ComfyNode):
             ],
             outputs=[io.Sigmas.Output("out_sigmas", display_name="sigmas", tooltip="Descending sigmas, steps+1 long, ending at 0.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, **kw):
-        if kw.get("scheduler") is not None and kw["scheduler"] not in scheduler_names():
-            return f"scheduler {kw['scheduler']!r} is not one of {scheduler_names()}"
-        return True
 
     @classmethod
     def execute(cls, scheduler, steps, denoise=1.0, model=None) -> io.NodeOutput:
@@ -86,6 +81,10 @@ class MVSample(io.ComfyNode):
                 io.Latent.Output("out_latent", display_name="latent", tooltip="The sampled latents [4,4,H/8,W/8]."),
                 io.Image.Output("out_images", display_name="images", tooltip="The decoded views [4,H,W,3] (front, right, back, left); "
                                                                          "N*4 for N prompts, one edit after another."),
+                MVSamplesSocket.Output("out_samples", display_name="samples",
+                                       tooltip="The views with the record of what made them (prompts, seed, sampler, "
+                                               "sigmas, model and token hashes), for SaveViews / ContactSheet when the "
+                                               "images pass through other nodes first."),
             ],
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
@@ -129,13 +128,15 @@ class MVSample(io.ComfyNode):
         latents = sampler_bridge.run_comfy_sampler(sampler, sigmas.to(device), wrap, start.to(device),
                                                    latent_image=init.to(device), callback=callback, seed=int(seed))
         images = to_comfy_image(decode_views(model, latents, views))
-        # what made these views follows the IMAGE to LiftToMesh / SaveViews / ContactSheet (nodes/provenance.py)
-        provenance.remember(images, provenance.sample_record(
+        # what made these views travels with them: on the IMAGE itself and on MV_SAMPLES (nodes/provenance.py)
+        record = provenance.sample_record(
             conditioning, model, int(seed), provenance.sampler_name(sampler, cls.hidden.prompt, cls.hidden.unique_id),
-            sigmas, float(cfg)))
+            sigmas, float(cfg))
+        provenance.attach(images, record)
         # LATENTs live on ComfyUI's intermediate device (the CPU, or the GPU under --gpu-only), as core KSampler's do
         out_latent = {"samples": latents.detach().to(device=intermediate_device(), dtype=torch.float32)}
-        return io.NodeOutput(out_latent, images, ui=ui.PreviewImage(images, cls=cls))
+        return io.NodeOutput(out_latent, images, MVSamples(images=images, record=record),
+                             ui=ui.PreviewImage(images, cls=cls))
 
 
 def _with_negative(positive, negative):

@@ -37,7 +37,14 @@ def test_registration_lists_every_stage_node_with_v3_classes(pack):
     expected = {"DreamEdit3D_MVDreamLoader", "DreamEdit3D_OrthoRender", "DreamEdit3D_ComponentMask",
                 "DreamEdit3D_MultiViewTextualInversion", "DreamEdit3D_MVFineTune", "DreamEdit3D_ComposePrompt",
                 "DreamEdit3D_MVScheduler", "DreamEdit3D_MVSample", "DreamEdit3D_LiftToMesh"}
-    assert expected <= set(pack.NODE_CLASS_MAPPINGS)
+    assert expected <= set(pack.NODES)
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS"), "a host with ComfyExtension must use comfy_entrypoint"
+    import asyncio
+
+    from comfy_api.latest import ComfyExtension
+
+    extension = asyncio.run(pack.comfy_entrypoint())
+    assert isinstance(extension, ComfyExtension) and asyncio.run(extension.get_node_list()) == pack.NODE_LIST
     for cls in pack.NODE_LIST:
         node_id = cls.define_schema().node_id
         if node_id == "DreamEdit3D_EditMetrics":
@@ -94,7 +101,7 @@ def test_input_path_inside_a_subfolder_resolves_to_that_file(pack):
 
 
 def test_ortho_render_validation_rejects_escaping_assets_before_running(pack):
-    cls = pack.NODE_CLASS_MAPPINGS["DreamEdit3D_OrthoRender"]
+    cls = pack.NODES["DreamEdit3D_OrthoRender"]
     assert "outside the input folder" in cls.validate_inputs(asset="../x.glb", lighting="unlit")
     assert cls.validate_inputs(asset="a.glb", lighting="unlit") is True
     assert "not one of" in cls.validate_inputs(asset="a.glb", lighting="neon")
@@ -120,7 +127,7 @@ def test_mv_scheduler_gives_the_core_scheduler_sigmas_without_a_model(pack):
     import comfy.model_sampling as ms
     import comfy.samplers
 
-    sched = node(pack.NODE_CLASS_MAPPINGS["DreamEdit3D_MVScheduler"])
+    sched = node(pack.NODES["DreamEdit3D_MVScheduler"])
     reference = type("Ref", (ms.ModelSamplingDiscrete, ms.EPS), {})()
     for name in ("karras", "normal", "simple"):
         (sigmas,) = sched.execute(scheduler=name, steps=7).result
@@ -129,7 +136,7 @@ def test_mv_scheduler_gives_the_core_scheduler_sigmas_without_a_model(pack):
     (half,) = sched.execute(scheduler="karras", steps=5, denoise=0.5).result
     full = comfy.samplers.calculate_sigmas(reference, "karras", 10)
     torch.testing.assert_close(half, full[-6:], rtol=1e-5, atol=1e-6)
-    assert "not one of" in pack.NODE_CLASS_MAPPINGS["DreamEdit3D_MVScheduler"].validate_inputs(scheduler="nope")
+    assert "not one of" in pack.NODES["DreamEdit3D_MVScheduler"].validate_inputs(scheduler="nope")
 
 
 # ------------------------------------------------------------------------------------------------ converters
@@ -232,7 +239,7 @@ def test_training_node_runs_under_inference_mode_and_leaves_its_input_model_unto
     ckpt_dir = _compat.model_folder("mvdream")
     write_tiny_checkpoint(ckpt_dir / "tiny-node-test.safetensors", seed=0)
     install_robot_asset(_compat.input_folder())
-    get = pack.NODE_CLASS_MAPPINGS.get
+    get = pack.NODES.get
     with torch.inference_mode():
         (model,) = node(get("DreamEdit3D_MVDreamLoader")).execute(ckpt_name="tiny-node-test.safetensors").result
         before = model.token_embedding.weight.detach().clone()
@@ -274,7 +281,7 @@ def test_sam_component_mask_runs_sam_on_the_compute_device(pack, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(core_masks, "masks_from_sam", spy)
-    get = pack.NODE_CLASS_MAPPINGS.get
+    get = pack.NODES.get
     with torch.inference_mode():
         views = node(get("DreamEdit3D_OrthoRender")).execute(asset="robot/kenney_character.glb", resolution=64).result[-1]
         out = node(get("DreamEdit3D_ComponentMask")).execute(views=views, components="head: top; robot: *", source="sam",
@@ -294,7 +301,7 @@ def test_full_finetune_node_trains_a_model_loaded_in_half_precision(pack):
 
     write_tiny_checkpoint(_compat.model_folder("mvdream") / "tiny-half-test.safetensors", seed=0)
     install_robot_asset(_compat.input_folder())
-    get = pack.NODE_CLASS_MAPPINGS.get
+    get = pack.NODES.get
     common = dict(steps=1, attention_loss_weight=0.01, seed=0, resume=False, checkpoint_every=1000, preview_every=0)
     with torch.inference_mode():
         (model,) = node(get("DreamEdit3D_MVDreamLoader")).execute(ckpt_name="tiny-half-test.safetensors",

@@ -34,7 +34,7 @@ def pack(tmp_path_factory):
 def run(pack, node_id, hidden=None, **inputs):
     from comfy_api.latest import io
 
-    cls = pack.NODE_CLASS_MAPPINGS[node_id]
+    cls = pack.NODES[node_id]
     return cls.PREPARE_CLASS_CLONE(hidden or {}).execute(**inputs)
 
 
@@ -65,9 +65,9 @@ def graph(pack):
         sigmas = run(pack, "DreamEdit3D_MVScheduler", scheduler="normal", steps=2, model=trained).result[0]
         sample = run(pack, "DreamEdit3D_MVSample", hidden, model=trained, positive=cond,
                      sampler=comfy.samplers.sampler_object("euler"), sigmas=sigmas, seed=31, cfg=7.5, resolution=64)
-    latent, images = sample.result
+    latent, images, samples = sample.result
     return dict(model=trained, tokens=tokens, views=views, alpha=alpha, cond=cond, sigmas=sigmas, images=images, ti=ti,
-                prompt_graph=prompt_graph, latent=latent)
+                prompt_graph=prompt_graph, latent=latent, samples=samples)
 
 
 def test_training_node_returns_its_last_four_view_preview_and_loss_in_the_ui(pack, graph):
@@ -79,7 +79,9 @@ def test_training_node_returns_its_last_four_view_preview_and_loss_in_the_ui(pac
     assert len(items) == 4 and all(i["type"] == "temp" for i in items)
     from PIL import Image
 
-    files = [Image.open(_compat.Path(__import__("folder_paths").get_temp_directory()) / i["subfolder"] / i["filename"])
+    from pathlib import Path
+
+    files = [Image.open(Path(__import__("folder_paths").get_temp_directory()) / i["subfolder"] / i["filename"])
              for i in items]
     # one square picture per view (the trainer's preview strip [H, 4*H] cut into its views)
     assert len({im.size for im in files}) == 1 and files[0].size[0] == files[0].size[1]
@@ -98,7 +100,7 @@ def test_progress_keeps_the_last_image_preview_as_an_image_batch(pack):
 
 def test_sample_records_every_prompt_seed_sampler_sigmas_and_hashes_on_its_images(pack, graph):
     from dreamedit3d_pack.dreamedit3d_core import __version__
-    from dreamedit3d_pack.nodes.provenance import recall
+    from dreamedit3d_pack.nodes.provenance import carried as recall
 
     images, cond = graph["images"], graph["cond"]
     assert images.shape == (8, 64, 64, 3) and cond.batch_size == 2
@@ -123,7 +125,7 @@ def test_sample_returns_its_latent_on_comfys_intermediate_device(pack, graph, mo
     monkeypatch.setattr(sampling, "intermediate_device", lambda: torch.device("meta"))
     hidden = {io.Hidden.prompt: graph["prompt_graph"], io.Hidden.unique_id: "7"}
     with torch.inference_mode():
-        latent, _ = run(pack, "DreamEdit3D_MVSample", hidden, model=graph["model"], positive=graph["cond"],
+        latent, _, _ = run(pack, "DreamEdit3D_MVSample", hidden, model=graph["model"], positive=graph["cond"],
                         sampler=comfy.samplers.sampler_object("euler"), sigmas=graph["sigmas"], seed=31, cfg=7.5,
                         resolution=64).result
     assert latent["samples"].device == torch.device("meta") and latent["samples"].dtype == torch.float32
@@ -238,10 +240,78 @@ def test_save_views_writes_pngs_with_provenance_and_read_provenance_returns_it(p
     assert json.loads(read.result[0]) == recs[5] and read.ui["text"] == [read.result[0]]
     # a file from the input folder, picked in the combo
     shutil.copy2(_compat.output_folder() / paths[0], _compat.input_folder() / "picked.png")
-    cls = pack.NODE_CLASS_MAPPINGS["DreamEdit3D_ReadProvenance"]
+    cls = pack.NODES["DreamEdit3D_ReadProvenance"]
     assert cls.validate_inputs(file="picked.png") is True and "not a GLB" in cls.validate_inputs(file="gone.png")
     assert json.loads(run(pack, "DreamEdit3D_ReadProvenance", file="picked.png").result[0]) == recs[0]
     for bad, msg in (("../secret.png", "inside the output folder"), ("x.txt", "not a GLB or PNG"),
                      ("missing.glb", "not found")):
         with pytest.raises(Exception, match=msg):
             run(pack, "DreamEdit3D_ReadProvenance", path=bad)
+
+
+def test_provenance_reaches_saved_views_through_a_core_image_node_by_the_samples_socket(pack, graph):
+    """The record is carried by the data: a core node in between makes a new IMAGE, MV_SAMPLES still brings it."""
+    from comfy_api.latest import io
+    from nodes import ImageInvert  # a core image node (ComfyUI's nodes.py)
+    from dreamedit3d_pack.dreamedit3d_core.provenance import read_png_provenance
+    from dreamedit3d_pack.nodes import folders
+
+    (inverted,) = ImageInvert().invert(graph["images"])
+    hidden = {io.Hidden.prompt: graph["prompt_graph"], io.Hidden.extra_pnginfo: None}
+    with_samples = run(pack, "DreamEdit3D_SaveViews", hidden, images=inverted, filename_prefix="dreamedit3d/inv",
+                       samples=graph["samples"]).result[0].splitlines()
+    without = run(pack, "DreamEdit3D_SaveViews", hidden, images=inverted,
+                  filename_prefix="dreamedit3d/inv").result[0].splitlines()
+    rec = read_png_provenance(folders.output_folder() / with_samples[5])
+    assert rec["seed"] == 31 and rec["sampler"] == "euler" and rec["prompt"] == graph["cond"].prompts[1]
+    bare = read_png_provenance(folders.output_folder() / without[5])
+    assert "seed" not in bare or bare["seed"] is None  # only the workflow's widgets: nothing claims MVSample's record
+    assert bare["workflow"] == rec["workflow"]
+    (sheet,) = run(pack, "DreamEdit3D_ContactSheet", images=inverted, samples=graph["samples"]).result
+    (labelled,) = run(pack, "DreamEdit3D_ContactSheet", images=inverted, labels="a <robot> painted red\n"
+                      "a <robot> made of gold").result
+    assert torch.equal(sheet, labelled)  # the rows are labelled with MVSample's prompts
+
+
+def test_glb_provenance_lists_the_token_file_saved_in_the_same_run(pack, graph):
+    from comfy_api.latest import io
+    import comfy.samplers
+    from dreamedit3d_pack.dreamedit3d_core.provenance import read_file_provenance
+    from dreamedit3d_pack.dreamedit3d_core.storage import file_sha256
+    from dreamedit3d_pack.nodes import folders
+
+    with torch.inference_mode():
+        name, saved_tokens = run(pack, "DreamEdit3D_SaveTokens", tokens=graph["tokens"], name="same-run").result
+        (cond,) = run(pack, "DreamEdit3D_ComposePrompt", model=graph["model"], prompt="a <robot>",
+                      negative_prompt="", tokens=saved_tokens).result
+        hidden = {io.Hidden.prompt: graph["prompt_graph"], io.Hidden.unique_id: "7"}
+        _, images, _ = run(pack, "DreamEdit3D_MVSample", hidden, model=graph["model"], positive=cond,
+                           sampler=comfy.samplers.sampler_object("euler"), sigmas=graph["sigmas"], seed=31, cfg=7.5,
+                           resolution=64).result
+        out = run(pack, "DreamEdit3D_LiftToMesh", {io.Hidden.prompt: {}, io.Hidden.unique_id: "9"}, images=images,
+                  views=graph["views"], grid=24, texture_size=0, face_budget=0, filename_prefix="dreamedit3d/tok",
+                  alpha=graph["alpha"])
+    item = out.ui["3d"][0]
+    rec = read_file_provenance(folders.output_folder() / item["subfolder"] / item["filename"])
+    token_file = folders.model_folder("mvdream_tokens") / name
+    assert name == "same-run.safetensors" and rec["token_files"] == {name: file_sha256(token_file)}
+
+
+def test_save_tokens_keeps_what_an_embedding_name_means_unless_told_to_overwrite(pack, graph):
+    from dreamedit3d_pack.dreamedit3d_core.storage import file_sha256
+    from dreamedit3d_pack.nodes import folders
+
+    emb = folders.embeddings_folder()
+    first, _ = run(pack, "DreamEdit3D_SaveTokens", tokens=graph["tokens"], name="keep").result
+    robot = emb / "keep_robot.safetensors"
+    sha = file_sha256(robot)
+    again = run(pack, "DreamEdit3D_SaveTokens", tokens=graph["tokens"], name="keep")  # default: new_version
+    assert again.result[0] == "keep_v2.safetensors" and (emb / "keep_v2_robot.safetensors").is_file()
+    assert file_sha256(robot) == sha and any("saved as keep_v2" in line for line in again.ui["text"])
+    with pytest.raises(ValueError, match="exist already.*if_exists"):
+        run(pack, "DreamEdit3D_SaveTokens", tokens=graph["tokens"], name="keep", if_exists="error")
+    moved = graph["tokens"].__class__(tokens=graph["tokens"].tokens, embeddings=graph["tokens"].embeddings + 1.0,
+                                      components=graph["tokens"].components)
+    over = run(pack, "DreamEdit3D_SaveTokens", tokens=moved, name="keep", if_exists="overwrite")
+    assert over.result[0] == first == "keep.safetensors" and file_sha256(robot) != sha
+    assert not (emb / "keep_v3_robot.safetensors").exists()

@@ -47,18 +47,19 @@ def node(models):
         pack = types.ModuleType(PACK)
         pack.__path__ = [str(REPO)]
         sys.modules[PACK] = pack
-    saved = {k: folder_paths.folder_names_and_paths.get(k) for k in ("clip_vision", "dino")}
-    folder_paths.folder_names_and_paths["clip_vision"] = ([str(models / "clip_vision")], {".safetensors", ".bin"})
-    folder_paths.folder_names_and_paths["dino"] = ([str(models / "dino")], {".safetensors", ".bin"})
+    module = importlib.import_module(f"{PACK}.nodes.metrics")
+    # the pack registers models/dino itself (with ComfyUI's clip_vision beside it); the test only adds its folders
+    assert ".safetensors" in folder_paths.folder_names_and_paths["dino"][1], "the pack did not register models/dino"
+    added = [("clip_vision", str(models / "clip_vision")), ("dino", str(models / "dino"))]
+    saved = {k: list(folder_paths.folder_names_and_paths[k][0]) for k, _ in added}
+    for kind, path in added:
+        folder_paths.folder_names_and_paths[kind] = ([path], folder_paths.folder_names_and_paths[kind][1])
     folder_paths.filename_list_cache.clear()
     try:
-        yield importlib.import_module(f"{PACK}.nodes.metrics")
+        yield module
     finally:
-        for k, v in saved.items():
-            if v is None:
-                folder_paths.folder_names_and_paths.pop(k, None)
-            else:
-                folder_paths.folder_names_and_paths[k] = v
+        for kind, paths in saved.items():
+            folder_paths.folder_names_and_paths[kind] = (paths, folder_paths.folder_names_and_paths[kind][1])
         folder_paths.filename_list_cache.clear()
 
 

@@ -1,0 +1,143 @@
+"""One declared range per input: every registered node refuses what its own schema rules out (nodes/checks.py).
+
+The expected limits are read from each node's schema and compared with values just outside them, so a node added
+later is covered by the same loop; the values the issue found accepted are checked by name as well.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from _comfy_pack import comfy_root, import_comfy_tree, import_pack, point_folders_at
+from conftest import skip_or_fail
+
+pytestmark = pytest.mark.nodes
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    root = comfy_root()
+    if root is None:
+        skip_or_fail("no ComfyUI tree: run tools/setup_env.sh or set COMFYUI_PATH")
+    import_comfy_tree(root)
+    point_folders_at(tmp_path_factory.mktemp("comfy_base"))
+    return import_pack()
+
+
+def _widgets(cls, kind):
+    from comfy_api.latest import io
+
+    return [i for i in cls.define_schema().inputs if isinstance(i, kind)]
+
+
+def _validate(cls, **values):
+    return cls.PREPARE_CLASS_CLONE({}).validate_inputs(**values)
+
+
+def test_every_node_refuses_numbers_outside_its_schema_range_and_non_finite_floats(pack):
+    from comfy_api.latest import io
+
+    checked = 0
+    for cls in pack.NODE_LIST:
+        for inp in _widgets(cls, (io.Int.Input, io.Float.Input)):
+            is_float = isinstance(inp, io.Float.Input)
+            assert _validate(cls, **{inp.id: inp.default}) is True, (cls.__name__, inp.id)
+            bad = []
+            if inp.min is not None:
+                bad.append(inp.min - (0.5 if is_float else 1))
+            if inp.max is not None:
+                bad.append(inp.max + (0.5 if is_float else 1))
+            if is_float:
+                bad += [math.nan, math.inf, -math.inf]
+            for value in bad:
+                message = _validate(cls, **{inp.id: value})
+                assert isinstance(message, str) and message.startswith(inp.id), (cls.__name__, inp.id, value, message)
+                checked += 1
+    assert checked > 60
+
+
+def test_the_values_found_accepted_before_are_refused_at_their_node(pack):
+    cases = [
+        ("DreamEdit3D_MVScheduler", "steps", 0, "below its minimum 1"),
+        ("DreamEdit3D_MVScheduler", "steps", 1001, "above its maximum 1000"),
+        ("DreamEdit3D_MVScheduler", "denoise", float("nan"), "finite"),
+        ("DreamEdit3D_MVScheduler", "denoise", float("inf"), "finite"),
+        ("DreamEdit3D_MVScheduler", "denoise", -1.0, "below its minimum"),
+        ("DreamEdit3D_MVScheduler", "denoise", 2.0, "above its maximum"),
+        ("DreamEdit3D_OrthoRender", "elevation_deg", -60.0, "below its minimum"),
+        ("DreamEdit3D_OrthoRender", "fov_deg", 120.0, "above its maximum"),
+        ("DreamEdit3D_LiftToMesh", "face_budget", 2_000_001, "above its maximum"),
+        ("DreamEdit3D_LiftToMesh", "texture_size", 4097, "above its maximum"),
+    ]
+    for node_id, key, value, fragment in cases:
+        message = _validate(pack.NODES[node_id], **{key: value})
+        assert isinstance(message, str) and fragment in message and key in message, (node_id, key, value, message)
+
+
+def test_every_combo_refuses_a_value_not_among_its_choices(pack):
+    from comfy_api.latest import io
+
+    checked = 0
+    for cls in pack.NODE_LIST:
+        for inp in _widgets(cls, io.Combo.Input):
+            if inp.upload is not None:
+                continue  # file uploads: the node's own check (annotated names, traversal) - tested below
+            message = _validate(cls, **{inp.id: "no-such-choice"})
+            assert isinstance(message, str) and "no-such-choice" in message, (cls.__name__, inp.id, message)
+            checked += 1
+    assert checked >= 10
+
+
+def test_own_validators_still_run_and_linked_inputs_are_not_checked(pack):
+    render = pack.NODES["DreamEdit3D_OrthoRender"]
+    assert "multiple of 8" in _validate(render, resolution=68)
+    assert "outside the input folder" in _validate(render, asset="../x.glb")
+    assert _validate(render, resolution=None, lighting=None) is True  # linked inputs arrive as None
+    lift = pack.NODES["DreamEdit3D_LiftToMesh"]
+    assert "not one of" in _validate(lift, mode="melt")
+
+
+def test_a_node_without_its_own_validator_is_checked_too(pack):
+    sheet = pack.NODES["DreamEdit3D_ContactSheet"]
+    assert "padding" in _validate(sheet, padding=65)
+    compose = pack.NODES["DreamEdit3D_ComposePrompt"]
+    assert _validate(compose, prompt="a <robot>", mvdream_suffix=True) is True
+
+
+def test_installation_is_idempotent_and_keeps_the_nodes_own_check(pack):
+    from dreamedit3d_pack.nodes.checks import install_schema_checks
+
+    cls = pack.NODES["DreamEdit3D_MVScheduler"]
+    before = cls.validate_inputs
+    assert install_schema_checks(cls) is cls and cls.validate_inputs == before
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "..\\..\\x.glb", "C:/x", "sub/x", "", ".hidden"])
+def test_save_nodes_refuse_names_that_leave_their_folder(pack, name):
+    for node_id, key in (("DreamEdit3D_SaveMVDream", "filename"), ("DreamEdit3D_SaveTokens", "name"),
+                         ("DreamEdit3D_MultiViewTextualInversion", "run_name"), ("DreamEdit3D_MVFineTune", "run_name")):
+        message = _validate(pack.NODES[node_id], **{key: name})
+        assert isinstance(message, str) and key in message and (repr(name) in message or not name), (node_id, name, message)
+    assert _validate(pack.NODES["DreamEdit3D_SaveMVDream"], filename="my-model") is True
+
+
+@pytest.mark.parametrize("prefix", ["../../x", "/tmp/x", "..\\..\\x", "C:/x"])
+def test_every_filename_prefix_stays_in_the_output_folder(pack, prefix):
+    nodes = [cls for cls in pack.NODE_LIST if any(i.id == "filename_prefix" for i in cls.define_schema().inputs)]
+    assert {cls.define_schema().node_id for cls in nodes} >= {"DreamEdit3D_LiftToMesh", "DreamEdit3D_SaveViews"}
+    for cls in nodes:
+        message = _validate(cls, filename_prefix=prefix)
+        assert isinstance(message, str) and "leaves the output folder" in message, (cls.__name__, message)
+        assert _validate(cls, filename_prefix="dreamedit3d/sub/edit") is True
+
+
+def test_save_mvdream_execute_refuses_traversal_and_writes_nothing(pack):
+    from dreamedit3d_pack.nodes import folders
+
+    cls = pack.NODES["DreamEdit3D_SaveMVDream"].PREPARE_CLASS_CLONE({})
+    before = set(folders.model_folder("mvdream").parent.parent.rglob("*"))
+    with pytest.raises(ValueError, match="tries to leave its folder"):
+        cls.execute(model=object(), filename="../../escape")
+    assert set(folders.model_folder("mvdream").parent.parent.rglob("*")) == before
