@@ -12,7 +12,9 @@ Conventions:
   we assume the same; Blender's default OBJ export, "-Z forward, Y up", needs ``front_axis="-z"``). The asset is rotated so
   that its front faces **+x** (MVDream's front view camera, azimuth 90) and its up stays +y.
 * Size: the rotated bounding box is centred on the origin and scaled uniformly so its longest side is 1 (the cube
-  ``[-0.5, 0.5]^3``, ``cameras.OBJECT_HALF_EXTENT``). The 4x4 applied is kept in ``MeshAsset.normalisation``.
+  ``[-0.5, 0.5]^3``, ``cameras.OBJECT_HALF_EXTENT``). The 4x4 applied is kept in ``MeshAsset.source_frame``
+  (:class:`~dreamedit3d_core.geometry.SourceFrame`), which ``render_views`` carries into the views so lifted meshes can be
+  written back in the file's own coordinates.
 * Colour: base colour factor (glTF ``baseColorFactor``, MTL ``Kd``) x vertex colour x base-colour texture, taken as stored
   (no sRGB/linear conversion); alpha channels are ignored. A part without material gets :data:`DEFAULT_BASE_COLOR`.
 * Parts: one per scene-graph node instance (glTF), per OBJ ``o``/``g`` group, or the whole file (PLY). Names are the glTF node
@@ -36,7 +38,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .errors import AssetError, ConfigError
+from .errors import AssetError
+from .geometry import SourceFrame, axes_rotation
 from .types import MeshAsset
 
 SUPPORTED_SUFFIXES = (".glb", ".gltf", ".obj", ".ply")
@@ -47,7 +50,6 @@ DEFAULT_MAX_FACES = 5_000_000
 #: Colour of parts that carry no material, vertex colour or texture (light grey: visible on white and grey backgrounds).
 DEFAULT_BASE_COLOR = (0.7, 0.7, 0.7)
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tga", ".tif", ".tiff", ".webp", ".gif")
-_AXES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0), "+z": (0, 0, 1), "-z": (0, 0, -1)}
 
 
 def _fail(path: Path, problem: str) -> AssetError:
@@ -341,18 +343,22 @@ def _scene_parts(scene, path: Path, named_nodes: dict, fmt: str, texture_overrid
     return parts
 
 
-def _axis(name: str, what: str) -> np.ndarray:
-    if name not in _AXES:
-        raise ConfigError(f"{what} must be one of {sorted(_AXES)}, got {name!r}")
-    return np.asarray(_AXES[name], np.float64)
-
-
 def orientation_matrix(front_axis: str = "+z", up_axis: str = "+y") -> np.ndarray:
-    """Rotation [3, 3] taking the asset's front to +x and its up to +y (a proper rotation, det +1)."""
-    front, up = _axis(front_axis, "front_axis"), _axis(up_axis, "up_axis")
-    if abs(front @ up) > 0:
-        raise ConfigError(f"front_axis {front_axis!r} and up_axis {up_axis!r} must be perpendicular")
-    return np.stack([front, up, np.cross(front, up)])  # rows: R @ front = ex, R @ up = ey
+    """Rotation [3, 3] taking the asset's front to +x and its up to +y (a proper rotation, det +1;
+    ``geometry.axes_rotation`` as numpy)."""
+    return axes_rotation(front_axis, up_axis).numpy()
+
+
+def normalising_transform(vertices: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """The 4x4 (float64) that rotates ``vertices`` [N, 3], centres their bounding box on the origin and scales its
+    longest side to 1: the normalisation every asset gets (``MeshAsset.source_frame.to_internal``)."""
+    rotated = vertices @ rotation.T
+    lo, hi = rotated.min(0), rotated.max(0)
+    scale = 1.0 / max(float((hi - lo).max()), 1e-12)
+    transform = np.eye(4)
+    transform[:3, :3] = scale * rotation
+    transform[:3, 3] = -scale * (lo + hi) / 2.0
+    return transform
 
 
 def _image_to_tensor(image) -> torch.Tensor:
@@ -360,7 +366,7 @@ def _image_to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def _read_texture_override(texture, path: Path, max_pixels: int):
+def _read_texture_override(texture, path: Path, max_pixels: int, flip_y: bool = False):
     from PIL import Image
 
     tex_path = Path(texture)
@@ -368,7 +374,8 @@ def _read_texture_override(texture, path: Path, max_pixels: int):
         raise _fail(path, f"texture '{texture}' given for it does not exist")
     data = tex_path.read_bytes()
     _check_image_header(data, tex_path, "texture", max_pixels)
-    return Image.open(io.BytesIO(data))
+    image = Image.open(io.BytesIO(data))
+    return image.transpose(Image.Transpose.FLIP_TOP_BOTTOM) if flip_y else image
 
 
 def load_asset(
@@ -403,12 +410,29 @@ def load_asset(
             triangles, has NaN/inf coordinates, only degenerate triangles, or too many faces. One line, naming the file.
         ConfigError: bad ``front_axis``/``up_axis``.
     """
-    import trimesh
-
     path = Path(path).expanduser()
     rotation = orientation_matrix(front_axis, up_axis)
+    data = _read_asset_bytes(path)
     suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
+    if suffix in (".glb", ".gltf"):
+        named_nodes, uv_transforms = _gltf_layout(data, path, max_texture_pixels)
+        trimesh_options, has_materials = {}, True
+    elif suffix == ".obj":
+        named_nodes, trimesh_options, has_materials = _obj_layout(data)
+        uv_transforms = {}
+    else:
+        named_nodes, uv_transforms, trimesh_options, has_materials = {}, {}, {}, True
+    texture_override = None
+    if texture is not None:
+        texture_override = _read_texture_override(texture, path, max_texture_pixels, texture_flip_y)
+    scene = _load_scene(data, path, max_texture_pixels, trimesh_options)
+    parts = _scene_parts(scene, path, named_nodes, suffix, texture_override, has_materials, uv_transforms)
+    return _assemble(parts, path, rotation, max_faces, device)
+
+
+def _read_asset_bytes(path: Path) -> bytes:
+    """The file's bytes, after checking its type and that it exists and is not empty."""
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise _fail(path, f"unsupported file type '{path.suffix}'; supported: {', '.join(SUPPORTED_SUFFIXES)}")
     if not path.is_file():
         raise _fail(path, "file not found" if not path.exists() else "is not a file")
@@ -418,43 +442,48 @@ def load_asset(
         raise _fail(path, f"cannot be read ({exc.strerror})") from None
     if not data:
         raise _fail(path, "is empty (0 bytes)")
-    folder = path.parent.resolve()
-    named_nodes: dict = {}
-    uv_transforms: dict = {}
-    kwargs: dict = {}
-    has_materials = True
-    if suffix in (".glb", ".gltf"):
-        if suffix == ".glb":
-            tree, binary = _gltf_json_from_glb(data, path)
-        else:
-            try:
-                tree, binary = json.loads(data.decode("utf-8")), b""
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise _fail(path, f"is corrupt: the glTF JSON does not parse ({exc})") from None
-        _check_gltf(tree, binary, path, max_texture_pixels)
-        uv_transforms = _texture_transforms(tree)
-        named_nodes = {}
-        for i, node in enumerate(tree.get("nodes", []) or []):
-            if isinstance(node, dict) and node.get("name") and node["name"] not in named_nodes:
-                named_nodes[node["name"]] = i
-        if not tree.get("meshes"):
-            raise _fail(path, "contains no meshes")
-    elif suffix == ".obj":
-        text = data.decode("utf-8", errors="replace")
-        kwargs = dict(split_objects=True, split_groups=True, group_material=False)
-        for m in re.finditer(r"^[ \t]*[og][ \t]+(\S.*?)[ \t]*$", text, flags=re.M):  # group names, in file order
-            named_nodes.setdefault(m.group(1), len(named_nodes))
-        if not re.search(r"^\s*mtllib\s", text, flags=re.M):
-            has_materials = False  # trimesh would invent a dark grey material with a 2x2 placeholder image
-    texture_override = _read_texture_override(texture, path, max_texture_pixels) if texture is not None else None
-    if texture_override is not None and texture_flip_y:
-        from PIL import Image
+    return data
 
-        texture_override = texture_override.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-    resolver = _ReadOnlyResolver(folder, path, max_texture_pixels, missing_ok=suffix == ".obj")
+
+def _gltf_layout(data: bytes, path: Path, max_texture_pixels: int) -> tuple[dict, dict]:
+    """Check a GLB/glTF's JSON before trimesh sees it; return (named node -> index in file order, UV transforms)."""
+    if path.suffix.lower() == ".glb":
+        tree, binary = _gltf_json_from_glb(data, path)
+    else:
+        try:
+            tree, binary = json.loads(data.decode("utf-8")), b""
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _fail(path, f"is corrupt: the glTF JSON does not parse ({exc})") from None
+    _check_gltf(tree, binary, path, max_texture_pixels)
+    named_nodes: dict = {}
+    for i, node in enumerate(tree.get("nodes", []) or []):
+        if isinstance(node, dict) and node.get("name") and node["name"] not in named_nodes:
+            named_nodes[node["name"]] = i
+    if not tree.get("meshes"):
+        raise _fail(path, "contains no meshes")
+    return named_nodes, _texture_transforms(tree)
+
+
+def _obj_layout(data: bytes) -> tuple[dict, dict, bool]:
+    """An OBJ's group names in file order, trimesh's options to split it into them, and whether it names materials."""
+    text = data.decode("utf-8", errors="replace")
+    named_nodes: dict = {}
+    for m in re.finditer(r"^[ \t]*[og][ \t]+(\S.*?)[ \t]*$", text, flags=re.M):  # group names, in file order
+        named_nodes.setdefault(m.group(1), len(named_nodes))
+    # without mtllib trimesh would invent a dark grey material with a 2x2 placeholder image
+    has_materials = bool(re.search(r"^\s*mtllib\s", text, flags=re.M))
+    return named_nodes, dict(split_objects=True, split_groups=True, group_material=False), has_materials
+
+
+def _load_scene(data: bytes, path: Path, max_texture_pixels: int, trimesh_options: dict):
+    """trimesh's scene of the file (``process=False``), reading companions only through the read-only resolver."""
+    import trimesh
+
+    suffix = path.suffix.lower()
+    resolver = _ReadOnlyResolver(path.parent.resolve(), path, max_texture_pixels, missing_ok=suffix == ".obj")
     try:
         scene = trimesh.load(io.BytesIO(data), file_type=suffix[1:], resolver=resolver, force="scene",
-                             process=False, **kwargs)
+                             process=False, **trimesh_options)
     except AssetError:
         raise
     except Exception as exc:
@@ -464,8 +493,7 @@ def load_asset(
         raise _fail(path, f"is corrupt or not a valid {suffix[1:].upper()} file ({type(exc).__name__}: {msg})") from None
     if resolver.problems:
         raise AssetError(resolver.problems[0])
-    parts = _scene_parts(scene, path, named_nodes, suffix, texture_override, has_materials, uv_transforms)
-    return _assemble(parts, path, rotation, max_faces, device)
+    return scene
 
 
 def _assemble(parts: list, path: Path, rotation: np.ndarray, max_faces: int, device) -> MeshAsset:
@@ -488,13 +516,7 @@ def _assemble(parts: list, path: Path, rotation: np.ndarray, max_faces: int, dev
     area2 = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
     if not (area2 > 0).any():
         raise _fail(path, f"all {len(faces)} triangles have zero area (degenerate): there is no surface to render")
-    # 1. orient, 2. centre the bounding box, 3. scale the longest side to 1
-    rotated = vertices @ rotation.T
-    lo, hi = rotated.min(0), rotated.max(0)
-    scale = 1.0 / float((hi - lo).max())
-    normalisation = np.eye(4)
-    normalisation[:3, :3] = scale * rotation
-    normalisation[:3, 3] = -scale * (lo + hi) / 2.0
+    normalisation = normalising_transform(vertices, rotation)  # orient, centre the bounding box, longest side 1
     normalised = vertices @ normalisation[:3, :3].T + normalisation[:3, 3]
 
     has_uv = any(p["uv"] is not None for p in parts)
@@ -529,7 +551,7 @@ def _assemble(parts: list, path: Path, rotation: np.ndarray, max_faces: int, dev
         face_textures=t(np.concatenate(face_tex), torch.int64) if textures else None,
         textures=tuple(x.to(device) if device is not None else x for x in textures),
         source=str(path),
-        normalisation=torch.as_tensor(normalisation, dtype=torch.float64),
+        source_frame=SourceFrame(torch.as_tensor(normalisation, dtype=torch.float64)),
     )
 
 
@@ -551,12 +573,7 @@ def asset_from_arrays(
     if normalise:
         if not np.isfinite(v).all():
             raise AssetError("<arrays>: has vertices with NaN or infinite coordinates")
-        r = orientation_matrix(front_axis, up_axis)
-        rotated = v @ r.T
-        lo, hi = rotated.min(0), rotated.max(0)
-        scale = 1.0 / max(float((hi - lo).max()), 1e-12)
-        norm = np.eye(4)
-        norm[:3, :3], norm[:3, 3] = scale * r, -scale * (lo + hi) / 2
+        norm = normalising_transform(v, orientation_matrix(front_axis, up_axis))
         v = v @ norm[:3, :3].T + norm[:3, 3]
     else:
         norm = np.eye(4)
@@ -566,5 +583,5 @@ def asset_from_arrays(
         face_base_color=f32(base), uv=f32(uv), vertex_colors=f32(vertex_colors),
         face_textures=None if face_textures is None else torch.as_tensor(np.asarray(face_textures, np.int64)),
         textures=tuple(torch.as_tensor(x, dtype=torch.float32) for x in textures),
-        normalisation=torch.as_tensor(norm, dtype=torch.float64),
+        source_frame=SourceFrame(torch.as_tensor(norm, dtype=torch.float64)),
     )

@@ -9,13 +9,24 @@ Conventions (the ones ``cameras.MVCameras`` documents):
 
 These functions compute in the dtype they are given (callers choose float64 where precision matters), so a caller that
 needs bit-identical results across refactors gets them.
+
+The **internal frame** everything between OrthoRender and LiftToMesh works in is MVDream's: OpenGL y up, the asset's front
+facing +x (MVDream's front camera), the object inside ``[-0.5, 0.5]^3``. :class:`SourceFrame` records where that frame sits in
+an asset's own coordinates, so results can be written back in them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
-from .errors import ShapeError
+from .errors import ConfigError, ShapeError
+
+#: Axis names accepted for an asset's front and up directions.
+AXES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0), "+z": (0, 0, 1), "-z": (0, 0, -1)}
+#: glTF's convention for an asset's own axes: +Y up, front +Z.
+GLTF_FRONT_AXIS, GLTF_UP_AXIS = "+z", "+y"
 
 
 def transform_points(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -63,3 +74,98 @@ def pixels_to_camera(pixels: torch.Tensor, depth: torch.Tensor, focal_px: float,
     """
     return torch.stack([(pixels[..., 0] - width / 2.0) / focal_px * depth,
                         -(pixels[..., 1] - height / 2.0) / focal_px * depth, -depth], -1)
+
+
+def _axis(name: str, what: str) -> torch.Tensor:
+    if name not in AXES:
+        raise ConfigError(f"{what} must be one of {sorted(AXES)}, got {name!r}")
+    return torch.tensor(AXES[name], dtype=torch.float64)
+
+
+def axes_rotation(front_axis: str = GLTF_FRONT_AXIS, up_axis: str = GLTF_UP_AXIS) -> torch.Tensor:
+    """Rotation float64 [3, 3] taking an asset's ``front_axis`` to +x and its ``up_axis`` to +y (det +1).
+
+    Raises:
+        ConfigError: an unknown axis name, or front and up not perpendicular.
+    """
+    front, up = _axis(front_axis, "front_axis"), _axis(up_axis, "up_axis")
+    if abs(float(front @ up)) > 0:
+        raise ConfigError(f"front_axis {front_axis!r} and up_axis {up_axis!r} must be perpendicular")
+    return torch.stack([front, up, torch.linalg.cross(front, up)])  # rows: R @ front = ex, R @ up = ey
+
+
+def _apply(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``matrix`` (float64 [4, 4]) applied to points [..., 3] in float64, returned in ``points``' dtype."""
+    if not isinstance(points, torch.Tensor) or points.shape[-1:] != (3,):
+        seen = list(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
+        raise ShapeError(f"points must be a float tensor [..., 3], got {seen}")
+    flat = points.reshape(-1, 3).to(torch.float64)
+    out = transform_points(matrix.to(points.device), flat)
+    return out.reshape(points.shape).to(points.dtype if points.is_floating_point() else torch.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class SourceFrame:
+    """Where our internal frame sits in a source asset's own coordinates (its axes and units as loaded).
+
+    Attributes:
+        to_internal: float64 [4, 4] affine transform from the source's coordinates to the internal frame: the
+            normalisation ``load_asset`` applied (rotation of the asset's front to +x and up to +y, centring, uniform
+            scale into ``[-0.5, 0.5]^3``). Kept on the CPU in float64 whatever device or dtype the data moves to.
+    """
+
+    to_internal: torch.Tensor = field(default_factory=lambda: torch.eye(4, dtype=torch.float64))
+
+    def __post_init__(self):
+        m = torch.as_tensor(self.to_internal).detach().to("cpu", torch.float64).clone()
+        if m.shape != (4, 4):
+            raise ShapeError(f"a source frame's to_internal must be a 4x4 matrix, got {list(m.shape)}")
+        if not bool(torch.isfinite(m).all()) or not torch.equal(m[3], torch.tensor([0.0, 0.0, 0.0, 1.0],
+                                                                                 dtype=torch.float64)):
+            raise ShapeError(f"a source frame's to_internal must be a finite affine 4x4 (last row 0 0 0 1), got "
+                             f"{m.tolist()}")
+        if abs(float(torch.linalg.det(m[:3, :3]))) < 1e-300:
+            raise ShapeError("a source frame's to_internal is singular (zero scale); it cannot be inverted")
+        object.__setattr__(self, "to_internal", m)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, SourceFrame) and torch.equal(self.to_internal, other.to_internal)
+
+    __hash__ = None  # compared by the matrix's values, so not hashable
+
+    @classmethod
+    def gltf_unit(cls) -> "SourceFrame":
+        """The frame used when there is no source: glTF's convention (+Y up, front +Z) at the internal unit size."""
+        m = torch.eye(4, dtype=torch.float64)
+        m[:3, :3] = axes_rotation(GLTF_FRONT_AXIS, GLTF_UP_AXIS)
+        return cls(m)
+
+    def to_source(self) -> torch.Tensor:
+        """float64 [4, 4] from the internal frame back to the source's coordinates (the inverse of ``to_internal``)."""
+        return torch.linalg.inv(self.to_internal)
+
+    def to_source_frame(self, points: torch.Tensor) -> torch.Tensor:
+        """Internal-frame points [..., 3] in the source's own coordinates (computed in float64, ``points``' dtype)."""
+        return _apply(self.to_source(), points)
+
+    def from_source_frame(self, points: torch.Tensor) -> torch.Tensor:
+        """Source-coordinate points [..., 3] in the internal frame (computed in float64, ``points``' dtype)."""
+        return _apply(self.to_internal, points)
+
+    @property
+    def mirrors(self) -> bool:
+        """True when the transform flips handedness, so triangle winding must be reversed to keep faces outward."""
+        return float(torch.linalg.det(self.to_internal[:3, :3])) < 0
+
+    def to_dict(self) -> dict:
+        return {"to_internal": [float(x) for x in self.to_internal.reshape(-1)]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SourceFrame":
+        unknown = set(data) - {"to_internal"}
+        if unknown or "to_internal" not in data:
+            raise ConfigError(f"a source frame is {{'to_internal': 16 numbers}}, got keys {sorted(data)}")
+        values = torch.as_tensor(data["to_internal"], dtype=torch.float64)
+        if values.numel() != 16:
+            raise ConfigError(f"a source frame's to_internal needs 16 numbers (row-major 4x4), got {values.numel()}")
+        return cls(values.reshape(4, 4))

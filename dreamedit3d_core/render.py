@@ -178,7 +178,7 @@ def render_views(
 
     Returns:
         MultiViewRender: rgb [V,3,H,W], alpha [V,1,H,W], depth [V,1,H,W], normals [V,3,H,W], part_id [V,H,W], all on the
-        render device.
+        render device, and the asset's ``source_frame`` (so lifted results can go back to the asset's own coordinates).
     """
     bg_tuple = _check_options(resolution, ssaa, lighting, background)
     cameras = MVCameras.mvdream_default() if cameras is None else cameras
@@ -218,4 +218,5 @@ def render_views(
     return MultiViewRender(
         rgb=torch.stack(rgbs), alpha=torch.stack(alphas), depth=torch.stack(depths), normals=torch.stack(normals),
         part_id=torch.stack(part_ids), part_names=tuple(asset.part_names), cameras=cameras, background=bg_tuple,
+        source_frame=asset.source_frame,
     )

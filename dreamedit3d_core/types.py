@@ -14,6 +14,7 @@ import torch
 
 from .cameras import MVCameras
 from .errors import ShapeError
+from .geometry import SourceFrame
 
 
 def _check(name: str, t: Optional[torch.Tensor], shape: tuple, dtype: Optional[tuple] = None, finite: bool = False):
@@ -75,7 +76,9 @@ class MeshAsset:
         textures: tuple of float32 [H, W, 3] images in 0..1 (one per material with a texture).
         face_base_color: float32 [M, 3] material base colour per face in 0..1.
         source: the file it came from ("" when built in memory).
-        normalisation: float64 [4, 4] transform applied to the file's coordinates (orientation, centring, scale).
+        source_frame: the normalisation applied to the file's coordinates (orientation, centring, scale) as a
+            :class:`~dreamedit3d_core.geometry.SourceFrame`: ``source_frame.to_source_frame(vertices)`` gives the file's
+            own coordinates back. Identity for vertices built in memory without normalising.
     """
 
     vertices: torch.Tensor
@@ -88,7 +91,7 @@ class MeshAsset:
     face_textures: Optional[torch.Tensor] = None
     textures: tuple = ()
     source: str = ""
-    normalisation: torch.Tensor = field(default_factory=lambda: torch.eye(4, dtype=torch.float64))
+    source_frame: SourceFrame = field(default_factory=SourceFrame)
 
     def __post_init__(self):
         _check("vertices", self.vertices, (None, 3), _FLOATS, finite=True)
@@ -108,6 +111,11 @@ class MeshAsset:
     @property
     def num_parts(self) -> int:
         return len(self.part_names)
+
+    @property
+    def normalisation(self) -> torch.Tensor:
+        """float64 [4, 4] from the file's coordinates to the vertices (``source_frame.to_internal``)."""
+        return self.source_frame.to_internal
 
     def to(self, device=None, dtype=None) -> "MeshAsset":
         return _to(self, device, dtype)
@@ -129,6 +137,9 @@ class MultiViewRender:
         part_names: names of the parts.
         cameras: the cameras used (orientation, fov, distance).
         background: RGB background colour in 0..1.
+        source_frame: where the internal frame sits in the rendered asset's own coordinates (its ``MeshAsset.source_frame``),
+            so what is lifted from these views can be written back in them; glTF's convention at unit size when the views
+            come from no asset.
     """
 
     rgb: torch.Tensor
@@ -139,6 +150,7 @@ class MultiViewRender:
     part_names: tuple
     cameras: MVCameras
     background: tuple = (1.0, 1.0, 1.0)
+    source_frame: SourceFrame = field(default_factory=SourceFrame.gltf_unit)
 
     def __post_init__(self):
         _check("rgb", self.rgb, (None, 3, None, None), _FLOATS)

@@ -273,3 +273,15 @@ def test_the_asset_front_faces_the_front_view(tmp_path):
     rows, cols = (r.part_id[0] == nose).nonzero(as_tuple=True)
     assert abs(float(cols.float().mean()) - 31.5) < 2
     assert float(r.depth[0, 0][rows, cols].max()) < float(r.depth[0, 0][r.part_id[0] == 1 - nose].min())
+
+
+def test_the_views_carry_the_assets_source_frame():
+    from dreamedit3d_core.geometry import SourceFrame
+
+    verts, faces, parts = lumpy_scene()
+    asset = asset_from_arrays(verts * 3.0 + 1.0, faces, part_ids=parts, front_axis="-z")
+    r = render_views(asset, resolution=16, ssaa=1)
+    assert r.source_frame == asset.source_frame and r.source_frame != SourceFrame.gltf_unit()
+    back = r.source_frame.to_source_frame(asset.vertices.double()).numpy()
+    np.testing.assert_allclose(back, verts * 3.0 + 1.0, atol=1e-5)
+    assert r.to(dtype=torch.float16).source_frame == asset.source_frame

@@ -321,3 +321,65 @@ def test_obj_with_a_missing_mtl_loads_its_geometry_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"m\.obj: referenced file 'gone\.mtl' is missing; loading without it"):
         asset = load_asset(tmp_path / "m.obj")
     assert asset.faces.shape == (1, 3) and not asset.textures
+
+
+# --- the source frame: internal <-> the file's own coordinates ------------------------------------------------------
+
+
+def _file_vertices(path) -> np.ndarray:
+    """Every vertex of the file in its own world coordinates, read by trimesh alone (scene graph applied)."""
+    scene = trimesh.load(str(path), force="scene", process=False)
+    return np.concatenate([np.asarray(g.vertices, np.float64) for g in scene.dump() if isinstance(g, trimesh.Trimesh)])
+
+
+@pytest.mark.assets
+@pytest.mark.parametrize("name", sorted(SHARED))
+def test_source_frame_takes_the_loaded_vertices_back_onto_the_files_own_vertices(shared_assets, name):
+    from scipy.spatial import cKDTree
+
+    kwargs = {k: (str(shared_assets / v) if k == "texture" else v) for k, v in SHARED[name][0].items()}
+    asset = load_asset(shared_assets / name, **kwargs)
+    in_source = asset.source_frame.to_source_frame(asset.vertices.double()).numpy()
+    reference = _file_vertices(shared_assets / name)
+    diagonal = float(np.linalg.norm(reference.max(0) - reference.min(0)))
+    tol = 1e-5 * diagonal  # source units differ per file (metres, centimetres): relative to its own size
+    assert cKDTree(reference).query(in_source)[0].max() <= tol, "a loaded vertex is not on a vertex of the file"
+    assert cKDTree(in_source).query(reference)[0].max() <= tol, "a vertex of the file was lost"
+    # and the other way: the file's vertices come into the internal frame, inside [-0.5, 0.5]^3 with the longest side 1
+    internal = asset.source_frame.from_source_frame(torch.from_numpy(reference))
+    ext = internal.max(0).values - internal.min(0).values
+    assert abs(float(ext.max()) - 1.0) <= 1e-6 and float(internal.abs().max()) <= 0.5 + 1e-6
+
+
+def test_source_frame_of_a_file_with_other_axes_and_the_gltf_frame_without_a_source(tmp_path):
+    from dreamedit3d_core.geometry import SourceFrame
+
+    path = tmp_path / "two.glb"
+    path.write_bytes(_two_part_scene().export(file_type="glb"))
+    side = load_asset(path, front_axis="-x")
+    v_file = np.concatenate([np.asarray(g.vertices) for g in _two_part_scene().dump()])
+    np.testing.assert_allclose(side.source_frame.to_source_frame(side.vertices.double()).numpy(), v_file, atol=1e-6)
+    torch.testing.assert_close(side.source_frame.to_source() @ side.source_frame.to_internal,
+                               torch.eye(4, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert not side.source_frame.mirrors
+    # moving the asset to another dtype leaves its frame in float64
+    assert side.to(dtype=torch.float16).source_frame == side.source_frame
+    assert side.source_frame.to_internal.dtype == torch.float64
+    # no source: glTF's convention at the internal size -- internal front +x is glTF front +z, up stays +y
+    gltf = SourceFrame.gltf_unit()
+    front_up = gltf.to_source_frame(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(front_up, torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))
+    # a plain glTF file loads in the same frame up to centring and scale: its front marker sits at +z in both
+    plain = load_asset(path)
+    marker = plain.vertices[plain.faces[plain.part_ids == 1].reshape(-1)]
+    assert float(gltf.to_source_frame(marker.double())[:, 2].min()) > 0.3
+    # kept in dictionaries (provenance), and bad matrices refused with one line
+    assert SourceFrame.from_dict(side.source_frame.to_dict()) == side.source_frame
+    from dreamedit3d_core.errors import ShapeError
+
+    with pytest.raises(ShapeError, match=r"to_internal must be a 4x4 matrix, got \[3, 3\]"):
+        SourceFrame(torch.eye(3))
+    with pytest.raises(ShapeError, match="is singular"):
+        SourceFrame(torch.diag(torch.tensor([1.0, 0.0, 1.0, 1.0])))
+    with pytest.raises(ConfigError, match="needs 16 numbers"):
+        SourceFrame.from_dict({"to_internal": [1.0, 0.0]})
