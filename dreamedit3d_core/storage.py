@@ -2,13 +2,17 @@
 
 Every file is written to a temporary name in the destination folder and renamed into place, so a crash
 never leaves a half-written file, and an existing file is never replaced unless the caller asks for it.
+The file gets the ordinary mode of a new file under the user's umask (0644 with the usual 022), like any file
+``open(path, "w")`` makes and like ComfyUI's own outputs: the temporary file is created with 0666 and the kernel
+applies the umask, and that mode is set again after writing (``tempfile.mkstemp``, and safetensors' writer, make
+0600 files, which the rename would keep).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -40,10 +44,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], overwrit
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} already exists; choose another name or allow overwriting")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
+    tmp = _new_temp_file(path)
+    mode = os.stat(tmp).st_mode & 0o777  # 0666 minus the umask, as the kernel applied it
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # writers that replace the file (safetensors does) would leave 0600
         if not overwrite and path.exists():  # someone else took the name meanwhile
             raise ConfigError(f"{path} appeared while writing; nothing was overwritten")
         os.replace(tmp, path)
@@ -51,6 +56,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], overwrit
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _new_temp_file(path: Path) -> str:
+    """Create an empty hidden temporary file next to ``path`` with mode 0666 minus the umask; returns its path."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return str(tmp)
+    raise ConfigError(f"could not create a temporary file next to {path}: clean up the folder")
 
 
 def save_safetensors(path: str | os.PathLike, tensors: Dict[str, torch.Tensor],
