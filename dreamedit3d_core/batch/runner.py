@@ -1,0 +1,300 @@
+"""``run_batch``: a catalogue of assets × edit prompts through the whole pipeline, resumable, in-process or on Ray.
+
+The driver plans the units (:mod:`.plan`), skips the finished ones (:mod:`.manifest`), hands the rest to workers
+(:class:`.worker.BatchWorker`: in this process, or one Ray actor per GPU, :mod:`.ray_pool`), and keeps the manifest,
+the progress display and the report (:mod:`.report`) up to date as units finish.
+
+Order of work: an asset's edits become ready when its personalisation is done. An idle worker takes, in this order,
+an edit of the asset it personalised or edited last (its model is still loaded), a new personalisation, then any
+ready edit. Retrying a unit whose worker died is Ray's job (``max_restarts``/``max_task_retries`` of the actors); the
+driver never re-submits a unit on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+from ..errors import ConfigError
+from .manifest import Manifest, finished_record
+from .plan import (BatchPlan, BatchSettings, asset_specs, build_plan, find_assets, read_component_manifest,
+                   read_prompts)
+from .report import CatalogueReport
+from .store import OutputStore
+
+
+@dataclass
+class BatchResult:
+    """What a run did. ``computed``/``reused`` list unit ids; ``failed`` maps unit id -> message."""
+
+    plan: BatchPlan
+    output: str
+    computed: list = field(default_factory=list)
+    reused: list = field(default_factory=list)
+    failed: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+    glbs: list = field(default_factory=list)
+    results: list = field(default_factory=list)
+    workers: list = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.skipped
+
+
+class _Progress:
+    """One line per finished unit and an overall bar (assets, edits, ETA) on stderr."""
+
+    def __init__(self, plan: BatchPlan, enabled: bool, stream=None):
+        from tqdm.auto import tqdm
+
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.assets_total, self.edits_total = len(plan.personalizations), len(plan.edits)
+        self.assets_done = self.edits_done = 0
+        self.bar = tqdm(total=plan.num_units, unit="unit", disable=not enabled, file=self.stream, dynamic_ncols=True,
+                        desc="batch")
+        self._postfix()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix_str(f"assets {self.assets_done}/{self.assets_total}, edits {self.edits_done}/{self.edits_total}")
+
+    def finished(self, unit, status: str, detail: str) -> None:
+        if unit.__class__.__name__ == "EditUnit":
+            self.edits_done += 1
+        else:
+            self.assets_done += 1
+        if self.enabled:
+            kind = "edit" if unit.__class__.__name__ == "EditUnit" else "personalize"
+            self.bar.write(f"{status:>7}  {kind:<11} {unit.unit_id}  {detail}", file=self.stream)
+        self.bar.update(1)
+        self._postfix()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ----------------------------------------------------------------------------------------------------- pools
+
+
+class InProcessPool:
+    """One worker in this process (``--workers 0``)."""
+
+    def __init__(self, make_worker: Callable[[], "object"], should_stop=None):
+        self.worker = make_worker()
+        self.slots = [0]
+        self.should_stop = should_stop
+        self._done: list = []
+
+    def infos(self) -> list:
+        return [self.worker.info()]
+
+    def submit(self, slot: int, unit) -> None:
+        self._done.append((slot, unit, self.worker.run(unit.to_dict(), self.should_stop)))
+
+    def wait(self) -> tuple:
+        return self._done.pop(0)
+
+    def busy(self) -> int:
+        return len(self._done)
+
+    def close(self) -> None:
+        self.worker = None
+
+
+# ------------------------------------------------------------------------------------------------------ driver
+
+
+def _detail(result: dict, store: OutputStore) -> str:
+    if result["status"] != "done":
+        return result.get("message", "")
+    record = result["record"]
+    times = record.get("times_s", {})
+    spent = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in times.items())
+    glb = next((rel for rel in record.get("outputs", {}) if rel.endswith(".glb")), None)
+    where = f" -> {store.url(glb)}" if glb else ""
+    return ("(already done)" if result.get("cached") else spent) + where
+
+
+def run_batch(
+    assets: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+    prompts: Union[str, os.PathLike, Sequence[str]],
+    checkpoint: Union[str, os.PathLike],
+    output: Union[str, os.PathLike],
+    components: Optional[str] = None,
+    component_manifest: Optional[Union[str, os.PathLike, dict]] = None,
+    settings: Optional[BatchSettings] = None,
+    workers: int = 0,
+    ray_address: Optional[str] = None,
+    gpus_per_worker: Optional[float] = None,
+    cpus_per_worker: float = 1.0,
+    worker_memory_gb: Optional[float] = None,
+    max_retries: int = 3,
+    device: str = "auto",
+    scratch: Optional[Union[str, os.PathLike]] = None,
+    clip: Optional[str] = None,
+    dino: Optional[str] = None,
+    show_progress: bool = True,
+    should_stop: Optional[Callable[[], bool]] = None,
+) -> BatchResult:
+    """Edit a catalogue: every asset personalised once, then every prompt sampled, lifted and exported.
+
+    Args:
+        assets: asset files and/or folders (searched recursively for .glb/.gltf/.obj/.ply).
+        prompts: a prompts file (one edit per line, ``<component>`` tokens) or a list of prompts.
+        checkpoint: the MVDream checkpoint (the same path on every machine of a cluster).
+        output: output folder or fsspec URL (shared by all machines); re-running into it finishes only what is missing.
+        components: default component spec (``"hat: Hat; body: *"``; default ``"object: *"``).
+        component_manifest: JSON/YAML file (or dict) with per-asset specs (:func:`.plan.read_component_manifest`).
+        settings: :class:`BatchSettings` (training, sampling, lifting).
+        workers: 0 runs in this process without Ray; N > 0 starts N Ray actors (one per GPU where there are GPUs).
+        ray_address: "auto" or "HOST:PORT" joins a running cluster; None starts a local Ray when ``workers > 0``.
+        gpus_per_worker: GPUs each actor declares (default 1 when the cluster has GPUs, else 0).
+        cpus_per_worker, worker_memory_gb: the other resources each actor declares to Ray's scheduler.
+        max_retries: how often Ray restarts a lost actor and retries its unit (``max_restarts``/``max_task_retries``).
+        device: in-process device ("auto": CUDA when present); actors use their assigned GPU, or the CPU.
+        scratch: local scratch folder for a URL output.
+        clip, dino: metric models (``models/clip_vision`` / ``models/dino`` files); metrics are skipped without them.
+        show_progress: print a line per finished unit and an overall progress bar on stderr.
+        should_stop: polled during training (in-process runs); True stops the batch with a resumable checkpoint.
+
+    Returns:
+        :class:`BatchResult`.
+
+    Raises:
+        ConfigError: bad arguments (no assets, no prompts, missing checkpoint, ...).
+        MissingDependencyError: ``workers > 0`` without Ray installed.
+        Interrupted: ``should_stop`` asked to stop (re-run to resume).
+    """
+    t_start = time.perf_counter()
+    settings = settings or BatchSettings()
+    if workers < 0:
+        raise ConfigError(f"workers must be 0 (in-process) or more, got {workers}")
+    if ray_address is not None and workers == 0:
+        workers = -1  # joining a cluster: one actor per GPU of the cluster (decided once connected)
+    inputs = [assets] if isinstance(assets, (str, os.PathLike)) else list(assets)
+    files = find_assets(inputs)
+    manifest_data = component_manifest if isinstance(component_manifest, dict) else (
+        read_component_manifest(component_manifest) if component_manifest else None)
+    specs = asset_specs(files, components, manifest_data, roots=[Path(p) for p in inputs if Path(p).is_dir()])
+    prompt_list = read_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
+    plan = build_plan(specs, prompt_list, checkpoint, settings)
+    store = OutputStore(output, scratch)
+    manifest = Manifest(store, plan)
+    report = CatalogueReport(store, plan)
+    result = BatchResult(plan=plan, output=str(output))
+    progress = _Progress(plan, show_progress)
+
+    # what is finished already (files present with their recorded hashes)
+    pending_pers, ready_edits, waiting = [], [], {}
+    for unit in plan.personalizations:
+        record = finished_record(store, unit)
+        if record is not None:
+            report.note(unit, "done", record)
+            result.reused.append(unit.unit_id)
+            progress.finished(unit, "reused", "(already done)")
+        else:
+            pending_pers.append(unit)
+    for unit in plan.edits:
+        record = finished_record(store, unit)
+        if record is not None:
+            report.note(unit, "done", record)
+            result.reused.append(unit.unit_id)
+            result.glbs.append(store.url(f"{unit.folder}/edited.glb"))
+            progress.finished(unit, "reused", "(already done)")
+        elif unit.parent.unit_id in {u.unit_id for u in pending_pers}:
+            waiting.setdefault(unit.parent.key, []).append(unit)
+        else:
+            ready_edits.append(unit)
+    todo = len(pending_pers) + len(ready_edits) + sum(len(v) for v in waiting.values())
+    for unit in plan.personalizations:  # sheets of the edits finished by earlier runs
+        report.write_sheet(unit)
+    manifest.save()
+    report.write()
+    if todo == 0:
+        progress.close()
+        result.wall_s = time.perf_counter() - t_start
+        return result
+
+    worker_args = dict(checkpoint=str(checkpoint), output=str(output), settings=settings.to_dict(),
+                       scratch=str(scratch) if scratch else None, clip=clip, dino=dino)
+    if workers == 0:
+        pool = InProcessPool(lambda: _make_worker(device=device, **worker_args), should_stop)
+    else:
+        from .ray_pool import RayPool
+
+        pool = RayPool(worker_args, workers=workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
+                       cpus_per_worker=cpus_per_worker, worker_memory_gb=worker_memory_gb, max_retries=max_retries)
+    try:
+        result.workers = pool.infos()
+        last_asset = {}  # slot -> personalisation key whose model that worker holds
+        idle = list(pool.slots)
+        while pending_pers or ready_edits or pool.busy():
+            if not idle and not pool.busy():  # every worker is gone for good: what is left cannot run now
+                for unit in pending_pers + ready_edits:
+                    _finish(unit, {"status": "failed", "message": "no batch worker left; re-run the batch"}, plan,
+                            store, manifest, report, progress, result, waiting, ready_edits=[])
+                break
+            while idle and (pending_pers or ready_edits):
+                slot = idle.pop(0)
+                unit = next((e for e in ready_edits if e.parent.key == last_asset.get(slot)), None)
+                if unit is None and pending_pers:
+                    unit = pending_pers.pop(0)
+                elif unit is None:
+                    unit = ready_edits[0]
+                if unit in ready_edits:
+                    ready_edits.remove(unit)
+                last_asset[slot] = unit.parent.key if hasattr(unit, "parent") else unit.key
+                pool.submit(slot, unit)
+            slot, unit, outcome = pool.wait()
+            if slot is not None:
+                idle.append(slot)
+            _finish(unit, outcome, plan, store, manifest, report, progress, result, waiting, ready_edits)
+    finally:
+        progress.close()
+        pool.close()
+    result.wall_s = time.perf_counter() - t_start
+    return result
+
+
+def _make_worker(**kwargs):
+    from .worker import BatchWorker
+
+    return BatchWorker(**kwargs)
+
+
+def _finish(unit, outcome: dict, plan, store, manifest, report, progress, result, waiting, ready_edits) -> None:
+    """Book one finished unit: manifest, report, progress line; release or skip the asset's edits."""
+    result.results.append(outcome)
+    is_edit = hasattr(unit, "prompt")
+    if outcome["status"] == "done":
+        record = outcome["record"]
+        manifest.record(unit, "done", record)
+        report.note(unit, "done", record)
+        (result.reused if outcome.get("cached") else result.computed).append(unit.unit_id)
+        if is_edit:
+            result.glbs.append(store.url(f"{unit.folder}/edited.glb"))
+        else:
+            ready_edits.extend(waiting.pop(unit.key, []))
+        progress.finished(unit, "reused" if outcome.get("cached") else "done", _detail(outcome, store))
+    else:
+        message = outcome.get("message", "")
+        manifest.record(unit, "failed", message=message)
+        report.note(unit, "failed", message=message)
+        result.failed[unit.unit_id] = message
+        progress.finished(unit, "FAILED", message)
+        if not is_edit:
+            for edit in waiting.pop(unit.key, []):
+                note = f"personalisation of {unit.unit_id} failed"
+                manifest.record(edit, "skipped", message=note)
+                report.note(edit, "skipped", message=note)
+                result.skipped.append(edit.unit_id)
+                progress.finished(edit, "skipped", note)
+    if is_edit:
+        report.write_sheet(unit.parent)
+    report.write()

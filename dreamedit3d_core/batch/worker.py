@@ -1,0 +1,323 @@
+"""One batch worker: holds the base checkpoint and runs units (a personalisation or an edit) with the core library.
+
+The same class runs in-process (``--workers 0``) and as a Ray actor (one per GPU, :mod:`.ray_pool`). The base model
+is loaded once, in the constructor; each unit works on a deep copy of it (tokens and LoRA are added in place by the
+library), so no unit ever sees another unit's changes. A unit never raises for a bad input: it returns a result with
+status "failed" and a one-line message, and the batch goes on. It raises only for a stop request
+(:class:`~dreamedit3d_core.errors.Interrupted`), after the training loop saved a resumable checkpoint.
+
+Everything a unit writes goes into its own folder of the output, under fixed names; a file left by a killed attempt
+of the same unit is replaced (it came from the same inputs). The unit's ``done.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import ConfigError, DreamEdit3DError, Interrupted
+from .manifest import done_record_path, finished_record, make_record
+from .plan import BatchSettings
+from .store import OutputStore
+
+SOURCE_VIEWS = "source_views.png"
+MASKS = "masks.png"
+TOKENS_PHASE1 = "tokens_phase1.safetensors"
+TOKENS = "tokens.safetensors"
+LORA = "unet_lora.safetensors"
+FULL_UNET = "finetuned_mvdream.safetensors"
+TRAIN_DIR = "train"
+EDITED_VIEWS = "views.png"
+EDITED_GLB = "edited.glb"
+METRICS = "metrics.json"
+SOURCE_CAPTION = "a 3d asset"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, DreamEdit3DError) else f"{type(exc).__name__}: {text}"
+
+
+class _TrainingHook:
+    """Progress hook of the training loops: mirrors checkpoints of a URL output, and relays stop requests."""
+
+    def __init__(self, store: OutputStore, train_rel: str, should_stop: Optional[Callable[[], bool]]):
+        self.store, self.train_rel, self.should_stop = store, train_rel, should_stop
+
+    def update(self, step, total, preview=None, **info) -> None:
+        self.store.sync_folder(self.train_rel)  # the checkpoint of step - 1 is complete now (no-op for local output)
+
+    def check_interrupt(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Interrupted("batch stopped on request; re-run it to resume where it stopped")
+
+
+class BatchWorker:
+    """Runs batch units on one device with one loaded base model.
+
+    Args:
+        checkpoint: the MVDream file (the same path on every machine of a cluster).
+        output: the output root (local folder or fsspec URL).
+        settings: :meth:`BatchSettings.to_dict` of the batch.
+        device: "auto" (CUDA when present, the GPU Ray assigned to this actor), "cpu", "cuda:1", ...
+        scratch: local scratch folder for a URL output.
+        clip, dino: metric model files/folders (``metrics.load_metric_clip`` / ``load_metric_dino``), or None.
+    """
+
+    def __init__(self, checkpoint: str, output: str, settings: dict, device: str = "auto", scratch: Optional[str] = None,
+                 clip: Optional[str] = None, dino: Optional[str] = None):
+        from ..mvdream.checkpoint import load_mvdream
+
+        self.device = resolve_device(device)
+        self.settings = BatchSettings.from_dict(settings)
+        self.store = OutputStore(output, scratch)
+        t0 = time.perf_counter()
+        self.base = load_mvdream(checkpoint, device=self.device)
+        self.load_s = time.perf_counter() - t0
+        self._metric_paths = (clip, dino)
+        self._metric_models = None
+        self._personalized = None  # (key, model, tokens, asset, render) of the last personalisation edited
+
+    def info(self) -> dict:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "device": str(self.device), "load_s": self.load_s}
+
+    # ---------------------------------------------------------------------------------------------- entry
+    def run(self, unit: dict, should_stop: Optional[Callable[[], bool]] = None) -> dict:
+        """Run one unit (a dict from ``PersonalizeUnit/EditUnit.to_dict``); returns its result, never raises for it."""
+        t0 = time.perf_counter()
+        base = {"unit_id": unit["unit_id"], "key": unit["key"], "kind": unit["kind"], "worker": self.info()}
+        try:
+            if unit["kind"] == "personalize":
+                record, cached = self._personalize(unit, should_stop)
+            else:
+                record, cached = self._edit(unit)
+        except Interrupted:
+            raise
+        except Exception as exc:  # one unit's failure is reported in the batch report; the other units go on
+            return {**base, "status": "failed", "message": _one_line(exc), "wall_s": time.perf_counter() - t0}
+        return {**base, "status": "done", "cached": cached, "record": record, "wall_s": time.perf_counter() - t0}
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def _finished(self, unit: dict) -> Optional[dict]:
+        return finished_record(self.store, SimpleNamespace(folder=unit["folder"], key=unit["key"]))
+
+    def _scene(self, spec: dict):
+        from ..assets import load_asset
+        from ..cameras import MVCameras
+        from ..masks import masks_from_parts
+        from ..render import render_views
+
+        s = self.settings
+        asset = load_asset(spec["path"], front_axis=spec["front_axis"], up_axis=spec["up_axis"], device=self.device)
+        cameras = MVCameras.mvdream_default(elevation_deg=s.elevation_deg, fov_deg=s.fov_deg)
+        render = render_views(asset, cameras, resolution=s.resolution, device=self.device)
+        masks = masks_from_parts(render, spec["components"])
+        return asset, render, masks
+
+    def _put_png(self, rel: str, image: torch.Tensor, record: dict) -> str:
+        """A PNG with provenance (``provenance.save_png``) under a fixed name, replacing an unfinished attempt's."""
+        from ..provenance import save_png
+
+        self.store.write_with(rel, lambda folder: save_png(image, folder / "image.png", record))
+        return rel
+
+    @staticmethod
+    def _row(views: torch.Tensor) -> torch.Tensor:
+        """float [V, 3, H, W] -> [3, H, V*W] (the views side by side: front, right, back, left)."""
+        return torch.cat(list(views.detach().float().cpu().clamp(0, 1)), dim=2)
+
+    def _hashes(self, rels) -> dict:
+        return {rel: self.store.sha256(rel) for rel in rels}
+
+    # -------------------------------------------------------------------------------------- personalise
+    def _personalize(self, unit: dict, should_stop) -> tuple:
+        from ..contact_sheet import contact_sheet
+        from ..personalize.finetune import FTConfig, finetune, save_finetuned_unet, save_unet_lora
+        from ..personalize.textual_inversion import TIConfig, train_textual_inversion
+        from ..personalize.train import latest_checkpoint
+        from ..provenance import build_record
+        from ..tokens import load_tokens, save_tokens
+
+        record = self._finished(unit)
+        if record is not None:
+            return record, True
+        s, folder, spec = self.settings, unit["folder"], unit["asset"]
+        times, steps_run, resumed_from = {}, {}, {}
+        t = time.perf_counter()
+        asset, render, masks = self._scene(spec)
+        times["render_s"] = time.perf_counter() - t
+        about = build_record(base_model_hash=self.base.model_hash, asset=spec["name"], components=spec["components"],
+                             batch_unit=unit["unit_id"], batch_key=unit["key"])
+        outputs = [self._put_png(f"{folder}/{SOURCE_VIEWS}", self._row(render.rgb), about)]
+        mask_views = masks.masks.float()[:, :, None].expand(-1, -1, 3, -1, -1).reshape(-1, 3, *masks.masks.shape[-2:])
+        sheet, _ = contact_sheet(mask_views, labels=list(masks.names), num_views=render.rgb.shape[0])
+        outputs.append(self._put_png(f"{folder}/{MASKS}", sheet, about))
+
+        train_rel = f"{folder}/{TRAIN_DIR}"
+        train_dir = self.store.fetch_folder(train_rel)
+        hook = _TrainingHook(self.store, train_rel, should_stop)
+
+        tokens1_rel = f"{folder}/{TOKENS_PHASE1}"
+        t = time.perf_counter()
+        local = self.store.fetch(tokens1_rel)
+        if local is not None:  # phase 1 finished in an earlier attempt
+            tokens1 = load_tokens(local)
+            steps_run["textual_inversion"] = 0
+        else:
+            model = copy.deepcopy(self.base)
+            resume = latest_checkpoint(train_dir, "phase1")
+            config = TIConfig(steps=s.ti_steps, lr=s.ti_lr, seed=s.seed, resolution=s.resolution,
+                              checkpoint_every=s.checkpoint_every)
+            tokens1, result = train_textual_inversion(model, render, masks, config, progress=hook, resume_from=resume,
+                                                      checkpoint_dir=train_dir, return_result=True)
+            del model
+            steps_run["textual_inversion"] = len(result.infos)
+            resumed_from["textual_inversion"] = result.steps_done - len(result.infos)
+            save_tokens(tokens1, self.store.path(tokens1_rel), overwrite=True)
+            self.store.publish(tokens1_rel)
+            self.store.sync_folder(train_rel)
+        outputs.append(tokens1_rel)
+        times["textual_inversion_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        model = copy.deepcopy(self.base)  # phase 2 starts from the base + the saved phase-1 tokens, however phase 1 ended
+        resume = latest_checkpoint(train_dir, "phase2")
+        config = FTConfig(steps=s.ft_steps, lr=s.finetune_lr, mode=s.ft_mode, lora_rank=s.lora_rank,
+                          lora_alpha=float(s.lora_rank), seed=s.seed, resolution=s.resolution,
+                          checkpoint_every=s.checkpoint_every)
+        model, tokens2, result = finetune(model, render, masks, tokens1, config, progress=hook, resume_from=resume,
+                                          checkpoint_dir=train_dir, return_result=True)
+        steps_run["finetune"] = len(result.infos)
+        resumed_from["finetune"] = result.steps_done - len(result.infos)
+        tokens_rel = f"{folder}/{TOKENS}"
+        save_tokens(tokens2, self.store.path(tokens_rel), overwrite=True)
+        outputs.append(tokens_rel)
+        if s.ft_mode == "lora":
+            weights_rel = f"{folder}/{LORA}"
+            save_unet_lora(model, self.store.path(weights_rel), overwrite=True)
+        else:
+            weights_rel = f"{folder}/{FULL_UNET}"
+            target = self.store.path(weights_rel)
+            if target.exists():
+                target.unlink()  # an unfinished attempt's file (save_mvdream never overwrites)
+            save_finetuned_unet(model, target)
+        del model
+        outputs.append(weights_rel)
+        for rel in (tokens_rel, weights_rel):
+            self.store.publish(rel)
+        self.store.sync_folder(train_rel)
+        times["finetune_s"] = time.perf_counter() - t
+
+        record = make_record(unit, self._hashes(outputs), times_s=times, steps_run=steps_run,
+                             resumed_from_step=resumed_from, components=list(masks.names),
+                             tokens=list(tokens2.tokens), worker=self.info())
+        self.store.write_json(done_record_path(folder), record)
+        return record, False
+
+    # --------------------------------------------------------------------------------------------- edit
+    def _load_personalized(self, parent: dict):
+        """Base + the personalisation's saved tokens and weights (+ its render), cached for the asset's next edit."""
+        from ..mvdream.checkpoint import load_mvdream
+        from ..personalize.finetune import load_unet_lora
+        from ..tokens import apply_tokens, load_tokens
+
+        if self._personalized is not None and self._personalized[0] == parent["key"]:
+            return self._personalized[1:]
+        self._personalized = None  # free the previous asset's model first
+        if self._finished(parent) is None:
+            raise ConfigError(f"the personalisation of {parent['unit_id']} is not finished; run the batch again to do it")
+        folder = parent["folder"]
+        tokens = load_tokens(self.store.fetch(f"{folder}/{TOKENS}"))
+        if self.settings.ft_mode == "lora":
+            model = copy.deepcopy(self.base)
+            load_unet_lora(model, self.store.fetch(f"{folder}/{LORA}"))
+        else:
+            model = load_mvdream(self.store.fetch(f"{folder}/{FULL_UNET}"), device=self.device)
+        apply_tokens(model, tokens)
+        asset, render, _ = self._scene(parent["asset"])
+        self._personalized = (parent["key"], model, tokens, asset, render)
+        return self._personalized[1:]
+
+    def _metrics(self):
+        from ..metrics import load_metric_clip, load_metric_dino
+
+        if self._metric_models is None:
+            clip, dino = self._metric_paths
+            self._metric_models = (load_metric_clip(clip, device=self.device) if clip else None,
+                                   load_metric_dino(dino, device=self.device) if dino else None)
+        return self._metric_models
+
+    def _edit(self, unit: dict) -> tuple:
+        from ..contact_sheet import strip_suffixes
+        from ..lifting import export_mesh, lift_to_mesh
+        from ..lifting.export import LIFT_STATS_KEY
+        from ..metrics import evaluate_edit
+        from ..prompts import DEFAULT_NEGATIVE, compose_prompt
+        from ..provenance import build_record, glb_extras
+        from ..sampling import sample_views
+
+        record = self._finished(unit)
+        if record is not None:
+            return record, True
+        s, folder = self.settings, unit["folder"]
+        times = {}
+        t = time.perf_counter()
+        model, tokens, asset, render = self._load_personalized(unit["parent"])
+        times["load_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        negative = DEFAULT_NEGATIVE if s.negative_prompt is None else s.negative_prompt
+        cond = compose_prompt(model, unit["prompt"], negative_prompt=negative, tokens=tokens, cameras=render.cameras)
+        samples = sample_views(model, cond, method=s.sampler, steps=s.steps, cfg=s.cfg, seed=s.seed,
+                               resolution=s.resolution)
+        views = samples.images[: cond.num_views]
+        times["sample_s"] = time.perf_counter() - t
+        facts = dict(cond.provenance)
+        about = build_record(prompt=cond.prompts[0], negative_prompt=cond.negative_prompt, seed=samples.seed,
+                             sampler=s.sampler, sigmas=samples.sigmas.detach().cpu().double(), cfg=s.cfg, steps=s.steps,
+                             base_model_hash=facts.pop("base_model_hash", "") or self.base.model_hash,
+                             token_files=facts.pop("token_files", None), asset=unit["parent"]["asset"]["name"],
+                             batch_unit=unit["unit_id"], batch_key=unit["key"], **facts)
+        outputs = [self._put_png(f"{folder}/{EDITED_VIEWS}", self._row(views), about)]
+
+        t = time.perf_counter()
+        alpha = render.alpha if s.lift_mode == "keep_source" else None
+        mesh = lift_to_mesh(views, render.cameras, alpha=alpha, source=asset, mode=s.lift_mode, grid=s.grid,
+                            texture_size=s.texture_size)
+        # the lift's numbers without its timings: the same inputs then give the same GLB bytes
+        lift_facts = {k: v for k, v in mesh.stats.items()
+                      if isinstance(v, (int, float, str, bool)) and not k.endswith("_s")}
+        glb_rel = f"{folder}/{EDITED_GLB}"
+        extras = glb_extras(about, **{LIFT_STATS_KEY: lift_facts})
+        self.store.write_with(glb_rel, lambda folder: export_mesh(mesh, folder / EDITED_GLB, extras=extras))
+        outputs.append(glb_rel)
+        times["lift_s"] = time.perf_counter() - t
+
+        metric_means = {}
+        clip, dino = self._metrics() if any(self._metric_paths) else (None, None)
+        if clip is not None or dino is not None:
+            t = time.perf_counter()
+            table = evaluate_edit(render.rgb, views, SOURCE_CAPTION, strip_suffixes(cond.prompts[0]), clip=clip, dino=dino)
+            metrics_rel = f"{folder}/{METRICS}"
+            self.store.write_json(metrics_rel, table)
+            outputs.append(metrics_rel)
+            metric_means = {k: v["mean"] for k, v in table["metrics"].items()}
+            times["metrics_s"] = time.perf_counter() - t
+
+        record = make_record(unit, self._hashes(outputs), times_s=times, prompt=unit["prompt"], metrics=metric_means,
+                             num_faces=int(mesh.faces.shape[0]), worker=self.info())
+        self.store.write_json(done_record_path(folder), record)
+        return record, False
