@@ -74,6 +74,122 @@ def _check_faces(faces: torch.Tensor, num_vertices: int) -> torch.Tensor:
     return faces
 
 
+@dataclass(frozen=True)
+class _TrianglePlanes:
+    """The triangles of one view that can cover a pixel, with their screen-space plane equations.
+
+    Attributes:
+        index: int64 [T] face index of each kept triangle, ascending (so ties go to the lowest face index).
+        coef: float64 [T, 3 (a, b, c), 3 (vertex)]: ``q_i(px, py) = a_i px + b_i py + c_i = lambda_i / d_i``.
+        sum_q: float64 [T, 3]: the plane of ``sum_i q_i = 1 / depth``.
+        col0, col1, row0: int64 [T] first and last pixel column and first pixel row of the bounding box.
+        n_rows: int64 [T] pixel rows of the bounding box.
+    """
+
+    index: torch.Tensor
+    coef: torch.Tensor
+    sum_q: torch.Tensor
+    col0: torch.Tensor
+    col1: torch.Tensor
+    row0: torch.Tensor
+    n_rows: torch.Tensor
+
+
+def _triangle_planes(xy: torch.Tensor, inv_d: torch.Tensor, faces: torch.Tensor, height: int, width: int
+                     ) -> Optional[_TrianglePlanes]:
+    """Plane coefficients of the triangles of one view (``xy`` [N, 2], ``inv_d`` [N]); None when none can cover a pixel.
+
+    Dropped: zero or non-finite screen area, a vertex at or behind the near plane (``inv_d <= 0``), a bounding box
+    between pixel centres.
+    """
+    tri = xy[faces]  # [M, 3, 2]
+    tinv = inv_d[faces]  # [M, 3]
+    x, y = tri[..., 0], tri[..., 1]
+    # edge i is opposite vertex i; lambda_i(p) = ((x_j - px)(y_k - py) - (y_j - py)(x_k - px)) / area
+    j, k = [1, 2, 0], [2, 0, 1]
+    area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (y[:, 1] - y[:, 0]) * (x[:, 2] - x[:, 0])
+    xmin = torch.ceil(x.min(1).values - 0.5).clamp(min=0)
+    xmax = torch.floor(x.max(1).values - 0.5).clamp(max=width - 1)
+    ymin = torch.ceil(y.min(1).values - 0.5).clamp(min=0)
+    ymax = torch.floor(y.max(1).values - 0.5).clamp(max=height - 1)
+    valid = (area != 0) & (tinv > 0).all(1) & (xmax >= xmin) & (ymax >= ymin) & torch.isfinite(area)
+    idx = valid.nonzero().squeeze(1)  # ascending face order, so the key's tie-break is the lowest face index
+    if idx.numel() == 0:
+        return None
+    x, y, area, tinv = x[idx], y[idx], area[idx], tinv[idx]
+    # coefficients of q_i = lambda_i / d_i = a_i * px + b_i * py + c_i (float64: exact enough that shared edges agree)
+    a = (y[:, j] - y[:, k]) / area[:, None] * tinv
+    b = (x[:, k] - x[:, j]) / area[:, None] * tinv
+    c = (x[:, j] * y[:, k] - y[:, j] * x[:, k]) / area[:, None] * tinv
+    coef = torch.stack([a, b, c], dim=1)  # [T, 3 (a,b,c), 3 (vertex)]
+    row0 = ymin[idx].long()
+    return _TrianglePlanes(index=idx, coef=coef, sum_q=coef.sum(2), col0=xmin[idx].long(), col1=xmax[idx].long(),
+                           row0=row0, n_rows=ymax[idx].long() - row0 + 1)
+
+
+def _row_spans(planes: _TrianglePlanes, begin: int, end: int, row_starts: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One span per (triangle, pixel row) of triangles ``begin:end``: the pixel centres on the row inside all three edges.
+
+    Returns:
+        (triangle int64 [S] (position in ``planes``), row int64 [S], first covered column int64 [S],
+        covered pixel count int64 [S], 0 for an empty span).
+    """
+    device = planes.coef.device
+    nr = planes.n_rows[begin:end]
+    n_spans = int(nr.sum())
+    span_tri = torch.repeat_interleave(torch.arange(begin, end, device=device), nr, output_size=n_spans)
+    py = planes.row0[span_tri] + torch.arange(n_spans, device=device) - (row_starts - row_starts[begin])[span_tri]
+    yc = py.to(torch.float64) + 0.5
+    lo = planes.col0[span_tri].to(torch.float64) + 0.5
+    hi = planes.col1[span_tri].to(torch.float64) + 0.5
+    cf = planes.coef[span_tri]  # [S, 3, 3]
+    for vtx in range(3):  # q = a * x + s >= 0 with s = b * y + c
+        a_v = cf[:, 0, vtx]
+        s_v = cf[:, 1, vtx] * yc + cf[:, 2, vtx]
+        bound = -s_v / torch.where(a_v == 0, torch.ones_like(a_v), a_v)
+        lo = torch.where(a_v > 0, torch.maximum(lo, bound), lo)
+        hi = torch.where(a_v < 0, torch.minimum(hi, bound), hi)
+        hi = torch.where((a_v == 0) & (s_v < 0), lo - 1.0, hi)
+    # slack of 1e-9 px keeps centres exactly on a shared edge in both triangles (no pinholes from rounding)
+    px_lo = torch.ceil(lo - 0.5 - 1e-9).long()
+    n_px = (torch.floor(hi - 0.5 + 1e-9).long() - px_lo + 1).clamp(min=0)
+    return span_tri, py, px_lo, n_px
+
+
+def _zbuffer(planes: _TrianglePlanes, height: int, width: int, max_pairs: int) -> torch.Tensor:
+    """int64 [H * W] z-buffer of keys ``(float32 depth bits << 32) | triangle`` (``_NO_HIT`` where nothing is hit).
+
+    Triangles go in chunks whose bounding boxes hold at most ``max_pairs`` pixels (bounded memory).
+    """
+    device = planes.coef.device
+    counts = (planes.col1 - planes.col0 + 1) * planes.n_rows  # bounding-box area: an upper bound of the pixels covered
+    zbuf = torch.full((height * width,), _NO_HIT, dtype=torch.int64, device=device)
+    cum_cpu = counts.cumsum(0).cpu()
+    row_starts = planes.n_rows.cumsum(0) - planes.n_rows
+    n_tri, begin = planes.index.numel(), 0
+    while begin < n_tri:
+        base = int(cum_cpu[begin - 1]) if begin else 0
+        end = int(torch.searchsorted(cum_cpu, base + max_pairs, right=True))
+        end = min(max(end, begin + 1), n_tri)
+        span_tri, py, px_lo, n_px = _row_spans(planes, begin, end, row_starts)
+        # the covered pixels: depth from sum_i q_i, written with the nearest-then-lowest-face key
+        n_pix = int(n_px.sum())
+        if n_pix:
+            span = torch.repeat_interleave(torch.arange(span_tri.numel(), device=device), n_px, output_size=n_pix)
+            px = px_lo[span] + torch.arange(n_pix, device=device) - (n_px.cumsum(0) - n_px)[span]
+            tri = span_tri[span]
+            pyy = py[span]
+            sq = planes.sum_q[tri]
+            qs = sq[:, 0] * (px.to(torch.float64) + 0.5) + sq[:, 1] * (pyy.to(torch.float64) + 0.5) + sq[:, 2]
+            ok = qs > 0
+            d32 = (1.0 / qs[ok]).to(torch.float32)
+            key = (d32.view(torch.int32).to(torch.int64) << 32) | tri[ok]
+            zbuf.scatter_reduce_(0, pyy[ok] * width + px[ok], key, reduce="amin", include_self=True)
+        begin = end
+    return zbuf
+
+
 def _rasterize_screen(
     xy: torch.Tensor, inv_d: torch.Tensor, faces: torch.Tensor, height: int, width: int, max_pairs: int
 ) -> Fragments:
@@ -86,91 +202,27 @@ def _rasterize_screen(
     """
     device = xy.device
     num_views = xy.shape[0]
-    m = faces.shape[0]
-    hw = height * width
     face_id = torch.full((num_views, height, width), -1, dtype=torch.int64, device=device)
     bary = torch.zeros((num_views, height, width, 3), dtype=torch.float32, device=device)
     depth = torch.zeros((num_views, height, width), dtype=torch.float32, device=device)
-    if m == 0:
+    if faces.shape[0] == 0:
         return Fragments(face_id, bary, depth)
-    max_pairs = max(int(max_pairs), hw)  # one triangle may cover the whole image
+    max_pairs = max(int(max_pairs), height * width)  # one triangle may cover the whole image
     for v in range(num_views):
-        tri = xy[v][faces]  # [M, 3, 2]
-        tinv = inv_d[v][faces]  # [M, 3]
-        x, y = tri[..., 0], tri[..., 1]
-        # edge i is opposite vertex i; lambda_i(p) = ((x_j - px)(y_k - py) - (y_j - py)(x_k - px)) / area
-        j, k = [1, 2, 0], [2, 0, 1]
-        area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (y[:, 1] - y[:, 0]) * (x[:, 2] - x[:, 0])
-        xmin = torch.ceil(x.min(1).values - 0.5).clamp(min=0)
-        xmax = torch.floor(x.max(1).values - 0.5).clamp(max=width - 1)
-        ymin = torch.ceil(y.min(1).values - 0.5).clamp(min=0)
-        ymax = torch.floor(y.max(1).values - 0.5).clamp(max=height - 1)
-        valid = (area != 0) & (tinv > 0).all(1) & (xmax >= xmin) & (ymax >= ymin) & torch.isfinite(area)
-        idx = valid.nonzero().squeeze(1)  # ascending face order, so the key's tie-break is the lowest face index
-        if idx.numel() == 0:
+        planes = _triangle_planes(xy[v], inv_d[v], faces, height, width)
+        if planes is None:
             continue
-        x, y, area, tinv = x[idx], y[idx], area[idx], tinv[idx]
-        # coefficients of q_i = lambda_i / d_i = a_i * px + b_i * py + c_i (float64: exact enough that shared edges agree)
-        a = (y[:, j] - y[:, k]) / area[:, None] * tinv
-        b = (x[:, k] - x[:, j]) / area[:, None] * tinv
-        c = (x[:, j] * y[:, k] - y[:, j] * x[:, k]) / area[:, None] * tinv
-        coef = torch.stack([a, b, c], dim=1)  # [T, 3 (a,b,c), 3 (vertex)]
-        x0, y0 = xmin[idx].long(), ymin[idx].long()
-        x1 = xmax[idx].long()
-        n_rows = ymax[idx].long() - y0 + 1
-        counts = (x1 - x0 + 1) * n_rows  # bounding-box area: an upper bound of the pixels a triangle covers
-        sum_q = coef.sum(2)  # [T, 3]: sum_i q_i = 1 / depth is affine in the pixel position too
-        zbuf = torch.full((hw,), _NO_HIT, dtype=torch.int64, device=device)
-        cum_cpu = counts.cumsum(0).cpu()
-        row_starts = n_rows.cumsum(0) - n_rows
-        n_tri, begin = idx.numel(), 0
-        while begin < n_tri:
-            base = int(cum_cpu[begin - 1]) if begin else 0
-            end = int(torch.searchsorted(cum_cpu, base + max_pairs, right=True))
-            end = min(max(end, begin + 1), n_tri)
-            # 1. one span per (triangle, pixel row): the pixel centres on the row inside all three edges
-            nr = n_rows[begin:end]
-            n_spans = int(nr.sum())
-            span_tri = torch.repeat_interleave(torch.arange(begin, end, device=device), nr, output_size=n_spans)
-            py = y0[span_tri] + torch.arange(n_spans, device=device) - (row_starts - row_starts[begin])[span_tri]
-            yc = py.to(torch.float64) + 0.5
-            lo = x0[span_tri].to(torch.float64) + 0.5
-            hi = x1[span_tri].to(torch.float64) + 0.5
-            cf = coef[span_tri]  # [S, 3, 3]
-            for vtx in range(3):  # q = a * x + s >= 0 with s = b * y + c
-                a_v = cf[:, 0, vtx]
-                s_v = cf[:, 1, vtx] * yc + cf[:, 2, vtx]
-                bound = -s_v / torch.where(a_v == 0, torch.ones_like(a_v), a_v)
-                lo = torch.where(a_v > 0, torch.maximum(lo, bound), lo)
-                hi = torch.where(a_v < 0, torch.minimum(hi, bound), hi)
-                hi = torch.where((a_v == 0) & (s_v < 0), lo - 1.0, hi)
-            # slack of 1e-9 px keeps centres exactly on a shared edge in both triangles (no pinholes from rounding)
-            px_lo = torch.ceil(lo - 0.5 - 1e-9).long()
-            n_px = (torch.floor(hi - 0.5 + 1e-9).long() - px_lo + 1).clamp(min=0)
-            # 2. the covered pixels: depth from sum_i q_i, written with the nearest-then-lowest-face key
-            n_pix = int(n_px.sum())
-            if n_pix:
-                span = torch.repeat_interleave(torch.arange(n_spans, device=device), n_px, output_size=n_pix)
-                px = px_lo[span] + torch.arange(n_pix, device=device) - (n_px.cumsum(0) - n_px)[span]
-                tri = span_tri[span]
-                pyy = py[span]
-                sq = sum_q[tri]
-                qs = sq[:, 0] * (px.to(torch.float64) + 0.5) + sq[:, 1] * (pyy.to(torch.float64) + 0.5) + sq[:, 2]
-                ok = qs > 0
-                d32 = (1.0 / qs[ok]).to(torch.float32)
-                key = (d32.view(torch.int32).to(torch.int64) << 32) | tri[ok]
-                zbuf.scatter_reduce_(0, pyy[ok] * width + px[ok], key, reduce="amin", include_self=True)
-            begin = end
-        hit = zbuf != _NO_HIT
-        pix = hit.nonzero().squeeze(1)
+        zbuf = _zbuffer(planes, height, width, max_pairs)
+        # the winning triangle's perspective-correct barycentrics and depth, once per pixel
+        pix = (zbuf != _NO_HIT).nonzero().squeeze(1)
         t = zbuf[pix] & 0xFFFFFFFF
-        cf = coef[t]
+        cf = planes.coef[t]
         pyc = torch.div(pix, width, rounding_mode="floor").to(torch.float64) + 0.5
         pxc = (pix % width).to(torch.float64) + 0.5
         # re-evaluate at the pixel centre, clamped: the inclusive test lets q_i be -0.0 on an edge
         q = (cf[:, 0] * pxc[:, None] + cf[:, 1] * pyc[:, None] + cf[:, 2]).clamp(min=0)
         qs = q.sum(1, keepdim=True)
-        face_id[v].view(-1)[pix] = idx[t]
+        face_id[v].view(-1)[pix] = planes.index[t]
         bary[v].view(-1, 3)[pix] = (q / qs).to(torch.float32)
         depth[v].view(-1)[pix] = (1.0 / qs.squeeze(1)).to(torch.float32)
     return Fragments(face_id, bary, depth)
