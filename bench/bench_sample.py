@@ -78,7 +78,7 @@ def build_model(args, device: torch.device, dtype: torch.dtype):
     from dreamedit3d_core.mvdream.attention import set_multiview_attention
     from dreamedit3d_core.mvdream.model import MVDreamModel
     from dreamedit3d_core.schedule import sd21_alphas_cumprod
-    from dreamedit3d_core.tiny import SD21_UNET, SD21_VAE, TINY_UNET, TINY_VAE
+    from dreamedit3d_core.testing.tiny import SD21_UNET, SD21_VAE, TINY_UNET, TINY_VAE
 
     unet_arch, vae_arch = (TINY_UNET, TINY_VAE) if args.tiny else (SD21_UNET, SD21_VAE)
     torch.manual_seed(0)

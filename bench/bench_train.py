@@ -61,7 +61,8 @@ def build_real_size_model(device: str):
     from dreamedit3d_core.mvdream.layout import infer_architecture
     from dreamedit3d_core.mvdream.model import MVDreamModel
     from dreamedit3d_core.mvdream.tokenizer import MVTokenizer
-    from dreamedit3d_core.tiny import SD21_TEXT, SD21_UNET, SD21_VAE, released_layout, schedule_buffers
+    from dreamedit3d_core.schedule import schedule_buffers
+    from dreamedit3d_core.testing.tiny import SD21_TEXT, SD21_UNET, SD21_VAE, released_layout
 
     arch = infer_architecture(released_layout(SD21_UNET, SD21_VAE, SD21_TEXT))
     torch.manual_seed(0)
@@ -111,7 +112,7 @@ def _worker(args) -> dict:
     device = args.device
     t0 = time.perf_counter()
     if args.tiny:
-        from dreamedit3d_core.tiny import load_tiny_mvdream
+        from dreamedit3d_core.testing.tiny import load_tiny_mvdream
 
         model = load_tiny_mvdream(device=device)
     else:

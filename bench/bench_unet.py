@@ -45,7 +45,7 @@ def _build(kind: str, device: str, dtype_name: str):
 
     from dreamedit3d_core.mvdream.attention import set_multiview_attention
     from dreamedit3d_core.mvdream.layout import infer_architecture
-    from dreamedit3d_core.tiny import SD21_TEXT, SD21_UNET, SD21_VAE, released_layout
+    from dreamedit3d_core.testing.tiny import SD21_TEXT, SD21_UNET, SD21_VAE, released_layout
 
     arch = infer_architecture(released_layout(SD21_UNET, SD21_VAE, SD21_TEXT))  # real config, from shapes
     config = arch.unet.diffusers_config(sample_size=LATENT)

@@ -31,9 +31,6 @@ _EXPORTS = {
     "MVTokenizer": ".mvdream.tokenizer",
     "MultiViewAttnProcessor": ".mvdream.attention",
     "record_cross_attention": ".mvdream.attention",
-    "write_tiny_checkpoint": ".tiny",
-    "tiny_state_dict": ".tiny",
-    "load_tiny_mvdream": ".tiny",
     # render and masks
     "load_asset": ".assets",
     "render_views": ".render",

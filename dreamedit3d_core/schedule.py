@@ -23,6 +23,7 @@ Conventions (``../shared/design/mvdream.md`` §5, k-diffusion ``external.Discret
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Sequence
 
@@ -87,6 +88,28 @@ def alphas_cumprod_from_betas(betas: torch.Tensor) -> torch.Tensor:
 def sd21_alphas_cumprod(num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> torch.Tensor:
     """MVDream/SD2.1-base ᾱ in float64 [T]: ``[0] = 0.99915``, ``[499] ≈ 0.27767``, ``[999] ≈ 0.0046601``."""
     return alphas_cumprod_from_betas(sd21_betas(num_timesteps))
+
+
+def schedule_buffers(timesteps: int = NUM_TRAIN_TIMESTEPS, linear_start: float = SD21_LINEAR_START,
+                     linear_end: float = SD21_LINEAR_END) -> "OrderedDict[str, torch.Tensor]":
+    """The 12 schedule buffers a released LDM/MVDream checkpoint stores (``register_schedule``), float32 [T] each.
+
+    Float64 maths on the "linear" (= scaled linear) betas, stored as float32 as the released files hold them.
+    """
+    betas = sd21_betas(timesteps, linear_start, linear_end)
+    alphas = 1.0 - betas
+    ac = alphas_cumprod_from_betas(betas)
+    ac_prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
+    post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
+    values = OrderedDict(
+        betas=betas, alphas_cumprod=ac, alphas_cumprod_prev=ac_prev, sqrt_alphas_cumprod=ac.sqrt(),
+        sqrt_one_minus_alphas_cumprod=(1.0 - ac).sqrt(), log_one_minus_alphas_cumprod=(1.0 - ac).log(),
+        sqrt_recip_alphas_cumprod=(1.0 / ac).sqrt(), sqrt_recipm1_alphas_cumprod=(1.0 / ac - 1.0).sqrt(),
+        posterior_variance=post_var, posterior_log_variance_clipped=post_var.clamp(min=1e-20).log(),
+        posterior_mean_coef1=betas * ac_prev.sqrt() / (1.0 - ac),
+        posterior_mean_coef2=(1.0 - ac_prev) * alphas.sqrt() / (1.0 - ac),
+    )
+    return OrderedDict((k, v.to(torch.float32)) for k, v in values.items())
 
 
 def check_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:

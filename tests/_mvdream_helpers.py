@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -12,16 +13,27 @@ from dreamedit3d_core.cameras import get_camera
 @functools.lru_cache(maxsize=2)
 def shared_tiny_model(seed: int = 0):
     """A tiny MVDream loaded through the real loader, shared read-only by tests (do not modify it)."""
-    from dreamedit3d_core.tiny import load_tiny_mvdream
+    from dreamedit3d_core.testing.tiny import load_tiny_mvdream
 
     return load_tiny_mvdream(seed)
 
 
 def fresh_tiny_model(seed: int = 0, variant: str = "mvdream-sd21"):
     """A tiny MVDream a test may modify."""
-    from dreamedit3d_core.tiny import load_tiny_mvdream
+    from dreamedit3d_core.testing.tiny import load_tiny_mvdream
 
     return load_tiny_mvdream(seed, variant=variant)
+
+
+@contextlib.contextmanager
+def views_per_object(model, num_views: int):
+    """Temporarily set ``model.num_views`` (``1`` = 2D mode, every image on its own), as a caller of the library may."""
+    old = model.num_views
+    model.num_views = int(num_views)
+    try:
+        yield model
+    finally:
+        model.num_views = old
 
 
 def unet_inputs(model, objects: int = 2, size: int = 16, seed: int = 1):

@@ -52,7 +52,7 @@ def two_component_scene(size: int = 128, views: int = 4, seed: int = 0):
 
 @functools.lru_cache(maxsize=None)
 def _tiny_state(seed: int):
-    from dreamedit3d_core.tiny import load_tiny_mvdream
+    from dreamedit3d_core.testing.tiny import load_tiny_mvdream
 
     return load_tiny_mvdream(seed=seed)
 

@@ -16,11 +16,13 @@ import pickle
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..schedule import schedule_buffers
+from ..storage import atomic_write, save_safetensors
 from . import layout as L
 from .attention import set_multiview_attention
 from .model import NUM_VIEWS, MVDreamModel
@@ -246,9 +248,7 @@ def load_mvdream(path: str | os.PathLike, device: str | torch.device = "cpu",
 
     if "alphas_cumprod" in state:
         alphas_cumprod = state["alphas_cumprod"].to(torch.float64)
-    else:  # a state dict without schedule buffers (never a released file): SD's own schedule
-        from ..tiny import schedule_buffers
-
+    else:  # a state dict without schedule buffers (never a released file): SD's own schedule, as files store it
         alphas_cumprod = schedule_buffers()["alphas_cumprod"].to(torch.float64)
     tokenizer = MVTokenizer(pad_id=PAD_ID if arch.text.kind == "open_clip" else EOT_ID)
     layout = OrderedDict((k, (tuple(v.shape), v.dtype)) for k, v in state.items())
@@ -301,9 +301,22 @@ def save_mvdream(model: MVDreamModel, path: str | os.PathLike, overwrite: bool =
     The write is atomic and never replaces an existing file unless ``overwrite``. The result loads with
     :func:`load_mvdream` (bit-identical parameters) and with MVDream's own ``LatentDiffusionInterface``.
     """
-    from ..tiny import write_state_dict
-
     path = Path(path)
     if path.suffix not in (".safetensors", ".pt", ".ckpt", ".pth"):
         raise ConfigError(f"cannot tell the format of {path.name}: use a .safetensors or .pt file name")
     return write_state_dict(released_state_dict(model), path, overwrite=overwrite)
+
+
+def write_state_dict(state: Dict[str, torch.Tensor], path: str | os.PathLike, fmt: Optional[str] = None,
+                     overwrite: bool = False) -> Path:
+    """Write a flat state dict as users have it: torch pickle (``.pt``/``.ckpt``/``.pth``) or ``.safetensors``.
+
+    ``fmt`` ("pt" or "safetensors") defaults to the suffix's. Atomic, and never over an existing file unless ``overwrite``.
+    """
+    path = Path(path)
+    fmt = fmt or ("safetensors" if path.suffix == ".safetensors" else "pt")
+    if fmt == "safetensors":
+        return save_safetensors(path, state, overwrite=overwrite)
+    if fmt != "pt":
+        raise ConfigError(f"unknown checkpoint format {fmt!r}; valid: 'pt', 'safetensors'")
+    return atomic_write(path, lambda tmp: torch.save(OrderedDict(state), tmp), overwrite=overwrite)

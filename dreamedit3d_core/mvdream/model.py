@@ -14,8 +14,7 @@ concatenates every conditioning tensor, cameras included).
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -84,16 +83,6 @@ class MVDreamModel:
                 f"dtype={self.dtype}, source={self.source!r})")
 
     # ----------------------------------------------------------------------------------------------- UNet
-    @contextlib.contextmanager
-    def views(self, num_views: int) -> Iterator["MVDreamModel"]:
-        """Temporarily change :attr:`num_views` (``1`` = 2D mode, every image on its own)."""
-        old = self.num_views
-        self.num_views = int(num_views)
-        try:
-            yield self
-        finally:
-            self.num_views = old
-
     def predict_noise(self, latents: torch.Tensor, timesteps, text_embeddings: torch.Tensor,
                       cameras: Optional[torch.Tensor], num_views: Optional[int] = None) -> torch.Tensor:
         """MVDream's eps prediction.

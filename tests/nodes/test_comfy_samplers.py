@@ -179,7 +179,7 @@ def test_bridge_disable_cfg1_optimization_keeps_the_uncond_half():
 @pytest.fixture(scope="module")
 def tiny():
     from dreamedit3d_core.prompts import compose_prompt
-    from dreamedit3d_core.tiny import load_tiny_mvdream
+    from dreamedit3d_core.testing.tiny import load_tiny_mvdream
 
     model = load_tiny_mvdream(0)
     return model, compose_prompt(model, "a dog wearing a hat made of gold")

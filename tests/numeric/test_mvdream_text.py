@@ -16,7 +16,7 @@ def _open_clip_reference(seed: int = 0):
     """open_clip's CLIP (tiny vision tower, the tiny text tower) loaded strictly with the checkpoint's text keys."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    from dreamedit3d_core.tiny import TINY_TEXT, tiny_state_dict
+    from dreamedit3d_core.testing.tiny import TINY_TEXT, tiny_state_dict
 
     clip = CLIP(
         embed_dim=TINY_TEXT.projection_dim,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _mvdream_helpers import fresh_tiny_model, shared_tiny_model, unet_inputs
+from _mvdream_helpers import fresh_tiny_model, shared_tiny_model, unet_inputs, views_per_object
 
 pytestmark = pytest.mark.numeric
 
@@ -94,7 +94,7 @@ def test_joint_attention_changes_the_output_compared_with_one_view():
     with torch.no_grad():
         joint = model.predict_noise(latents, timesteps, text, cameras)
         alone = model.predict_noise(latents, timesteps, text, cameras, num_views=1)
-        with model.views(1):
+        with views_per_object(model, 1):
             alone_ctx = model.predict_noise(latents, timesteps, text, cameras)
     assert _max_diff(joint, alone) > 1e-3
     assert torch.equal(alone, alone_ctx)
@@ -155,7 +155,7 @@ def test_camera_embedding_is_added_to_the_timestep_embedding():
     hook3 = unet.down_blocks[0].resnets[0].time_emb_proj.register_forward_pre_hook(
         lambda m, a: captured.setdefault("emb", a[0]))
     try:
-        with torch.no_grad(), model.views(1):
+        with torch.no_grad(), views_per_object(model, 1):
             model.predict_noise(torch.randn(2, 4, 8, 8), t, torch.randn(2, 77, model.text_dim), cams)
     finally:
         hook.remove(), hook2.remove(), hook3.remove()

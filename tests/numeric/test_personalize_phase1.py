@@ -187,7 +187,7 @@ def test_training_works_inside_inference_mode_and_tokens_round_trip_into_a_fresh
     """ComfyUI runs nodes under torch.inference_mode(): the model may even have been loaded there."""
     render, masks = two_component_scene(64)
     with torch.inference_mode():
-        from dreamedit3d_core.tiny import load_tiny_mvdream
+        from dreamedit3d_core.testing.tiny import load_tiny_mvdream
 
         model = load_tiny_mvdream()
         tokens = train_textual_inversion(model, render, masks, TIConfig(steps=2, lr=5e-2, resolution=None))

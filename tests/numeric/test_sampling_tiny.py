@@ -6,12 +6,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from _mvdream_helpers import views_per_object
 from _sampling_helpers import diffusers_ddim_loop
 
 from dreamedit3d_core.prompts import compose_prompt
 from dreamedit3d_core.sampling import sample_views
 from dreamedit3d_core.schedule import sigma_to_t, sigmas_from_alphas_cumprod
-from dreamedit3d_core.tiny import load_tiny_mvdream
+from dreamedit3d_core.testing.tiny import load_tiny_mvdream
 
 pytestmark = pytest.mark.numeric
 
@@ -53,7 +54,7 @@ def test_the_four_views_are_denoised_jointly(model, cond, method):
     b = sample_views(model, cond, method=method, steps=3, noise=other).latents
     assert (a[1:] - b[1:]).abs().amax() > 1e-3
     single = replace(cond, num_views=1)
-    with model.views(1):
+    with views_per_object(model, 1):
         a1 = sample_views(model, single, method=method, steps=3, noise=noise).latents
         b1 = sample_views(model, single, method=method, steps=3, noise=other).latents
     torch.testing.assert_close(a1[1:], b1[1:], rtol=0, atol=1e-5)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dreamedit3d_core.mvdream import layout as L
-from dreamedit3d_core.tiny import SD21_TEXT, SD21_UNET, SD21_VAE, released_layout, tiny_state_dict
+from dreamedit3d_core.testing.tiny import SD21_TEXT, SD21_UNET, SD21_VAE, released_layout, tiny_state_dict
 
 
 def _count(shapes, prefix):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dreamedit3d_core.tiny import schedule_buffers
+from dreamedit3d_core.schedule import schedule_buffers
 
 
 def _numpy_reference():
@@ -48,3 +48,34 @@ def test_model_keeps_the_checkpoints_alphas_cumprod_as_float64():
     assert model.alphas_cumprod.dtype == torch.float64 and model.alphas_cumprod.shape == (1000,)
     assert torch.equal(model.alphas_cumprod, schedule_buffers()["alphas_cumprod"].to(torch.float64))
     assert model.latent_scale == 0.18215
+
+
+def test_a_state_dict_without_schedule_buffers_gets_the_numpy_reference_schedule(tmp_path):
+    from dreamedit3d_core.mvdream.checkpoint import load_mvdream, write_state_dict
+    from dreamedit3d_core.mvdream.layout import SCHEDULE_BUFFERS
+    from dreamedit3d_core.testing.tiny import tiny_state_dict
+
+    state = tiny_state_dict(0)
+    state["alphas_cumprod"] = state["alphas_cumprod"] * 0.5  # a file's own buffer would win: prove it is not read
+    bare = {k: v for k, v in state.items() if k not in SCHEDULE_BUFFERS}
+    model = load_mvdream(write_state_dict(bare, tmp_path / "no_schedule.safetensors"))
+    expected = torch.from_numpy(_numpy_reference()["alphas_cumprod"]).to(torch.float32).to(torch.float64)
+    assert torch.equal(model.alphas_cumprod, expected)
+
+
+def test_product_modules_never_import_the_test_fixtures():
+    """Test helpers live in dreamedit3d_core.testing; no library module reaches into them (nor the old shims).
+
+    The command line is the exception: it writes the tiny checkpoint for users on purpose (``tiny-checkpoint``)."""
+    import re
+    from pathlib import Path
+
+    import dreamedit3d_core
+
+    root = Path(dreamedit3d_core.__file__).parent
+    shims = {root / "tiny.py", root / "examples.py", root / "cli.py", root / "__main__.py"}
+    pattern = re.compile(r"^\s*from\s+(\.+|dreamedit3d_core\.)(testing|tiny|examples)\b|^\s*import\s+dreamedit3d_core\.("
+                         r"testing|tiny|examples)\b", re.M)
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if "testing" not in p.relative_to(root).parts and p not in shims and pattern.search(p.read_text())]
+    assert offenders == []

@@ -17,7 +17,7 @@ from dreamedit3d_core.prompts import (
     split_prompts,
     with_suffixes,
 )
-from dreamedit3d_core.tiny import load_tiny_mvdream
+from dreamedit3d_core.testing.tiny import load_tiny_mvdream
 from dreamedit3d_core.types import TokenSet
 
 EOT = 49407

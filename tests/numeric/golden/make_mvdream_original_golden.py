@@ -46,7 +46,7 @@ def _import_original(checkout: Path):
 
 def main(checkout: str) -> None:
     sys.path.insert(0, str(REPO))
-    from dreamedit3d_core.tiny import TINY_UNET, TINY_VAE, tiny_state_dict
+    from dreamedit3d_core.testing.tiny import TINY_UNET, TINY_VAE, tiny_state_dict
 
     MultiViewUNetModel, AutoencoderKL, get_camera = _import_original(Path(checkout))
     state = tiny_state_dict(0)
