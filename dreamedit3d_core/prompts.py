@@ -79,15 +79,28 @@ def known_tokens(model: Any, tokens: Optional[TokenSet] = None) -> list[str]:
     return names
 
 
-def expand_multi_vector(prompt: str, model: Any) -> str:
+def expand_multi_vector(prompt: str, source: Any) -> str:
     """Write each multi-vector placeholder as the strings its vectors occupy: ``<hat>`` -> ``<hat> <hat>_1 <hat>_2``.
 
-    The vector strings are read from the model's tokenizer (``dreamedit3d_core.tokens.vector_names`` convention).
+    The one home of this rule (``dreamedit3d_core.tokens.vector_names`` convention). ``source`` says how many vectors
+    each token has: a :class:`TokenSet` (its ``embeddings`` [K, n, D]), or a model whose tokenizer holds the added
+    vector strings. Placeholders it does not know, and single-vector tokens, are left as written.
     """
-    added = set(getattr(getattr(model, "tokenizer", None), "added_tokens", ()) or ())
+    from .tokens import vector_names
+
+    if isinstance(source, TokenSet):
+        n = int(source.embeddings.shape[1])
+        counts = {t.lower(): n for t in source.tokens}
+    else:
+        added = set(getattr(getattr(source, "tokenizer", None), "added_tokens", ()) or ())
+        counts = None
 
     def expand(match: re.Match) -> str:
         token = match.group(0).lower()
+        if counts is not None:
+            if counts.get(token, 1) == 1:
+                return match.group(0)
+            return " ".join(vector_names(token, counts[token]))
         names = [token]
         while f"{token}_{len(names)}" in added:
             names.append(f"{token}_{len(names)}")

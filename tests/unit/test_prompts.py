@@ -85,6 +85,17 @@ def test_multi_vector_tokens_use_all_their_vectors(fresh_model):
     assert len(set(ids[2:5].tolist())) == 3 and int(ids[5]) == EOT
 
 
+def test_multi_vector_expansion_from_a_token_set_is_the_same_rule():
+    from dreamedit3d_core.prompts import expand_multi_vector
+    from dreamedit3d_core.types import TokenSet
+
+    three = TokenSet(tokens=("<hat>", "<dog>"), embeddings=torch.zeros(2, 3, 4), components=("hat", "dog"))
+    assert (expand_multi_vector("a <hat> on a <dog> by a <cat>", three)
+            == "a <hat> <hat>_1 <hat>_2 on a <dog> <dog>_1 <dog>_2 by a <cat>")
+    one = TokenSet(tokens=("<hat>",), embeddings=torch.zeros(1, 1, 4), components=("hat",))
+    assert expand_multi_vector("a <hat>", one) == "a <hat>"
+
+
 def test_unknown_token_is_an_error_listing_the_known_ones(fresh_model):
     tokens = token_set(fresh_model, ["<dog>", "<hat>"])
     with pytest.raises(TokenError, match=r"unknown token\(s\) <cat> in the prompt; known tokens: <dog>, <hat>"):
