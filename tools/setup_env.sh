@@ -43,5 +43,11 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/requirements.txt" -nt "$STAMP" ] || [ "$ROOT/re
       || echo "[setup] torchaudio not installed: ComfyUI's audio nodes will not load (the pack does not need them)"
   touch "$STAMP"
 fi
+# the library itself, editable (its console script 'dreamedit3d' lands in .venv/bin); setuptools comes from the venv
+if ! "$VENV/bin/python" -c "import importlib.metadata as m; m.version('dreamedit3d')" 2>/dev/null \
+   || [ "$ROOT/pyproject.toml" -nt "$VENV/bin/dreamedit3d" ]; then
+  echo "[setup] installing the dreamedit3d library (pip install -e .)"
+  "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+fi
 echo "[setup] ready: $VENV (python $("$VENV/bin/python" -c 'import torch,sys;print(sys.version.split()[0],"torch",torch.__version__)'))"
 echo "[setup] ComfyUI host: $HOST/comfyui"
