@@ -59,6 +59,8 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     m = p.add_argument_group("metrics (optional)")
     m.add_argument("--clip", default=None, help="CLIP model file/folder for the edit metrics")
     m.add_argument("--dino", default=None, help="DINO model file/folder for the identity metric")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="also retry units that failed on the same inputs in an earlier run")
     p.add_argument("--quiet", action="store_true", help="no per-unit lines or progress bar")
     p.set_defaults(func=main)
     return p
@@ -87,7 +89,8 @@ def main(args: argparse.Namespace) -> int:
                        workers=args.workers, ray_address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
                        cpus_per_worker=args.cpus_per_worker, worker_memory_gb=args.worker_memory_gb,
                        max_retries=args.max_retries, device=args.device, scratch=args.scratch, clip=args.clip,
-                       dino=args.dino, show_progress=not args.quiet)
+                       dino=args.dino, show_progress=not args.quiet,
+                       retry_failed=args.retry_failed)
     print(f"{len(result.computed)} units computed, {len(result.reused)} already done, {len(result.failed)} failed, "
           f"{len(result.skipped)} skipped in {result.wall_s:.1f} s")
     for unit_id, message in result.failed.items():

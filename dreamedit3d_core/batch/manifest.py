@@ -52,10 +52,20 @@ class Manifest:
                        "checkpoint_sha256": plan.checkpoint_sha256, "settings": plan.settings.to_dict(),
                        "prompts": list(plan.prompts)}
 
-    def record(self, unit, status: str, record: Optional[dict] = None, message: str = "") -> None:
+    def input_error(self, unit) -> Optional[str]:
+        """The message of an earlier run's failure of ``unit`` caused by its inputs (same content key), else None."""
+        entry = self.units.get(unit.key)
+        if isinstance(entry, dict) and entry.get("status") == "failed" and entry.get("input_error"):
+            return str(entry.get("message", ""))
+        return None
+
+    def record(self, unit, status: str, record: Optional[dict] = None, message: str = "",
+               input_error: bool = False) -> None:
         """Note the outcome of ``unit`` ("done", "failed" or "skipped") under its content key, and save."""
         entry = {"unit_id": unit.unit_id, "kind": "edit" if hasattr(unit, "prompt") else "personalize",
                  "folder": unit.folder, "status": status}
+        if input_error:
+            entry["input_error"] = True
         if record:
             entry["outputs"] = record.get("outputs", {})
             entry["times_s"] = record.get("times_s", {})

@@ -141,6 +141,7 @@ def run_batch(
     dino: Optional[str] = None,
     show_progress: bool = True,
     should_stop: Optional[Callable[[], bool]] = None,
+    retry_failed: bool = False,
 ) -> BatchResult:
     """Edit a catalogue: every asset personalised once, then every prompt sampled, lifted and exported.
 
@@ -162,6 +163,8 @@ def run_batch(
         clip, dino: metric models (``models/clip_vision`` / ``models/dino`` files); metrics are skipped without them.
         show_progress: print a line per finished unit and an overall progress bar on stderr.
         should_stop: polled during training (in-process runs); True stops the batch with a resumable checkpoint.
+        retry_failed: also retry units that failed on these same inputs in an earlier run (by default they are
+            reported again without running: a bad file or an empty component fails the same way every time).
 
     Returns:
         :class:`BatchResult`.
@@ -192,12 +195,15 @@ def run_batch(
 
     # what is finished already (files present with their recorded hashes)
     pending_pers, ready_edits, waiting = [], [], {}
+    known_bad = []
     for unit in plan.personalizations:
         record = finished_record(store, unit)
         if record is not None:
             report.note(unit, "done", record)
             result.reused.append(unit.unit_id)
             progress.finished(unit, "reused", "(already done)")
+        elif manifest.input_error(unit) is not None and not retry_failed:
+            known_bad.append(unit)
         else:
             pending_pers.append(unit)
     for unit in plan.edits:
@@ -207,10 +213,18 @@ def run_batch(
             result.reused.append(unit.unit_id)
             result.glbs.append(store.url(f"{unit.folder}/edited.glb"))
             progress.finished(unit, "reused", "(already done)")
-        elif unit.parent.unit_id in {u.unit_id for u in pending_pers}:
+        elif unit.parent in pending_pers or unit.parent in known_bad:
             waiting.setdefault(unit.parent.key, []).append(unit)
+        elif manifest.input_error(unit) is not None and not retry_failed:
+            known_bad.append(unit)
         else:
             ready_edits.append(unit)
+    for unit in known_bad:  # failed on these same inputs before: reported again, not retried
+        message = manifest.input_error(unit)
+        note = " (same inputs as an earlier run: fix them, or retry with retry_failed)"
+        message = message if message.endswith(note) else message + note
+        _finish(unit, {"status": "failed", "message": message, "input_error": True}, plan, store, manifest, report,
+                progress, result, waiting, ready_edits)
     todo = len(pending_pers) + len(ready_edits) + sum(len(v) for v in waiting.values())
     for unit in plan.personalizations:  # sheets of the edits finished by earlier runs
         report.write_sheet(unit)
@@ -284,7 +298,7 @@ def _finish(unit, outcome: dict, plan, store, manifest, report, progress, result
         progress.finished(unit, "reused" if outcome.get("cached") else "done", _detail(outcome, store))
     else:
         message = outcome.get("message", "")
-        manifest.record(unit, "failed", message=message)
+        manifest.record(unit, "failed", message=message, input_error=bool(outcome.get("input_error")))
         report.note(unit, "failed", message=message)
         result.failed[unit.unit_id] = message
         progress.finished(unit, "FAILED", message)

@@ -19,6 +19,34 @@ from ..errors import ConfigError
 from ..storage import atomic_write, file_sha256
 
 
+def canonical_safetensors(path: str | os.PathLike) -> Path:
+    """Rewrite a safetensors file's header with its metadata keys sorted, in place (atomically).
+
+    The safetensors writer stores the metadata in hash-map order, which changes from process to process, so the
+    same tensors and metadata give different bytes (and hashes) in two runs. The batch promises identical files for
+    identical inputs, so it normalises the files it writes. The tensor data and its offsets are untouched.
+    """
+    import struct
+
+    path = Path(path)
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length].decode("utf-8"))
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8-byte alignment with spaces
+    if text == data[8:8 + length]:
+        return path
+    body = struct.pack("<Q", len(text)) + text + data[8 + length:]
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(body)
+
+    return atomic_write(path, _write, overwrite=True)
+
+
 def _is_url(root: str) -> bool:
     return "://" in str(root)
 
@@ -55,10 +83,10 @@ class OutputStore:
     # ----------------------------------------------------------------------------------------- paths
     @staticmethod
     def _check(rel: str) -> str:
-        rel = str(rel).replace("\\", "/").strip("/")
-        if not rel or rel.startswith("..") or "/../" in f"/{rel}/" or os.path.isabs(rel):
+        rel = str(rel).replace("\\", "/")
+        if not rel.strip("/") or rel.startswith("/") or ".." in rel.split("/"):
             raise ConfigError(f"output path {rel!r} must stay inside the output folder")
-        return rel
+        return rel.strip("/")
 
     def path(self, rel: str) -> Path:
         """The local file for ``rel`` (the real file, or its scratch copy for a URL output)."""

@@ -25,7 +25,7 @@ import torch
 from ..errors import ConfigError, DreamEdit3DError, Interrupted
 from .manifest import done_record_path, finished_record, make_record
 from .plan import BatchSettings
-from .store import OutputStore
+from .store import OutputStore, canonical_safetensors
 
 SOURCE_VIEWS = "source_views.png"
 MASKS = "masks.png"
@@ -34,6 +34,7 @@ TOKENS = "tokens.safetensors"
 LORA = "unet_lora.safetensors"
 FULL_UNET = "finetuned_mvdream.safetensors"
 TRAIN_DIR = "train"
+WORKER_NOTE = "worker.json"
 EDITED_VIEWS = "views.png"
 EDITED_GLB = "edited.glb"
 METRICS = "metrics.json"
@@ -107,7 +108,10 @@ class BatchWorker:
         except Interrupted:
             raise
         except Exception as exc:  # one unit's failure is reported in the batch report; the other units go on
-            return {**base, "status": "failed", "message": _one_line(exc), "wall_s": time.perf_counter() - t0}
+            # our own errors come from the inputs (bad file, empty component, unknown token): the same inputs fail
+            # the same way, so a re-run does not try them again; anything else (out of memory, ...) may pass next time
+            return {**base, "status": "failed", "message": _one_line(exc), "wall_s": time.perf_counter() - t0,
+                    "input_error": isinstance(exc, DreamEdit3DError)}
         return {**base, "status": "done", "cached": cached, "record": record, "wall_s": time.perf_counter() - t0}
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -168,6 +172,8 @@ class BatchWorker:
 
         train_rel = f"{folder}/{TRAIN_DIR}"
         train_dir = self.store.fetch_folder(train_rel)
+        # who is training this asset (a person watching the cluster, or a test killing that worker)
+        self.store.write_json(f"{train_rel}/{WORKER_NOTE}", {**self.info(), "unit": unit["unit_id"]})
         hook = _TrainingHook(self.store, train_rel, should_stop)
 
         tokens1_rel = f"{folder}/{TOKENS_PHASE1}"
@@ -186,7 +192,7 @@ class BatchWorker:
             del model
             steps_run["textual_inversion"] = len(result.infos)
             resumed_from["textual_inversion"] = result.steps_done - len(result.infos)
-            save_tokens(tokens1, self.store.path(tokens1_rel), overwrite=True)
+            canonical_safetensors(save_tokens(tokens1, self.store.path(tokens1_rel), overwrite=True))
             self.store.publish(tokens1_rel)
             self.store.sync_folder(train_rel)
         outputs.append(tokens1_rel)
@@ -203,17 +209,17 @@ class BatchWorker:
         steps_run["finetune"] = len(result.infos)
         resumed_from["finetune"] = result.steps_done - len(result.infos)
         tokens_rel = f"{folder}/{TOKENS}"
-        save_tokens(tokens2, self.store.path(tokens_rel), overwrite=True)
+        canonical_safetensors(save_tokens(tokens2, self.store.path(tokens_rel), overwrite=True))
         outputs.append(tokens_rel)
         if s.ft_mode == "lora":
             weights_rel = f"{folder}/{LORA}"
-            save_unet_lora(model, self.store.path(weights_rel), overwrite=True)
+            canonical_safetensors(save_unet_lora(model, self.store.path(weights_rel), overwrite=True))
         else:
             weights_rel = f"{folder}/{FULL_UNET}"
             target = self.store.path(weights_rel)
             if target.exists():
                 target.unlink()  # an unfinished attempt's file (save_mvdream never overwrites)
-            save_finetuned_unet(model, target)
+            canonical_safetensors(save_finetuned_unet(model, target))
         del model
         outputs.append(weights_rel)
         for rel in (tokens_rel, weights_rel):
