@@ -143,7 +143,7 @@ def fit_gaussian_grid(g: Gaussians, resolution: int, min_opacity: float = 0.05) 
 
 def density_grid(g: Gaussians, grid: VoxelGrid, antialias_voxels: float = ANTIALIAS_VOXELS,
                  min_opacity: float = MIN_OPACITY, evals_per_chunk: int = EVALS_PER_CHUNK,
-                 progress=None) -> tuple[torch.Tensor, dict]:
+                 progress=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Summed Gaussian density at the grid's samples, each Gaussian over its own 3-sigma window of voxels.
 
     Args:
@@ -154,42 +154,74 @@ def density_grid(g: Gaussians, grid: VoxelGrid, antialias_voxels: float = ANTIAL
             ``update(done, total, stage="lgm density")`` reports Gaussians done.
 
     Returns:
-        (float32 [X, Y, Z] on ``g``'s device, stats: Gaussians used, windows truncated at MAX_WINDOW_VOXELS).
+        (density float32 [X, Y, Z], thickness float32 [X, Y, Z]: the density-weighted mean of the contributing
+        Gaussians' thinnest widened standard deviation (world units), stats), on ``g``'s device.
     """
     device = g.means.device
     sel = g.select(g.opacity >= min_opacity)
     h = float(grid.spacing)
     cov = sel.covariance() + (antialias_voxels * h) ** 2 * torch.eye(3, dtype=torch.float64, device=device)
-    precision = torch.linalg.inv(cov).to(torch.float32)
+    # q = (o + r)^T P (o + r) over window offsets o and the centre residual r (voxels), expanded into monomials of o so
+    # that a chunk is one [W, 10] @ [10, n] product
+    prec = (torch.linalg.inv(cov) * h * h).to(torch.float32)  # precision in voxel units
+    thinnest = torch.linalg.eigvalsh(cov)[:, 0].clamp_min(0).sqrt().to(torch.float32)
     reach_vox = CUTOFF_SIGMA * cov.diagonal(dim1=1, dim2=2).amax(-1).sqrt() / h
     window = reach_vox.ceil().clamp(1, MAX_WINDOW_VOXELS).to(torch.int64)
     truncated = int((reach_vox > MAX_WINDOW_VOXELS).sum())
-    shape = torch.tensor(grid.shape, device=device)
     lo = torch.tensor(grid.lo, dtype=torch.float64, device=device)
-    centre = torch.round((sel.means.double() - lo) / h).to(torch.int64)
-    flat = torch.zeros(grid.num_points, dtype=torch.float32, device=device)
-    strides = torch.tensor([grid.shape[1] * grid.shape[2], grid.shape[2], 1], device=device)
-    total, done = sel.num, 0
-    for k in torch.unique(window).tolist():
-        idx = (window == k).nonzero()[:, 0]
+    pos = (sel.means.double() - lo) / h  # in voxels
+    centre = torch.round(pos).to(torch.int64)
+    resid = (centre.double() - pos).to(torch.float32)  # voxel centre minus mean, in voxels
+    pr = torch.einsum("nij,nj->ni", prec, resid)
+    coef = torch.cat([prec[:, [0, 1, 2], [0, 1, 2]], prec[:, [0, 0, 1], [1, 2, 2]], pr,
+                      (pr * resid).sum(-1, keepdim=True)], dim=1).T.contiguous()  # [10, n]
+    dims = torch.tensor(grid.shape, device=device)
+    # a Gaussian centred more than its window outside the grid touches no sample
+    near = ((centre >= -window[:, None]) & (centre < dims + window[:, None])).all(-1)
+    pad = 2 * int(window[near].max()) if bool(near.any()) else 0
+    padded = tuple(int(d) + 2 * pad for d in grid.shape)
+    strides = torch.tensor([padded[1] * padded[2], padded[2], 1], device=device)
+    centre_flat = ((centre + pad) * strides).sum(-1)
+    sums = torch.zeros(math.prod(padded), 2, dtype=torch.float32, device=device)  # density, density * thinnest sigma
+    total, done = int(near.sum()), 0
+    for k in torch.unique(window[near]).tolist():
+        idx = ((window == k) & near).nonzero()[:, 0]
         r = torch.arange(-k, k + 1, device=device)
-        offsets = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
-        per_chunk = max(1, evals_per_chunk // offsets.shape[0])
+        off = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+        offset_flat = (off * strides).sum(-1)
+        o = off.to(torch.float32)
+        monomials = torch.cat([o * o, 2 * o[:, [0, 0, 1]] * o[:, [1, 2, 2]], 2 * o, torch.ones_like(o[:, :1])], 1)
+        per_chunk = max(1, evals_per_chunk // off.shape[0])
         for start in range(0, idx.numel(), per_chunk):
             if progress is not None:
                 progress.check_interrupt()
             i = idx[start:start + per_chunk]
-            vox = centre[i, None, :] + offsets[None]  # [n, W, 3]
-            inside = ((vox >= 0) & (vox < shape)).all(-1)
-            d = (lo + vox.double() * h - sel.means[i, None, :].double()).float()
-            q = torch.einsum("nwi,nij,nwj->nw", d, precision[i], d)
-            val = sel.opacity[i, None] * torch.exp(-0.5 * q)
-            keep = inside & (q <= CUTOFF_SIGMA ** 2)
-            flat.index_add_(0, (vox[keep] * strides).sum(-1), val[keep])
+            q = monomials @ coef[:, i]  # [W, n]
+            val = sel.opacity[i][None] * torch.exp(-0.5 * q) * (q <= CUTOFF_SIGMA ** 2)
+            flat = (offset_flat[:, None] + centre_flat[i][None]).reshape(-1)
+            sums.index_add_(0, flat, torch.stack([val, val * thinnest[i][None]], -1).reshape(-1, 2))
             done += i.numel()
             if progress is not None:
                 progress.update(done, total, None, stage="lgm density")
-    return flat.reshape(grid.shape), {"gaussians_used": total, "windows_truncated": truncated}
+    crop = (slice(pad, pad + grid.shape[0]), slice(pad, pad + grid.shape[1]), slice(pad, pad + grid.shape[2]))
+    sums = sums.reshape(padded + (2,))[crop]
+    density = sums[..., 0].contiguous()
+    thickness = (sums[..., 1] / density.clamp_min(1e-12)).contiguous()
+    return density, thickness, {"gaussians_used": total, "windows_truncated": truncated}
+
+
+def _max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Cubic max filter of ``radius`` voxels, as three 1D passes."""
+    x = x[None, None]
+    k = 2 * radius + 1
+    for kernel, pad in (((k, 1, 1), (radius, 0, 0)), ((1, k, 1), (0, radius, 0)), ((1, 1, k), (0, 0, radius))):
+        x = F.max_pool3d(x, kernel, stride=1, padding=pad)
+    return x[0, 0]
+
+
+def _surface_level(density: torch.Tensor, ridge_fraction: float, ridge_radius: int, min_density: float):
+    ridge = _max_filter(density, ridge_radius)
+    return ridge, torch.maximum(ridge * ridge_fraction, torch.full_like(ridge, min_density))
 
 
 def surface_occupancy(density: torch.Tensor, ridge_fraction: float = RIDGE_FRACTION,
@@ -199,8 +231,7 @@ def surface_occupancy(density: torch.Tensor, ridge_fraction: float = RIDGE_FRACT
     the volume the shell encloses (after closing gaps of ``close_gaps`` voxels) set to 1."""
     from scipy import ndimage
 
-    ridge = F.max_pool3d(density[None, None], 2 * ridge_radius + 1, stride=1, padding=ridge_radius)[0, 0]
-    level = torch.maximum(ridge * ridge_fraction, torch.full_like(ridge, min_density))
+    _, level = _surface_level(density, ridge_fraction, ridge_radius, min_density)
     occ = (0.5 * density / level).clamp(0.0, 1.0)
     solid = (occ >= ISO_LEVEL).cpu().numpy()
     pad = close_gaps + 1
@@ -210,10 +241,25 @@ def surface_occupancy(density: torch.Tensor, ridge_fraction: float = RIDGE_FRACT
     return torch.where(torch.from_numpy(enclosed).to(occ.device), torch.ones_like(occ), occ)
 
 
+def _sample_grid(volume: torch.Tensor, grid: VoxelGrid, points: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of a [X, Y, Z] grid at world points [P, 3] (edge values outside)."""
+    lo = torch.tensor(grid.lo, dtype=torch.float64, device=points.device)
+    extent = torch.tensor([(n - 1) * grid.spacing for n in grid.shape], dtype=torch.float64, device=points.device)
+    uvw = ((points.double() - lo) / extent * 2 - 1).flip(-1).to(torch.float32)  # grid_sample wants (z, y, x)
+    out = F.grid_sample(volume[None, None].float(), uvw.reshape(1, -1, 1, 1, 3).to(volume.device), mode="bilinear",
+                        padding_mode="border", align_corners=True)
+    return out.reshape(-1).to(points.device)
+
+
 def gaussians_to_mesh(g: Gaussians, resolution: int = 128, alpha: Optional[torch.Tensor] = None,
                       cameras: Optional[MVCameras] = None, progress=None,
                       antialias_voxels: float = ANTIALIAS_VOXELS) -> tuple[np.ndarray, np.ndarray, dict]:
     """A watertight triangle mesh of the Gaussians' surface in our world frame.
+
+    The marching-cubes surface sits where the density has fallen to ``level`` outside the splats' ridge; across a
+    sheet of splats the density is a Gaussian of the (widened) thinnest standard deviation ``sigma``, so that level
+    lies ``sigma * sqrt(2 ln(ridge / level))`` outside the sheet, and each vertex is moved back along its normal by
+    that distance (sigma, ridge and level trilinearly sampled at the vertex).
 
     Args:
         g: Gaussians in our frame.
@@ -228,18 +274,32 @@ def gaussians_to_mesh(g: Gaussians, resolution: int = 128, alpha: Optional[torch
     Raises:
         LiftError: no visible Gaussian, or nothing left to mesh.
     """
+    from ..bake import vertex_normals
+
     if (alpha is None) != (cameras is None):
         raise LiftError("gaussians_to_mesh needs both alpha and cameras to intersect with the visual hull, or neither")
     grid = fit_gaussian_grid(g, int(resolution))
-    density, stats = density_grid(g, grid, antialias_voxels=antialias_voxels, progress=progress)
+    check = progress.check_interrupt if progress is not None else (lambda: None)
+    density, thickness, stats = density_grid(g, grid, antialias_voxels=antialias_voxels, progress=progress)
+    check()
     occ = surface_occupancy(density)
+    check()
     if alpha is not None:
-        check = progress.check_interrupt if progress is not None else None
         hull_occ = silhouette_occupancy(alpha.to(device=occ.device, dtype=torch.float32), cameras, grid, check)
         occ = torch.minimum(occ, hull_occ)
     occ = keep_main_solids(occ)
+    check()
     verts, faces = marching_cubes(occ, grid)
-    stats.update({"grid_shape": list(grid.shape), "voxel_size": grid.spacing})
+    # move the half-ridge surface back onto the splats' sheet (see above)
+    ridge, level = _surface_level(density, RIDGE_FRACTION, RIDGE_RADIUS_VOXELS, MIN_SURFACE_DENSITY)
+    v = torch.from_numpy(verts)
+    ratio = (_sample_grid(ridge, grid, v) / _sample_grid(level, grid, v).clamp_min(1e-12)).clamp_min(1.0)
+    shift = _sample_grid(thickness, grid, v).double() * torch.sqrt(2.0 * torch.log(ratio.double()))
+    shift = shift.clamp(0.0, grid.spacing * 2.0)  # the correction never exceeds two voxels
+    normals = vertex_normals(v.float(), torch.from_numpy(faces)).double()
+    verts = (v - shift[:, None] * normals).numpy()
+    stats.update({"grid_shape": list(grid.shape), "voxel_size": grid.spacing,
+                  "mean_surface_shift": float(shift.mean())})
     return verts, faces, stats
 
 
