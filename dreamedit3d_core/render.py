@@ -14,6 +14,7 @@ centres at +0.5, row 0 at the top). Per view:
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Optional, Sequence, Union
 
 import torch
@@ -25,7 +26,18 @@ from .geometry import pixels_to_camera
 from .raster import Fragments, face_values, interpolate, rasterize_views
 from .types import MeshAsset, MultiViewRender
 
-LIGHTING_MODES = ("ambient_diffuse", "unlit")
+
+class LightingMode(str, Enum):
+    """How the views are lit (a ``str`` enum: the plain strings compare equal and are accepted everywhere)."""
+
+    #: ``AMBIENT + (1 - AMBIENT) * |n . view|`` with the light at the camera: shape reads, every view lit alike.
+    AMBIENT_DIFFUSE = "ambient_diffuse"
+    #: Base colour x vertex colour x texture only: flat albedo (what lifting and texture baking want to see).
+    UNLIT = "unlit"
+
+
+#: The lighting options in order (the members, which are also their plain string values).
+LIGHTING_MODES = tuple(LightingMode)
 #: Share of the light that does not depend on the surface orientation in "ambient_diffuse".
 AMBIENT = 0.45
 MAX_RESOLUTION = 1024
@@ -38,17 +50,19 @@ def face_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return F.normalize(n, dim=-1, eps=1e-20)
 
 
-def _check_options(resolution: int, ssaa: int, lighting: str, background) -> tuple:
+def _check_options(resolution: int, ssaa: int, lighting: Union[str, LightingMode], background
+                   ) -> tuple[tuple, LightingMode]:
+    """The background as 3 floats and the lighting as a :class:`LightingMode`, after checking every option."""
     if not isinstance(resolution, int) or resolution % 8 or not (8 <= resolution <= MAX_RESOLUTION):
         raise ConfigError(f"resolution must be a multiple of 8 from 8 to {MAX_RESOLUTION}, got {resolution!r}")
     if not isinstance(ssaa, int) or not (1 <= ssaa <= 4):
         raise ConfigError(f"ssaa must be an integer 1..4 (samples per pixel side), got {ssaa!r}")
     if lighting not in LIGHTING_MODES:
-        raise ConfigError(f"lighting must be one of {list(LIGHTING_MODES)}, got {lighting!r}")
+        raise ConfigError(f"lighting must be one of {[m.value for m in LightingMode]}, got {lighting!r}")
     bg = tuple(float(c) for c in background)
     if len(bg) != 3 or not all(0.0 <= c <= 1.0 for c in bg):
         raise ConfigError(f"background must be 3 numbers in 0..1, got {background!r}")
-    return bg
+    return bg, LightingMode(lighting)
 
 
 def _mip_pyramid(texture: torch.Tensor, device) -> list:
@@ -124,7 +138,7 @@ def _sample_textures(asset: MeshAsset, fid: torch.Tensor, uv: torch.Tensor,
 
 
 def _shade(asset: MeshAsset, frags: Fragments, normals_face: torch.Tensor, c2w: torch.Tensor, focal: float,
-           lighting: str, bg: torch.Tensor, pyramids: Optional[list] = None) -> tuple[torch.Tensor, torch.Tensor]:
+           lighting: LightingMode, bg: torch.Tensor, pyramids: Optional[list] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Colour [3, H, W] composited over ``bg`` and coverage [H, W] for one view's fragments (V = 1)."""
     fid_img = frags.face_id[0]
     hit = fid_img >= 0
@@ -136,7 +150,7 @@ def _shade(asset: MeshAsset, frags: Fragments, normals_face: torch.Tensor, c2w: 
         uv_img = interpolate(asset.uv.to(torch.float32), asset.faces, frags)[0]
         footprint = _texel_footprint(uv_img, hit)[hit] if pyramids is not None else None
         colour = colour * _sample_textures(asset, fid, uv_img[hit], footprint, pyramids)
-    if lighting == "ambient_diffuse":
+    if lighting is LightingMode.AMBIENT_DIFFUSE:
         cos = (normals_face[fid] * _view_dirs(c2w, hit, focal)).sum(-1).abs()
         colour = colour * (AMBIENT + (1.0 - AMBIENT) * cos)[:, None]
     rgb = bg.view(3, 1, 1).expand(3, *fid_img.shape).clone()
@@ -158,7 +172,7 @@ def render_views(
     cameras: Optional[MVCameras] = None,
     resolution: int = 256,
     background: Sequence[float] = (1.0, 1.0, 1.0),
-    lighting: str = "ambient_diffuse",
+    lighting: Union[str, LightingMode] = LightingMode.AMBIENT_DIFFUSE,
     ssaa: int = 2,
     device: Optional[Union[str, torch.device]] = None,
     mipmaps: bool = True,
@@ -170,7 +184,7 @@ def render_views(
         cameras: default ``MVCameras.mvdream_default()`` (front, right, back, left; elevation 15, fov 40).
         resolution: square image size, a multiple of 8 up to 1024.
         background: RGB in 0..1 behind the object.
-        lighting: "ambient_diffuse" or "unlit".
+        lighting: a :class:`LightingMode` or its string, "ambient_diffuse" or "unlit".
         ssaa: supersampling factor per side for colour and alpha (1 = off).
         device: optional device to render on.
         mipmaps: trilinear mipmapped texture sampling (minified textures are averaged, not aliased); False samples
@@ -180,7 +194,7 @@ def render_views(
         MultiViewRender: rgb [V,3,H,W], alpha [V,1,H,W], depth [V,1,H,W], normals [V,3,H,W], part_id [V,H,W], all on the
         render device, and the asset's ``source_frame`` (so lifted results can go back to the asset's own coordinates).
     """
-    bg_tuple = _check_options(resolution, ssaa, lighting, background)
+    bg_tuple, lighting = _check_options(resolution, ssaa, lighting, background)
     cameras = MVCameras.mvdream_default() if cameras is None else cameras
     if device is not None:
         asset = asset.to(device)

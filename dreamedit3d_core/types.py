@@ -178,6 +178,8 @@ class MultiViewRender:
 
 
 class MaskSource(str, Enum):
+    """Where component masks come from (a ``str`` enum: ``"parts"`` / ``"sam"`` compare equal to the members)."""
+
     PARTS = "parts"
     SAM = "sam"
 

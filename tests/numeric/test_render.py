@@ -285,3 +285,17 @@ def test_the_views_carry_the_assets_source_frame():
     back = r.source_frame.to_source_frame(asset.vertices.double()).numpy()
     np.testing.assert_allclose(back, verts * 3.0 + 1.0, atol=1e-5)
     assert r.to(dtype=torch.float16).source_frame == asset.source_frame
+
+
+def test_lighting_is_a_str_enum_and_the_plain_strings_render_the_same():
+    from dreamedit3d_core.render import LIGHTING_MODES, LightingMode
+
+    assert [m.value for m in LIGHTING_MODES] == ["ambient_diffuse", "unlit"]
+    assert LightingMode.UNLIT == "unlit" and "unlit" in LIGHTING_MODES and "pbr" not in LIGHTING_MODES
+    asset = _cube_asset()
+    by_enum = render_views(asset, resolution=16, ssaa=1, lighting=LightingMode.UNLIT)
+    by_text = render_views(asset, resolution=16, ssaa=1, lighting="unlit")
+    lit = render_views(asset, resolution=16, ssaa=1, lighting="ambient_diffuse")
+    assert torch.equal(by_enum.rgb, by_text.rgb) and not torch.equal(by_text.rgb, lit.rgb)
+    with pytest.raises(ConfigError, match=r"lighting must be one of \['ambient_diffuse', 'unlit'\], got 'pbr'"):
+        render_views(asset, lighting="pbr")
