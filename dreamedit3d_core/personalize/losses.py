@@ -5,22 +5,24 @@ Break-a-Scene (google/break-a-scene ``train.py``) mapped onto MVDream (``../shar
 * masked diffusion loss: ``L = mean((M·ε̂ − M·ε)²)`` over every element of every view, with ``M`` the union of the
   chosen components' masks, nearest-downsampled to the latent size. Not normalised by the mask's area.
 * attention-alignment loss: for each chosen token ``i`` and each view ``v``, the token's cross-attention map (averaged
-  over heads and the chosen layers) is max-normalised, ``A = a / max(a)`` (no min subtraction), and pulled onto that
-  component's mask in that view, nearest-downsampled to the map's size: ``L = Σ_i mean_{v, pixels}((A_iv − M_iv)²)``.
-  Break-a-Scene sums over tokens and computes its maps from "the conditional sample, all heads"; that is what
-  :func:`average_attention_maps` and :func:`attention_alignment_loss` do (its code keeps half the heads when prior
-  preservation is off, a quirk we do not copy).
+  over heads and the chosen layers) is pulled onto that component's mask in that view, nearest-downsampled to the
+  map's size. Break-a-Scene max-normalises the map, ``A = a / max(a)``, and takes ``mean((A − M)²)``; that form lets
+  the token of a small component sharpen a peak anywhere instead of moving into its mask, so the default here
+  compares distributions instead, ``KL(M/ΣM ‖ a/Σa)`` (see :func:`attention_alignment_loss`; Break-a-Scene's form
+  stays available as ``normalisation="max"``). Break-a-Scene sums over tokens and computes its maps from "the
+  conditional sample, all heads"; that is what :func:`average_attention_maps` and :func:`attention_alignment_loss` do
+  (its code keeps half the heads when prior preservation is off, a quirk we do not copy).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ShapeError
+from ..errors import ConfigError, ShapeError
 
 #: Guard against an all-zero attention map in the max-normalisation (a real softmax column is never all zero).
 _MAX_NORM_EPS = 1e-12
@@ -106,18 +108,42 @@ def map_size(hw: int, aspect: tuple[int, int]) -> tuple[int, int]:
     return h, hw // h
 
 
-def attention_alignment_loss(attention: torch.Tensor, token_positions: Sequence[int], masks: torch.Tensor) -> torch.Tensor:
-    """Pull each token's max-normalised cross-attention map onto its component's mask, view by view.
+#: How :func:`attention_alignment_loss` normalises a token's map before comparing it with the mask.
+ATTENTION_NORMALISATIONS = ("distribution", "max")
+#: The normalisation used when the caller passes none (the training loops do not choose; studies may set it).
+DEFAULT_ATTENTION_NORMALISATION = "distribution"
+
+
+def attention_alignment_loss(attention: torch.Tensor, token_positions: Sequence[int], masks: torch.Tensor,
+                             normalisation: Optional[str] = None) -> torch.Tensor:
+    """Pull each token's cross-attention map onto its component's mask, view by view.
+
+    ``normalisation="distribution"`` (the default): the token's map in view v becomes a distribution over the map's
+    pixels, ``p = a / Σ a``, the mask the uniform distribution over its pixels, ``q = M / Σ M``, and the loss is
+    ``KL(q ‖ p) = Σ_x q(x)·log(q(x) / p(x))``, averaged over the views whose (downsampled) mask is not empty and summed
+    over tokens. It is 0 exactly when the attention is spread evenly over the mask and nowhere else, and it weighs a
+    small component as much as a large one.
+
+    ``normalisation="max"``: Break-a-Scene's ``A = a / max(a)`` and ``mean_{v, pixels}((A − M)²)``. Its value for a
+    map with one sharp peak *anywhere* is about the mask's area share, far below the ``1 − area`` of an even map, so
+    for a component covering little of the image the gradient mostly sharpens the map's current peak, wherever that
+    is, instead of moving attention into the mask: on the tiny model's two-block asset the smaller block's token
+    gained no isolation over λ = 0 with it (issue 18; figures in ``bench/token_isolation_study.py``).
 
     Args:
         attention: float [N, h, w, T] head- and layer-averaged probabilities (N views).
         token_positions: for each chosen token i, its position in the T text positions.
         masks: bool/float [k, N, H, W]: mask of token i's component in each view (any resolution;
             nearest-downsampled to (h, w)).
+        normalisation: "distribution" or "max" (see above); None: :data:`DEFAULT_ATTENTION_NORMALISATION`.
 
     Returns:
-        float32 scalar ``Σ_i mean_{v, pixels}((a_iv / max a_iv − M_iv)²)``.
+        float32 scalar.
     """
+    if normalisation is None:
+        normalisation = DEFAULT_ATTENTION_NORMALISATION
+    if normalisation not in ATTENTION_NORMALISATIONS:
+        raise ConfigError(f"normalisation must be one of {ATTENTION_NORMALISATIONS}, got {normalisation!r}")
     if attention.ndim != 4:
         raise ShapeError(f"attention must be [N, h, w, T], got {list(attention.shape)}")
     n, h, w, t = attention.shape
@@ -129,8 +155,19 @@ def attention_alignment_loss(attention: torch.Tensor, token_positions: Sequence[
         if not 0 <= int(pos) < t:
             raise ShapeError(f"token position {pos} is outside the {t} text positions")
         a = attention[..., int(pos)].float()  # [N, h, w]
-        a = a / a.amax(dim=(-2, -1), keepdim=True).clamp_min(_MAX_NORM_EPS)
-        loss = loss + F.mse_loss(a, target[i])
+        if normalisation == "max":
+            a = a / a.amax(dim=(-2, -1), keepdim=True).clamp_min(_MAX_NORM_EPS)
+            loss = loss + F.mse_loss(a, target[i])
+            continue
+        area = target[i].sum(dim=(-2, -1))  # [N]
+        present = area > 0
+        if not bool(present.any()):
+            continue
+        p = a / a.sum(dim=(-2, -1), keepdim=True).clamp_min(_MAX_NORM_EPS)
+        q = target[i] / area.clamp_min(1.0)[:, None, None]
+        # Σ_x q·log(q/p) over the mask's pixels (q = 0 elsewhere contributes nothing)
+        kl = (q * (torch.log(q.clamp_min(_MAX_NORM_EPS)) - torch.log(p.clamp_min(_MAX_NORM_EPS)))).sum(dim=(-2, -1))
+        loss = loss + kl[present].mean()
     return loss
 
 
