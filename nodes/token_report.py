@@ -1,0 +1,119 @@
+"""TokenReport: did each learned token learn its component? (attention isolation, reconstruction, omission, swap)."""
+
+from __future__ import annotations
+
+from ..dreamedit3d_core.errors import ConfigError
+from ._compat import compute_device, free_memory_for, io, managed_load, model_path, ui
+from .metrics import FOLDER_CLIP, FOLDER_DINO, NONE, _choices
+from .personalize import parse_init_words, training_mode
+from .sockets import MVDreamModelSocket, MVTokensSocket, MVViewsSocket, to_comfy_image
+
+CATEGORY = "DreamEdit3D/evaluate"
+
+
+class TokenReport(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        clips, dinos = _choices(FOLDER_CLIP), _choices(FOLDER_DINO)
+        return io.Schema(
+            node_id="DreamEdit3D_TokenReport",
+            display_name="Token Report (DreamEdit3D)",
+            category=CATEGORY,
+            description="Checks, before you spend time on edits, whether each learned token captured its own "
+                        "component: share of its cross-attention inside each component's mask per view (a leakage "
+                        "matrix; base model + initialiser word as reference), masked reconstruction, what changes "
+                        "when a token is dropped or two tokens are swapped, a heat map and one verdict per token. "
+                        "Optionally trains the tokens again with and without the attention loss to show what it buys.",
+            inputs=[
+                MVDreamModelSocket.Input("model", tooltip="The personalised model (MultiViewTextualInversion or MVFineTune)."),
+                MVViewsSocket.Input("views", tooltip="The views with the component masks the tokens were learned from."),
+                MVTokensSocket.Input("tokens", tooltip="The learned tokens."),
+                MVDreamModelSocket.Input("base_model", optional=True,
+                                         tooltip="The base model (MVDreamLoader): reference attention of each "
+                                                 "component's initialiser word, and the model the ablation trains."),
+                io.String.Input("init_words", default="", optional=True,
+                                tooltip="Reference words 'component: word' (e.g. 'hat: hat'); others use the "
+                                        "component's name."),
+                io.Boolean.Input("measure_images", default=True,
+                                 tooltip="Also sample views for reconstruction, omission and swap (1 + K + K(K-1)/2 "
+                                         "samplings); off: attention only, much faster."),
+                io.Int.Input("sample_steps", default=30, min=1, max=500, tooltip="DDIM steps of each sampling."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1, tooltip="Classifier-free guidance."),
+                io.Int.Input("seed", default=23, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Noise seed shared by every sampling (so changes come from the prompt only)."),
+                io.Combo.Input("clip_model", options=clips, default=NONE, optional=True,
+                               tooltip="Optional CLIP from models/clip_vision: masked CLIP-I of the reconstruction."),
+                io.Combo.Input("dino_model", options=dinos, default=NONE, optional=True,
+                               tooltip="Optional DINO ViT-S/16 from models/dino: masked DINO of the reconstruction."),
+                io.Boolean.Input("ablation", default=False, optional=True,
+                                 tooltip="Needs base_model: learn the tokens again twice on these views, with the "
+                                         "attention loss off (λ = 0) and at attention_loss_weight, and compare each "
+                                         "token's isolation (takes two phase-1 runs)."),
+                io.Int.Input("ablation_steps", default=400, min=1, max=20000, optional=True,
+                             tooltip="Phase-1 steps of each ablation run."),
+                io.Float.Input("ablation_learning_rate", default=5e-4, min=0.0, max=1.0, step=1e-5, round=False,
+                               optional=True, tooltip="Phase-1 learning rate of each ablation run."),
+                io.Float.Input("attention_loss_weight", default=1e-2, min=0.0, max=10.0, step=1e-3, round=False,
+                               optional=True, tooltip="λ of the ablation's second run (Break-a-Scene: 0.01)."),
+            ],
+            outputs=[
+                io.String.Output("report_json", display_name="report_json",
+                                 tooltip="Per token and view: attention shares (leakage matrix, reference, gain), "
+                                         "reconstruction PSNR (+ DINO / CLIP-I), omission and swap change shares, "
+                                         "verdicts, and the ablation when asked."),
+                io.Image.Output("heatmap", display_name="heatmap",
+                                tooltip="One row per token: its attention in the four views (then the reference "
+                                        "word's, with a base model), beside its mask."),
+                io.String.Output("verdicts", display_name="verdicts", tooltip="One line per token: isolated / leaking into X / weak."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, clip_model=NONE, dino_model=NONE):
+        for input_id, kind, value in (("clip_model", FOLDER_CLIP, clip_model), ("dino_model", FOLDER_DINO, dino_model)):
+            if value not in (NONE, None) and value not in _choices(kind):
+                return f"{input_id} {value!r} is not in models/{kind}: put the model there and refresh"
+        return True
+
+    @classmethod
+    def execute(cls, model, views, tokens, measure_images, sample_steps, cfg, seed, base_model=None, init_words="",
+                clip_model=NONE, dino_model=NONE, ablation=False, ablation_steps=400, ablation_learning_rate=5e-4,
+                attention_loss_weight=1e-2) -> io.NodeOutput:
+        from ..dreamedit3d_core import metrics
+        from ..dreamedit3d_core import token_report as tr
+        from ..dreamedit3d_core.personalize.textual_inversion import TIConfig
+        from .personalize import clone_tensors
+
+        masks = views.require_masks("DreamEdit3D_TokenReport")
+        if ablation and base_model is None:
+            raise ConfigError("ablation needs the base model: connect MVDreamLoader's model to base_model, "
+                              "or switch ablation off")
+        config = tr.TokenReportConfig(images=bool(measure_images), sample_steps=int(sample_steps), cfg=float(cfg),
+                                      seed=int(seed))
+        words = parse_init_words(init_words or "", masks.names)
+        device = compute_device()
+        clip = dino = None
+        if measure_images and (clip_model not in (NONE, None) or dino_model not in (NONE, None)):
+            paths = {k: model_path(folder, name) for k, folder, name in
+                     (("clip", FOLDER_CLIP, clip_model), ("dino", FOLDER_DINO, dino_model)) if name not in (NONE, None)}
+            free_memory_for(int(1.5 * sum(p.stat().st_size for p in paths.values())), device)
+            clip = metrics.load_metric_clip(paths["clip"], device) if "clip" in paths else None
+            dino = metrics.load_metric_dino(paths["dino"], device) if "dino" in paths else None
+        render, masks = clone_tensors(views.render), clone_tensors(masks)
+        patcher = managed_load(model.unet)  # noqa: F841  (ComfyUI makes room; kept alive while measuring)
+        ref_patcher = managed_load(base_model.unet) if base_model is not None else None  # noqa: F841
+        report = tr.token_report(model, tokens, render, masks, config, reference_model=base_model,
+                                 reference_words=words, clip=clip, dino=dino)
+        table = report.table
+        if ablation:
+            with training_mode():
+                table["ablation"] = tr.compare_attention_loss(
+                    base_model, render, masks,
+                    TIConfig(steps=int(ablation_steps), lr=float(ablation_learning_rate),
+                             attention_loss_weight=float(attention_loss_weight), tokens=tuple(report.table["tokens"]),
+                             init_words=words, seed=int(seed)),
+                    config)
+        heat = to_comfy_image(report.heatmap[None])
+        return io.NodeOutput(tr.report_to_json(table), heat, "\n".join(report.verdicts),
+                             ui=ui.PreviewImage(heat, cls=cls))
