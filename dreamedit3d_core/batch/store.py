@@ -172,11 +172,15 @@ class OutputStore:
 
     def write_with(self, rel: str, write: Callable[[Path], Path]) -> str:
         """Put a file made by a library writer that never overwrites (``save_png``, ``export_mesh``) under a fixed
-        name: ``write(folder)`` writes into an empty temporary folder and returns the path; it then replaces ``rel``."""
+        name: ``write(folder)`` writes into an empty temporary folder and returns the path; it then replaces ``rel``
+        unless that already holds the same bytes."""
         target = self.path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-") as tmp:
-            os.replace(write(Path(tmp)), target)
+            written = write(Path(tmp))
+            if target.is_file() and file_sha256(written) == file_sha256(target):
+                return self.url(rel)  # the same bytes are there already: leave the file (and its time) alone
+            os.replace(written, target)
         return self.publish(rel)
 
     def write_json(self, rel: str, data) -> str:

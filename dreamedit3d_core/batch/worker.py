@@ -52,13 +52,32 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, DreamEdit3DError) else f"{type(exc).__name__}: {text}"
 
 
+def _drop_training_states(train_dir: Path, prefix: str) -> None:
+    """Delete a finished phase's training-state files (the phase's saved outputs replace them)."""
+    for state in train_dir.glob(f"{prefix}-step*.pt"):
+        state.unlink()
+
+
 class _TrainingHook:
     """Progress hook of the training loops: mirrors checkpoints of a URL output, and relays stop requests."""
 
     def __init__(self, store: OutputStore, train_rel: str, should_stop: Optional[Callable[[], bool]]):
         self.store, self.train_rel, self.should_stop = store, train_rel, should_stop
+        self.begin()
+
+    def begin(self) -> None:
+        """Start counting a new phase's steps."""
+        self.first_step, self.steps = None, 0
+
+    def resumed_from(self, resumed: bool, total: int) -> int:
+        """The step the phase started at (0: from scratch)."""
+        if self.first_step is not None:
+            return self.first_step - 1
+        return total if resumed else 0  # resumed from a state that had every step done
 
     def update(self, step, total, preview=None, **info) -> None:
+        self.first_step = step if self.first_step is None else self.first_step
+        self.steps += 1
         self.store.sync_folder(self.train_rel)  # the checkpoint of step - 1 is complete now (no-op for local output)
 
     def check_interrupt(self) -> None:
@@ -187,13 +206,15 @@ class BatchWorker:
             resume = latest_checkpoint(train_dir, "phase1")
             config = TIConfig(steps=s.ti_steps, lr=s.ti_lr, seed=s.seed, resolution=s.resolution,
                               checkpoint_every=s.checkpoint_every)
-            tokens1, result = train_textual_inversion(model, render, masks, config, progress=hook, resume_from=resume,
-                                                      checkpoint_dir=train_dir, return_result=True)
+            hook.begin()
+            tokens1 = train_textual_inversion(model, render, masks, config, progress=hook, resume_from=resume,
+                                              checkpoint_dir=train_dir)
             del model
-            steps_run["textual_inversion"] = len(result.infos)
-            resumed_from["textual_inversion"] = result.steps_done - len(result.infos)
+            steps_run["textual_inversion"] = hook.steps
+            resumed_from["textual_inversion"] = hook.resumed_from(resume is not None, config.steps)
             canonical_safetensors(save_tokens(tokens1, self.store.path(tokens1_rel), overwrite=True))
             self.store.publish(tokens1_rel)
+            _drop_training_states(train_dir, "phase1")  # the saved tokens replace them
             self.store.sync_folder(train_rel)
         outputs.append(tokens1_rel)
         times["textual_inversion_s"] = time.perf_counter() - t
@@ -204,10 +225,11 @@ class BatchWorker:
         config = FTConfig(steps=s.ft_steps, lr=s.finetune_lr, mode=s.ft_mode, lora_rank=s.lora_rank,
                           lora_alpha=float(s.lora_rank), seed=s.seed, resolution=s.resolution,
                           checkpoint_every=s.checkpoint_every)
-        model, tokens2, result = finetune(model, render, masks, tokens1, config, progress=hook, resume_from=resume,
-                                          checkpoint_dir=train_dir, return_result=True)
-        steps_run["finetune"] = len(result.infos)
-        resumed_from["finetune"] = result.steps_done - len(result.infos)
+        hook.begin()
+        model, tokens2 = finetune(model, render, masks, tokens1, config, progress=hook, resume_from=resume,
+                                  checkpoint_dir=train_dir)
+        steps_run["finetune"] = hook.steps
+        resumed_from["finetune"] = hook.resumed_from(resume is not None, config.steps)
         tokens_rel = f"{folder}/{TOKENS}"
         canonical_safetensors(save_tokens(tokens2, self.store.path(tokens_rel), overwrite=True))
         outputs.append(tokens_rel)
@@ -224,6 +246,7 @@ class BatchWorker:
         outputs.append(weights_rel)
         for rel in (tokens_rel, weights_rel):
             self.store.publish(rel)
+        _drop_training_states(train_dir, "phase2")
         self.store.sync_folder(train_rel)
         times["finetune_s"] = time.perf_counter() - t
 
