@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ...cameras import MVCameras
 from ...errors import LiftError, ShapeError
-from ..hull import ISO_LEVEL, VoxelGrid, keep_main_solids, silhouette_occupancy
+from ..hull import ISO_LEVEL, VoxelGrid, fit_grid, keep_main_solids, silhouette_occupancy
 from ..surface import marching_cubes
 from .network import RawGaussians
 from .rays import LGMFrame
@@ -42,6 +42,8 @@ RIDGE_RADIUS_VOXELS = 3
 MIN_SURFACE_DENSITY = 0.2
 #: Shell gaps up to this many voxels are closed before the enclosed volume is filled.
 CLOSE_GAPS_VOXELS = 2
+#: The visual hull is widened by this many voxels before it cuts the density solid (about the surface correction).
+HULL_WIDEN_VOXELS = 1
 #: A Gaussian's window is at most this many voxels either side of its centre (larger ones are truncated and counted).
 MAX_WINDOW_VOXELS = 32
 #: Density evaluations per chunk (about 64 bytes each while a chunk is processed).
@@ -120,12 +122,13 @@ def gaussians_from_lgm(raw: RawGaussians, frame: LGMFrame, index: int = 0) -> Ga
     )
 
 
-def fit_gaussian_grid(g: Gaussians, resolution: int, min_opacity: float = 0.05) -> VoxelGrid:
+def fit_gaussian_grid(g: Gaussians, resolution: int, min_opacity: float = 0.05,
+                      within: Optional[VoxelGrid] = None) -> VoxelGrid:
     """A grid with ``resolution`` samples along the longest side of the box holding the visible Gaussians' 3-sigma
-    extents.
+    extents (intersected with the box of ``within``, e.g. the visual hull's grid, when given).
 
     Raises:
-        LiftError: no Gaussian is visible.
+        LiftError: no Gaussian is visible, or none inside ``within``.
     """
     keep = g.opacity >= min_opacity
     if not bool(keep.any()):
@@ -135,6 +138,13 @@ def fit_gaussian_grid(g: Gaussians, resolution: int, min_opacity: float = 0.05) 
     reach = CUTOFF_SIGMA * sel.covariance().diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()
     lo = (sel.means.double() - reach).amin(0).cpu()
     hi = (sel.means.double() + reach).amax(0).cpu()
+    if within is not None:
+        w_lo = torch.tensor(within.lo, dtype=torch.float64)
+        w_hi = w_lo + torch.tensor([(n - 1) * within.spacing for n in within.shape], dtype=torch.float64)
+        lo, hi = torch.maximum(lo, w_lo), torch.minimum(hi, w_hi)
+        if bool((hi <= lo).any()):
+            raise LiftError("LGM's Gaussians lie outside the views' visual hull: the views and the cameras disagree "
+                            "(check the view order front, right, back, left and the elevation)")
     spacing = float((hi - lo).max()) / (resolution - 1)
     lo = lo - spacing
     shape = tuple(int(math.ceil(float(e) / spacing)) + 3 for e in (hi - lo))
@@ -219,20 +229,32 @@ def _max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     return x[0, 0]
 
 
-def _surface_level(density: torch.Tensor, ridge_fraction: float, ridge_radius: int, min_density: float):
+def _sheet_distance(density: torch.Tensor, thickness: torch.Tensor, ridge_fraction: float, ridge_radius: int,
+                    min_density: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distance from the splats' sheet implied by the density, and where the surface level lies.
+
+    Across a sheet the density is ``ridge * exp(-phi^2 / (2 sigma^2))`` at distance ``phi``, so
+    ``phi = sigma * sqrt(2 ln(ridge / density))`` (with ``sigma`` the local ``thickness``); the level
+    ``max(ridge_fraction * ridge, min_density)`` lies at ``phi_level``. Returns (phi, phi_level, has_surface).
+    """
     ridge = _max_filter(density, ridge_radius)
-    return ridge, torch.maximum(ridge * ridge_fraction, torch.full_like(ridge, min_density))
+    level = torch.maximum(ridge * ridge_fraction, torch.full_like(ridge, min_density))
+    phi = thickness * torch.sqrt(2.0 * torch.log(ridge.clamp_min(1e-30) / density.clamp_min(1e-30)))
+    phi = torch.where(density > 0, phi, torch.full_like(phi, math.inf))  # beyond every Gaussian's cut-off
+    phi_level = thickness * torch.sqrt(2.0 * torch.log((ridge / level).clamp_min(1.0)))
+    return phi, phi_level, ridge >= level
 
 
-def surface_occupancy(density: torch.Tensor, ridge_fraction: float = RIDGE_FRACTION,
-                      ridge_radius: int = RIDGE_RADIUS_VOXELS, min_density: float = MIN_SURFACE_DENSITY,
-                      close_gaps: int = CLOSE_GAPS_VOXELS) -> torch.Tensor:
-    """Soft occupancy in 0..1 with its 0.5 level at ``max(ridge_fraction * local max, min_density)`` of the density, and
-    the volume the shell encloses (after closing gaps of ``close_gaps`` voxels) set to 1."""
+def surface_occupancy(density: torch.Tensor, thickness: torch.Tensor, voxel: float,
+                      ridge_fraction: float = RIDGE_FRACTION, ridge_radius: int = RIDGE_RADIUS_VOXELS,
+                      min_density: float = MIN_SURFACE_DENSITY, close_gaps: int = CLOSE_GAPS_VOXELS) -> torch.Tensor:
+    """Soft occupancy in 0..1 whose 0.5 level is where the density falls to ``max(ridge_fraction * local max,
+    min_density)``, linear in the distance from the sheet (so marching cubes interpolates it exactly) over about two
+    voxels, with the volume the shell encloses (after closing gaps of ``close_gaps`` voxels) set to 1."""
     from scipy import ndimage
 
-    _, level = _surface_level(density, ridge_fraction, ridge_radius, min_density)
-    occ = (0.5 * density / level).clamp(0.0, 1.0)
+    phi, phi_level, has_surface = _sheet_distance(density, thickness, ridge_fraction, ridge_radius, min_density)
+    occ = (0.5 + (phi_level - phi) / (2.0 * voxel)).clamp(0.0, 1.0) * has_surface
     solid = (occ >= ISO_LEVEL).cpu().numpy()
     pad = close_gaps + 1
     closed = ndimage.binary_closing(np.pad(solid, pad), structure=ndimage.generate_binary_structure(3, 1),
@@ -258,8 +280,9 @@ def gaussians_to_mesh(g: Gaussians, resolution: int = 128, alpha: Optional[torch
 
     The marching-cubes surface sits where the density has fallen to ``level`` outside the splats' ridge; across a
     sheet of splats the density is a Gaussian of the (widened) thinnest standard deviation ``sigma``, so that level
-    lies ``sigma * sqrt(2 ln(ridge / level))`` outside the sheet, and each vertex is moved back along its normal by
-    that distance (sigma, ridge and level trilinearly sampled at the vertex).
+    lies ``phi_level = sigma * sqrt(2 ln(ridge / level))`` outside the sheet, and each vertex is moved back along its
+    normal by that distance (trilinearly sampled at the vertex). A lone round blob has no sheet: it shrinks by the same
+    rule (at most two voxels).
 
     Args:
         g: Gaussians in our frame.
@@ -278,24 +301,28 @@ def gaussians_to_mesh(g: Gaussians, resolution: int = 128, alpha: Optional[torch
 
     if (alpha is None) != (cameras is None):
         raise LiftError("gaussians_to_mesh needs both alpha and cameras to intersect with the visual hull, or neither")
-    grid = fit_gaussian_grid(g, int(resolution))
+    a = alpha.to(device=g.means.device, dtype=torch.float32) if alpha is not None else None
+    hull_box = None
+    if a is not None:
+        hull_box = fit_grid(lambda gr: silhouette_occupancy(a, cameras, gr), int(resolution), "visual hull")
+    grid = fit_gaussian_grid(g, int(resolution), within=hull_box)
     check = progress.check_interrupt if progress is not None else (lambda: None)
     density, thickness, stats = density_grid(g, grid, antialias_voxels=antialias_voxels, progress=progress)
     check()
-    occ = surface_occupancy(density)
+    occ = surface_occupancy(density, thickness, grid.spacing)
     check()
     if alpha is not None:
-        hull_occ = silhouette_occupancy(alpha.to(device=occ.device, dtype=torch.float32), cameras, grid, check)
-        occ = torch.minimum(occ, hull_occ)
+        hull_occ = silhouette_occupancy(a, cameras, grid, check)
+        # the density surface sits outside the splats until the vertex correction below moves it back; widen the hull
+        # by that much first, so the hull (which touches the object along its limbs) does not cut the splats there
+        occ = torch.minimum(occ, _max_filter(hull_occ, HULL_WIDEN_VOXELS))
     occ = keep_main_solids(occ)
     check()
     verts, faces = marching_cubes(occ, grid)
     # move the half-ridge surface back onto the splats' sheet (see above)
-    ridge, level = _surface_level(density, RIDGE_FRACTION, RIDGE_RADIUS_VOXELS, MIN_SURFACE_DENSITY)
+    _, phi_level, _ = _sheet_distance(density, thickness, RIDGE_FRACTION, RIDGE_RADIUS_VOXELS, MIN_SURFACE_DENSITY)
     v = torch.from_numpy(verts)
-    ratio = (_sample_grid(ridge, grid, v) / _sample_grid(level, grid, v).clamp_min(1e-12)).clamp_min(1.0)
-    shift = _sample_grid(thickness, grid, v).double() * torch.sqrt(2.0 * torch.log(ratio.double()))
-    shift = shift.clamp(0.0, grid.spacing * 2.0)  # the correction never exceeds two voxels
+    shift = _sample_grid(phi_level, grid, v).double().clamp(0.0, grid.spacing * 2.0)  # never more than two voxels
     normals = vertex_normals(v.float(), torch.from_numpy(faces)).double()
     verts = (v - shift[:, None] * normals).numpy()
     stats.update({"grid_shape": list(grid.shape), "voxel_size": grid.spacing,

@@ -25,7 +25,7 @@ class LGMReconstructor:
     """Callable with :func:`~dreamedit3d_core.lifting.register_reconstructor`'s contract, loading the weights lazily.
 
     Args:
-        path: an LGM ``.safetensors`` file (see :func:`~.checkpoint.load_lgm`).
+        path: an LGM ``.safetensors`` file (see :func:`~.checkpoint.load_lgm`), or an :class:`LGMNetwork` already loaded.
         dtype: network dtype; None: float16 on CUDA, float32 on the CPU.
         frame: "first_view" (LGM's training normalisation, default) or "world" (see :mod:`.rays`).
         rotation_normalization: override the file's (see :func:`~.checkpoint.rotation_normalization_for`).
@@ -34,16 +34,16 @@ class LGMReconstructor:
     After a call, ``last_gaussians`` holds the Gaussians (our frame) and ``last_stats`` the mesh extraction's numbers.
     """
 
-    def __init__(self, path: str | os.PathLike, dtype=None, frame: str = "first_view",
+    def __init__(self, path: str | os.PathLike | LGMNetwork, dtype=None, frame: str = "first_view",
                  rotation_normalization: Optional[str] = None, hull: bool = True):
         if frame not in FRAMES:
             raise ConfigError(f"unknown LGM frame {frame!r}; valid frames are {list(FRAMES)}")
-        self.path = Path(path)
+        self._network: Optional[LGMNetwork] = path if isinstance(path, LGMNetwork) else None
+        self.path = None if self._network is not None else Path(path)
         self.dtype = dtype
         self.frame = frame
         self.rotation_normalization = rotation_normalization
         self.hull = bool(hull)
-        self._network: Optional[LGMNetwork] = None
         self.last_gaussians: Optional[Gaussians] = None
         self.last_stats: dict = {}
 
