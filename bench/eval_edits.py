@@ -6,6 +6,12 @@ edit to a mesh, render the mesh with the source cameras, and score the edit with
 CLIPScore, CLIP-I and DINO identity (``dreamedit3d_core.metrics``), on the sampled views and on the lifted mesh's
 renders.
 
+With ``--token-report`` every asset also gets its token evidence (issue 18, ``dreamedit3d_core.token_report``): each
+learned token's attention isolation per view (leakage matrix, against the base model's initialiser word), masked
+reconstruction, omission and swap, written as ``<asset>_tokens.json`` + ``<asset>_tokens_heatmap.png`` and summarised in
+``tokens.csv`` and the report; ``--ablation`` also learns the tokens with λ = 0 and the default λ on the same scene and
+reports each token's gain (:func:`token_evidence` is the one call for other runners).
+
 Prompts file: one edit per line, ``edit prompt [| edit caption [| source caption]]``; the edit caption defaults to the
 prompt with its placeholders written as words (``<dog> wearing a hat`` -> ``dog wearing a hat``), the source caption
 to ``--source-caption`` (``{name}`` = the asset's file stem). Lines starting with ``#`` are skipped.
@@ -151,7 +157,47 @@ def score(rows: list, asset: str, edit: dict, index: int, target: str, source_rg
     return table
 
 
-def run_asset(path: Path, edits: list, args, model_factory, clip, dino, log: StageLog, rows: list, out: Path):
+def token_evidence(model, tokens, render, masks, out: Path, name: str, base_model=None, clip=None, dino=None,
+                   config=None, ablation_config=None, overwrite: bool = True) -> list[dict]:
+    """Token report of one personalisation, saved next to the other outputs; one summary row per token.
+
+    Args:
+        model, tokens: the personalised model and its tokens (phase 1, or after phase 2).
+        render, masks: the views and component masks the tokens were learned from.
+        out, name: folder and file stem: ``<name>_tokens.json`` and ``<name>_tokens_heatmap.png``.
+        base_model: the base model (reference attention of the component names; the ablation trains copies of it).
+        clip, dino: metric models for masked CLIP-I / DINO of the reconstruction (None: PSNR only).
+        config: ``TokenReportConfig`` (default: its defaults).
+        ablation_config: a ``TIConfig``: also learn the tokens with λ = 0 and with its λ on ``base_model`` and report
+            each token's gain (None: no ablation).
+
+    Returns:
+        rows {"asset", "token", "component", "own_share", "reference_share", "gain_over_reference",
+        "omission_inside", "ablation_gain", "verdict"} (None where not measured); the JSON holds everything.
+    """
+    from dreamedit3d_core.token_report import compare_attention_loss, save_token_report, token_report
+
+    report = token_report(model, tokens, render, masks, config, reference_model=base_model, clip=clip, dino=dino)
+    if ablation_config is not None:
+        if base_model is None:
+            raise SystemExit("the token ablation needs the base model")
+        report.table["ablation"] = compare_attention_loss(base_model, render, masks, ablation_config, config)
+    save_token_report(report, out, name, overwrite=overwrite)
+    rows = []
+    for i, token in enumerate(report.table["tokens"]):
+        entry = report.table["attention"]["tokens"][token]
+        omission = report.table.get("omission", {}).get(token, {})
+        ablation = report.table.get("ablation", {}).get("tokens", {}).get(token, {})
+        rows.append({"asset": name, "token": token, "component": entry["component"], "own_share": entry["own"]["mean"],
+                     "reference_share": entry.get("reference_own"),
+                     "gain_over_reference": entry.get("gain_over_reference"),
+                     "omission_inside": omission.get("overall"), "ablation_gain": ablation.get("gain"),
+                     "verdict": report.verdicts[i]})
+    return rows
+
+
+def run_asset(path: Path, edits: list, args, model_factory, clip, dino, log: StageLog, rows: list, out: Path,
+              token_rows: list | None = None):
     from dreamedit3d_core.assets import load_asset
     from dreamedit3d_core.errors import LiftError
     from dreamedit3d_core.lifting import lift_to_mesh
@@ -182,6 +228,15 @@ def run_asset(path: Path, edits: list, args, model_factory, clip, dino, log: Sta
     if args.ft_steps:
         with log.stage(name, "finetune"):
             model, tokens = finetune(model, render, masks, tokens, FTConfig(steps=args.ft_steps, seed=args.seed))
+    if args.token_report and token_rows is not None:
+        from dreamedit3d_core.personalize.textual_inversion import TIConfig as _TIConfig
+        from dreamedit3d_core.token_report import TokenReportConfig
+
+        with log.stage(name, "token_report"):
+            config = TokenReportConfig(resolution=args.resolution, sample_steps=args.steps, cfg=args.cfg, seed=args.seed)
+            ablation = _TIConfig(steps=args.ti_steps, seed=args.seed) if args.ablation else None
+            token_rows.extend(token_evidence(model, tokens, render, masks, out, name, base_model=model_factory(),
+                                             clip=clip, dino=dino, config=config, ablation_config=ablation))
     with log.stage(name, "compose_prompt"):
         cond = compose_prompt(model, "\n".join(e["prompt"] for e in edits), tokens=tokens)
     with log.stage(name, "sample"):
@@ -230,7 +285,7 @@ def summary_chart(rows: list, path: Path) -> None:
         save_chart(table, path)
 
 
-def write_outputs(out: Path, rows: list, stages: list, head: str) -> None:
+def write_outputs(out: Path, rows: list, stages: list, head: str, token_rows: list | None = None) -> None:
     def write_csv(path: Path, data: list) -> None:
         if not data:
             return
@@ -250,9 +305,15 @@ def write_outputs(out: Path, rows: list, stages: list, head: str) -> None:
 
     write_csv(out / "metrics.csv", rows)
     write_csv(out / "stages.csv", stages)
+    tokens_md = ""
+    if token_rows:
+        write_csv(out / "tokens.csv", token_rows)
+        tokens_md = (f"## Tokens (attention share inside the own mask, mean over views; details in "
+                     f"<asset>_tokens.json)\n\n{markdown(token_rows)}\n")
     (out / "report.md").write_text(f"# Edit evaluation\n\n`{head}`\n\n## Metrics (mean over views)\n\n{markdown(rows)}\n"
-                                   f"## Stages\n\n{markdown(stages)}", encoding="utf-8")
-    (out / "report.json").write_text(json.dumps({"header": head, "metrics": rows, "stages": stages}, indent=2))
+                                   f"{tokens_md}## Stages\n\n{markdown(stages)}", encoding="utf-8")
+    (out / "report.json").write_text(json.dumps({"header": head, "metrics": rows, "stages": stages,
+                                                 "tokens": token_rows or []}, indent=2))
     summary_chart(rows, out / "metrics.png")
 
 
@@ -332,6 +393,10 @@ def main(argv=None) -> int:
     p.add_argument("--lift-mode", default="source_guided", choices=["hull", "source_guided", "keep_source"])
     p.add_argument("--grid", type=int, default=128)
     p.add_argument("--texture-size", type=int, default=512)
+    p.add_argument("--token-report", action="store_true",
+                   help="also report each token's attention isolation, reconstruction, omission and swap (issue 18)")
+    p.add_argument("--ablation", action="store_true",
+                   help="with --token-report: also learn the tokens with λ = 0 and the default λ and compare")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -365,10 +430,12 @@ def main(argv=None) -> int:
 
             model_factory = lambda: load_mvdream(args.mvdream, device=device)  # noqa: E731
         rows: list = []
+        token_rows: list = []
         for asset in list_assets(args.assets):
             caption = args.source_caption.format(name=asset.stem.replace("_", " "))
-            run_asset(asset, read_prompts(args.prompts, caption), args, model_factory, clip, dino, log, rows, out)
-    write_outputs(out, rows, log.rows, head)
+            run_asset(asset, read_prompts(args.prompts, caption), args, model_factory, clip, dino, log, rows, out,
+                      token_rows)
+    write_outputs(out, rows, log.rows, head, token_rows)
     print((out / "report.md").read_text())
     return 0
 

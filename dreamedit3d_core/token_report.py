@@ -438,9 +438,17 @@ def _heat(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([(3 * x).clamp(0, 1), (3 * x - 1).clamp(0, 1), (3 * x - 2).clamp(0, 1)], dim=-3)
 
 
+def _outline(mask: torch.Tensor) -> torch.Tensor:
+    """bool [N, 1, H, W]: the mask's pixels with a pixel outside it among their 8 neighbours (image border excluded)."""
+    m = mask > 0.5
+    inner = -F.max_pool2d(-m.float(), kernel_size=3, stride=1, padding=1) > 0.5  # erosion (3x3)
+    return m & ~inner
+
+
 def render_heatmap(attention: torch.Tensor, masks: torch.Tensor, labels: Sequence[str], tile: int = 96,
                    reference: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """One row per token: its attention in each view (scaled by its max over the views), then its mask in each view.
+    """One row per token: its attention in each view (scaled by its max over the views; the mask's outline in cyan),
+    then its mask in each view.
 
     Args:
         attention: float [K, V, h, w] each token's map.
@@ -469,7 +477,12 @@ def render_heatmap(attention: torch.Tensor, masks: torch.Tensor, labels: Sequenc
             if g < len(groups) - 1:  # attention: per-token max over views
                 m = m / m.amax().clamp_min(_EPS)
             up = F.interpolate(m[:, None].cpu(), size=(tile, tile), mode="nearest")[:, 0]
-            tiles = _heat(up) if g < len(groups) - 1 else up[:, None].expand(-1, 3, -1, -1)
+            if g < len(groups) - 1:  # heat, with the mask's outline in cyan so the two can be compared
+                tiles = _heat(up)
+                outline = _outline(F.interpolate(masks[k].float()[:, None].cpu(), size=(tile, tile), mode="nearest"))
+                tiles = torch.where(outline, torch.tensor([0.0, 1.0, 1.0])[None, :, None, None], tiles)
+            else:
+                tiles = up[:, None].expand(-1, 3, -1, -1)
             for v in range(V):
                 canvas[:, y:y + tile, x:x + tile] = tiles[v]
                 x += tile
@@ -564,10 +577,13 @@ def token_report(model, tokens: TokenSet, render: MultiViewRender, masks: Compon
             ref = attention_isolation(reference_model, render, masks, words, config,
                                       _prepared=_views_and_latents(reference_model, render, config.resolution))
         ref_maps = ref["attention"]
-        table["reference"] = _isolation_table(ref, words, components, views)
+        ref_labels = words if len(set(words)) == len(words) else [f"{w} ({c})" for w, c in zip(words, components)]
+        table["reference"] = _isolation_table(ref, ref_labels, components, views)
         table["reference"]["words"] = words
         for i, label in enumerate(labels):
-            table["attention"]["tokens"][label]["gain_over_reference"] = _mean(iso["share"][i, i] - ref["share"][i, i])
+            entry = table["attention"]["tokens"][label]
+            entry["reference_own"] = _mean(ref["share"][i, i])
+            entry["gain_over_reference"] = _mean(iso["share"][i, i] - ref["share"][i, i])
     if config.images:
         check()
         with torch.no_grad():
@@ -667,3 +683,31 @@ def compare_attention_loss(base_model, render: MultiViewRender, masks: Component
     out["every_token_gains"] = all(g > 0 for g in gains)
     out["verdicts"] = {k: list(r.verdicts) for k, r in results.items()}
     return out
+
+
+# ------------------------------------------------------------------------------------------------ files
+def save_token_report(report: TokenReport, folder, stem: str, overwrite: bool = False) -> dict:
+    """Write ``<stem>_tokens.json`` (the table) and ``<stem>_tokens_heatmap.png`` into ``folder``, atomically.
+
+    Returns:
+        {"json": Path, "heatmap": Path}.
+
+    Raises:
+        ConfigError: a file exists and ``overwrite`` is False (nothing is overwritten).
+    """
+    import io as _io
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from .storage import save_bytes
+
+    folder = Path(folder)
+    buffer = _io.BytesIO()
+    pixels = (report.heatmap.clamp(0, 1).permute(1, 2, 0) * 255).round().byte().cpu().numpy()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
+    return {
+        "json": save_bytes(folder / f"{stem}_tokens.json", report.to_json().encode("utf-8"), overwrite=overwrite),
+        "heatmap": save_bytes(folder / f"{stem}_tokens_heatmap.png", buffer.getvalue(), overwrite=overwrite),
+    }

@@ -120,6 +120,9 @@ def test_heatmap_rows_show_each_tokens_peak_where_its_map_peaks_and_its_mask_bes
     assert img.shape == (3, 2 * (16 + label), 8 * 16 + gap)
     row0 = img[:, label:label + 16]
     assert torch.allclose(row0[:, 2, 2], torch.ones(3)) and torch.allclose(row0[:, 12, 12], torch.zeros(3))
+    # the mask's outline in cyan over the heat: mask pixels 0..7 of the tile, its inner edge at row 7 and column 7
+    assert torch.allclose(row0[:, 7, 3], torch.tensor([0.0, 1.0, 1.0])) and torch.allclose(row0[:, 3, 7], row0[:, 7, 3])
+    assert torch.allclose(row0[:, 6, 6], torch.ones(3))
     mask_tile = row0[:, :, 4 * 16 + gap: 5 * 16 + gap]
     assert mask_tile[:, 2, 2].min() == 1.0 and mask_tile[:, 12, 12].max() == 0.0
     row1 = img[:, 2 * label + 16: 2 * label + 32]
@@ -193,3 +196,66 @@ def test_recorded_attention_equals_an_independent_recomputation_averaged_over_ti
     assert torch.allclose(got, (a + b) / 2, atol=1e-5)
     with pytest.raises(TokenError, match="appears 2 times"):
         recorded_attention(model, latents, cameras, "a photo of <hat> and <hat>", ["<hat>"], layers, (1,))
+
+
+def test_image_measures_equal_samples_drawn_independently_with_the_same_noise(tmp_path):
+    """Reconstruction, omission and swap on the tiny model against compose_prompt + sample_views run by hand."""
+    import copy
+
+    from _personalize_helpers import fresh_tiny_model
+    from _token_report_helpers import two_block_scene
+
+    from dreamedit3d_core.errors import ConfigError as _ConfigError
+    from dreamedit3d_core.personalize.losses import downsample_mask
+    from dreamedit3d_core.prompts import compose_prompt
+    from dreamedit3d_core.sampling import sample_views
+    from dreamedit3d_core.token_report import save_token_report, token_report
+    from dreamedit3d_core.tokens import apply_tokens
+
+    render, masks = two_block_scene(64)
+    model = fresh_tiny_model()
+    g = torch.Generator().manual_seed(0)
+    tokens = TokenSet(tokens=("<top>", "<base>"), embeddings=torch.randn(2, 1, 128, generator=g),
+                      components=("top", "base"))
+    apply_tokens(model, tokens)
+    before = model.token_embedding.weight.detach().clone()
+    config = TokenReportConfig(resolution=None, sample_steps=2, cfg=4.0, seed=11, timesteps=(500,))
+    # tokens given in the other order: the report follows the masks' component order
+    reversed_tokens = TokenSet(tokens=("<base>", "<top>"), embeddings=tokens.embeddings.flip(0),
+                               components=("base", "top"))
+    report = token_report(model, reversed_tokens, render, masks, config)
+    assert torch.equal(model.token_embedding.weight.detach(), before), "token rows must come back after the swap"
+    assert report.table["tokens"] == ["<top>", "<base>"]
+
+    noise = torch.randn((4, 4, 8, 8), generator=torch.Generator().manual_seed(11))
+
+    def sample(m, prompt):
+        cond = compose_prompt(m, prompt, negative_prompt="", add_mvdream_suffix=False, add_quality_suffix=False,
+                              cameras=render.cameras)
+        return sample_views(m, cond, method="ddim", steps=2, cfg=4.0, noise=noise).images
+
+    full = sample(model, "a photo of <top> and <base>")
+    no_top = sample(model, "a photo of <base>")
+    other = copy.deepcopy(model)
+    apply_tokens(other, swapped(tokens, 0, 1))
+    swap = sample(other, "a photo of <top> and <base>")
+    m = masks.masks
+    psnr = masked_psnr(render.rgb, full, m[0])
+    got = report.table["reconstruction"]["components"]["top"]["psnr"]["per_view"]
+    assert got == pytest.approx(psnr.tolist(), abs=2e-3)
+    _, overall = change_shares(full, no_top, m[0])
+    assert report.table["omission"]["<top>"]["overall"] == pytest.approx(overall, abs=1e-3)
+    assert report.table["omission"]["<top>"]["prompt"] == "a photo of <base>"
+    _, overall = change_shares(full, swap, m[0] | m[1])
+    assert report.table["swap"][0]["overall"] == pytest.approx(overall, abs=1e-3)
+    assert report.table["swap"][0]["mask_area"] == pytest.approx(float((m[0] | m[1]).float().mean()), abs=1e-4)
+    assert report.table["omission"]["<top>"]["mask_area"] == pytest.approx(
+        float(downsample_mask(m[0], (64, 64)).mean()), abs=1e-4)
+
+    paths = save_token_report(report, tmp_path, "blocks")
+    assert paths["json"].name == "blocks_tokens.json" and paths["heatmap"].name == "blocks_tokens_heatmap.png"
+    import json
+
+    assert json.loads(paths["json"].read_text())["verdicts"] == list(report.verdicts)
+    with pytest.raises(_ConfigError, match="already exists"):
+        save_token_report(report, tmp_path, "blocks")
