@@ -48,7 +48,10 @@ _EXPORTS = {
     "sample_latents": ".sampling",
     # personalisation
     "train_textual_inversion": ".personalize.textual_inversion",
+    "run_textual_inversion": ".personalize.textual_inversion",
     "finetune": ".personalize.finetune",
+    "run_finetune": ".personalize.finetune",
+    "PersonalizationResult": ".personalize.train",
     "save_tokens": ".tokens",
     "load_tokens": ".tokens",
     "apply_tokens": ".tokens",
@@ -57,6 +60,7 @@ _EXPORTS = {
     "FTConfig": ".personalize.finetune",
     "save_unet_lora": ".personalize.finetune",
     "load_unet_lora": ".personalize.finetune",
+    "save_finetuned_model": ".personalize.finetune",
     "save_finetuned_unet": ".personalize.finetune",
     # lifting
     "lift_to_mesh": ".lifting",

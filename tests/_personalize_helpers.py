@@ -83,7 +83,7 @@ def evaluate_scene(model, scene, draws: int = 6, seed: int = 1234):
         views and draws).
     """
     from dreamedit3d_core.personalize.losses import attention_mass_inside
-    from dreamedit3d_core.personalize.textual_inversion import personalization_loss
+    from dreamedit3d_core.personalize.objective import personalization_loss
 
     g = torch.Generator().manual_seed(seed)
     K = len(scene.token_ids)

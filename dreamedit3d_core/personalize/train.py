@@ -10,6 +10,13 @@ or another component set is refused instead of silently producing garbage. Every
 one CPU ``torch.Generator``; restoring its state makes a resumed run take the same path as an uninterrupted one.
 Checkpoints are written atomically (temp file + rename) under new names, never over a file that was already there;
 the previous checkpoint of the same run is removed only after the new one is in place.
+
+A finished run keeps its final state file: it is the only copy of the result on disk until the caller has written
+the tokens (or model) elsewhere. The caller then calls :meth:`TrainResult.release`, which deletes it; a crash before
+that loses nothing (resuming from the file returns the finished result without another step).
+
+Without a ``progress`` hook the loop shows a tqdm bar (steps, loss, it/s, ETA) on stderr; a caller that passes its
+own hook gets no bar.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from ..errors import ConfigError, Interrupted, TrainingError
-from ..progress import Progress, as_progress
+from ..progress import Progress
 from ..storage import atomic_write, unique_path
+from .autograd import grad_enabled, usable_by_autograd
 
 CHECKPOINT_FORMAT = "dreamedit3d.train-state"
 CHECKPOINT_VERSION = 1
@@ -48,18 +56,24 @@ class ConfigDict:
 
 
 @contextlib.contextmanager
-def grad_enabled():
-    """Leave inference mode and enable autograd (ComfyUI runs nodes under ``torch.inference_mode()``)."""
-    with torch.inference_mode(False), torch.enable_grad():
+def frozen(model):
+    """Freeze every weight of an MVDreamModel for the duration; restore the previous flags afterwards.
+
+    The phases then switch on exactly what they train (token rows, UNet, adapter, text tower).
+    """
+    modules = [m for m in (model.unet, model.vae, model.text_encoder) if m is not None]
+    flags = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
         yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
-def clone_out_of_inference(t: torch.Tensor) -> torch.Tensor:
-    """A normal tensor with ``t``'s values (tensors created in inference mode cannot join autograd)."""
-    if t.is_inference():
-        with torch.inference_mode(False):
-            return t.clone()
-    return t
+#: Old name of :func:`~.autograd.usable_by_autograd` for tensors, kept for callers that import it from here.
+clone_out_of_inference = usable_by_autograd
 
 
 @dataclass
@@ -73,10 +87,43 @@ class StepOutput:
 
 @dataclass
 class TrainResult:
+    """What a training run did.
+
+    Attributes:
+        steps_done: completed steps (resumed ones included); losses, infos: per step, the resumed history included.
+        last_checkpoint: the finished run's state file (None without a checkpoint folder). It stays on disk until
+            :meth:`release`: until then it is the run's only saved copy.
+        keep: ``CheckpointPolicy.keep_final``: :meth:`release` leaves the file in place.
+    """
+
     steps_done: int
     losses: list
     infos: list
     last_checkpoint: Optional[Path] = None
+    keep: bool = False
+
+    def release(self) -> None:
+        """Delete the final state file; call it once what the run learned is saved elsewhere (idempotent)."""
+        if self.keep or self.last_checkpoint is None:
+            return
+        if self.last_checkpoint.exists():
+            self.last_checkpoint.unlink()
+        self.last_checkpoint = None
+
+
+@dataclass
+class PersonalizationResult:
+    """What a personalisation phase returns: the model (trained in place), the tokens, and the run.
+
+    Call :meth:`release` after saving ``tokens`` (and the model in phase 2) to delete the run's final state file.
+    """
+
+    model: Any
+    tokens: Any  # TokenSet
+    training: TrainResult
+
+    def release(self) -> None:
+        self.training.release()
 
 
 @dataclass
@@ -87,7 +134,7 @@ class CheckpointPolicy:
         directory: folder for state files; None disables checkpointing (an interrupted run cannot resume then).
         every: save every ``every`` completed steps (0: only on interruption, NaN and at the end).
         prefix: file name prefix, e.g. ``"phase1"`` gives ``phase1-step000040.pt``.
-        keep_final: keep the checkpoint written at the last step (otherwise it is removed on success).
+        keep_final: keep the state written at the last step even after :meth:`TrainResult.release`.
     """
 
     directory: Optional[os.PathLike] = None
@@ -162,6 +209,31 @@ class _Saver:
         return path
 
 
+class ConsoleProgress:
+    """The library's default training progress: a tqdm bar on stderr with the loss, it/s and the ETA."""
+
+    def __init__(self, description: str = "training"):
+        self.description = description
+        self._bar = None
+
+    def update(self, step: int, total: int, preview: Optional[Any] = None, **info: Any) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=step - 1, desc=self.description, unit="step", dynamic_ncols=True)
+        self._bar.update(step - self._bar.n)
+        if "loss" in info:
+            self._bar.set_postfix(loss=f"{info['loss']:.4g}", refresh=False)
+
+    def check_interrupt(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def run_training(
     step_fn: Callable[[int], StepOutput],
     parameters: Mapping[str, torch.Tensor],
@@ -178,6 +250,7 @@ def run_training(
     preview_every: int = 0,
     after_step: Optional[Callable[[], None]] = None,
     learning_rates: Optional[list] = None,
+    description: str = "training",
 ) -> TrainResult:
     """Run ``total_steps`` optimisation steps (continuing a resumed run where it stopped).
 
@@ -188,8 +261,10 @@ def run_training(
         total_steps: the run's length in steps.
         generator: the run's CPU random generator.
         fingerprint: plain values identifying what the state belongs to (checked on resume).
-        progress: reporting/interruption hook; ``check_interrupt`` is called before every step.
-        checkpoint: where/how often to save training state.
+        progress: reporting/interruption hook; ``check_interrupt`` is called before every step. None: a tqdm bar
+            (:class:`ConsoleProgress`) labelled ``description``.
+        checkpoint: where/how often to save training state; the final state is always written and kept until
+            :meth:`TrainResult.release`.
         resume_from: a state file written by this function for the same fingerprint.
         max_grad_norm: clip the global gradient norm to this (None: no clipping).
         scaler: a ``torch.amp.GradScaler`` for fp16 autocast, or None.
@@ -204,48 +279,17 @@ def run_training(
         TrainingError: NaN/inf loss or gradient (the message names the step and the last good checkpoint),
             or a resume file that does not belong to this run.
     """
-    progress = as_progress(progress)
+    console = ConsoleProgress(description) if progress is None else None
+    progress = console or progress
     saver = _Saver(checkpoint)
     params = dict(parameters)
     start, losses, infos = 0, [], []
-
     if resume_from is not None:
-        state = read_checkpoint(resume_from)
-        check_fingerprint(state, fingerprint, resume_from)
-        missing = sorted(set(params) - set(state["params"]))
-        if missing:
-            raise TrainingError(f"resume file lacks trainable tensors {missing[:3]}...; it belongs to another run")
-        with torch.no_grad():
-            for name, p in params.items():
-                src = state["params"][name]
-                if src.shape != p.shape:
-                    raise TrainingError(f"resume file has {name} of shape {list(src.shape)}, this run needs {list(p.shape)}")
-                p.copy_(src.to(device=p.device, dtype=p.dtype))
-        optimizer.load_state_dict(state["optimizer"])
-        if learning_rates is not None:
-            for group, lr in zip(optimizer.param_groups, learning_rates):
-                group["lr"] = lr
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        generator.set_state(state["rng"])
-        start = int(state["step"])
-        losses = list(state.get("losses", []))
-        if start > total_steps:
-            raise TrainingError(f"resume file is at step {start}, beyond the {total_steps} steps asked for; ask for more steps")
+        start, losses = _resume(resume_from, fingerprint, params, optimizer, scaler, generator, learning_rates,
+                                total_steps)
 
     def snapshot(step_done: int, rng_state: torch.Tensor) -> dict:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "fingerprint": dict(fingerprint),
-            "step": step_done,
-            "total_steps": total_steps,
-            "params": {k: v.detach().to("cpu").clone() for k, v in params.items()},
-            "optimizer": _cpu(optimizer.state_dict()),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": rng_state.clone(),
-            "losses": list(losses),
-        }
+        return _snapshot(fingerprint, step_done, total_steps, params, optimizer, scaler, rng_state, losses)
 
     trainable = [p for p in params.values() if p.requires_grad]
     completed = start
@@ -254,33 +298,13 @@ def run_training(
         for step in range(start, total_steps):
             progress.check_interrupt()
             out = step_fn(step)
-            loss_value = float(out.loss.detach())
-            if not math.isfinite(loss_value):
-                raise _NonFinite(f"loss became {loss_value}", step + 1)
-            if scaler is not None:
-                scaler.scale(out.loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                out.loss.backward()
-            if max_grad_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-            else:
-                norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in trainable if p.grad is not None))
-            if scaler is not None:
-                scaler.step(optimizer)  # skips the step itself on inf/NaN gradients and lowers the scale
-                scaler.update()
-            else:
-                if not math.isfinite(float(norm)):
-                    optimizer.zero_grad(set_to_none=True)
-                    raise _NonFinite(f"gradient norm became {float(norm)}", step + 1)
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss_value, norm = _optimizer_step(out, step, optimizer, trainable, scaler, max_grad_norm)
             if after_step is not None:
                 after_step()
             completed = step + 1
             rng_state = generator.get_state()
             losses.append(loss_value)
-            info = dict(out.info, loss=loss_value, grad_norm=float(norm))
+            info = dict(out.info, loss=loss_value, grad_norm=norm)
             infos.append(info)
             preview = None
             if preview_fn is not None and preview_every and (completed % preview_every == 0 or completed == total_steps):
@@ -301,13 +325,84 @@ def run_training(
         if saver.enabled and completed > start:
             saver.save(snapshot(completed, rng_state), completed)
         raise
-    final = None
-    if saver.enabled and saver.policy.keep_final:
-        final = saver.save(snapshot(completed, rng_state), completed)
-    elif saver.last is not None and saver.last.exists():
-        saver.last.unlink()  # the run finished: its intermediate state is no longer needed
-        saver.last = None
-    return TrainResult(steps_done=completed, losses=losses, infos=infos, last_checkpoint=final)
+    finally:
+        if console is not None:
+            console.close()
+    # the finished run's state stays until the caller has saved what it learned (TrainResult.release)
+    if resume_from is not None and completed == start:
+        final = Path(resume_from)  # resumed a finished run: that file already holds exactly this state
+    else:
+        final = saver.save(snapshot(completed, rng_state), completed) if saver.enabled else None
+    return TrainResult(steps_done=completed, losses=losses, infos=infos, last_checkpoint=final,
+                       keep=saver.policy.keep_final)
+
+
+def _resume(path: os.PathLike, fingerprint: Mapping[str, Any], params: dict, optimizer, scaler, generator,
+            learning_rates: Optional[list], total_steps: int) -> tuple:
+    """Load a state file into the parameters, optimiser, scaler and generator; returns ``(start step, losses)``."""
+    state = read_checkpoint(path)
+    check_fingerprint(state, fingerprint, path)
+    missing = sorted(set(params) - set(state["params"]))
+    if missing:
+        raise TrainingError(f"resume file lacks trainable tensors {missing[:3]}...; it belongs to another run")
+    with torch.no_grad():
+        for name, p in params.items():
+            src = state["params"][name]
+            if src.shape != p.shape:
+                raise TrainingError(f"resume file has {name} of shape {list(src.shape)}, this run needs {list(p.shape)}")
+            p.copy_(src.to(device=p.device, dtype=p.dtype))
+    optimizer.load_state_dict(state["optimizer"])
+    if learning_rates is not None:
+        for group, lr in zip(optimizer.param_groups, learning_rates):
+            group["lr"] = lr
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    generator.set_state(state["rng"])
+    start = int(state["step"])
+    if start > total_steps:
+        raise TrainingError(f"resume file is at step {start}, beyond the {total_steps} steps asked for; ask for more steps")
+    return start, list(state.get("losses", []))
+
+
+def _snapshot(fingerprint, step_done: int, total_steps: int, params: dict, optimizer, scaler, rng_state, losses) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "fingerprint": dict(fingerprint),
+        "step": step_done,
+        "total_steps": total_steps,
+        "params": {k: v.detach().to("cpu").clone() for k, v in params.items()},
+        "optimizer": _cpu(optimizer.state_dict()),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_state.clone(),
+        "losses": list(losses),
+    }
+
+
+def _optimizer_step(out: StepOutput, step: int, optimizer, trainable: list, scaler, max_grad_norm) -> tuple:
+    """Backward, clip, step and zero the gradients; returns ``(loss, grad norm)``; raises _NonFinite before updating."""
+    loss_value = float(out.loss.detach())
+    if not math.isfinite(loss_value):
+        raise _NonFinite(f"loss became {loss_value}", step + 1)
+    if scaler is not None:
+        scaler.scale(out.loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        out.loss.backward()
+    if max_grad_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    else:
+        norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in trainable if p.grad is not None))
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the step itself on inf/NaN gradients and lowers the scale
+        scaler.update()
+    else:
+        if not math.isfinite(float(norm)):
+            optimizer.zero_grad(set_to_none=True)
+            raise _NonFinite(f"gradient norm became {float(norm)}", step + 1)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_value, float(norm)
 
 
 class _NonFinite(Exception):
@@ -319,13 +414,17 @@ class _NonFinite(Exception):
 
 __all__ = [
     "CheckpointPolicy",
+    "ConsoleProgress",
+    "PersonalizationResult",
     "StepOutput",
     "TrainResult",
     "check_fingerprint",
+    "frozen",
     "clone_out_of_inference",
     "grad_enabled",
     "latest_checkpoint",
     "read_checkpoint",
     "run_training",
+    "usable_by_autograd",
     "Interrupted",
 ]

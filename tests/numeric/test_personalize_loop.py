@@ -116,3 +116,43 @@ def test_progress_reports_every_step_with_the_loss():
     run_training(step_fn, {"w": w}, opt, 3, g, FP,
                  progress=CallbackProgress(on_update=lambda s, t, p, info: seen.append((s, t, info["loss"], info["k"]))))
     assert [s for s, *_ in seen] == [1, 2, 3] and all(t == 3 for _, t, *_ in seen)
+
+
+def test_a_finished_run_keeps_its_final_state_until_released(tmp_path):
+    """The crash window of issue 17: between the end of a run and the caller saving what it learned, the state file
+    is the only copy on disk. It must hold the final parameters, resume to the same result without another step, and
+    go away only on release()."""
+    w, opt, g, step_fn = _problem()
+    policy = CheckpointPolicy(directory=tmp_path, every=4, prefix="toy")
+    done = run_training(step_fn, {"w": w}, opt, 10, g, FP, checkpoint=policy)
+    assert done.last_checkpoint == tmp_path / "toy-step000010.pt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy-step000010.pt"]  # the step-8 state was replaced
+    state = read_checkpoint(done.last_checkpoint)
+    assert state["step"] == 10 and torch.equal(state["params"]["w"], w.detach())
+
+    # "crash": the caller never saved w. A new process resumes from the kept file and gets the result at once.
+    w2, opt2, g2, _ = _problem(seed=5)
+    calls = []
+    again = run_training(lambda step: calls.append(step), {"w": w2}, opt2, 10, g2, FP,
+                         resume_from=done.last_checkpoint, checkpoint=policy)
+    assert calls == [] and torch.equal(w2.detach(), w.detach()) and again.losses == done.losses
+    assert again.last_checkpoint == done.last_checkpoint
+
+    again.release()
+    assert list(tmp_path.iterdir()) == [] and again.last_checkpoint is None
+    again.release()  # idempotent
+    w3, opt3, g3, step_fn3 = _problem()
+    kept = run_training(step_fn3, {"w": w3}, opt3, 2, g3, FP,
+                        checkpoint=CheckpointPolicy(directory=tmp_path, every=0, prefix="kept", keep_final=True))
+    kept.release()  # keep_final: release leaves the file
+    assert [p.name for p in tmp_path.iterdir()] == ["kept-step000002.pt"]
+
+
+def test_default_progress_is_a_tqdm_bar_and_a_callers_hook_silences_it(capsys):
+    w, opt, g, step_fn = _problem()
+    run_training(step_fn, {"w": w}, opt, 3, g, FP, description="toy phase")
+    err = capsys.readouterr().err
+    assert "toy phase" in err and "3/3" in err and "loss=" in err and "step/s" in err
+    w, opt, g, step_fn = _problem()
+    run_training(step_fn, {"w": w}, opt, 3, g, FP, progress=CallbackProgress())
+    assert capsys.readouterr().err == ""

@@ -9,14 +9,8 @@ import torch
 
 from _personalize_helpers import all_parameters, evaluate_scene, fresh_tiny_model, two_component_scene
 from dreamedit3d_core.errors import ConfigError, Interrupted, ShapeError, TokenError, TrainingError
-from dreamedit3d_core.personalize.textual_inversion import (
-    TIConfig,
-    attention_layers_for,
-    build_scene,
-    initial_embeddings,
-    personalization_loss,
-    train_textual_inversion,
-)
+from dreamedit3d_core.personalize.objective import attention_layers_for, build_scene, personalization_loss
+from dreamedit3d_core.personalize.textual_inversion import TIConfig, initial_embeddings, train_textual_inversion
 from dreamedit3d_core.personalize.train import latest_checkpoint
 from dreamedit3d_core.progress import CallbackProgress
 from dreamedit3d_core.tokens import apply_tokens, load_tokens, save_tokens
@@ -282,3 +276,23 @@ def test_fp16_forward_passes_train_with_a_grad_scaler(monkeypatch):
     assert torch.isfinite(tokens.embeddings).all()
     init = model.token_embedding.weight[model.tokenizer.token_ids("hat")[0]].float().cpu()
     assert not torch.equal(tokens.embeddings[0, 0], init)
+
+
+def test_phase1_state_survives_until_the_caller_saved_the_tokens(tmp_path):
+    """Issue 17's crash window: run_textual_inversion finishes, the process dies before the tokens are saved: the
+    kept state file has the learned rows, and resuming from it returns the same tokens; release() deletes it."""
+    from dreamedit3d_core.personalize.textual_inversion import run_textual_inversion
+    from dreamedit3d_core.personalize.train import read_checkpoint
+
+    render, masks = two_component_scene(64)
+    config = TIConfig(steps=3, lr=5e-2, resolution=None, seed=2, checkpoint_every=2)
+    result = run_textual_inversion(fresh_tiny_model(), render, masks, config, progress=CallbackProgress(),
+                                   checkpoint_dir=tmp_path)
+    state_file = result.training.last_checkpoint
+    assert [p.name for p in tmp_path.iterdir()] == ["phase1-step000003.pt"] and state_file.parent == tmp_path
+    assert torch.equal(read_checkpoint(state_file)["params"]["token_rows"], result.tokens.embeddings[:, 0])
+    recovered = train_textual_inversion(fresh_tiny_model(), render, masks, config, progress=CallbackProgress(),
+                                        resume_from=state_file)
+    assert torch.equal(recovered.embeddings, result.tokens.embeddings)
+    result.release()
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,8 @@ from dreamedit3d_core.personalize.finetune import (
     FTConfig,
     finetune,
     load_unet_lora,
+    run_finetune,
+    save_finetuned_model,
     save_finetuned_unet,
     save_unet_lora,
 )
@@ -88,7 +90,8 @@ def test_full_finetune_changes_the_unet_only_and_saves_a_loadable_model(tmp_path
     assert changed and all(k.startswith("unet.") for k in changed)
     assert any("attn2.to_k" in k for k in changed)  # the attention loss reaches the cross-attention keys
     assert torch.equal(learned.embeddings, tokens.embeddings)  # token_lr 0: unchanged
-    path = save_finetuned_unet(model, tmp_path / "finetuned.safetensors")
+    assert save_finetuned_unet is save_finetuned_model  # the old name stays for callers
+    path = save_finetuned_model(model, tmp_path / "finetuned.safetensors")
     reloaded = load_mvdream(path)
     with pytest.warns(UserWarning, match="were learned on model"):  # the fine-tuned file has its own hash
         apply_tokens(reloaded, learned)
@@ -123,11 +126,22 @@ def test_gradient_checkpointing_gives_the_same_step_as_without():
     assert torch.allclose(ta, tb, atol=1e-6)
 
 
-def test_bf16_autocast_runs_on_cpu_with_fp32_master_weights():
+@pytest.mark.parametrize("precision, activation_dtype", [("bf16", torch.bfloat16), ("no", torch.float32)])
+def test_bf16_autocast_runs_on_cpu_with_fp32_master_weights(precision, activation_dtype):
+    """The forward really runs under bf16 autocast (an fp32 model's weights would stay fp32 either way): a linear
+    layer inside the UNet returns bf16 activations, and fp32 ones without mixed precision."""
     render, masks = two_component_scene(64)
     model = fresh_tiny_model()
-    model, _ = finetune(model, render, masks, _tokens(model),
-                        FTConfig(steps=1, mode="lora", lora_rank=2, lr=1e-3, mixed_precision="bf16", resolution=None))
+    seen = []
+    probe = model.unet.time_embedding.linear_1  # a plain nn.Linear every UNet forward runs
+    handle = probe.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    try:
+        model, _ = finetune(model, render, masks, _tokens(model),
+                            FTConfig(steps=1, mode="lora", lora_rank=2, lr=1e-3, mixed_precision=precision,
+                                     resolution=None))
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {activation_dtype}
     assert all(p.dtype == torch.float32 for p in model.unet.parameters())
 
 
@@ -155,7 +169,7 @@ def test_phase2_bad_inputs_are_refused():
 def test_prior_term_matches_a_separate_forward_of_the_class_object():
     """The class object rides in the same batch; its term equals the plain MSE of its own forward pass."""
     from dreamedit3d_core.personalize.finetune import generate_class_latents
-    from dreamedit3d_core.personalize.textual_inversion import build_scene, personalization_loss
+    from dreamedit3d_core.personalize.objective import build_scene, personalization_loss
 
     render, masks = two_component_scene(64)
     model = fresh_tiny_model()
@@ -183,17 +197,17 @@ def test_prior_term_matches_a_separate_forward_of_the_class_object():
     assert out.info["attention"] == pytest.approx(alone.info["attention"], rel=1e-5)
     assert out.loss.item() == pytest.approx(alone.loss.item() + 0.5 * prior_ref, rel=1e-5)
 
-    _, _, result = finetune(model, render, masks, _tokens(model),
-                            FTConfig(steps=1, mode="lora", lora_rank=2, lr=1e-3, prior_preservation=True,
-                                     resolution=None), class_latents=class_latents, return_result=True)
+    result = run_finetune(model, render, masks, _tokens(model),
+                          FTConfig(steps=1, mode="lora", lora_rank=2, lr=1e-3, prior_preservation=True,
+                                   resolution=None), class_latents=class_latents).training
     assert "prior" in result.infos[0]
     with pytest.raises(ShapeError, match="class_latents must be"):
         finetune(fresh_tiny_model(), render, masks, _tokens(model),
                  FTConfig(steps=1, prior_preservation=True, resolution=None), class_latents=class_latents[:, :3])
     # without given class objects, the base model generates them first
-    _, _, generated = finetune(fresh_tiny_model(), render, masks, _tokens(model),
-                               FTConfig(steps=1, mode="lora", lora_rank=2, prior_preservation=True, num_class_objects=1,
-                                        class_sample_steps=1, resolution=None), return_result=True)
+    generated = run_finetune(fresh_tiny_model(), render, masks, _tokens(model),
+                             FTConfig(steps=1, mode="lora", lora_rank=2, prior_preservation=True, num_class_objects=1,
+                                      class_sample_steps=1, resolution=None)).training
     assert generated.infos[0]["prior"] > 0
 
 
