@@ -18,6 +18,7 @@ before it. ``steps`` is always the number of steps run: a partial edit (``denois
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -99,7 +100,21 @@ def initial_noise(shape: tuple, seed: Optional[int] = None, generator: Optional[
 # ---------------------------------------------------------------------------------------------------- driver
 
 
-def sample_views(
+def sample_views(model: Any, conditioning: MVConditioning, *args: Any, **options: Any) -> MultiViewSamples:
+    """Sample the views of every object in ``conditioning`` jointly and decode them.
+
+    Takes exactly :func:`sample_latents`'s arguments (method, steps, cfg, seed, ... — documented there).
+
+    Returns:
+        ``MultiViewSamples`` with latents [B·V, 4, h, w], images float32 [B·V, 3, 8h, 8w] in 0..1, the seed and the
+        sigmas run.
+    """
+    latents, sigmas, seed = sample_latents(model, conditioning, *args, **options)
+    images = decode_views(model, latents, conditioning.num_views)
+    return MultiViewSamples(latents=latents, images=images, seed=int(seed), sigmas=sigmas)
+
+
+def sample_latents(
     model: Any,
     conditioning: MVConditioning,
     method: str = "ddim",
@@ -113,8 +128,8 @@ def sample_views(
     sigma_schedule: str = "karras",
     noise: Optional[torch.Tensor] = None,
     resolution: int = 256,
-) -> MultiViewSamples:
-    """Sample the views of every object in ``conditioning`` jointly and decode them.
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Sample the latents of every object in ``conditioning`` jointly (:func:`sample_views` without the VAE).
 
     Args:
         model: ``MVDreamModel`` (``predict_noise``, ``alphas_cumprod``, ``decode_latents``, ``num_views``, ``device``).
@@ -133,32 +148,8 @@ def sample_views(
         resolution: image side in pixels when neither ``init_latents`` nor ``noise`` fixes it (multiple of 8).
 
     Returns:
-        ``MultiViewSamples`` with latents [B·V, 4, h, w] and images float32 [B·V, 3, 8h, 8w] in 0..1.
-    """
-    latents, schedule, seed = sample_latents(model, conditioning, method, steps, cfg, seed, generator, init_latents,
-                                             denoise, progress, sigma_schedule, noise, resolution)
-    images = decode_views(model, latents, conditioning.num_views)
-    return MultiViewSamples(latents=latents, images=images, seed=int(seed), sigmas=schedule)
-
-
-def sample_latents(
-    model: Any,
-    conditioning: MVConditioning,
-    method: str = "ddim",
-    steps: int = 50,
-    cfg: float = 7.5,
-    seed: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
-    init_latents: Optional[torch.Tensor] = None,
-    denoise: float = 1.0,
-    progress: Optional[Progress] = None,
-    sigma_schedule: str = "karras",
-    noise: Optional[torch.Tensor] = None,
-    resolution: int = 256,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """:func:`sample_views` without the VAE: returns ``(latents [B·V, 4, h, w], sigmas, seed)``.
-
-    ``sigmas`` is the float32 [S + 1] schedule run (CPU); ``seed`` is -1 when ``noise`` was given without a seed.
+        ``(latents float32 [B·V, 4, h, w], sigmas, seed)``: ``sigmas`` is the float32 [S + 1] schedule run (CPU);
+        ``seed`` is -1 when ``noise`` was given without a seed.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown sampling method {method!r}; choose one of {list(METHODS)}")
@@ -221,6 +212,9 @@ def latent_shape(conditioning: MVConditioning, init: Optional[torch.Tensor] = No
 
 
 _latent_shape = latent_shape  # old private name, kept until nodes/sampling.py switches
+
+# help() and IDEs show sample_latents' parameters for sample_views too
+sample_views.__signature__ = inspect.signature(sample_latents).replace(return_annotation=MultiViewSamples)
 
 
 def _run_schedule(denoiser: MVDenoiser, noise, init, sigmas: torch.Tensor, progress: Progress, report):

@@ -34,8 +34,9 @@ from ..storage import save_safetensors
 from ..tokens import apply_tokens, validate_token_names
 from ..types import ComponentMasks, MultiViewRender, TokenSet
 from .autograd import grad_enabled, usable_by_autograd
-from .objective import MIXED_PRECISION, Scene, TokenRows, build_scene, check_inputs, personalization_loss, preview_from, recording
-from .train import CheckpointPolicy, ConfigDict, PersonalizationResult, StepOutput, frozen, run_training
+from .objective import (MIXED_PRECISION, ObjectiveConfig, Scene, TokenRows, build_scene, check_inputs,  # noqa: F401
+                        personalization_loss, preview_from, recording)
+from .train import CheckpointPolicy, PersonalizationResult, StepOutput, frozen, run_training
 
 ADAPTER_NAME = "dreamedit3d"
 LORA_FORMAT = "dreamedit3d.unet-lora"
@@ -45,11 +46,10 @@ DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 @dataclass(frozen=True)
-class FTConfig(ConfigDict):
+class FTConfig(ObjectiveConfig):
     """Phase 2 settings (defaults: Break-a-Scene's phase 2 mapped to MVDream at 256 px).
 
     Attributes:
-        steps: optimisation steps (400).
         lr: learning rate of the UNet weights (2e-6 full; LoRA usually wants ~1e-4).
         token_lr: learning rate of the placeholder rows (2e-6: in Break-a-Scene they train with the text encoder).
         train_text_encoder: also train the text tower (all but its token-embedding table) at ``text_encoder_lr``.
@@ -57,19 +57,16 @@ class FTConfig(ConfigDict):
         mode: "full" (every UNet weight) or "lora" (peft LoRA on the attention projections).
         lora_rank, lora_alpha, lora_targets: LoRA settings (rank 16, alpha 16, to_q/to_k/to_v/to_out.0).
         gradient_checkpointing: recompute UNet activations in the backward pass (less memory, ~30% slower).
-        mixed_precision: "no", "bf16" or "fp16" autocast (fp16 with a grad scaler; GPU only).
         optimizer: "adamw" or "adamw8bit" (needs bitsandbytes).
-        betas, weight_decay, adam_eps, max_grad_norm: as phase 1 (0.9/0.999, 1e-2, 1e-8, 1.0).
-        attention_loss_weight, attention_map_size, resolution, seed, checkpoint_every, preview_every, prompt_prefix:
-            as :class:`~.textual_inversion.TIConfig`.
         prior_preservation: add the class-prior term (see the module docstring).
         class_prompt: prompt of the class objects, both to generate them and to train on them.
         num_class_objects: how many 4-view class objects the base model generates before training (4).
         class_sample_steps, class_cfg: DDIM steps and guidance for generating them (30, 7.5).
         prior_loss_weight: weight of the prior term (1.0, Break-a-Scene's).
+        The rest (steps 400, AdamW settings, λ 1e-2, resolution 256, seed, mixed precision — fp16 with a grad scaler,
+        GPU only —, checkpoints, previews, prompt prefix): :class:`~.objective.ObjectiveConfig`.
     """
 
-    steps: int = 400
     lr: float = 2e-6
     token_lr: float = 2e-6
     train_text_encoder: bool = False
@@ -79,19 +76,7 @@ class FTConfig(ConfigDict):
     lora_alpha: float = 16.0
     lora_targets: tuple = DEFAULT_LORA_TARGETS
     gradient_checkpointing: bool = False
-    mixed_precision: str = "no"
     optimizer: str = "adamw"
-    betas: tuple = (0.9, 0.999)
-    weight_decay: float = 1e-2
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    attention_loss_weight: float = 1e-2
-    attention_map_size: int = 16
-    resolution: Optional[int] = 256
-    seed: int = 0
-    checkpoint_every: int = 100
-    preview_every: int = 0
-    prompt_prefix: str = "a photo of "
     prior_preservation: bool = False
     class_prompt: str = "a 3d asset"
     num_class_objects: int = 4
@@ -104,9 +89,7 @@ class FTConfig(ConfigDict):
         if self.prior_preservation and (self.num_class_objects < 1 or self.class_sample_steps < 1):
             raise ConfigError("prior preservation needs num_class_objects >= 1 and class_sample_steps >= 1, got "
                               f"{self.num_class_objects} and {self.class_sample_steps}")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if self.steps < 1:
-            raise ConfigError(f"steps must be at least 1, got {self.steps}")
+        super().__post_init__()
         for name in ("lr", "token_lr", "text_encoder_lr"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -114,12 +97,8 @@ class FTConfig(ConfigDict):
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.mode == "lora" and self.lora_rank < 1:
             raise ConfigError(f"lora_rank must be at least 1, got {self.lora_rank}")
-        if self.attention_loss_weight < 0:
-            raise ConfigError(f"attention_loss_weight must be >= 0, got {self.attention_loss_weight}")
 
 
 def _lora_config(rank: int, alpha: float, targets):

@@ -31,9 +31,56 @@ from ..schedule import NUM_TRAIN_TIMESTEPS
 from ..types import ComponentMasks, MultiViewRender
 from .autograd import usable_by_autograd
 from .losses import attention_alignment_loss, average_attention_maps, map_size, masked_diffusion_loss
-from .train import StepOutput
+from .train import ConfigDict, StepOutput
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig(ConfigDict):
+    """The settings both phases share: the optimiser, the objective, the run (each phase adds its own).
+
+    Attributes:
+        steps: optimisation steps (400).
+        lr: learning rate of what the phase trains (its default is the phase's).
+        betas, weight_decay, adam_eps: AdamW settings (0.9/0.999, 1e-2, 1e-8).
+        max_grad_norm: global gradient-norm clip (1.0).
+        attention_loss_weight: λ of the attention-alignment loss (1e-2); 0 turns it (and map recording) off.
+        attention_map_size: side of the cross-attention maps used (16: ``down_blocks.1``/``up_blocks.2`` at 256 px);
+            the layers are chosen from the latent size, the nearest level when no level has exactly this size.
+        resolution: side the views are resized to before encoding (256 for MVDream); None keeps the render's size.
+        seed: seed of the run's random generator (subsets, timesteps, noise).
+        mixed_precision: "no", "bf16" or "fp16" autocast around the forward pass (trainable weights stay fp32).
+        checkpoint_every: save training state every N steps (when a checkpoint folder is given).
+        preview_every: report a 4-view x0 preview every N steps (0: never).
+        prompt_prefix: text before the tokens ("a photo of ").
+    """
+
+    steps: int = 400
+    lr: float = 5e-4
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 1e-2
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    attention_loss_weight: float = 1e-2
+    attention_map_size: int = 16
+    resolution: Optional[int] = 256
+    seed: int = 0
+    mixed_precision: str = "no"
+    checkpoint_every: int = 100
+    preview_every: int = 0
+    prompt_prefix: str = "a photo of "
+
+    def __post_init__(self):
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.steps < 1:
+            raise ConfigError(f"steps must be at least 1, got {self.steps}")
+        if self.attention_loss_weight < 0:
+            raise ConfigError(f"attention_loss_weight must be >= 0, got {self.attention_loss_weight}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise ConfigError(f"resolution must be a multiple of 8, got {self.resolution}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
