@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from ..dreamedit3d_core.errors import ConfigError, ShapeError
+from ..dreamedit3d_core.lifting.pipeline import MODES, LiftMode
 from ._compat import ComfyProgress, compute_device, core_mesh_batch, io, output_relative, save_target
 from .provenance import image_record
 from .sockets import MVViewsSocket, from_comfy_image
 
 CATEGORY = "DreamEdit3D/lift"
-MODES = ("hull", "source_guided", "keep_source")
+#: The node's choices: "auto" picks the best mode available (see ``best_mode``), then the core's modes.
+NODE_MODES = ("auto",) + MODES
+
+
+def best_mode(has_source: bool) -> LiftMode:
+    """What "auto" lifts with: the source-guided geometry when the views come from an asset, else the visual hull (a
+    preview-quality block-out; a reconstructor registered with ``register_reconstructor`` replaces its geometry)."""
+    return LiftMode.SOURCE_GUIDED if has_source else LiftMode.HULL
 
 
 class LiftToMesh(io.ComfyNode):
@@ -18,30 +26,39 @@ class LiftToMesh(io.ComfyNode):
             node_id="DreamEdit3D_LiftToMesh",
             display_name="Lift Views to Mesh (DreamEdit3D)",
             category=CATEGORY,
-            description="Builds a textured mesh from the four views with their exact cameras (visual hull + marching "
-                        "cubes + baked UV texture), or re-textures the source mesh. Writes a GLB with texture and "
-                        "provenance into the output folder.",
+            description="Builds a textured mesh from the four views with their exact cameras: source-guided geometry "
+                        "(the source where the edit keeps it) or, with no source, a visual hull block-out; or re-textures "
+                        "the source mesh. Writes a GLB with texture and provenance into the output folder, in the source "
+                        "asset's own coordinates (glTF's +Y up, front +Z without one).",
             is_output_node=True,
             inputs=[
                 io.Image.Input("images", tooltip="The four views [4,H,W,3] of an edit, or N*4 views of N edits (MVSample's "
                                            "IMAGE for a several-line prompt): one GLB per edit."),
                 MVViewsSocket.Input("views", tooltip="The views the edit started from: their cameras (and the source "
                                                      "asset for source_guided/keep_source)."),
-                io.Combo.Input("mode", options=list(MODES), default="hull",
-                               tooltip="hull: new geometry from the silhouettes; source_guided: source where the edit "
-                                       "keeps it; keep_source: the source mesh exactly, re-textured (appearance "
-                                       "edits; uses the source silhouettes unless alpha is given)."),
+                io.Combo.Input("mode", options=list(NODE_MODES), default="auto",
+                               tooltip="auto: source_guided when the views come from an asset, else hull. "
+                                       "source_guided: the source's geometry where the edit keeps it, new geometry "
+                                       "where the silhouettes grow; keep_source: the source mesh exactly, re-textured "
+                                       "(appearance edits; uses the source silhouettes unless alpha is given); hull: "
+                                       "a preview-quality block-out from four silhouettes (slabs and facets from the "
+                                       "side, concavities lost)."),
                 io.Int.Input("grid", default=128, min=16, max=512, step=8,
                              tooltip="Voxels along the longest side (quality 128)."),
                 io.Int.Input("texture_size", default=1024, min=0, max=4096, step=64,
                              tooltip="Texture side in texels (0 = vertex colours only)."),
                 io.Int.Input("face_budget", default=50000, min=0, max=2000000, tooltip="Decimate to this many faces (0: none)."),
                 io.Float.Input("background", default=1.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="Background grey of the views (keyed out when no alpha is given)."),
+                               tooltip="Background grey of the views, keyed out exactly when detect_background is off "
+                                       "and no alpha is given."),
                 io.String.Input("filename_prefix", default="dreamedit3d/edit", tooltip="GLB path prefix in the output folder."),
                 io.Mask.Input("alpha", optional=True, tooltip="Silhouettes [4,H,W]; by default the background is keyed out."),
                 io.Boolean.Input("also_obj", default=False, optional=True,
                                  tooltip="Also write OBJ + MTL + PNG next to each GLB (same name, never overwriting)."),
+                io.Boolean.Input("detect_background", default=True, optional=True,
+                                 tooltip="Read each view's background colour off its border (sampled views sit on the "
+                                         "white or grey MVDream was trained with, never exactly the render's); off: "
+                                         "key exactly the `background` grey."),
             ],
             outputs=[
                 io.Mesh.Output("out_mesh", display_name="mesh",
@@ -55,18 +72,20 @@ class LiftToMesh(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, **kw):
-        if kw.get("mode") is not None and kw["mode"] not in MODES:
-            return f"mode {kw['mode']!r} is not one of {list(MODES)}"
+        if kw.get("mode") is not None and kw["mode"] not in NODE_MODES:
+            return f"mode {kw['mode']!r} is not one of {list(NODE_MODES)}"
         return True
 
     @classmethod
-    def execute(cls, images, views, mode="hull", grid=128, texture_size=1024, face_budget=50000, background=1.0,
-                filename_prefix="dreamedit3d/edit", alpha=None, also_obj=False) -> io.NodeOutput:
+    def execute(cls, images, views, mode="auto", grid=128, texture_size=1024, face_budget=50000, background=1.0,
+                filename_prefix="dreamedit3d/edit", alpha=None, also_obj=False, detect_background=True) -> io.NodeOutput:
         from ..dreamedit3d_core.lifting import export_mesh, lift_to_mesh
+        from ..dreamedit3d_core.lifting.export import in_output_frame
         from ..dreamedit3d_core.provenance import glb_extras, item_record
 
-        if mode != "hull" and views.asset is None:
-            raise ConfigError(f"mode {mode!r} needs the source asset: connect views from OrthoRender of an asset file")
+        mode = best_mode(views.asset is not None) if mode == "auto" else LiftMode(mode)
+        if mode != LiftMode.HULL and views.asset is None:
+            raise ConfigError(f"mode {mode.value!r} needs the source asset: connect views from OrthoRender of an asset file")
         device = compute_device()
         num_views = views.render.num_views
         if images.ndim != 4 or images.shape[0] == 0 or images.shape[0] % num_views:
@@ -90,9 +109,13 @@ class LiftToMesh(io.ComfyNode):
             elif mode == "keep_source":
                 # the geometry is the source's, so its own silhouettes are the right ones (no keying of the new views)
                 alpha_views = views.render.alpha.float().to(device)
-            lifted = lift_to_mesh(rgb, views.render.cameras, alpha=alpha_views, background=(float(background),) * 3,
+            lifted = lift_to_mesh(rgb, views.render.cameras, alpha=alpha_views,
+                                  background="auto" if detect_background else (float(background),) * 3,
                                   source=views.asset, mode=mode, grid=int(grid), texture_size=int(texture_size),
-                                  face_budget=int(face_budget), progress=progress, device=device).to("cpu")
+                                  face_budget=int(face_budget), progress=progress, device=device,
+                                  frame=views.render.source_frame).to("cpu")
+            # files and the core MESH in the source asset's own coordinates (the frame the views carry)
+            lifted = in_output_frame(lifted)
             extras = glb_extras(item_record(record, n, num_views), generator="DreamEdit3D",
                                 workflow=record.get("workflow", {}))
             path = export_mesh(lifted, folder / f"{stem}_{counter + n:05d}_.glb", fmt="glb", extras=extras)

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..cameras import MVCameras
-from ..raster import Fragments, interpolate, rasterize, rasterize_uv
+from ..raster import Fragments, interpolate, rasterize_uv, rasterize_views
 from .hull import _sample_images
 
 #: Exponent of the facing weight cos(angle between normal and view ray).
@@ -28,6 +28,8 @@ MIN_WEIGHT = 1e-8
 MAX_FILL_SOURCES = 50_000
 #: Nearest seen samples averaged (inverse distance) to colour an unseen one.
 FILL_NEIGHBOURS = 4
+#: Surface samples projected into the views per chunk (bounds memory, and the time between interruption checks).
+SAMPLE_CHUNK = 1 << 18
 #: Texel rings of gutter padding around the charts.
 GUTTER_TEXELS = 4
 
@@ -36,8 +38,9 @@ GUTTER_TEXELS = 4
 class ViewSet:
     """Views to project colour from: rgb [V,3,H,W], soft weight mask [V,1,H,W], cameras, surface depth [V,H,W] for the
     visibility test (0 = nothing), a global weight (1 for the views, small for a prior), and optionally the coverage
-    alpha [V,1,H,W] the rgb was composited with over ``background`` (un-premultiplied when sampling, so antialiased
-    silhouette pixels give the object's colour rather than a mix with the background)."""
+    alpha [V,1,H,W] the rgb was composited with over ``background`` (an RGB triple, or [V, 3] rows: one per view;
+    un-premultiplied when sampling, so antialiased silhouette pixels give the object's colour rather than a mix with the
+    background)."""
 
     rgb: torch.Tensor
     weight_mask: torch.Tensor
@@ -45,18 +48,12 @@ class ViewSet:
     depth: torch.Tensor
     weight: float = 1.0
     alpha: Optional[torch.Tensor] = None
-    background: Optional[Sequence[float]] = None
-
-
-def camera_space(verts: torch.Tensor, cameras: MVCameras) -> torch.Tensor:
-    """World [N, 3] -> each view's OpenGL camera space [V, N, 3]."""
-    w2c = cameras.w2c().to(verts.device)
-    return torch.einsum("vij,nj->vni", w2c[:, :3, :3], verts.to(torch.float32)) + w2c[:, None, :3, 3]
+    background: Optional[Union[Sequence[float], torch.Tensor]] = None
 
 
 def render_fragments(verts: torch.Tensor, faces: torch.Tensor, cameras: MVCameras, height: int, width: int) -> Fragments:
-    """Rasterize the mesh in every view of ``cameras``."""
-    return rasterize(camera_space(verts, cameras), faces, height, width, cameras.focal_px(height))
+    """Rasterize the mesh in every view of ``cameras`` (float32 world positions)."""
+    return rasterize_views(verts.to(torch.float32), faces, cameras, (height, width))
 
 
 def feathered_mask(alpha: torch.Tensor, erode_px: int, feather_px: int) -> torch.Tensor:
@@ -79,15 +76,30 @@ def feathered_mask(alpha: torch.Tensor, erode_px: int, feather_px: int) -> torch
 
 
 def project_colors(points: torch.Tensor, normals: torch.Tensor, view_sets: Sequence[ViewSet],
-                   cos_power: float = COS_POWER) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted colour of surface samples from several view sets.
+                   cos_power: float = COS_POWER, check_interrupt: Optional[Callable[[], None]] = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted colour of surface samples from several view sets, ``SAMPLE_CHUNK`` samples at a time.
 
     Args:
         points: float32 [K, 3] world positions on the surface; normals: float32 [K, 3] unit outward normals.
+        check_interrupt: polled before every chunk (a 4096^2 texture has ~10M samples).
 
     Returns:
         (colour float32 [K, 3], weight sum float32 [K]).
     """
+    colors = torch.empty(points.shape[0], 3, dtype=torch.float32, device=points.device)
+    wsum = torch.empty(points.shape[0], dtype=torch.float32, device=points.device)
+    for start in range(0, points.shape[0], SAMPLE_CHUNK):
+        if check_interrupt is not None:
+            check_interrupt()
+        stop = start + SAMPLE_CHUNK
+        colors[start:stop], wsum[start:stop] = _project_chunk(points[start:stop], normals[start:stop], view_sets,
+                                                              cos_power)
+    return colors, wsum
+
+
+def _project_chunk(points: torch.Tensor, normals: torch.Tensor, view_sets: Sequence[ViewSet],
+                   cos_power: float) -> tuple[torch.Tensor, torch.Tensor]:
     acc = torch.zeros(points.shape[0], 3, dtype=torch.float32, device=points.device)
     wsum = torch.zeros(points.shape[0], dtype=torch.float32, device=points.device)
     for vs in view_sets:
@@ -105,7 +117,8 @@ def project_colors(points: torch.Tensor, normals: torch.Tensor, view_sets: Seque
         if vs.alpha is not None and vs.background is not None:
             # rgb = a * colour + (1 - a) * background at antialiased edges: solve for colour where coverage is enough
             a = _sample_images(vs.alpha.to(torch.float32), pix, depth)
-            bg = torch.tensor([float(c) for c in vs.background], dtype=col.dtype, device=col.device)
+            bg = torch.as_tensor(vs.background, dtype=col.dtype, device=col.device)
+            bg = bg[:, None] if bg.ndim == 2 else bg  # one colour per view [V, 3] -> [V, 1, 3]
             unmixed = ((col - (1.0 - a) * bg) / a.clamp(min=1e-6)).clamp(0.0, 1.0)
             col = torch.where(a > 0.25, unmixed, col)
             wgt = wgt * (a[..., 0] > 0.25)
@@ -115,7 +128,8 @@ def project_colors(points: torch.Tensor, normals: torch.Tensor, view_sets: Seque
 
 
 def colors_with_prior(points: torch.Tensor, normals: torch.Tensor, view_sets: Sequence[ViewSet],
-                      prior_sets: Sequence[ViewSet] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+                      prior_sets: Sequence[ViewSet] = (), check_interrupt: Optional[Callable[[], None]] = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Colour from the views where any view sees a sample; from the prior views (the source) only where none does.
 
     A prior blended in at a small weight still tinted samples the views see at grazing angles (measured: a flat white
@@ -124,13 +138,13 @@ def colors_with_prior(points: torch.Tensor, normals: torch.Tensor, view_sets: Se
     Returns:
         (colour float32 [K, 3], weight float32 [K]: the views' weight sum, or the prior's where the views have none).
     """
-    colors, wsum = project_colors(points, normals, view_sets)
+    colors, wsum = project_colors(points, normals, view_sets, check_interrupt=check_interrupt)
     if not prior_sets:
         return colors, wsum
     seen = wsum > MIN_WEIGHT
     if bool(seen.all()):
         return colors, wsum
-    p_colors, p_wsum = project_colors(points, normals, prior_sets)
+    p_colors, p_wsum = project_colors(points, normals, prior_sets, check_interrupt=check_interrupt)
     return torch.where(seen[:, None], colors, p_colors), torch.where(seen, wsum, p_wsum)
 
 
@@ -208,7 +222,7 @@ def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor
     nrm = F.normalize(interpolate(normals.to(torch.float32), faces, frags)[0][covered], dim=-1)
     if check_interrupt is not None:
         check_interrupt()
-    colors, wsum = colors_with_prior(pos, nrm, view_sets, prior_sets)
+    colors, wsum = colors_with_prior(pos, nrm, view_sets, prior_sets, check_interrupt)
     seen = wsum > MIN_WEIGHT
     if check_interrupt is not None:
         check_interrupt()
@@ -227,9 +241,11 @@ def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor
 
 
 def bake_vertex_colors(verts: torch.Tensor, normals: torch.Tensor, view_sets: Sequence[ViewSet],
-                       prior_sets: Sequence[ViewSet] = ()) -> tuple[torch.Tensor, dict]:
+                       prior_sets: Sequence[ViewSet] = (), check_interrupt: Optional[Callable[[], None]] = None
+                       ) -> tuple[torch.Tensor, dict]:
     """Per-vertex colours (the lighter alternative to a texture): float32 [N, 3] in 0..1 and stats."""
-    colors, wsum = colors_with_prior(verts.to(torch.float32), normals.to(torch.float32), view_sets, prior_sets)
+    colors, wsum = colors_with_prior(verts.to(torch.float32), normals.to(torch.float32), view_sets, prior_sets,
+                                     check_interrupt)
     seen = wsum > MIN_WEIGHT
     colors = fill_unseen(verts.to(torch.float32), colors, seen).clamp(0.0, 1.0)
     return colors, {"unseen_vertex_fraction": float((~seen).sum()) / max(verts.shape[0], 1)}

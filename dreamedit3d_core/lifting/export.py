@@ -10,20 +10,53 @@ from __future__ import annotations
 import io
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 
 from ..errors import AssetError, ConfigError, LiftError
+from ..geometry import SourceFrame
 from ..storage import atomic_write, save_bytes, unique_path
-from ..types import LiftedMesh
+from ..types import LiftedMesh, MeshAsset
 
 FORMATS = ("glb", "obj")
+#: ``frame`` values of :func:`export_mesh`: the mesh's recorded output frame (the source's coordinates), or as lifted.
+FRAMES = ("output", "internal")
 #: Key under which the lift's own numbers are stored in the extras (next to the caller's).
 LIFT_STATS_KEY = "dreamedit3d_lift"
 _GLB_MAGIC = 0x46546C67  # "glTF"
 _CHUNK_JSON = 0x4E4F534A  # "JSON"
+
+
+def output_frame(source: Optional[MeshAsset] = None, frame: Optional[SourceFrame] = None) -> np.ndarray:
+    """The 4x4 (float64) from our internal frame to the frame a lift is written in.
+
+    ``frame`` when given (e.g. ``MultiViewRender.source_frame``, which the views carry); else the source asset's own
+    frame (the inverse of the normalisation ``load_asset`` applied: its axes and units), so the mesh lands on the source
+    file's coordinates; without either, glTF's convention (+Y up, front +Z) at the internal unit size.
+    """
+    if frame is None:
+        frame = source.source_frame if source is not None else SourceFrame.gltf_unit()
+    return frame.to_source().numpy()
+
+
+def in_output_frame(mesh: LiftedMesh) -> LiftedMesh:
+    """``mesh`` moved into the frame recorded in ``stats["output_frame"]`` by ``lift_to_mesh`` (unchanged if none).
+
+    A mirroring transform (negative determinant) also reverses the faces' winding, so they stay outward-facing.
+    """
+    record = mesh.stats.get("output_frame")
+    if record is None:
+        return mesh
+    m = torch.as_tensor(np.asarray(record, np.float64).reshape(4, 4), device=mesh.vertices.device)
+    verts = (mesh.vertices.double() @ m[:3, :3].T + m[:3, 3]).to(mesh.vertices.dtype)
+    faces = mesh.faces.flip(1) if float(torch.linalg.det(m[:3, :3])) < 0 else mesh.faces
+    stats = {k: v for k, v in mesh.stats.items() if k != "output_frame"}
+    stats["frame"] = "output"
+    return replace(mesh, vertices=verts, faces=faces, stats=stats)
 
 
 def _provenance(mesh: LiftedMesh, extras: Optional[dict]) -> dict:
@@ -120,8 +153,11 @@ def _obj_text(mesh: LiftedMesh, mtl_name: Optional[str], extras: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_mesh(mesh: LiftedMesh, path, fmt: str = "glb", extras: Optional[dict] = None) -> Path:
+def export_mesh(mesh: LiftedMesh, path, fmt: str = "glb", extras: Optional[dict] = None, frame: str = "output") -> Path:
     """Write ``mesh`` as a GLB (PBR base-colour texture, or vertex colours) or as OBJ + MTL + PNG.
+
+    By default the file is in the frame ``lift_to_mesh`` recorded: the source asset's own coordinates (so the edit
+    opens on top of the original), or glTF's +Y up / front +Z without a source.
 
     Args:
         mesh: the lifted mesh.
@@ -129,17 +165,21 @@ def export_mesh(mesh: LiftedMesh, path, fmt: str = "glb", extras: Optional[dict]
         fmt: "glb" or "obj".
         extras: JSON-serialisable provenance (prompt, seed, token names, ...) stored in the GLB's ``asset.extras`` (and a
             comment line of the OBJ); the lift's stats are added under ``"dreamedit3d_lift"``.
+        frame: "output" (the recorded frame, see above) or "internal" (our MVDream frame, as lifted).
 
     Returns:
         The path written (the GLB, or the OBJ whose MTL and PNG sit next to it with the same stem).
 
     Raises:
-        ConfigError: unknown format, suffix that contradicts ``fmt``, extras that are not JSON.
+        ConfigError: unknown format or frame, suffix that contradicts ``fmt``, extras that are not JSON.
         LiftError: an empty mesh (nothing is written).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown mesh format {fmt!r}; valid formats are {list(FORMATS)}")
+    if frame not in FRAMES:
+        raise ConfigError(f"unknown frame {frame!r}; valid frames are {list(FRAMES)}")
     _check_mesh(mesh)
+    mesh = in_output_frame(mesh) if frame == "output" else mesh
     path = Path(path)
     if path.suffix.lower() != f".{fmt}":
         if path.suffix.lower() in (".glb", ".obj", ".gltf", ".ply", ".stl"):

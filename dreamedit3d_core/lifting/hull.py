@@ -131,7 +131,7 @@ def mesh_occupancy(vertices: torch.Tensor, faces: torch.Tensor, grid: VoxelGrid,
     Returns:
         float32 [X, Y, Z] in 0..1 on ``vertices``' device.
     """
-    from ..raster import rasterize
+    from ..raster import rasterize_views
 
     device = vertices.device
     res = int(min(768, max(64, math.ceil(4.0 * DEFAULT_HALF_EXTENT_AT_ORIGIN / grid.spacing))))
@@ -143,11 +143,11 @@ def mesh_occupancy(vertices: torch.Tensor, faces: torch.Tensor, grid: VoxelGrid,
     for cams in _carving_cameras():
         if check_interrupt is not None:
             check_interrupt()
-        w2c = cams.w2c().to(device)
-        vc = torch.einsum("vij,nj->vni", w2c[:, :3, :3], v32) + w2c[:, None, :3, 3]
-        surf = rasterize(vc, faces, res, res, cams.focal_px(res)).depth[:, None]  # [V, 1, R, R], 0 = background
+        surf = rasterize_views(v32, faces, cams, res).depth[:, None]  # [V, 1, R, R], 0 = background
         surf = torch.where(surf > 0, surf, F.max_pool2d(surf, 3, stride=1, padding=1))
         for start in range(0, pts.shape[0], POINT_CHUNK):
+            if check_interrupt is not None:
+                check_interrupt()
             pix, depth = cams.project(pts[start:start + POINT_CHUNK], res, res)
             d_surf = _sample_images(surf, pix, depth, mode="nearest")[..., 0]
             inside = ((depth - d_surf) / grid.spacing + 0.5).clamp(0.0, 1.0) * (d_surf > 0)
@@ -238,12 +238,10 @@ def keep_main_solids(occ: torch.Tensor) -> torch.Tensor:
 
 def source_silhouettes(source: MeshAsset, cameras: MVCameras, height: int, width: int, dilate_px: int = 0) -> torch.Tensor:
     """Silhouettes of ``source`` seen by ``cameras``: float32 [V, 1, H, W] in {0, 1}, dilated by ``dilate_px``."""
-    from ..raster import rasterize
+    from ..raster import rasterize_views
 
-    v = source.vertices.to(torch.float32)
-    w2c = cameras.w2c().to(v.device)
-    vc = torch.einsum("vij,nj->vni", w2c[:, :3, :3], v) + w2c[:, None, :3, 3]
-    mask = rasterize(vc, source.faces, height, width, cameras.focal_px(height)).mask[:, None].to(torch.float32)
+    frags = rasterize_views(source.vertices.to(torch.float32), source.faces, cameras, (height, width))
+    mask = frags.mask[:, None].to(torch.float32)
     if dilate_px > 0:
         mask = F.max_pool2d(mask, 2 * dilate_px + 1, stride=1, padding=dilate_px)
     return mask

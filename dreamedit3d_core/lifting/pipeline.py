@@ -8,19 +8,37 @@ facing-weighted bake with feathered view masks -> 3D nearest fill of unseen texe
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, Sequence
+import warnings
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from ..cameras import MVCameras
 from ..errors import ConfigError, LiftError
+from ..geometry import SourceFrame
 from ..progress import Progress, as_progress
 from ..types import LiftedMesh, MeshAsset
 from . import bake, hull, surface
-from .views import DEFAULT_KEY_THRESHOLD, check_masks, check_views, key_background
+from .views import (AUTO_BACKGROUND, DEFAULT_KEY_THRESHOLD, background_rows, check_masks, check_views,
+                    describe_unkeyable, key_background, key_views_auto, unkeyable_views)
 
-MODES = ("hull", "source_guided", "keep_source")
+
+class LiftMode(str, Enum):
+    """Where the lifted geometry comes from (a ``str`` Enum: the plain strings are accepted everywhere)."""
+
+    #: The visual hull of the four silhouettes: a preview-quality block-out (four views cannot see concavities, and
+    #: parts hidden behind others in every view become slabs). Used when there is no source and no reconstructor.
+    HULL = "hull"
+    #: The source's solid where the edited silhouettes still cover it, plus the edited hull where they grow past it.
+    SOURCE_GUIDED = "source_guided"
+    #: The source mesh exactly, re-textured from the views (appearance edits).
+    KEEP_SOURCE = "keep_source"
+
+
+MODES = tuple(m.value for m in LiftMode)
 #: Weight of a view's silhouette band (inside the mask, outside its eroded core) relative to its core.
 EDGE_BAND_WEIGHT = 1e-4
 #: (elevation, azimuth offset) in degrees of the extra source renders used as that prior: two from above, two from below.
@@ -62,11 +80,22 @@ def list_reconstructors() -> tuple:
     return tuple(sorted(_RECONSTRUCTORS))
 
 
+def as_lift_mode(mode) -> LiftMode:
+    """``mode`` (a :class:`LiftMode` or its string value) as a :class:`LiftMode`.
+
+    Raises:
+        ConfigError: an unknown mode.
+    """
+    try:
+        return LiftMode(mode)
+    except ValueError:
+        raise ConfigError(f"unknown lift mode {mode!r}; valid modes are {list(MODES)}") from None
+
+
 def _check_options(mode, source, grid, texture_size, face_budget, refine_steps, reconstructor):
-    if mode not in MODES:
-        raise ConfigError(f"unknown lift mode {mode!r}; valid modes are {list(MODES)}")
+    mode = as_lift_mode(mode)
     if mode != "hull" and source is None:
-        raise ConfigError(f"mode {mode!r} needs the source asset (source=MeshAsset); use mode='hull' without one")
+        raise ConfigError(f"mode {mode.value!r} needs the source asset (source=MeshAsset); use mode='hull' without one")
     if source is not None and not isinstance(source, MeshAsset):
         raise ConfigError(f"source must be a MeshAsset, got {type(source).__name__}")
     if mode == "keep_source" and source.faces.shape[0] == 0:
@@ -140,13 +169,153 @@ def _source_prior_views(source: MeshAsset, cameras: MVCameras, size: int, backgr
     return views
 
 
+#: Stages reported to ``progress`` (step i of this many).
+NUM_STAGES = 5
+
+
+@dataclass
+class _LiftState:
+    """What the stages of one lift hand each other (internal; world = our MVDream frame)."""
+
+    rgb: torch.Tensor
+    cameras: MVCameras
+    device: torch.device
+    progress: Progress
+    source: Optional[MeshAsset] = None
+    alpha: Optional[torch.Tensor] = None
+    background: Optional[torch.Tensor] = None  # float32 [V, 3]: each view's background colour
+    verts: Optional[np.ndarray] = None
+    faces: Optional[np.ndarray] = None
+    stats: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        self.progress.check_interrupt()
+
+
+def _silhouettes(st: _LiftState, alpha, background, key_threshold) -> None:
+    """Stage 1: each view's silhouette and background colour.
+
+    Given ``alpha`` is used as is. Otherwise the background is keyed out: with ``background="auto"`` each view's colour is
+    read off its border (sampled views: the white or grey the sampler was asked for); a view whose border is not a flat
+    background cannot be keyed, and takes the source's silhouette when a source is given (one warning), else fails.
+    """
+    rgb, v = st.rgb, st.rgb.shape[0]
+    auto = isinstance(background, str)
+    if auto and background != AUTO_BACKGROUND:
+        raise ConfigError(f"background must be {AUTO_BACKGROUND!r} or an RGB triple in 0..1, got {background!r}")
+    keyed_auto, estimate = key_views_auto(rgb, key_threshold) if auto else (None, None)
+    st.background = estimate.colors if auto else background_rows(background, v, st.device)
+    if alpha is not None:
+        alpha = alpha.to(device=st.device, dtype=torch.float32).clamp(0.0, 1.0)
+        st.alpha = alpha[:, None] if alpha.ndim == 3 else alpha
+        st.stats["silhouettes"] = "alpha"
+        check_masks(st.alpha, keyed=False)
+        return
+    if not auto:
+        st.alpha = key_background(rgb, st.background, key_threshold)
+        st.stats["silhouettes"] = "keyed"
+        check_masks(st.alpha, keyed=True, background=st.background)
+        return
+    st.alpha = keyed_auto
+    st.stats["silhouettes"] = "keyed_auto"
+    bad = unkeyable_views(estimate)
+    if bad and st.source is None:
+        raise LiftError(describe_unkeyable(estimate, key_threshold))
+    if bad:
+        h, w = rgb.shape[-2:]
+        warnings.warn(describe_unkeyable(estimate, key_threshold) + "; using the source's silhouettes for them",
+                      stacklevel=3)
+        source_alpha = hull.source_silhouettes(st.source, st.cameras, h, w)
+        st.alpha[bad] = source_alpha[bad]
+        st.stats["silhouettes"] = "keyed_auto+source"
+        st.stats["source_silhouette_views"] = len(bad)
+    check_masks(st.alpha, keyed=True, background=st.background, views=[i for i in range(v) if i not in bad])
+
+
+def _geometry(st: _LiftState, mode: LiftMode, grid: int, reconstructor: Optional[str]) -> None:
+    """Stage 2: raw geometry (vertices float64 [N, 3], faces int64 [M, 3]) in our world frame."""
+    if mode == LiftMode.KEEP_SOURCE:
+        verts = st.source.vertices.detach().cpu().double().numpy()
+        faces = st.source.faces.detach().cpu().numpy().astype(np.int64)
+        st.verts, st.faces = surface.drop_unused_vertices(verts, faces)
+        return
+    if reconstructor is not None:
+        st.verts, st.faces = _run_reconstructor(reconstructor, st.rgb, st.alpha, st.cameras, grid, st.device)
+        st.stats["reconstructor"] = reconstructor
+        return
+    if mode == LiftMode.HULL:
+        st.verts, st.faces, info = _hull_geometry(st.alpha, st.cameras, grid, st.check)
+    else:
+        st.verts, st.faces, info = _source_guided_geometry(st.alpha, st.cameras, st.source, grid, st.check)
+    st.stats.update(info)
+
+
+def _cleanup(st: _LiftState, mode: LiftMode, face_budget: int, reconstructor: Optional[str]) -> None:
+    """Stage 3: smoothing and decimation (the source keeps its exact geometry; a reconstructor's mesh is not smoothed)."""
+    if mode != LiftMode.KEEP_SOURCE:
+        iterations = 0 if reconstructor is not None else surface.TAUBIN_ITERATIONS
+        st.verts, st.faces = surface.smooth_and_decimate(st.verts, st.faces, int(face_budget), iterations,
+                                                         check_interrupt=st.check)
+    if st.faces.shape[0] == 0:
+        raise LiftError("the lifted mesh has no faces; nothing to texture")
+
+
+def _colour(st: _LiftState, texture_size: int) -> dict:
+    """Stage 4: vertex colours and (``texture_size`` > 0) a UV atlas and its baked texture.
+
+    The views' colour is depth-tested against the lifted mesh; the source stands in only where no view sees the surface.
+    Returns the mesh fields (vertices, faces, uv, texture, vertex_colors) on ``st.device``.
+    """
+    rgb, alpha, device = st.rgb, st.alpha, st.device
+    v_t = torch.from_numpy(st.verts).to(device=device, dtype=torch.float32)
+    f_t = torch.from_numpy(st.faces).to(device)
+    normals = bake.vertex_normals(v_t, f_t)
+    h, w = rgb.shape[-2:]
+    frags = bake.render_fragments(v_t, f_t, st.cameras, h, w)
+    # inside the silhouette but outside its eroded, feathered core a view still counts, faintly: its (un-mixed) colour
+    # beats the source prior and the nearest-neighbour fill for surface only seen near silhouettes
+    weight_mask = bake.feathered_mask(alpha, max(1, h // 256), max(1, h // 256)) + EDGE_BAND_WEIGHT * (alpha > 0.5)
+    view_sets = [bake.ViewSet(rgb, weight_mask, st.cameras, frags.depth, alpha=alpha, background=st.background)]
+    # the source's colours stand in only where no view sees the surface (render-lift.md §5 step 5; the design's blend
+    # at weight 1e-3 tinted what the views see at grazing angles, measured -2 dB in the round trip)
+    prior_sets = (_source_prior_views(st.source, st.cameras, min(128, (h // 8) * 8), (1.0, 1.0, 1.0))
+                  if st.source is not None else [])
+    st.check()
+    vertex_colors, vstats = bake.bake_vertex_colors(v_t, normals, view_sets, prior_sets, check_interrupt=st.check)
+    st.stats.update(vstats)
+    out = dict(vertices=v_t, faces=f_t, uv=None, texture=None, vertex_colors=vertex_colors)
+    if not texture_size:
+        return out
+    st.check()
+    vmap, faces_uv, uv_np = surface.uv_atlas(st.verts, st.faces, int(texture_size))
+    vmap_t = torch.from_numpy(vmap).to(device)
+    out.update(vertices=v_t[vmap_t], faces=torch.from_numpy(faces_uv).to(device), uv=torch.from_numpy(uv_np).to(device),
+               vertex_colors=vertex_colors[vmap_t])
+    st.check()
+    out["texture"], tstats = bake.bake_texture(out["vertices"], out["faces"], normals[vmap_t], out["uv"], view_sets,
+                                               int(texture_size), out["vertex_colors"], st.check, prior_sets)
+    st.stats.update(tstats)
+    return out
+
+
+def _refine(st: _LiftState, mesh: dict, texture_size: int, refine_steps: int) -> None:
+    """Stage 5 (optional): refine the texture against the views by differentiable rendering (geometry held fixed)."""
+    h, w = st.rgb.shape[-2:]
+    covered = bake.rasterize_uv(mesh["uv"], mesh["faces"], int(texture_size)).face_id[0] >= 0
+    frags_views = bake.render_fragments(mesh["vertices"], mesh["faces"], st.cameras, h, w)
+    texture, losses = bake.refine_texture(mesh["texture"], mesh["uv"], mesh["faces"], frags_views, st.rgb, st.alpha,
+                                          int(refine_steps), progress=st.progress)
+    mesh["texture"] = bake.pad_gutter(texture, covered)
+    st.stats["refine_loss_first"], st.stats["refine_loss_last"] = losses[0], losses[-1]
+
+
 def lift_to_mesh(
     rgb: torch.Tensor,
     cameras: MVCameras,
     alpha: Optional[torch.Tensor] = None,
-    background: Sequence[float] = (1.0, 1.0, 1.0),
+    background: Union[str, Sequence[float], torch.Tensor] = AUTO_BACKGROUND,
     source: Optional[MeshAsset] = None,
-    mode: str = "hull",
+    mode: Union[LiftMode, str] = LiftMode.HULL,
     grid: int = 128,
     texture_size: int = 1024,
     face_budget: int = 50000,
@@ -155,132 +324,78 @@ def lift_to_mesh(
     device=None,
     reconstructor: Optional[str] = None,
     key_threshold: float = DEFAULT_KEY_THRESHOLD,
+    frame: Optional[SourceFrame] = None,
 ) -> LiftedMesh:
     """Lift the views of one object to a textured triangle mesh.
 
     Args:
         rgb: float [V, 3, H, W] in 0..1, the views in camera order (front, right, back, left for MVDream's four).
         cameras: the exact cameras the views were made with (``MultiViewRender.cameras``).
-        alpha: float [V, 1, H, W] (or [V, H, W]) silhouettes in 0..1; None keys out ``background`` with morphological cleanup.
-        background: RGB in 0..1 of the views' flat background: keyed out when ``alpha`` is None, and un-mixed from
-            antialiased silhouette pixels (where alpha is soft) when baking colour.
+        alpha: float [V, 1, H, W] (or [V, H, W]) silhouettes in 0..1; None keys out the background with morphological
+            cleanup.
+        background: "auto" (default): each view's flat background colour is read off its border, as sampled views have
+            it (MVDream samples on the white or grey it was trained with); views without a flat background take the
+            source's silhouettes when a source is given, else raise. Or an RGB triple in 0..1 (or [V, 3] rows): keyed
+            exactly. Either way it is un-mixed from antialiased silhouette pixels (where alpha is soft) when baking.
         source: the asset the views were edited from; needed by "source_guided" and "keep_source", used as colour prior.
-        mode: "hull" (silhouette visual hull), "source_guided" (source solid where the edited silhouettes still cover it,
-            plus the edited hull where they grow past the source) or "keep_source" (the source mesh exactly, re-textured).
+        mode: a :class:`LiftMode` or its value: "hull" (silhouette visual hull: a preview-quality block-out),
+            "source_guided" (source solid where the edited silhouettes still cover it, plus the edited hull where they
+            grow past the source) or "keep_source" (the source mesh exactly, re-textured).
         grid: voxels along the object's longest side (16..512).
         texture_size: side of the square texture; 0 bakes vertex colours only.
         face_budget: decimate to at most this many faces (0: none). "keep_source" never decimates.
         refine_steps: Adam steps refining the texture against the views (0: off). Geometry refinement is not implemented.
-        progress: reports stages and refinement steps; its ``check_interrupt`` is polled inside every loop.
+        progress: reports stages and refinement steps; its ``check_interrupt`` is polled inside every long loop.
         device: where the tensor work runs (default: ``rgb``'s device).
         reconstructor: name of a model registered with :func:`register_reconstructor` to use instead of the hull.
-        key_threshold: colour distance from ``background`` that counts as object when keying.
+        key_threshold: colour distance from the background that counts as object when keying (raised per view for noisy
+            backgrounds in "auto").
+        frame: the frame files are written in (``MultiViewRender.source_frame``: the rendered asset's own coordinates);
+            default the source's, or glTF's +Y up / front +Z at unit size without a source.
 
     Returns:
-        LiftedMesh on ``device`` with uv + texture (unless ``texture_size`` is 0), vertex colours, and ``stats``
-        (timings in seconds, face count, unseen texel fraction, ...).
+        LiftedMesh on ``device`` in our MVDream world frame (y up, front +x, inside about [-0.5, 0.5]^3) with uv + texture
+        (unless ``texture_size`` is 0), vertex colours, and ``stats`` (timings in seconds, face count, unseen texel
+        fraction, ..., and ``output_frame``: the 16 row-major numbers of the 4x4 transform from that frame to the frame
+        files are written in, i.e. the source's own coordinates, or glTF's +Y up / front +Z without a source;
+        :func:`export_mesh` applies it).
 
     Raises:
         ShapeError: views or alpha of the wrong type/shape/count/size, NaN pixels, values outside 0..1.
-        LiftError: a view with an empty (or full-frame) silhouette, an empty hull, a failing reconstructor.
+        LiftError: a view with an empty (or full-frame) silhouette, views with no background to key and no source, an
+            empty hull, a failing reconstructor.
         ConfigError: unknown mode or out-of-range options.
+        Interrupted (or the host's own exception): ``progress.check_interrupt`` asked to stop.
     """
+    from .export import output_frame
+
     prog = as_progress(progress)
     check_views(rgb, cameras, alpha)
     _check_options(mode, source, grid, texture_size, face_budget, refine_steps, reconstructor)
+    mode = as_lift_mode(mode)
     device = torch.device(device) if device is not None else rgb.device
-    rgb = rgb.to(device=device, dtype=torch.float32).clamp(0.0, 1.0)
-    times, stats = {}, {"mode": mode, "grid": int(grid), "texture_size": int(texture_size)}
-    total = 5
+    st = _LiftState(rgb=rgb.to(device=device, dtype=torch.float32).clamp(0.0, 1.0), cameras=cameras, device=device,
+                    progress=prog, source=None if source is None else source.to(device))
+    st.stats.update(mode=mode.value, grid=int(grid), texture_size=int(texture_size))
+    times = {}
     t0 = time.perf_counter()
 
-    # 1. silhouettes
-    keyed = alpha is None
-    if keyed:
-        alpha = key_background(rgb, background, key_threshold)
-    else:
-        alpha = alpha.to(device=device, dtype=torch.float32).clamp(0.0, 1.0)
-        alpha = alpha[:, None] if alpha.ndim == 3 else alpha
-    check_masks(alpha, keyed, background)
-    if source is not None:
-        source = source.to(device)
-    prog.check_interrupt()
-    prog.update(1, total, None, stage="silhouettes")
-
-    # 2. geometry
-    t = time.perf_counter()
-    check = prog.check_interrupt
-    if mode == "keep_source":
-        verts = source.vertices.detach().cpu().double().numpy()
-        faces = source.faces.detach().cpu().numpy().astype(np.int64)
-        verts, faces = surface.drop_unused_vertices(verts, faces)
-    elif reconstructor is not None:
-        verts, faces = _run_reconstructor(reconstructor, rgb, alpha, cameras, grid, device)
-        stats["reconstructor"] = reconstructor
-    elif mode == "hull":
-        verts, faces, info = _hull_geometry(alpha, cameras, grid, check)
-        stats.update(info)
-    else:
-        verts, faces, info = _source_guided_geometry(alpha, cameras, source, grid, check)
-        stats.update(info)
-    times["geometry_s"] = time.perf_counter() - t
-    prog.update(2, total, None, stage="geometry")
-
-    # 3. cleanup: smoothing and decimation (the source keeps its exact geometry)
-    t = time.perf_counter()
-    if mode != "keep_source":
-        iterations = 0 if reconstructor is not None else surface.TAUBIN_ITERATIONS
-        verts, faces = surface.smooth_and_decimate(verts, faces, int(face_budget), iterations)
-    if faces.shape[0] == 0:
-        raise LiftError("the lifted mesh has no faces; nothing to texture")
-    v_t = torch.from_numpy(verts).to(device=device, dtype=torch.float32)
-    f_t = torch.from_numpy(faces).to(device)
-    normals = bake.vertex_normals(v_t, f_t)
-    times["cleanup_s"] = time.perf_counter() - t
-    prog.check_interrupt()
-    prog.update(3, total, None, stage="cleanup")
-
-    # 4. colour: views (depth-tested against the lifted mesh); the source stands in where no view sees the surface
-    t = time.perf_counter()
-    h, w = rgb.shape[-2:]
-    frags = bake.render_fragments(v_t, f_t, cameras, h, w)
-    # inside the silhouette but outside its eroded, feathered core a view still counts, faintly: its (un-mixed) colour
-    # beats the source prior and the nearest-neighbour fill for surface only seen near silhouettes
-    weight_mask = bake.feathered_mask(alpha, max(1, h // 256), max(1, h // 256)) + EDGE_BAND_WEIGHT * (alpha > 0.5)
-    view_sets = [bake.ViewSet(rgb, weight_mask, cameras, frags.depth, alpha=alpha, background=tuple(background))]
-    # the source's colours stand in only where no view sees the surface (render-lift.md §5 step 5; the design's blend
-    # at weight 1e-3 tinted what the views see at grazing angles, measured -2 dB in the round trip)
-    prior_sets = _source_prior_views(source, cameras, min(128, (h // 8) * 8), background) if source is not None else []
-    vertex_colors, vstats = bake.bake_vertex_colors(v_t, normals, view_sets, prior_sets)
-    stats.update(vstats)
-    uv = texture = None
-    out_v, out_f = v_t, f_t
-    if texture_size:
-        vmap, faces_uv, uv_np = surface.uv_atlas(verts, faces, int(texture_size))
-        vmap_t = torch.from_numpy(vmap).to(device)
-        out_v, out_f = v_t[vmap_t], torch.from_numpy(faces_uv).to(device)
-        uv = torch.from_numpy(uv_np).to(device)
-        vertex_colors = vertex_colors[vmap_t]
+    def stage(i: int, name: str, key: Optional[str], fn, *args):
+        t = time.perf_counter()
+        result = fn(st, *args)
+        if key is not None:
+            times[key] = time.perf_counter() - t
         prog.check_interrupt()
-        texture, tstats = bake.bake_texture(out_v, out_f, normals[vmap_t], uv, view_sets, int(texture_size),
-                                            vertex_colors, check, prior_sets)
-        stats.update(tstats)
-    times["texture_s"] = time.perf_counter() - t
-    prog.update(4, total, None, stage="texture")
+        prog.update(i, NUM_STAGES, None, stage=name)
+        return result
 
-    # 5. optional texture refinement against the views
-    t = time.perf_counter()
-    if refine_steps:
-        covered = bake.rasterize_uv(uv, out_f, int(texture_size)).face_id[0] >= 0
-        frags_views = bake.render_fragments(out_v, out_f, cameras, h, w)
-        texture, losses = bake.refine_texture(texture, uv, out_f, frags_views, rgb, alpha, int(refine_steps), progress=prog)
-        texture = bake.pad_gutter(texture, covered)
-        stats["refine_loss_first"], stats["refine_loss_last"] = losses[0], losses[-1]
-    times["refine_s"] = time.perf_counter() - t
-    prog.update(5, total, None, stage="done")
+    stage(1, "silhouettes", None, _silhouettes, alpha, background, key_threshold)
+    stage(2, "geometry", "geometry_s", _geometry, mode, grid, reconstructor)
+    stage(3, "cleanup", "cleanup_s", _cleanup, mode, face_budget, reconstructor)
+    mesh = stage(4, "texture", "texture_s", _colour, texture_size)
+    stage(5, "done", "refine_s", lambda s: _refine(s, mesh, texture_size, refine_steps) if refine_steps else None)
 
     times["total_s"] = time.perf_counter() - t0
-    stats.update(times)
-    stats["num_faces"] = int(out_f.shape[0])
-    stats["num_vertices"] = int(out_v.shape[0])
-    return LiftedMesh(vertices=out_v, faces=out_f, uv=uv, texture=texture, vertex_colors=vertex_colors, stats=stats)
+    stats = {**st.stats, **times, "num_faces": int(mesh["faces"].shape[0]), "num_vertices": int(mesh["vertices"].shape[0])}
+    stats["output_frame"] = output_frame(source, frame).reshape(-1).tolist()
+    return LiftedMesh(**mesh, stats=stats)

@@ -6,6 +6,8 @@ Marching cubes (scikit-image), Taubin smoothing (trimesh), quadric decimation (f
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -45,14 +47,24 @@ def _signed_volume(verts: np.ndarray, faces: np.ndarray) -> float:
 
 
 def smooth_and_decimate(verts: np.ndarray, faces: np.ndarray, face_budget: int,
-                        iterations: int = TAUBIN_ITERATIONS) -> tuple[np.ndarray, np.ndarray]:
-    """Taubin smoothing then quadric decimation to at most ``face_budget`` faces (0 or less: no decimation)."""
-    import trimesh
-    from trimesh.smoothing import filter_taubin
+                        iterations: int = TAUBIN_ITERATIONS,
+                        check_interrupt: Optional[Callable[[], None]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Taubin smoothing then quadric decimation to at most ``face_budget`` faces (0 or less: no decimation).
 
+    ``check_interrupt`` is polled between smoothing passes and before the decimation.
+    """
+    import trimesh
+    from trimesh.smoothing import filter_taubin, laplacian_calculation
+
+    check = check_interrupt or (lambda: None)
     mesh = trimesh.Trimesh(verts, faces, process=False)
     if iterations > 0:
-        filter_taubin(mesh, lamb=0.5, nu=0.53, iterations=iterations)
+        laplacian = laplacian_calculation(mesh)
+        # trimesh alternates shrink (even pass) and inflate (odd pass): run it a pair at a time to poll in between
+        for done in range(0, iterations, 2):
+            check()
+            filter_taubin(mesh, lamb=0.5, nu=0.53, iterations=min(2, iterations - done), laplacian_operator=laplacian)
+    check()
     verts, faces = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64)
     if 0 < face_budget < faces.shape[0]:
         import fast_simplification

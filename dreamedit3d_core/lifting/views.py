@@ -6,6 +6,7 @@ MVSample gives colour only, so a silhouette is keyed out of the known background
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -99,7 +100,7 @@ def _flood_background(near_bg: np.ndarray) -> np.ndarray:
     return np.isin(labels, border[border > 0])
 
 
-def _key_one(diff_raw: np.ndarray, diff_blur: np.ndarray, threshold: float) -> np.ndarray:
+def _key_one(diff_raw: np.ndarray, diff_blur: np.ndarray, threshold: float, flood_threshold: float) -> np.ndarray:
     strict = _clean_mask(diff_raw > threshold)
     if not strict.any():
         return strict
@@ -109,7 +110,7 @@ def _key_one(diff_raw: np.ndarray, diff_blur: np.ndarray, threshold: float) -> n
     # box, so a background that drifts (vignetting, gradients) far from the object adds nothing.
     from scipy import ndimage
 
-    loose = ~_flood_background(diff_blur < min(FLOOD_THRESHOLD, threshold))
+    loose = ~_flood_background(diff_blur < flood_threshold)
     loose = _clean_mask(ndimage.binary_erosion(loose, structure=np.ones((3, 3), bool)))  # undo the blur's 1 px spread
     rows, cols = np.flatnonzero(strict.any(1)), np.flatnonzero(strict.any(0))
     pad = 4
@@ -118,8 +119,90 @@ def _key_one(diff_raw: np.ndarray, diff_blur: np.ndarray, threshold: float) -> n
     return _clean_mask(strict | (loose & box))
 
 
-def key_background(rgb: torch.Tensor, background: Sequence[float] = (1.0, 1.0, 1.0),
-                   threshold: float = DEFAULT_KEY_THRESHOLD) -> torch.Tensor:
+#: Width of the border ring, as a fraction of the view's shorter side (at least 2 px), that estimates its background.
+BORDER_FRACTION = 1.0 / 64.0
+#: A view's border is a flat background when at least this fraction of its pixels lies within the key threshold of one
+#: colour; an object may touch or leave the frame on part of the border, but not on most of it.
+MIN_FLAT_BORDER_FRACTION = 0.6
+#: The key threshold grows to this many times the border's own noise (95th percentile distance), so sampler noise on
+#: the background is not keyed as object.
+NOISE_KEY_FACTOR = 2.5
+#: The flood fill through the background tolerates this many times the border's noise.
+NOISE_FLOOD_FACTOR = 1.5
+#: ... but never beyond this colour distance, which would eat light object parts.
+MAX_AUTO_THRESHOLD = 0.15
+#: ``background`` value that estimates each view's background colour from its border.
+AUTO_BACKGROUND = "auto"
+
+
+@dataclass(frozen=True)
+class BackgroundEstimate:
+    """Each view's background as read off its border ring.
+
+    colors: float32 [V, 3] in 0..1 (the mean of the border pixels near the border's median colour); flat_fraction: [V]
+    fraction of border pixels within the threshold of that colour; thresholds: [V] the key threshold per view (the
+    caller's, raised for noisy backgrounds); flood_thresholds: [V] the flood fill's tolerance per view (``FLOOD_THRESHOLD``
+    raised to ``NOISE_FLOOD_FACTOR`` times the border's noise, at most the key threshold).
+    """
+
+    colors: torch.Tensor
+    flat_fraction: torch.Tensor
+    thresholds: torch.Tensor
+    flood_thresholds: torch.Tensor
+
+    def is_flat(self) -> torch.Tensor:
+        return self.flat_fraction >= MIN_FLAT_BORDER_FRACTION
+
+
+def border_pixels(rgb: torch.Tensor) -> torch.Tensor:
+    """The pixels of each view's border ring: float [V, P, 3]."""
+    h, w = rgb.shape[-2:]
+    k = max(2, int(round(min(h, w) * BORDER_FRACTION)))
+    ring = torch.zeros(h, w, dtype=torch.bool, device=rgb.device)
+    ring[:k] = ring[-k:] = True
+    ring[:, :k] = ring[:, -k:] = True
+    return rgb[:, :, ring].transpose(1, 2)
+
+
+def estimate_background(rgb: torch.Tensor, threshold: float = DEFAULT_KEY_THRESHOLD) -> BackgroundEstimate:
+    """Estimate each view's flat background colour from its border ring (robust to an object touching the frame).
+
+    The median border colour is refined to the mean of the border pixels within ``threshold`` of it; the key threshold of a
+    view is raised to ``NOISE_KEY_FACTOR`` times the 95th-percentile distance of those pixels (at most
+    ``MAX_AUTO_THRESHOLD``), so a sampler's noisy white or grey background keys cleanly.
+
+    Args:
+        rgb: float [V, 3, H, W] in 0..1.
+        threshold: the smallest key threshold, colour distance in 0..1.
+    """
+    px = border_pixels(rgb.to(torch.float32))  # [V, P, 3]
+    median = px.median(dim=1).values  # [V, 3]
+    dist = (px - median[:, None]).abs().amax(-1)  # [V, P]
+    near = dist <= threshold
+    colors = (px * near[..., None]).sum(1) / near.sum(1, keepdim=True).clamp(min=1)
+    dist = (px - colors[:, None]).abs().amax(-1)
+    near = dist <= threshold
+    noise = torch.stack([d[n].quantile(0.95) if bool(n.any()) else d.new_tensor(1.0) for d, n in zip(dist, near)])
+    thresholds = (NOISE_KEY_FACTOR * noise).clamp(min=threshold, max=max(threshold, MAX_AUTO_THRESHOLD))
+    flood = torch.minimum((NOISE_FLOOD_FACTOR * noise).clamp(min=FLOOD_THRESHOLD), thresholds)
+    return BackgroundEstimate(colors=colors, flat_fraction=near.to(torch.float32).mean(1), thresholds=thresholds,
+                              flood_thresholds=flood)
+
+
+def background_rows(background, num_views: int, device) -> torch.Tensor:
+    """``background`` (an RGB triple, or one triple per view) as float32 [V, 3]."""
+    bg = torch.as_tensor(background, dtype=torch.float32, device=device) if not isinstance(background, torch.Tensor) \
+        else background.to(device=device, dtype=torch.float32)
+    if bg.ndim == 1 and bg.shape[0] == 3:
+        bg = bg.expand(num_views, 3)
+    if bg.shape != (num_views, 3) or not bool(torch.isfinite(bg).all()) or float(bg.min()) < 0 or float(bg.max()) > 1:
+        raise ShapeError(f"background must be 'auto', an RGB triple in 0..1 or one per view [{num_views}, 3], "
+                         f"got {background!r}")
+    return bg
+
+
+def key_background(rgb: torch.Tensor, background=(1.0, 1.0, 1.0),
+                   threshold=DEFAULT_KEY_THRESHOLD, flood_threshold=None) -> torch.Tensor:
     """Silhouettes of views composited over a flat ``background`` colour.
 
     A pixel is object when any channel differs from the background by more than ``threshold``; each mask is then opened
@@ -129,35 +212,85 @@ def key_background(rgb: torch.Tensor, background: Sequence[float] = (1.0, 1.0, 1
 
     Args:
         rgb: float [V, 3, H, W] in 0..1.
-        background: RGB in 0..1.
-        threshold: colour distance in 0..1.
+        background: RGB in 0..1, or float [V, 3] (one colour per view, as :func:`estimate_background` gives).
+        threshold: colour distance in 0..1, or float [V] (one per view).
+        flood_threshold: the flood fill's tolerance, or float [V]; default ``min(FLOOD_THRESHOLD, threshold)``.
 
     Returns:
         float32 [V, 1, H, W] in {0, 1} on ``rgb``'s device.
     """
-    if len(background) != 3:
-        raise ShapeError(f"background must be an RGB triple in 0..1, got {background!r}")
-    bg = torch.tensor([float(c) for c in background], dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    v = rgb.shape[0]
+    bg = background_rows(background, v, rgb.device).to(rgb.dtype).view(v, 3, 1, 1)
+    thresholds = torch.as_tensor(threshold, dtype=torch.float32).reshape(-1).expand(v)
+    floods = (thresholds.clamp(max=FLOOD_THRESHOLD) if flood_threshold is None
+              else torch.as_tensor(flood_threshold, dtype=torch.float32).reshape(-1).expand(v))
     diff = rgb - bg
     diff_raw = diff.abs().amax(dim=1).cpu().numpy()
     blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(diff, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     diff_blur = blurred.abs().amax(dim=1).cpu().numpy()
-    masks = np.stack([_key_one(r, b, threshold) for r, b in zip(diff_raw, diff_blur)])
+    masks = np.stack([_key_one(r, b, t, f) for r, b, t, f in zip(diff_raw, diff_blur, thresholds.tolist(), floods.tolist())])
     return torch.from_numpy(masks).to(device=rgb.device, dtype=torch.float32)[:, None]
 
 
-def check_masks(alpha: torch.Tensor, keyed: bool, background: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
-    """Raise LiftError for a view whose silhouette is empty or fills the whole frame."""
+def median3(rgb: torch.Tensor) -> torch.Tensor:
+    """3x3 median filter of [V, C, H, W] images (replicated borders): removes pixel noise, keeps straight edges."""
+    v, c, h, w = rgb.shape
+    padded = torch.nn.functional.pad(rgb, (1, 1, 1, 1), mode="replicate")
+    patches = torch.nn.functional.unfold(padded.reshape(v * c, 1, h + 2, w + 2), 3)  # [V*C, 9, H*W]
+    return patches.median(dim=1).values.reshape(v, c, h, w)
+
+
+def key_views_auto(rgb: torch.Tensor, threshold: float = DEFAULT_KEY_THRESHOLD
+                   ) -> tuple[torch.Tensor, BackgroundEstimate]:
+    """Silhouettes of views on unknown flat backgrounds (sampled views): each view's background is estimated from its
+    border and keyed out, both on a 3x3-median-filtered copy, so sampler noise neither raises the threshold much nor
+    speckles the mask.
+
+    Returns:
+        (float32 [V, 1, H, W] in {0, 1}, the estimate; check :func:`unkeyable_views` before trusting a view's mask).
+    """
+    clean = median3(rgb.to(torch.float32))
+    estimate = estimate_background(clean, threshold)
+    return key_background(clean, estimate.colors, estimate.thresholds, estimate.flood_thresholds), estimate
+
+
+def unkeyable_views(estimate: BackgroundEstimate) -> list:
+    """Indices of the views whose border is not a flat background."""
+    return [i for i, flat in enumerate(estimate.is_flat().tolist()) if not flat]
+
+
+def describe_unkeyable(estimate: BackgroundEstimate, threshold: float) -> str:
+    """One line naming the views without a flat background and what to do."""
+    bad = unkeyable_views(estimate)
+    names = view_names(estimate.colors.shape[0])
+    worst = min(bad, key=lambda i: float(estimate.flat_fraction[i]))
+    return (f"view(s) {', '.join(f'{i} ({names[i]})' for i in bad)} have no flat background to key out: only "
+            f"{float(estimate.flat_fraction[worst]):.0%} of view {worst}'s border pixels lie within {threshold:g} of one "
+            "colour; pass alpha (e.g. ComponentMask or SAM masks), a `background` colour, or a source asset")
+
+
+def check_masks(alpha: torch.Tensor, keyed: bool, background=(1.0, 1.0, 1.0),
+                views: Optional[Sequence[int]] = None) -> None:
+    """Raise LiftError for a view whose silhouette is empty or fills the whole frame.
+
+    ``background`` (an RGB triple or [V, 3] rows) is only quoted in the messages of keyed silhouettes; ``views`` limits
+    the check to these view indices (default: all).
+    """
     v = alpha.shape[0]
     names = view_names(v)
     area = (alpha[:, 0] > 0.5).flatten(1).sum(1).cpu()
     total = alpha.shape[-1] * alpha.shape[-2]
-    for i in range(v):
+    rows = background_rows(background, v, "cpu") if keyed else None
+
+    def colour(i):
+        return "(" + ", ".join(f"{c:.3g}" for c in rows[i].tolist()) + ")"
+
+    for i in range(v) if views is None else views:
         if int(area[i]) < MIN_MASK_PIXELS:
-            how = (f"no pixel differs from the background colour {tuple(background)}; set `background` to the views' "
-                   "background or pass alpha") if keyed else "its alpha is empty"
+            how = (f"no pixel differs from its background colour {colour(i)}; re-sample this view, set `background` to "
+                   "the views' background or pass alpha") if keyed else "its alpha is empty"
             raise LiftError(f"view {i} ({names[i]}) shows no object: {how}")
         if float(area[i]) > MAX_MASK_FRACTION * total:
-            how = (f"the background colour {tuple(background)} does not match the image; set `background` or pass alpha"
+            how = (f"the background colour {colour(i)} does not match the image; set `background` or pass alpha"
                    if keyed else "pass alpha that is 0 on the background")
             raise LiftError(f"view {i} ({names[i]}) is object everywhere ({float(area[i]) / total:.0%} of its pixels): {how}")

@@ -222,3 +222,82 @@ def test_three_dimensional_alpha_is_checked_for_nan_too():
     alpha[1, 3, 3] = float("nan")
     with pytest.raises(ShapeError, match="alpha contains NaN"):
         lift_to_mesh(rgb, CAMS, alpha=alpha)
+
+
+def _sampled_like(rgb: torch.Tensor, alpha: torch.Tensor, backgrounds, noise: float = 0.02, seed: int = 0):
+    """Views as a sampler returns them: each composited over its own off-white/grey background with a faint vertical
+    gradient and pixel noise, no alpha."""
+    g = torch.Generator().manual_seed(seed)
+    v, _, h, w = rgb.shape
+    ramp = torch.linspace(-0.015, 0.015, h).view(1, 1, h, 1)
+    bg = torch.tensor(backgrounds, dtype=torch.float32).view(v, 3, 1, 1) + ramp
+    out = rgb * alpha + bg * (1 - alpha) + noise * torch.randn(rgb.shape, generator=g)
+    return out.clamp(0, 1)
+
+
+def test_default_lift_keys_each_sampled_views_own_background():
+    # before: the default keyed pure white, and these views stopped with "view 0 (front) is object everywhere"
+    rgb, alpha = _disc_views(radius_px=12.0)
+    views = _sampled_like(rgb, alpha, [(0.93, 0.94, 0.95), (0.9, 0.9, 0.9), (0.5, 0.5, 0.5), (0.97, 0.96, 0.95)])
+    mesh = lift_to_mesh(views, CAMS, grid=24, texture_size=0)
+    assert mesh.stats["silhouettes"] == "keyed_auto"
+    # the grey disc comes back grey whatever each view's background was (no background mixed into its colour)
+    assert torch.allclose(mesh.vertex_colors.mean(0), torch.full((3,), 0.4), atol=0.03), mesh.vertex_colors.mean(0)
+
+
+def test_estimate_background_reads_each_views_border_even_where_the_object_touches_it():
+    from dreamedit3d_core.lifting.views import estimate_background, key_views_auto
+
+    rgb, alpha = _disc_views(radius_px=12.0)
+    alpha[:, :, -5:, :] = 1.0  # a ground plate running out of the frame at the bottom (a quarter of the border ring)
+    rgb = 0.4 * alpha.expand(4, 3, H, W) + (1 - alpha)
+    views = _sampled_like(rgb, alpha, [(0.5, 0.55, 0.6)] * 4)
+    est = estimate_background(views)
+    assert torch.allclose(est.colors, torch.tensor([0.5, 0.55, 0.6]).expand(4, 3), atol=0.01), est.colors
+    assert bool(est.is_flat().all()) and float(est.thresholds.min()) >= 0.06
+    masks, _ = key_views_auto(views)
+    wrong = (masks != alpha).flatten(1).sum(1)
+    assert int(wrong.max()) <= 4, wrong  # a few pixels of the disc's outline at most, of 1920 per view
+
+
+def test_views_without_a_flat_background_name_the_views_and_what_to_pass():
+    rgb, alpha = _disc_views()
+    rgb[1] = torch.rand(3, H, W, generator=torch.Generator().manual_seed(1))  # noise, as a tiny random model gives
+    with pytest.raises(LiftError, match=r"view\(s\) 1 \(right\) have no flat background to key out.*pass alpha"):
+        lift_to_mesh(rgb, CAMS, grid=24, texture_size=0)
+
+
+def test_views_without_a_flat_background_take_the_source_silhouettes_with_one_warning():
+    import trimesh
+
+    from _lift_helpers import asset_from_trimesh
+
+    source = asset_from_trimesh(trimesh.creation.icosphere(subdivisions=2, radius=0.35))
+    rgb, _ = _disc_views()
+    rgb = torch.rand(4, 3, H, W, generator=torch.Generator().manual_seed(2))
+    with pytest.warns(UserWarning, match="using the source's silhouettes"):
+        mesh = lift_to_mesh(rgb, CAMS, source=source, mode="source_guided", grid=24, texture_size=0)
+    assert mesh.stats["silhouettes"] == "keyed_auto+source" and mesh.stats["source_silhouette_views"] == 4
+    radius = mesh.vertices.norm(dim=1)
+    assert 0.3 < float(radius.mean()) < 0.38
+
+
+def test_an_explicit_background_is_keyed_exactly():
+    rgb, alpha = _disc_views()
+    views = _sampled_like(rgb, alpha, [(0.5, 0.5, 0.5)] * 4, noise=0.0)
+    with pytest.raises(LiftError, match=r"view 0 \(front\) is object everywhere.*\(1, 1, 1\)"):
+        lift_to_mesh(views, CAMS, background=(1.0, 1.0, 1.0))
+    mesh = lift_to_mesh(views, CAMS, background=(0.5, 0.5, 0.5), grid=24, texture_size=0)
+    assert mesh.stats["silhouettes"] == "keyed"
+    with pytest.raises(ConfigError, match="background must be 'auto' or an RGB triple"):
+        lift_to_mesh(views, CAMS, background="white")
+
+
+def test_lift_mode_enum_and_plain_strings_are_the_same_mode():
+    from dreamedit3d_core.lifting import LiftMode
+
+    rgb, alpha = _disc_views()
+    assert LiftMode("hull") is LiftMode.HULL and LiftMode.SOURCE_GUIDED == "source_guided"
+    a = lift_to_mesh(rgb, CAMS, alpha=alpha, grid=24, texture_size=0, mode=LiftMode.HULL)
+    b = lift_to_mesh(rgb, CAMS, alpha=alpha, grid=24, texture_size=0, mode="hull")
+    assert a.stats["mode"] == b.stats["mode"] == "hull" and torch.equal(a.vertices, b.vertices)
