@@ -265,24 +265,24 @@ def released_state_dict(model: MVDreamModel) -> "OrderedDict[str, torch.Tensor]"
     Placeholder rows added with ``add_tokens`` are not part of the released layout: the token table is cut to the
     file's vocabulary (save the tokens with :func:`dreamedit3d_core.tokens.save_tokens`).
     """
-    if not model._layout:
+    if not model.file_layout:
         raise ConfigError("this MVDreamModel was not built by load_mvdream, so its released layout is unknown")
     parts: Dict[str, Dict] = {}
-    for ldm_key in model._layout:
+    for ldm_key in model.file_layout:
         parts[ldm_key] = {}
     modules = {"unet": model.unet, "vae": model.vae, "text": model.text_encoder}
     for name, module in modules.items():
         params = module.state_dict()
-        for diffusers_name, source in model._key_map[name].items():
+        for diffusers_name, source in model.key_map[name].items():
             param = _text_name(diffusers_name, params) if name == "text" else diffusers_name
             if param not in params:
                 raise ConfigError(f"the {name} has no parameter {param} (is it wrapped by an adapter such as LoRA?); "
                                   "fuse or remove adapters before save_mvdream")
             parts[source.key][source.chunk] = params[param]
     out = OrderedDict()
-    for ldm_key, (shape, dtype) in model._layout.items():
-        if ldm_key in model._passthrough:
-            out[ldm_key] = model._passthrough[ldm_key].detach().to("cpu", dtype)
+    for ldm_key, (shape, dtype) in model.file_layout.items():
+        if ldm_key in model.passthrough:
+            out[ldm_key] = model.passthrough[ldm_key].detach().to("cpu", dtype)
             continue
         pieces = parts[ldm_key]
         if not pieces:

@@ -40,6 +40,10 @@ class MVDreamModel:
         model_hash: fingerprint of the weights as loaded (file-format independent).
         source: path of the file it was loaded from.
         kind: ``"mvdream-sd21"`` or ``"mvdream-sd15"``.
+        file_layout: {released key: (shape, dtype)} of the file as loaded, in its order;
+        passthrough: {released key: tensor} of the file's keys no module holds (kept to write them back);
+        key_map: {"unet"/"vae"/"text": {diffusers name: source}}: what :func:`~.checkpoint.save_mvdream` needs to
+            write the released layout back (empty for a model not built by ``load_mvdream``).
     """
 
     def __init__(self, unet, vae, text_encoder, tokenizer: MVTokenizer, alphas_cumprod: torch.Tensor,
@@ -55,10 +59,9 @@ class MVDreamModel:
         self.model_hash = model_hash
         self.source = source
         self.kind = kind
-        # what save_mvdream needs to write the released layout back (see checkpoint.py)
-        self._layout = layout or {}
-        self._passthrough = passthrough or {}
-        self._key_map = key_map or {}
+        self.file_layout = layout or {}
+        self.passthrough = passthrough or {}
+        self.key_map = key_map or {}
 
     # ------------------------------------------------------------------------------------------ device/dtype
     @property
