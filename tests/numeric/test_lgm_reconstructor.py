@@ -119,3 +119,27 @@ def test_reconstructor_checks_views_and_polls_interrupts(sphere_views):
     stop = CallbackProgress(should_stop=lambda: polls.append(1) or len(polls) > 1)
     with pytest.raises(Interrupted):
         rec(rgb, alpha, cams, grid=48, progress=stop)
+
+
+def test_vertices_no_view_sees_take_the_gaussians_colour(sphere_views):
+    from dreamedit3d_core.lifting import bake
+    from dreamedit3d_core.lifting.lgm import Gaussians, bake_vertex_colors_with_gaussians
+
+    rgb, alpha, cams = sphere_views
+    sphere = trimesh.creation.icosphere(3, radius=RADIUS)
+    v = torch.tensor(np.asarray(sphere.vertices), dtype=torch.float32)
+    f = torch.tensor(np.asarray(sphere.faces), dtype=torch.int64)
+    normals = bake.vertex_normals(v, f)
+    views_rgb = torch.zeros_like(rgb)
+    views_rgb[:, 1] = 1.0  # the views say green
+    frags = bake.render_fragments(v, f, cams, rgb.shape[-2], rgb.shape[-1])
+    view_sets = [bake.ViewSet(views_rgb, bake.feathered_mask(alpha, 1, 1), cams, frags.depth)]
+    n = v.shape[0]
+    red = Gaussians(means=v * 1.0, opacity=torch.full((n,), 0.9), scales=torch.full((n, 3), 0.02),
+                    axes=torch.eye(3).expand(n, 3, 3).contiguous(), colors=torch.tensor([1.0, 0.0, 0.0]).expand(n, 3))
+    colors, stats = bake_vertex_colors_with_gaussians(v, normals, view_sets, red)
+    bottom = v[:, 1] < -0.29  # the four views look down 15 degrees: the bottom cap is unseen
+    band = v[:, 1].abs() < 0.1  # the equator faces the cameras
+    assert 0.0 < stats["unseen_vertex_fraction"] < 0.5
+    assert torch.allclose(colors[bottom], torch.tensor([1.0, 0.0, 0.0]).expand(int(bottom.sum()), 3), atol=1e-4)
+    assert torch.allclose(colors[band], torch.tensor([0.0, 1.0, 0.0]).expand(int(band.sum()), 3), atol=1e-4)

@@ -91,6 +91,30 @@ class LGMReconstructor:
         return verts, faces
 
 
+def bake_vertex_colors_with_gaussians(verts: torch.Tensor, normals: torch.Tensor, view_sets: Sequence,
+                                      gaussians: Gaussians, prior_sets: Sequence = ()) -> tuple[torch.Tensor, dict]:
+    """Per-vertex colours from the views where any view sees the vertex, and from the Gaussians around it where none
+    does (instead of the nearest seen colour): float32 [N, 3] in 0..1 and stats.
+
+    The lifting bake's vertex stage with LGM's colours as the fallback; pass the result to ``bake.bake_texture`` as
+    ``fallback_colors`` so unseen texels take them too.
+
+    Args:
+        verts: float [N, 3]; normals: float [N, 3] unit outward; view_sets / prior_sets: ``bake.ViewSet`` lists as
+            ``lift_to_mesh`` builds them; gaussians: the reconstructor's ``last_gaussians``.
+    """
+    from .. import bake
+    from .gaussians import gaussian_colors_at
+
+    v = verts.to(torch.float32)
+    colors, wsum = bake.colors_with_prior(v, normals.to(torch.float32), view_sets, prior_sets)
+    unseen = wsum <= bake.MIN_WEIGHT
+    if bool(unseen.any()):
+        colors = colors.clone()
+        colors[unseen] = gaussian_colors_at(v[unseen], gaussians.to(v.device)).to(colors.device)
+    return colors.clamp(0.0, 1.0), {"unseen_vertex_fraction": float(unseen.sum()) / max(v.shape[0], 1)}
+
+
 def register_lgm(path: str | os.PathLike, name: str = "lgm", overwrite: bool = False, **options) -> LGMReconstructor:
     """Make LGM (weights at ``path``) available as ``lift_to_mesh(..., reconstructor=name)``; returns the reconstructor.
 
@@ -103,4 +127,4 @@ def register_lgm(path: str | os.PathLike, name: str = "lgm", overwrite: bool = F
     return rec
 
 
-__all__: Sequence[str] = ("LGMReconstructor", "register_lgm", "LGM_BACKGROUND")
+__all__: Sequence[str] = ("LGMReconstructor", "register_lgm", "bake_vertex_colors_with_gaussians", "LGM_BACKGROUND")
