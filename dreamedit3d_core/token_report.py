@@ -282,7 +282,7 @@ def recorded_attention(model, latents: torch.Tensor, cameras: torch.Tensor, prom
 
 def report_layers(model, latents: torch.Tensor, attention_map_size: int) -> list:
     """The cross-attention layers the attention-alignment loss uses for latents of this size."""
-    from .personalize.textual_inversion import attention_layers_for
+    from .personalize.objective import attention_layers_for
 
     return attention_layers_for(model.unet, tuple(latents.shape[-2:]), attention_map_size)
 
@@ -551,7 +551,7 @@ def token_report(model, tokens: TokenSet, render: MultiViewRender, masks: Compon
         ConfigError / TokenError / ShapeError: tokens that do not match the components, words that collide in a
         prompt, masks that do not fit the render.
     """
-    from .personalize.textual_inversion import check_inputs
+    from .personalize.objective import check_inputs
 
     config = config or TokenReportConfig()
     check_inputs(render, masks)

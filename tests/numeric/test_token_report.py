@@ -177,7 +177,8 @@ def _independent_maps(model, latents, cameras, prompt, layers, t, noise):
 def test_recorded_attention_equals_an_independent_recomputation_averaged_over_timesteps():
     from _personalize_helpers import fresh_tiny_model, two_component_scene
 
-    from dreamedit3d_core.personalize.textual_inversion import attention_layers_for, initial_embeddings
+    from dreamedit3d_core.personalize.objective import attention_layers_for
+    from dreamedit3d_core.personalize.textual_inversion import initial_embeddings
 
     render, masks = two_component_scene(64)
     model = fresh_tiny_model()
