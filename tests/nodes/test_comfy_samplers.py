@@ -211,3 +211,20 @@ def test_real_sampler_denoises_the_four_views_jointly(comfy, tiny):
     a = run(comfy, "dpmpp_2m", sigmas, MVDenoiser(model, cond, cfg=7.5), noise)
     b = run(comfy, "dpmpp_2m", sigmas, MVDenoiser(model, cond, cfg=7.5), other)
     assert all((a[v] - b[v]).abs().amax() > 1e-3 for v in (0, 1, 3))
+
+
+@pytest.mark.parametrize("steps", [1, 3, 7, 20])
+@pytest.mark.parametrize("denoise", [0.1, 0.33, 0.4, 0.5, 0.77, 1.0])
+def test_the_cores_denoise_rule_is_comfys_basic_scheduler(comfy, steps, denoise):
+    """schedule.full_schedule_steps against ComfyUI's own BasicScheduler node (the tail of a stretched schedule)."""
+    from comfy_extras.nodes_custom_sampler import BasicScheduler
+
+    from dreamedit3d_core.schedule import full_schedule_steps
+
+    class Patcher:  # the one method BasicScheduler calls on a MODEL
+        def get_model_object(self, name):
+            return comfy["ms"]
+
+    theirs = BasicScheduler.execute(Patcher(), "karras", steps, denoise)[0]
+    ours = comfy["samplers"].calculate_sigmas(comfy["ms"], "karras", full_schedule_steps(steps, denoise))[-(steps + 1):]
+    torch.testing.assert_close(ours.cpu(), theirs, rtol=0, atol=0)
