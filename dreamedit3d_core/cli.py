@@ -5,6 +5,7 @@
     dreamedit3d render ASSET --out DIR
     dreamedit3d edit   ASSET --checkpoint sd-v2.1-base-4view.pt --components "hat: Hat; body: *" \
                        --prompt "a <body> wearing a <hat> made of gold" --out DIR
+    dreamedit3d batch  CATALOGUE/ --prompts prompts.txt --checkpoint ... --out DIR   (see dreamedit3d_core/batch)
 
 ``edit`` runs every stage: render, part masks, textual inversion, fine-tuning, prompt composition, sampling and
 lifting, and writes the views, masks, tokens (ours and ComfyUI's ``clip_h`` form) and the GLB into ``--out``.
@@ -253,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--grid", type=int, default=128, help="lifting voxels along the longest side")
     edit.add_argument("--texture-size", type=int, default=1024, help="texture side in texels (0: vertex colours)")
     edit.set_defaults(func=cmd_edit)
+
+    from .batch.cli import add_subparser as add_batch
+
+    add_batch(sub)  # `batch`: a catalogue of assets x edit prompts (dreamedit3d_core/batch)
     return parser
 
 

@@ -175,3 +175,9 @@ def test_edit_passes_lift_options_and_training_steps_to_the_library(shared_asset
                  lift_mode="hull", background="1", grid=24)
     assert code == 130 and not (tmp_path / "o").exists()
     assert seen == {"ti_steps": 1, "resolution": 64, "mode": "hull", "background": (1.0, 1.0, 1.0), "grid": 24}
+
+
+def test_batch_is_a_subcommand_of_the_same_command_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["batch", "--help"])
+    assert info.value.code == 0 and "--prompts" in capsys.readouterr().out
