@@ -61,7 +61,7 @@ class Manifest:
 
     def record(self, unit, status: str, record: Optional[dict] = None, message: str = "",
                input_error: bool = False) -> None:
-        """Note the outcome of ``unit`` ("done", "failed" or "skipped") under its content key, and save."""
+        """Note the outcome of ``unit`` ("done", "failed" or "skipped") under its content key (saved by :meth:`save`)."""
         entry = {"unit_id": unit.unit_id, "kind": "edit" if hasattr(unit, "prompt") else "personalize",
                  "folder": unit.folder, "status": status}
         if input_error:
@@ -72,7 +72,6 @@ class Manifest:
         if message:
             entry["message"] = message
         self.units[unit.key] = entry
-        self.save()
 
     def save(self) -> None:
         self.store.write_json(MANIFEST, {**self.header, "units": self.units})

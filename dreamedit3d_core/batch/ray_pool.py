@@ -11,6 +11,7 @@ Ray is an optional dependency (``pip install "ray>=2.52"``), imported only here.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -96,7 +97,7 @@ class RayPool:
 
     def submit(self, slot: int, unit) -> None:
         ref = self.actors[slot].run.remote(unit.to_dict())
-        self.inflight[ref] = (slot, unit)
+        self.inflight[ref] = (slot, unit, time.perf_counter())
 
     def busy(self) -> int:
         return len(self.inflight)
@@ -104,9 +105,11 @@ class RayPool:
     def wait(self) -> tuple:
         """(slot or None when that actor is gone for good, unit, outcome) of the next unit to finish."""
         done, _ = self.ray.wait(list(self.inflight), num_returns=1)
-        slot, unit = self.inflight.pop(done[0])
+        slot, unit, t0 = self.inflight.pop(done[0])
         try:
-            return slot, unit, self.ray.get(done[0])
+            outcome = self.ray.get(done[0])
+            outcome["driver_s"] = time.perf_counter() - t0  # submit -> result here: the unit's time + Ray's overhead
+            return slot, unit, outcome
         except self.ray.exceptions.RayActorError as exc:
             self.dead.add(slot)
             outcome = {"unit_id": unit.unit_id, "key": unit.key, "status": "failed",

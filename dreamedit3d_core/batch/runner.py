@@ -41,10 +41,32 @@ class BatchResult:
     results: list = field(default_factory=list)
     workers: list = field(default_factory=list)
     wall_s: float = 0.0
+    startup_s: float = 0.0  # from the call until the workers were ready (Ray start, base model loaded)
 
     @property
     def ok(self) -> bool:
         return not self.failed and not self.skipped
+
+
+class _Publisher:
+    """Writes the manifest and the report at most every ``every_s`` seconds while units finish, and at the end.
+
+    Both are rewritten whole (they index every unit), so writing them after each of thousands of units would cost
+    O(units²) bytes; the per-unit done records, written by the workers, are what resuming relies on.
+    """
+
+    def __init__(self, manifest, report, every_s: float):
+        self.manifest, self.report, self.every_s = manifest, report, float(every_s)
+        self.last = float("-inf")
+
+    def maybe(self) -> None:
+        if time.monotonic() - self.last >= self.every_s:
+            self.now()
+
+    def now(self) -> None:
+        self.manifest.save()
+        self.report.write()
+        self.last = time.monotonic()
 
 
 class _Progress:
@@ -95,7 +117,10 @@ class InProcessPool:
         return [self.worker.info()]
 
     def submit(self, slot: int, unit) -> None:
-        self._done.append((slot, unit, self.worker.run(unit.to_dict(), self.should_stop)))
+        t0 = time.perf_counter()
+        outcome = self.worker.run(unit.to_dict(), self.should_stop)
+        outcome["driver_s"] = time.perf_counter() - t0
+        self._done.append((slot, unit, outcome))
 
     def wait(self) -> tuple:
         return self._done.pop(0)
@@ -142,6 +167,7 @@ def run_batch(
     show_progress: bool = True,
     should_stop: Optional[Callable[[], bool]] = None,
     retry_failed: bool = False,
+    report_every_s: float = 5.0,
 ) -> BatchResult:
     """Edit a catalogue: every asset personalised once, then every prompt sampled, lifted and exported.
 
@@ -165,6 +191,7 @@ def run_batch(
         should_stop: polled during training (in-process runs); True stops the batch with a resumable checkpoint.
         retry_failed: also retry units that failed on these same inputs in an earlier run (by default they are
             reported again without running: a bad file or an empty component fails the same way every time).
+        report_every_s: the manifest and report are rewritten at most this often while units finish (and at the end).
 
     Returns:
         :class:`BatchResult`.
@@ -228,8 +255,8 @@ def run_batch(
     todo = len(pending_pers) + len(ready_edits) + sum(len(v) for v in waiting.values())
     for unit in plan.personalizations:  # sheets of the edits finished by earlier runs
         report.write_sheet(unit)
-    manifest.save()
-    report.write()
+    publisher = _Publisher(manifest, report, report_every_s)
+    publisher.now()
     if todo == 0:
         progress.close()
         result.wall_s = time.perf_counter() - t_start
@@ -246,6 +273,7 @@ def run_batch(
                        cpus_per_worker=cpus_per_worker, worker_memory_gb=worker_memory_gb, max_retries=max_retries)
     try:
         result.workers = pool.infos()
+        result.startup_s = time.perf_counter() - t_start
         last_asset = {}  # slot -> personalisation key whose model that worker holds
         idle = list(pool.slots)
         while pending_pers or ready_edits or pool.busy():
@@ -269,9 +297,11 @@ def run_batch(
             if slot is not None:
                 idle.append(slot)
             _finish(unit, outcome, plan, store, manifest, report, progress, result, waiting, ready_edits)
+            publisher.maybe()
     finally:
         progress.close()
         pool.close()
+        publisher.now()
     result.wall_s = time.perf_counter() - t_start
     return result
 
@@ -311,4 +341,3 @@ def _finish(unit, outcome: dict, plan, store, manifest, report, progress, result
                 progress.finished(edit, "skipped", note)
     if is_edit:
         report.write_sheet(unit.parent)
-    report.write()

@@ -219,3 +219,24 @@ def test_canonical_safetensors_makes_equal_content_equal_bytes(tmp_path):
         assert f.metadata() == dict(meta)
         for name, array in tensors.items():
             assert torch.equal(f.get_tensor(name), torch.from_numpy(array))
+
+
+def test_cli_plugs_into_a_parent_parser_and_reports_bad_input_in_one_line(tmp_path, capsys):
+    import argparse
+
+    from dreamedit3d_core.batch import cli
+
+    parent = argparse.ArgumentParser(prog="python -m dreamedit3d_core")
+    cli.add_subparser(parent.add_subparsers(dest="command", required=True))
+    args = parent.parse_args(["batch", "a.glb", "folder", "--prompts", "p.txt", "--checkpoint", "m.pt", "--out", "o",
+                              "--workers", "2", "--ray-address", "auto", "--ft-mode", "full", "--ti-steps", "7"])
+    assert args.func is cli.main and args.assets == ["a.glb", "folder"] and args.workers == 2
+    settings = cli.settings_from_args(args)
+    assert (settings.ft_mode, settings.ti_steps, settings.finetune_lr) == ("full", 7, 2e-6)
+
+    asset = tmp_path / "a.glb"
+    asset.write_bytes(b"x")
+    code = cli.run([str(asset), "--prompts", str(tmp_path / "none.txt"), "--checkpoint", str(tmp_path / "m.pt"),
+                    "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and "none.txt" in err and "\n" not in err
