@@ -23,8 +23,12 @@ from typing import Any, Callable, Optional
 import torch
 
 try:  # inside ComfyUI the pack is a package imported by path: relative import; tests load this file on its own
+    from ..dreamedit3d_core.errors import ConfigError
+    from ..dreamedit3d_core.sampling import initial_noise, latent_shape
     from ..dreamedit3d_core.schedule import GuidanceHook, GuidanceStep, MVDenoiser
 except ImportError:
+    from dreamedit3d_core.errors import ConfigError
+    from dreamedit3d_core.sampling import initial_noise, latent_shape
     from dreamedit3d_core.schedule import GuidanceHook, GuidanceStep, MVDenoiser
 
 
@@ -150,3 +154,53 @@ def run_comfy_sampler(
     with torch.no_grad():
         return sampler.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image=latent_image,
                               denoise_mask=denoise_mask, disable_pbar=disable_pbar)
+
+
+def sample_with_comfy(
+    model: Any,
+    conditioning: Any,
+    sampler: Any,
+    sigmas: torch.Tensor,
+    cfg: float,
+    model_sampling: Any,
+    device: Any,
+    seed: int = 0,
+    noise: Any = None,
+    latent: Optional[dict] = None,
+    resolution: int = 256,
+    callback: Optional[Callable[[int, torch.Tensor, torch.Tensor, int], Any]] = None,
+) -> tuple:
+    """MVSample's whole sampling step: ComfyUI's SAMPLER/SIGMAS/NOISE/LATENT in, our latents out.
+
+    The latent shape and the seed's noise come from the core (:func:`~dreamedit3d_core.sampling.latent_shape`,
+    :func:`~dreamedit3d_core.sampling.initial_noise`: a CPU draw, the same on every device), so the node and the
+    library never disagree on either.
+
+    Args:
+        model: ``MVDreamModel``; conditioning: ``MVConditioning`` (B objects × V views).
+        sampler, sigmas: ComfyUI's ``SAMPLER`` and ``SIGMAS`` (float [S + 1], at least 2 values).
+        cfg: guidance scale; model_sampling: EPS ``ModelSamplingDiscrete`` on ``model.alphas_cumprod``.
+        device: where to sample (ComfyUI's compute device).
+        seed: noise seed when no ``noise`` is given; noise: a ComfyUI ``NOISE`` (``generate_noise``, ``seed``).
+        latent: ComfyUI ``LATENT`` dict to edit (``samples`` [B·V, 4, h, w]); None: text-to-3D at ``resolution`` px.
+        callback: ``callback(step, x0, x, total_steps)`` after each step.
+
+    Returns:
+        ``(latents float32 [B·V, 4, h, w] on device, seed used)``.
+    """
+    if sigmas.numel() < 2:
+        raise ConfigError(f"SIGMAS has {sigmas.numel()} value(s): give at least 1 step (2 values)")
+    init = None if latent is None else latent["samples"].float()
+    shape = latent_shape(conditioning, init, None, int(resolution))
+    if init is None:
+        init = torch.zeros(shape)  # ComfyUI's empty latent: text-to-3D
+    if noise is not None:
+        start = noise.generate_noise({"samples": init}).float()
+        seed = int(getattr(noise, "seed", seed) or 0)
+    else:
+        start, seed = initial_noise(shape, int(seed))
+    denoiser = MVDenoiser(model, conditioning.to(device=device), float(cfg), quantize_timesteps=True)
+    wrap = MVSamplerModel(denoiser, model_sampling)
+    latents = run_comfy_sampler(sampler, sigmas.to(device), wrap, start.to(device), latent_image=init.to(device),
+                                callback=callback, seed=int(seed))
+    return latents, int(seed)

@@ -14,6 +14,7 @@ from _sampling_helpers import (
 )
 from conftest import skip_or_fail
 
+from dreamedit3d_core.errors import ConfigError, ShapeError
 from dreamedit3d_core.schedule import (
     MVDenoiser,
     karras_sigmas,
@@ -228,3 +229,37 @@ def test_the_cores_denoise_rule_is_comfys_basic_scheduler(comfy, steps, denoise)
     theirs = BasicScheduler.execute(Patcher(), "karras", steps, denoise)[0]
     ours = comfy["samplers"].calculate_sigmas(comfy["ms"], "karras", full_schedule_steps(steps, denoise))[-(steps + 1):]
     torch.testing.assert_close(ours.cpu(), theirs, rtol=0, atol=0)
+
+
+def test_sample_with_comfy_draws_the_cores_noise_and_lands_on_the_known_x0(comfy):
+    bridge = comfy["bridge"]
+    target = torch.randn(LATENT, generator=torch.Generator().manual_seed(5))
+    model, cond = KnownX0Model(target), toy_conditioning()
+    expected = model.x0_for(cond.uncond) + 4.0 * (model.x0_for(cond.cond) - model.x0_for(cond.uncond))
+    sigmas = comfy["samplers"].calculate_sigmas(comfy["ms"], "karras", 10)
+    sampler = comfy["samplers"].sampler_object("euler")
+    out, seed = bridge.sample_with_comfy(model, cond, sampler, sigmas, 4.0, comfy["ms"], "cpu", seed=9,
+                                         latent={"samples": torch.zeros(LATENT)})
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=2e-4)
+    # the seed's noise is the core's CPU draw: the same run by hand with torch.randn gives the same latents
+    by_hand = run(comfy, "euler", sigmas, MVDenoiser(model, cond, cfg=4.0, quantize_timesteps=True),
+                  torch.randn(LATENT, generator=torch.Generator().manual_seed(9)), latent_image=torch.zeros(LATENT))
+    assert seed == 9 and torch.equal(out, by_hand)
+
+    class Noise:  # a core NOISE: its own draw and seed win over the widget's
+        seed = 4
+
+        def generate_noise(self, latent):
+            return torch.full(latent["samples"].shape, 0.5)
+
+    _, used = bridge.sample_with_comfy(model, cond, sampler, sigmas, 4.0, comfy["ms"], "cpu", seed=9, noise=Noise(),
+                                       latent={"samples": torch.zeros(LATENT)})
+    assert used == 4
+    blank = KnownX0Model(torch.zeros(4, 4, 3, 3))  # text-to-3D: no LATENT, the resolution sets the size
+    sampled, _ = bridge.sample_with_comfy(blank, cond, sampler, sigmas, 1.0, comfy["ms"], "cpu", resolution=24)
+    assert sampled.shape == (4, 4, 3, 3)
+    with pytest.raises(ShapeError, match=r"init_latents must be \[4, 4, h, w\]"):
+        bridge.sample_with_comfy(model, cond, sampler, sigmas, 4.0, comfy["ms"], "cpu",
+                                 latent={"samples": torch.zeros(3, 4, 3, 5)})
+    with pytest.raises(ConfigError, match="SIGMAS has 1 value"):
+        bridge.sample_with_comfy(model, cond, sampler, sigmas[:1], 4.0, comfy["ms"], "cpu")
