@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from .manifest import Manifest, finished_record
 from .plan import (BatchPlan, BatchSettings, asset_specs, build_plan, find_assets, read_component_manifest,
                    read_prompts)
-from .report import CatalogueReport
+from .report import SHEETS_DIR, CatalogueReport
 from .store import OutputStore
 
 
@@ -215,6 +215,8 @@ def run_batch(
     prompt_list = read_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
     plan = build_plan(specs, prompt_list, checkpoint, settings)
     store = OutputStore(output, scratch)
+    for rel in ("", SHEETS_DIR):  # temporary files of a driver that was killed while writing the report
+        store.clear_leftovers(rel)
     manifest = Manifest(store, plan)
     report = CatalogueReport(store, plan)
     result = BatchResult(plan=plan, output=str(output))

@@ -183,6 +183,21 @@ class OutputStore:
             os.replace(written, target)
         return self.publish(rel)
 
+    def clear_leftovers(self, rel_dir: str = "") -> None:
+        """Delete what a killed writer left in ``rel_dir`` (local side): the temporary files of atomic writes
+        (``.<name>.<hex>.tmp``) and of :meth:`write_with` (``.tmp-*`` folders). Only the one worker running a unit
+        writes into its folder, and the driver alone into the root, so nothing live is touched."""
+        import shutil
+
+        folder = self.path(rel_dir) if rel_dir else self.local_root
+        if not folder.is_dir():
+            return
+        for entry in folder.iterdir():
+            if entry.is_dir() and entry.name.startswith(".tmp-"):
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.is_file() and entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                entry.unlink()
+
     def write_json(self, rel: str, data) -> str:
         return self.write_bytes(rel, (json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8"))
 

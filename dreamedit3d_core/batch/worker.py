@@ -178,6 +178,8 @@ class BatchWorker:
         if record is not None:
             return record, True
         s, folder, spec = self.settings, unit["folder"], unit["asset"]
+        for rel in (folder, f"{folder}/{TRAIN_DIR}"):  # a killed earlier attempt's temporary files
+            self.store.clear_leftovers(rel)
         times, steps_run, resumed_from = {}, {}, {}
         t = time.perf_counter()
         asset, render, masks = self._scene(spec)
@@ -201,6 +203,7 @@ class BatchWorker:
         if local is not None:  # phase 1 finished in an earlier attempt
             tokens1 = load_tokens(local)
             steps_run["textual_inversion"] = 0
+            _drop_training_states(train_dir, "phase1")  # (if that attempt was killed before it removed them)
         else:
             model = copy.deepcopy(self.base)
             resume = latest_checkpoint(train_dir, "phase1")
@@ -247,7 +250,10 @@ class BatchWorker:
         for rel in (tokens_rel, weights_rel):
             self.store.publish(rel)
         _drop_training_states(train_dir, "phase2")
+        self.store.remove(f"{train_rel}/{WORKER_NOTE}")  # training is over: nothing of it stays in the output
         self.store.sync_folder(train_rel)
+        if train_dir.is_dir() and not any(train_dir.iterdir()):
+            train_dir.rmdir()
         times["finetune_s"] = time.perf_counter() - t
 
         record = make_record(unit, self._hashes(outputs), times_s=times, steps_run=steps_run,
@@ -302,6 +308,7 @@ class BatchWorker:
         if record is not None:
             return record, True
         s, folder = self.settings, unit["folder"]
+        self.store.clear_leftovers(folder)  # a killed earlier attempt's temporary files
         times = {}
         t = time.perf_counter()
         model, tokens, asset, render = self._load_personalized(unit["parent"])

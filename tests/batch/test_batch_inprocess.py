@@ -44,6 +44,10 @@ def test_stopped_personalisation_resumes_from_its_checkpoint_and_matches_an_unin
     assert (asset_dir / "tokens_phase1.safetensors").is_file()
     assert [p.name for p in (asset_dir / "train").glob("phase2-step*.pt")] == ["phase2-step000001.pt"]
     assert not list(stopped.rglob("*.glb"))
+    # what a writer killed at that moment would have left: temporary files of atomic writes
+    (asset_dir / ".unet_lora.safetensors.0badc0ffee00.tmp").write_bytes(b"half a file")
+    (asset_dir / ".tmp-killed").mkdir()
+    (asset_dir / ".tmp-killed" / "image.png").write_bytes(b"half an image")
 
     result = run_batch([lamp], prompts, tiny_checkpoint, stopped, components="top: top; body: *", settings=settings,
                        show_progress=False)
@@ -51,7 +55,7 @@ def test_stopped_personalisation_resumes_from_its_checkpoint_and_matches_an_unin
     record = next(r["record"] for r in result.results if r["kind"] == "personalize")
     assert record["steps_run"] == {"textual_inversion": 0, "finetune": 2}  # phase 1 kept, phase 2 from step 1
     assert record["resumed_from_step"] == {"finetune": 1}  # (phase 1 was not run again at all)
-    assert not list((asset_dir / "train").glob("*.pt"))  # finished training leaves no state behind
+    assert not (asset_dir / "train").exists()  # finished training leaves no state (nor its folder) behind
     assert output_hashes(stopped) == output_hashes(reference)  # byte-identical to the run that never stopped
 
 

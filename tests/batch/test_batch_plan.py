@@ -156,6 +156,24 @@ def test_done_record_counts_only_with_every_file_intact(tmp_path):
     assert finished_record(store, Unit) is None
 
 
+def test_leftovers_of_killed_writers_are_cleared_and_nothing_else(tmp_path):
+    store = OutputStore(tmp_path / "out")
+    folder = tmp_path / "out" / "assets" / "a"
+    folder.mkdir(parents=True)
+    (folder / "edited.glb").write_bytes(b"kept")
+    (folder / ".hidden").write_bytes(b"kept")
+    (folder / "notes.tmp").write_bytes(b"kept: not one of our temporary names")
+    (folder / ".edited.glb.a1b2c3d4e5f6.tmp").write_bytes(b"torn")
+    (folder / ".tmp-x1").mkdir()
+    (folder / ".tmp-x1" / "image.png").write_bytes(b"torn")
+    (folder / "sub").mkdir()
+    (folder / "sub" / ".x.glb.000000000000.tmp").write_bytes(b"another folder: not touched")
+    store.clear_leftovers("assets/a")
+    assert sorted(p.name for p in folder.iterdir()) == [".hidden", "edited.glb", "notes.tmp", "sub"]
+    assert (folder / "sub" / ".x.glb.000000000000.tmp").exists()
+    store.clear_leftovers("assets/missing")  # nothing there: nothing to do
+
+
 def test_store_keeps_inside_its_folder(tmp_path):
     store = OutputStore(tmp_path / "out")
     for rel in ("../x.json", "/etc/x", "a/../../x"):
