@@ -156,6 +156,13 @@ class MVCameras:
     def num_views(self) -> int:
         return int(self.azimuth_deg.shape[0])
 
+    def select(self, views: Sequence[int]) -> "MVCameras":
+        """The cameras of ``views`` (indices, in this order), with the same elevation, lens and distance."""
+        index = [int(v) for v in views]
+        if not index or any(not (0 <= v < self.num_views) for v in index):
+            raise ShapeError(f"views {index} must be a non-empty list of indices in 0..{self.num_views - 1}")
+        return MVCameras(self.elevation_deg, self.azimuth_deg[index], self.fov_deg, self.radius)
+
     def c2w(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """OpenGL camera-to-world [V, 4, 4] at ``radius``."""
         return orbit_c2w(self.elevation_deg, self.azimuth_deg, self.radius).to(dtype)

@@ -290,10 +290,9 @@ def rasterize_views(
     """
     height, width = (int(resolution), int(resolution)) if isinstance(resolution, int) else \
         (int(resolution[0]), int(resolution[1]))
-    verts_cam = cameras.world_to_camera(vertices)
     if views is not None:
-        verts_cam = verts_cam[list(views)]
-    return rasterize(verts_cam, faces, height, width, cameras.focal_px(height), max_pairs)
+        cameras = cameras.select(views)
+    return rasterize(cameras.world_to_camera(vertices), faces, height, width, cameras.focal_px(height), max_pairs)
 
 
 def rasterize_uv(

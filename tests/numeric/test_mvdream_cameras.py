@@ -122,3 +122,15 @@ def test_camera_methods_refuse_wrong_shapes_with_one_line():
         cams.unproject(torch.zeros(2, 3, 2), torch.zeros(2, 3), 8, 8)
     with pytest.raises(ShapeError, match=r"view 5 does not exist; these cameras have views 0\.\.3"):
         cams.unproject(torch.zeros(3, 2), torch.zeros(3), 8, 8, view=5)
+
+
+def test_select_keeps_the_chosen_views_in_order():
+    from dreamedit3d_core.cameras import MVCameras
+    from dreamedit3d_core.errors import ShapeError
+
+    cams = MVCameras(elevation_deg=10.0, azimuth_deg=torch.tensor([0.0, 45.0, 200.0]), fov_deg=35.0, radius=2.0)
+    two = cams.select([2, 0])
+    assert two.azimuth_deg.tolist() == [200.0, 0.0] and (two.elevation_deg, two.fov_deg, two.radius) == (10.0, 35.0, 2.0)
+    torch.testing.assert_close(two.c2w(torch.float64), cams.c2w(torch.float64)[[2, 0]], atol=0, rtol=0)
+    with pytest.raises(ShapeError, match=r"views \[3\] must be a non-empty list of indices in 0\.\.2"):
+        cams.select([3])
