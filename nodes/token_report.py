@@ -67,6 +67,7 @@ class TokenReport(io.ComfyNode):
                 io.String.Output("verdicts", display_name="verdicts", tooltip="One line per token: isolated / leaking into X / weak."),
             ],
             hidden=[io.Hidden.unique_id],
+            is_output_node=True,  # runs and shows its heat map and verdicts without anything wired to its outputs
         )
 
     @classmethod
@@ -115,5 +116,7 @@ class TokenReport(io.ComfyNode):
                              init_words=words, seed=int(seed)),
                     config)
         heat = to_comfy_image(report.heatmap[None])
-        return io.NodeOutput(tr.report_to_json(table), heat, "\n".join(report.verdicts),
-                             ui=ui.PreviewImage(heat, cls=cls))
+        verdicts = "\n".join(report.verdicts)
+        # the heat map as a preview and the verdicts as text on the node
+        shown = {**ui.PreviewImage(heat, cls=cls).as_dict(), "text": (verdicts,)}
+        return io.NodeOutput(tr.report_to_json(table), heat, verdicts, ui=shown)

@@ -70,6 +70,7 @@ def test_report_node_outputs_the_core_report_a_heatmap_and_one_verdict_per_token
     lines = verdicts.splitlines()
     assert len(lines) == 2 and lines[0].startswith("<antenna>: ") and lines[1].startswith("<robot>: ")
     assert heat.ndim == 4 and heat.shape[0] == 1 and heat.shape[-1] == 3
+    assert out.ui["text"] == (verdicts,) and len(out.ui["images"]) == 1  # shown on the node: heat map + verdicts
     assert torch.equal(model.token_embedding.weight.detach(), before), "the swap must put the vectors back"
 
     # the node adds nothing of its own to the numbers: the core function on the same inputs gives the same table
@@ -90,6 +91,7 @@ def test_report_node_refuses_an_ablation_without_a_base_model(chain):
         report_node.execute(model=model, views=views, tokens=tokens, measure_images=False, sample_steps=2, cfg=5.0,
                             seed=3, ablation=True)
     assert module.TokenReport.define_schema().node_id == "DreamEdit3D_TokenReport"
+    assert module.TokenReport.define_schema().is_output_node  # it runs with nothing wired to its outputs
     module.TokenReport.define_schema().validate()
 
 
