@@ -203,9 +203,13 @@ for _name, _dtype in DTYPES.items():
     case(f"core_load_compose_sample_vae_{_name}")(lambda sim, d=_dtype: _core_load_compose_sample_vae(sim, d))
     case(f"core_phase1_{_name}")(lambda sim, d=_dtype: _core_phase1(sim, d))
     case(f"core_render_masks_lift_{_name}")(lambda sim, d=_dtype: _core_render_masks_lift(sim, d))
-    for _mode in ("full", "lora"):
-        for _mp in ("no", "bf16", "fp16"):
-            case(f"core_phase2_{_mode}_{_mp}_{_name}")(lambda sim, d=_dtype, m=_mode, p=_mp: _core_phase2(sim, d, m, p))
+    # LoRA trains on the half-precision base as loaded; each autocast mode (fp16 autocast on a bf16 base is no setup
+    # anyone runs, so the base's own dtype stands for it)
+    for _mp in ("no", _name):
+        case(f"core_phase2_lora_{_name}_base_autocast_{_mp}")(lambda sim, d=_dtype, p=_mp: _core_phase2(sim, d, "lora", p))
+# full fine-tuning trains fp32 masters (loaded in fp16 as on CUDA, then upcast as the node does), each autocast mode
+for _mp in ("no", "bf16", "fp16"):
+    case(f"core_phase2_full_autocast_{_mp}")(lambda sim, p=_mp: _core_phase2(sim, torch.float16, "full", p))
 case("core_phase1_autocast_fp16")(lambda sim: _core_phase1(sim, torch.float32, "fp16"))
 case("core_phase1_autocast_bf16")(lambda sim: _core_phase1(sim, torch.float32, "bf16"))
 case("core_phase2_full_checkpointing_bf16")(lambda sim: _core_phase2(sim, torch.bfloat16, "full", "bf16", True))
@@ -257,7 +261,7 @@ def run_workflow(graph: dict) -> dict:
     """Run an API-format graph node by node in dependency order, as ComfyUI's executor does: each node under
     ``torch.inference_mode()``, every output kept (ComfyUI's cache). Returns {node id: outputs tuple}."""
     host = _host()
-    mapping = {**host["comfy_nodes"].NODE_CLASS_MAPPINGS, **host["pack"].NODE_CLASS_MAPPINGS}
+    mapping = {**host["comfy_nodes"].NODE_CLASS_MAPPINGS, **host["pack"].NODES}
     from _comfy_pack import node as v3_node
 
     done: dict = {}
@@ -298,12 +302,22 @@ def _workflow(name: str, dtype_name: str) -> dict:
             spec["inputs"]["dtype"] = dtype_name
     done = run_workflow(graph)
     found = {}
+    want_dtype = {"auto": torch.float16, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype_name]
     for nid, spec in graph.items():
-        if spec["class_type"] == "DreamEdit3D_MVSample":
+        kind = spec["class_type"]
+        if kind == "DreamEdit3D_MVDreamLoader":
+            weight = next(done[nid][0].unet.parameters())
+            expect_on_cuda("loaded model weight", weight)
+            if weight.dtype != want_dtype:
+                raise AssertionError(f"MVDreamLoader dtype {dtype_name!r} on CUDA gave {weight.dtype}, expected {want_dtype}")
+        if kind == "DreamEdit3D_MVSample":
             latent = done[nid][0]["samples"]
+            if latent.device != host["mm"].intermediate_device():
+                raise AssertionError(f"MVSample LATENT on {latent.device}, ComfyUI's intermediate device is "
+                                     f"{host['mm'].intermediate_device()}")
             found[f"{nid}:latent_device"] = str(latent.device)
-        if spec["class_type"] in ("DreamEdit3D_MultiViewTextualInversion", "DreamEdit3D_MVFineTune"):
-            expect_on_cuda(f"{spec['class_type']} model weight", next(done[nid][0].unet.parameters()))
+        if kind in ("DreamEdit3D_MultiViewTextualInversion", "DreamEdit3D_MVFineTune"):
+            expect_on_cuda(f"{kind} model weight", next(done[nid][0].unet.parameters()))
     return found
 
 
@@ -311,17 +325,20 @@ def _node_dtype_name(dtype_name: str) -> str:
     return {"fp16": "float16", "bf16": "bfloat16"}[dtype_name]
 
 
+# the loader's "auto" is float16 on CUDA (checked), so the fp16 full edit runs the shipped workflow unchanged
+case("nodes_full_edit_fp16_auto")(lambda sim: _workflow("full_edit", "auto"))
+case("nodes_full_edit_bf16")(lambda sim: _workflow("full_edit", "bfloat16"))
 for _name in DTYPES:
-    case(f"nodes_full_edit_{_name}")(lambda sim, n=_name: _workflow("full_edit", _node_dtype_name(n)))
     case(f"nodes_batch_edits_{_name}")(lambda sim, n=_name: _workflow("batch_edits", _node_dtype_name(n)))
-case("nodes_full_edit_auto")(lambda sim: _workflow("full_edit", "auto"))
 
 
 @case("selfcheck_node_bug_is_caught")
 def selfcheck_node_bug(sim):
     """A device placement broken inside a node (a CPU mask multiplied into the CUDA noise) fails naming its line."""
     host = _host()
-    sampler_bridge = sys.modules[host["pack"].__name__ + ".nodes.sampler_bridge"]
+    import importlib
+
+    sampler_bridge = importlib.import_module(host["pack"].__name__ + ".nodes.sampler_bridge")
     original = sampler_bridge.run_comfy_sampler
 
     def broken(sampler, sigmas, model, noise, *args, **kwargs):

@@ -34,10 +34,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
+import logging
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
+# fake tensors log every meta kernel that refuses an op; the layer handles those itself (the CPU run decides)
+logging.getLogger("torch._subclasses.fake_tensor").setLevel(logging.CRITICAL)
 STUB_SOURCE = Path(__file__).with_name("cudastub.c")
 SIM_DEVICE = torch.device("cuda", 0)
 THIS_FILE = os.path.abspath(__file__)
@@ -140,6 +144,20 @@ class SimCudaTensor(torch.Tensor):
         out.cpu_value = value
         return out
 
+    def _set_data(self, new):
+        # param.data = other (transformers' resize_token_embeddings does it) swaps the TensorImpl, not this object's
+        # attributes: carry the values along, or the CPU copy would keep the old shape
+        torch._C.TensorBase.data.__set__(self, new)
+        if isinstance(new, SimCudaTensor):
+            self.cpu_value = new.cpu_value
+        elif new.device.type != "cuda":
+            raise SimulatedCudaError(f"a CPU tensor assigned to the .data of a CUDA tensor (simulated CUDA) at {source_line()}")
+
+    data = property(torch._C.TensorBase.data.__get__, _set_data)
+
+    def tolist(self):  # legal on CUDA (a synchronising copy to the host)
+        return self.cpu_value.tolist()
+
     def numpy(self, *, force: bool = False):
         # the C++ check runs after the subclass check, so say what a CUDA tensor says
         raise SimulatedCudaError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to "
@@ -200,19 +218,41 @@ class SimulatedCuda(TorchDispatchMode):
         self.ops = 0
         self.half_fallbacks: dict = {}
         self._cpu_generators: dict = {}
+        self._device_cache: dict = {}
         self._stack = ExitStack()
 
     def __enter__(self):
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        # values need a kernel the CPU has: the math attention (memory estimates use the GPU's choice, bench_memory)
-        self._stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        self._math_attention_only()
         # Module.to("cuda") must swap in the simulated tensors (param.data = ... would keep a plain Parameter object)
         swap = torch.__future__.get_swap_module_params_on_conversion()
         torch.__future__.set_swap_module_params_on_conversion(True)
         self._stack.callback(torch.__future__.set_swap_module_params_on_conversion, swap)
+        # torch.tensor(data, device="cuda") builds on the CPU and moves the result through the dispatcher (as under
+        # FakeTensorMode), instead of asking the CUDA runtime for memory
+        lift = torch._C._only_lift_cpu_tensors()
+        torch._C._set_only_lift_cpu_tensors(True)
+        self._stack.callback(torch._C._set_only_lift_cpu_tensors, lift)
         SimulatedCuda.active = self
         return super().__enter__()
+
+    def _math_attention_only(self) -> None:
+        """Values need an attention kernel the CPU has: SDPA's math path. Its choice is made in C++ from global flags
+        that hosts set at import (ComfyUI enables flash/efficient/cuDNN attention), so the fused backends are switched
+        off and the setters ignore requests to switch them on while the mode is active. Memory estimates use the GPU's
+        own choice (bench/bench_memory.py)."""
+        names = ("flash", "mem_efficient", "cudnn", "math")
+        setters = {n: getattr(torch._C, f"_set_sdp_use_{n}") for n in names}
+        before = {n: getattr(torch._C, f"_get_{n}_sdp_enabled")() for n in names}
+        for n in names:
+            setters[n](n == "math")
+            setattr(torch._C, f"_set_sdp_use_{n}", lambda enabled, n=n: setters[n](n == "math"))
+
+        def restore():
+            for n in names:
+                setattr(torch._C, f"_set_sdp_use_{n}", setters[n])
+                setters[n](before[n])
+
+        self._stack.callback(restore)
 
     def __exit__(self, *exc):
         SimulatedCuda.active = None
@@ -241,31 +281,54 @@ class SimulatedCuda(TorchDispatchMode):
         return SimulatedCudaError(f"{message} (simulated CUDA) at {source_line(self.skip_paths)}")
 
     # --- the op
-    def run_op(self, func, args, kwargs):
-        flat, spec = tree_flatten((args, kwargs))
-        self.ops += 1
-        # 1. device propagation by PyTorch's fake tensors
-        fake_flat = [self._fake_of(a) if isinstance(a, torch.Tensor) else (None if isinstance(a, torch.Generator) else a)
-                     for a in flat]
-        fake_args, fake_kwargs = tree_unflatten(fake_flat, spec)
+    @staticmethod
+    def _device_signature(func, flat) -> tuple:
+        """What PyTorch's device propagation depends on: the op, each tensor's device and 0-dim-ness, device args."""
+        sig = [func]
+        for a in flat:
+            if isinstance(a, torch.Tensor):
+                sig.append(("cuda" if isinstance(a, SimCudaTensor) else a.device.type, a.dim() == 0))
+            elif isinstance(a, torch.device) or _is_cuda_device(a):
+                sig.append(str(a))
+            elif isinstance(a, torch.Generator):
+                sig.append(("generator", a.device.type))
+        return tuple(sig)
+
+    def _fake_run(self, func, flat, spec):
+        """The op on fake tensors with the arguments' devices: raises what CUDA raises for a device mix; returns the
+        fake outputs (None where values decide the output and no meta kernel can run)."""
         from torch._subclasses.fake_tensor import (DataDependentOutputException, DynamicOutputShapeException,
                                                    FakeTensorDeviceMismatchError, UnsupportedOperatorException)
 
-        fake_out = None
+        fake_flat = [self._fake_of(a) if isinstance(a, torch.Tensor) else (None if isinstance(a, torch.Generator) else a)
+                     for a in flat]
+        fake_args, fake_kwargs = tree_unflatten(fake_flat, spec)
         try:
             with self.fake_mode, torch._C._DisableAutocast():
-                fake_out = func(*fake_args, **fake_kwargs)
+                return func(*fake_args, **fake_kwargs)
         except FakeTensorDeviceMismatchError as err:
             raise self._fail(f"{func}: {err}", err) from None
         except (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException,
                 NotImplementedError):
-            fake_out = None  # values decide the shape (nonzero, item): devices come from the inputs below
+            return None  # values decide the shape (nonzero, item): devices come from the inputs
         except RuntimeError as err:
             if "device" in str(err).lower():
                 raise self._fail(f"{func}: {err}", err) from None
-            fake_out = None  # a meta kernel stricter or looser than CUDA's: the CPU run below decides
+            return None  # a meta kernel stricter or looser than CUDA's: the CPU run decides
+
+    def run_op(self, func, args, kwargs):
+        flat, spec = tree_flatten((args, kwargs))
+        self.ops += 1
+        # 1. device propagation by PyTorch's fake tensors, once per device signature (it depends on nothing else)
+        key = self._device_signature(func, flat)
+        out_devices = self._device_cache.get(key)
+        if out_devices is None:
+            fake_out = self._fake_run(func, flat, spec)
+            out_devices = tuple(t.device.type for t in tree_flatten(fake_out)[0] if isinstance(t, torch.Tensor)) \
+                if fake_out is not None else ()
+            self._device_cache[key] = out_devices
+        target_cuda = out_devices[0] == "cuda" if out_devices else self._inputs_on_cuda(flat)
         # 2. generators: CUDA kernels take CUDA generators only
-        target_cuda = self._output_on_cuda(func, flat, fake_out)
         for a in flat:
             if isinstance(a, torch.Generator) and target_cuda and a.device.type != "cuda":
                 raise self._fail(f"{func}: Expected a 'cuda' device type for generator but found '{a.device.type}'", None)
@@ -276,12 +339,14 @@ class SimulatedCuda(TorchDispatchMode):
             with torch._C._DisableAutocast():
                 out = func(*real_args, **real_kwargs)
         except RuntimeError as err:
-            if any(s in str(err) for s in CPU_ONLY_REFUSALS) and fake_out is not None:
-                out = self._run_in_float32(func, real_args, real_kwargs, fake_out)
-            else:
+            if not any(s in str(err) for s in CPU_ONLY_REFUSALS):
                 raise self._fail(f"{func}: {err}", err) from None
+            fake_out = self._fake_run(func, flat, spec)
+            if fake_out is None:
+                raise self._fail(f"{func}: {err}", err) from None
+            out = self._run_in_float32(func, real_args, real_kwargs, fake_out)
         # 4. wrap outputs on the device PyTorch decided
-        return self._wrap(func, out, fake_out, flat, target_cuda)
+        return self._wrap(func, out, out_devices, flat, target_cuda)
 
     def _real_arg(self, a):
         if isinstance(a, SimCudaTensor):
@@ -293,48 +358,57 @@ class SimulatedCuda(TorchDispatchMode):
         return a
 
     @staticmethod
-    def _output_on_cuda(func, flat, fake_out) -> bool:
-        if fake_out is not None:
-            leaves = [t for t in tree_flatten(fake_out)[0] if isinstance(t, torch.Tensor)]
-            if leaves:
-                return leaves[0].device.type == "cuda"
-        if any(_is_cuda_device(a) for a in flat):
-            return True
-        return any(isinstance(a, SimCudaTensor) and a.dim() > 0 for a in flat) or any(isinstance(a, SimCudaTensor) for a in flat)
+    def _inputs_on_cuda(flat) -> bool:
+        return any(isinstance(a, SimCudaTensor) or _is_cuda_device(a) for a in flat)
 
     def _run_in_float32(self, func, real_args, real_kwargs, fake_out):
+        """The op in float32 on the CPU (no half kernel there; the fake run showed CUDA has one), outputs cast back to
+        the dtypes CUDA gives and arguments the op writes updated in place."""
         name = str(func)
         self.half_fallbacks[name] = self.half_fallbacks.get(name, 0) + 1
-        up = tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16) else t,
-                      (real_args, real_kwargs))
+        flat, spec = tree_flatten((real_args, real_kwargs))
+        halves = (torch.float16, torch.bfloat16)
+        up = [a.float() if isinstance(a, torch.Tensor) and a.dtype in halves else a for a in flat]
+        up_args, up_kwargs = tree_unflatten(up, spec)
         with torch._C._DisableAutocast():
-            out = func(*up[0], **up[1])
+            out = func(*up_args, **up_kwargs)
+        originals = {id(u): a for a, u in zip(flat, up) if u is not a}
+        for a, u in zip(flat, up):
+            if u is not a:
+                a.copy_(u)  # in-place ops wrote into the float32 copy
         fake_leaves, _ = tree_flatten(fake_out)
         out_leaves, out_spec = tree_flatten(out)
-        cast = [o.to(f.dtype) if isinstance(o, torch.Tensor) and isinstance(f, torch.Tensor) else o
-                for o, f in zip(out_leaves, fake_leaves)]
+        cast = []
+        for o, f in zip(out_leaves, fake_leaves):
+            if isinstance(o, torch.Tensor) and id(o) in originals:
+                cast.append(originals[id(o)])
+            elif isinstance(o, torch.Tensor) and isinstance(f, torch.Tensor):
+                cast.append(o.to(f.dtype))
+            else:
+                cast.append(o)
         return tree_unflatten(cast, out_spec)
 
-    def _wrap(self, func, out, fake_out, flat, target_cuda):
+    def _wrap(self, func, out, out_devices, flat, target_cuda):
         by_value = {id(a.cpu_value): a for a in flat if isinstance(a, SimCudaTensor)}
         out_leaves, out_spec = tree_flatten(out)
-        fake_leaves = tree_flatten(fake_out)[0] if fake_out is not None else [None] * len(out_leaves)
-        if len(fake_leaves) != len(out_leaves):
-            fake_leaves = [None] * len(out_leaves)
+        tensor_leaves = [o for o in out_leaves if isinstance(o, torch.Tensor)]
+        devices = iter(out_devices if len(out_devices) == len(tensor_leaves) else ["cuda" if target_cuda else "cpu"] * len(tensor_leaves))
+        # a view shares its base's version counter, so it must be an inference tensor exactly when its base is one
+        # (a view of a model weight taken under ComfyUI's inference_mode is a normal tensor)
+        is_view = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+        base = next((a for a in flat if isinstance(a, SimCudaTensor)), None)
+        inference = base.is_inference() if is_view and base is not None else torch.is_inference_mode_enabled()
         wrapped = []
-        for o, f in zip(out_leaves, fake_leaves):
+        for o in out_leaves:
             if not isinstance(o, torch.Tensor):
                 wrapped.append(o)
-                continue
-            on_cuda = f.device.type == "cuda" if isinstance(f, torch.Tensor) else target_cuda
-            if func is torch.ops.aten._to_copy.default:
-                on_cuda = isinstance(f, torch.Tensor) and f.device.type == "cuda"
-            if not on_cuda:
+            elif next(devices) != "cuda":
                 wrapped.append(o)
             elif id(o) in by_value:  # in-place op or out=: the same tensor object comes back
                 wrapped.append(by_value[id(o)])
             else:
-                wrapped.append(SimCudaTensor(o))
+                with torch.inference_mode(inference):
+                    wrapped.append(SimCudaTensor(o))
         return tree_unflatten(wrapped, out_spec)
 
     # --- the outermost dispatch (factories, and ops on plain CPU tensors)
