@@ -14,7 +14,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import DreamEdit3DError
-from .plan import FT_MODES, LIFT_MODES, SAMPLERS, BatchSettings
+from .plan import FT_MODES, LIFT_MODES, MIXED_PRECISION, SAMPLERS, BatchSettings
 
 _DEFAULTS = BatchSettings()
 
@@ -48,6 +48,8 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--lora-rank", type=int, default=_DEFAULTS.lora_rank)
     t.add_argument("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every,
                    help="training-state checkpoint period (what an interrupted personalisation resumes from)")
+    t.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=_DEFAULTS.mixed_precision,
+                   help="training autocast (bf16 recommended on GPUs; weights stay fp32)")
     t.add_argument("--sampler", choices=SAMPLERS, default=_DEFAULTS.sampler)
     t.add_argument("--steps", type=int, default=_DEFAULTS.steps)
     t.add_argument("--cfg", type=float, default=_DEFAULTS.cfg)
@@ -76,6 +78,7 @@ def settings_from_args(args: argparse.Namespace) -> BatchSettings:
     return BatchSettings(resolution=args.resolution, elevation_deg=args.elevation, fov_deg=args.fov,
                          ti_steps=args.ti_steps, ti_lr=args.ti_lr, ft_steps=args.ft_steps, ft_mode=args.ft_mode,
                          ft_lr=args.ft_lr, lora_rank=args.lora_rank, checkpoint_every=args.checkpoint_every,
+                         mixed_precision=args.mixed_precision,
                          sampler=args.sampler, steps=args.steps, cfg=args.cfg, negative_prompt=args.negative_prompt,
                          seed=args.seed, lift_mode=args.lift_mode, grid=args.grid, texture_size=args.texture_size)
 

@@ -266,14 +266,15 @@ def run_batch(
 
     worker_args = dict(checkpoint=str(checkpoint), output=str(output), settings=settings.to_dict(),
                        scratch=str(scratch) if scratch else None, clip=clip, dino=dino)
-    if workers == 0:
-        pool = InProcessPool(lambda: _make_worker(device=device, **worker_args), should_stop)
-    else:
-        from .ray_pool import RayPool
-
-        pool = RayPool(worker_args, workers=workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
-                       cpus_per_worker=cpus_per_worker, worker_memory_gb=worker_memory_gb, max_retries=max_retries)
+    pool = None
     try:
+        if workers == 0:
+            pool = InProcessPool(lambda: _make_worker(device=device, **worker_args), should_stop)
+        else:
+            from .ray_pool import RayPool
+
+            pool = RayPool(worker_args, workers=workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
+                           cpus_per_worker=cpus_per_worker, worker_memory_gb=worker_memory_gb, max_retries=max_retries)
         result.workers = pool.infos()
         result.startup_s = time.perf_counter() - t_start
         last_asset = {}  # slot -> personalisation key whose model that worker holds
@@ -302,7 +303,8 @@ def run_batch(
             publisher.maybe()
     finally:
         progress.close()
-        pool.close()
+        if pool is not None:
+            pool.close()
         publisher.now()
     result.wall_s = time.perf_counter() - t_start
     return result

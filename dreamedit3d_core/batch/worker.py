@@ -208,7 +208,7 @@ class BatchWorker:
             model = copy.deepcopy(self.base)
             resume = latest_checkpoint(train_dir, "phase1")
             config = TIConfig(steps=s.ti_steps, lr=s.ti_lr, seed=s.seed, resolution=s.resolution,
-                              checkpoint_every=s.checkpoint_every)
+                              checkpoint_every=s.checkpoint_every, mixed_precision=s.mixed_precision)
             hook.begin()
             tokens1 = train_textual_inversion(model, render, masks, config, progress=hook, resume_from=resume,
                                               checkpoint_dir=train_dir)
@@ -227,7 +227,7 @@ class BatchWorker:
         resume = latest_checkpoint(train_dir, "phase2")
         config = FTConfig(steps=s.ft_steps, lr=s.finetune_lr, mode=s.ft_mode, lora_rank=s.lora_rank,
                           lora_alpha=float(s.lora_rank), seed=s.seed, resolution=s.resolution,
-                          checkpoint_every=s.checkpoint_every)
+                          checkpoint_every=s.checkpoint_every, mixed_precision=s.mixed_precision)
         hook.begin()
         model, tokens2 = finetune(model, render, masks, tokens1, config, progress=hook, resume_from=resume,
                                   checkpoint_dir=train_dir)

@@ -60,6 +60,13 @@ def test_component_manifest_json_and_errors(tmp_path):
     good = tmp_path / "c.json"
     good.write_text(json.dumps({"default": "x: *", "assets": {"a.glb": "y: Y; x: *"}}), encoding="utf-8")
     assert read_component_manifest(good)["assets"]["a.glb"] == "y: Y; x: *"
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("default: 'x: *'\nassets:\n  a.glb:\n    components: 'y: Y; x: *'\n    up_axis: '+z'\n",
+                         encoding="utf-8")
+    assert read_component_manifest(yaml_file)["assets"]["a.glb"] == {"components": "y: Y; x: *", "up_axis": "+z"}
+    yaml_file.write_text("assets: [unclosed", encoding="utf-8")
+    with pytest.raises(ConfigError, match="c.yaml cannot be parsed"):
+        read_component_manifest(yaml_file)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json", encoding="utf-8")
     with pytest.raises(ConfigError, match="cannot be parsed"):
@@ -124,7 +131,7 @@ def test_gltf_companion_files_are_part_of_the_asset_key(tmp_path):
 
 @pytest.mark.parametrize("change, match", [
     (dict(resolution=60), "multiple of 8"), (dict(ft_mode="dora"), "ft_mode"), (dict(sampler="plms"), "sampler"),
-    (dict(lift_mode="nerf"), "lift_mode"), (dict(ti_steps=0), "ti_steps"),
+    (dict(lift_mode="nerf"), "lift_mode"), (dict(ti_steps=0), "ti_steps"), (dict(mixed_precision="fp8"), "mixed_precision"),
 ])
 def test_settings_are_checked(change, match):
     with pytest.raises(ConfigError, match=match):
@@ -247,10 +254,11 @@ def test_cli_plugs_into_a_parent_parser_and_reports_bad_input_in_one_line(tmp_pa
     parent = argparse.ArgumentParser(prog="python -m dreamedit3d_core")
     cli.add_subparser(parent.add_subparsers(dest="command", required=True))
     args = parent.parse_args(["batch", "a.glb", "folder", "--prompts", "p.txt", "--checkpoint", "m.pt", "--out", "o",
-                              "--workers", "2", "--ray-address", "auto", "--ft-mode", "full", "--ti-steps", "7"])
+                              "--workers", "2", "--ray-address", "auto", "--ft-mode", "full", "--ti-steps", "7",
+                              "--mixed-precision", "bf16"])
     assert args.func is cli.main and args.assets == ["a.glb", "folder"] and args.workers == 2
     settings = cli.settings_from_args(args)
-    assert (settings.ft_mode, settings.ti_steps, settings.finetune_lr) == ("full", 7, 2e-6)
+    assert (settings.ft_mode, settings.ti_steps, settings.finetune_lr, settings.mixed_precision) == ("full", 7, 2e-6, "bf16")
 
     asset = tmp_path / "a.glb"
     asset.write_bytes(b"x")
@@ -258,3 +266,19 @@ def test_cli_plugs_into_a_parent_parser_and_reports_bad_input_in_one_line(tmp_pa
                     "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error:") and "none.txt" in err and "\n" not in err
+
+
+def test_a_checkpoint_that_is_not_mvdream_stops_the_batch_with_one_line(tmp_path, capsys):
+    from dreamedit3d_core.batch import cli
+
+    asset = tmp_path / "a.glb"
+    asset.write_bytes(b"x")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a <object> made of gold\n", encoding="utf-8")
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"not a checkpoint at all")
+    code = cli.run([str(asset), "--prompts", str(prompts), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                    "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and "model.safetensors" in err and "\n" not in err
+    assert not list((tmp_path / "o").rglob("*.glb"))

@@ -29,8 +29,8 @@ from dreamedit3d_core.batch import run_batch
 
 pytestmark = pytest.mark.slow
 
-# four steps per phase with a checkpoint after each: a window to kill a worker in the middle of training
-SETTINGS = fast_settings(ti_steps=4, ft_steps=4, checkpoint_every=1)
+# three steps per phase with a checkpoint after each: a window to kill a worker in the middle of training
+SETTINGS = fast_settings(ti_steps=3, ft_steps=3, checkpoint_every=1)
 AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
 
 
@@ -153,7 +153,7 @@ def test_catalogue_on_ray_writes_every_glb_and_the_report_and_a_rerun_recomputes
     assert {p.name for p in (out / "sheets").iterdir()} == {"figure.png", "lamp.png", "mushroom.png"}
     for record in _records(out).values():  # no unit trained a step it had done before
         if record["kind"] == "personalize":
-            assert record["steps_run"] == {"textual_inversion": 4, "finetune": 4}
+            assert record["steps_run"] == {"textual_inversion": 3, "finetune": 3}
     FIRST_RUN["out"] = out
 
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()
@@ -204,7 +204,7 @@ def test_a_worker_killed_mid_training_is_restarted_and_the_batch_matches_the_uni
             continue
         for phase, done in record["steps_run"].items():
             if phase in record["resumed_from_step"]:
-                assert done + record["resumed_from_step"][phase] == 4
+                assert done + record["resumed_from_step"][phase] == 3
             else:  # phase 1 had finished (its tokens saved) before the worker was killed
                 assert (phase, done, record["unit_id"]) == ("textual_inversion", 0, killed["unit"])
     assert output_hashes(out) == output_hashes(FIRST_RUN["out"])
