@@ -11,9 +11,11 @@ one CPU ``torch.Generator``; restoring its state makes a resumed run take the sa
 Checkpoints are written atomically (temp file + rename) under new names, never over a file that was already there;
 the previous checkpoint of the same run is removed only after the new one is in place.
 
-A finished run keeps its final state file: it is the only copy of the result on disk until the caller has written
-the tokens (or model) elsewhere. The caller then calls :meth:`TrainResult.release`, which deletes it; a crash before
-that loses nothing (resuming from the file returns the finished result without another step).
+A finished run keeps its final state file (``<prefix>-done-step*.pt``): it is the only copy of the result on disk
+until the caller has written the tokens (or model) elsewhere. The caller then calls :meth:`TrainResult.release`,
+which deletes it; a crash before that loses nothing (resuming from the file returns the finished result without
+another step). The next finished run with the same prefix in the same folder replaces it, so they never pile up;
+:func:`latest_checkpoint` (what to resume) offers only interrupted runs' states.
 
 Without a ``progress`` hook the loop shows a tqdm bar (steps, loss, it/s, ETA) on stderr; a caller that passes its
 own hook gets no bar.
@@ -168,11 +170,28 @@ def read_checkpoint(path: os.PathLike) -> dict:
 
 
 def latest_checkpoint(directory: os.PathLike, prefix: str) -> Optional[Path]:
-    """The state file of the furthest step named ``<prefix>-step*.pt`` in ``directory``, or None."""
+    """The state file of the furthest step named ``<prefix>-step*.pt`` in ``directory``, or None.
+
+    That is the state of an interrupted run. A finished run's kept result (``<prefix>-done-step*.pt``, see
+    :func:`finished_checkpoint`) is not offered for resuming: a new run with the same prefix starts afresh.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return None
     found = sorted(directory.glob(f"{prefix}-step*.pt"), key=lambda p: (p.name.split("-step")[-1], p.stat().st_mtime))
+    return found[-1] if found else None
+
+
+def finished_checkpoint(directory: os.PathLike, prefix: str) -> Optional[Path]:
+    """The kept final state of the last finished run named ``<prefix>-done-step*.pt`` in ``directory``, or None.
+
+    It holds what that run learned until the caller released it (:meth:`TrainResult.release`); passing it as
+    ``resume_from`` returns that result without another step (recovery after a crash before saving).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    found = sorted(directory.glob(f"{prefix}-done-step*.pt"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 
@@ -198,10 +217,24 @@ class _Saver:
         return self.policy.directory is not None
 
     def save(self, state: dict, step: int) -> Optional[Path]:
+        """An intermediate state (interruption, NaN, every N steps); replaces the run's previous one."""
         if not self.enabled or step == self.last_step:
             return self.last
-        directory = Path(self.policy.directory)
-        path = unique_path(directory / f"{self.policy.prefix}-step{step:06d}.pt")
+        return self._write(state, step, f"{self.policy.prefix}-step{step:06d}.pt")
+
+    def save_final(self, state: dict, step: int) -> Optional[Path]:
+        """The finished run's state, kept until released; replaces the run's intermediate state and the results of
+        earlier finished runs with this prefix in this folder (the newest result is the one the caller works on)."""
+        if not self.enabled:
+            return None
+        older = set(Path(self.policy.directory).glob(f"{self.policy.prefix}-done-step*.pt"))
+        path = self._write(state, step, f"{self.policy.prefix}-done-step{step:06d}.pt")
+        for stale in older - {path}:
+            stale.unlink(missing_ok=True)
+        return path
+
+    def _write(self, state: dict, step: int, name: str) -> Path:
+        path = unique_path(Path(self.policy.directory) / name)
         atomic_write(path, lambda tmp: torch.save(state, tmp))
         previous, self.last, self.last_step = self.last, path, step
         if previous is not None and previous != path and previous.exists():
@@ -332,7 +365,7 @@ def run_training(
     if resume_from is not None and completed == start:
         final = Path(resume_from)  # resumed a finished run: that file already holds exactly this state
     else:
-        final = saver.save(snapshot(completed, rng_state), completed) if saver.enabled else None
+        final = saver.save_final(snapshot(completed, rng_state), completed)
     return TrainResult(steps_done=completed, losses=losses, infos=infos, last_checkpoint=final,
                        keep=saver.policy.keep_final)
 
@@ -422,6 +455,7 @@ __all__ = [
     "frozen",
     "clone_out_of_inference",
     "grad_enabled",
+    "finished_checkpoint",
     "latest_checkpoint",
     "read_checkpoint",
     "run_training",
