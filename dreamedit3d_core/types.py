@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Optional
+from typing import Optional, TypeVar
 
 import torch
 
@@ -61,8 +61,22 @@ def _to(obj, device=None, dtype=None):
     return replace(obj, **changes)
 
 
+_Data = TypeVar("_Data", bound="StageData")
+
+
+class StageData:
+    """What every stage dataclass below shares: ``.to(device, dtype)`` returns a copy with its tensors moved (floating
+    ones cast), and ``repr`` shows tensor shapes and dtypes instead of values."""
+
+    def to(self: _Data, device=None, dtype=None) -> _Data:
+        return _to(self, device, dtype)
+
+    def __repr__(self) -> str:
+        return _shapes(self)
+
+
 @dataclass(frozen=True, repr=False)
-class MeshAsset:
+class MeshAsset(StageData):
     """A loaded, normalised 3D asset.
 
     Attributes:
@@ -117,15 +131,9 @@ class MeshAsset:
         """float64 [4, 4] from the file's coordinates to the vertices (``source_frame.to_internal``)."""
         return self.source_frame.to_internal
 
-    def to(self, device=None, dtype=None) -> "MeshAsset":
-        return _to(self, device, dtype)
-
-    def __repr__(self) -> str:
-        return _shapes(self)
-
 
 @dataclass(frozen=True, repr=False)
-class MultiViewRender:
+class MultiViewRender(StageData):
     """Four (V) views of one object.
 
     Attributes:
@@ -170,12 +178,6 @@ class MultiViewRender:
     def size(self) -> tuple[int, int]:
         return int(self.rgb.shape[2]), int(self.rgb.shape[3])
 
-    def to(self, device=None, dtype=None) -> "MultiViewRender":
-        return _to(self, device, dtype)
-
-    def __repr__(self) -> str:
-        return _shapes(self)
-
 
 class MaskSource(str, Enum):
     """Where component masks come from (a ``str`` enum: ``"parts"`` / ``"sam"`` compare equal to the members)."""
@@ -185,7 +187,7 @@ class MaskSource(str, Enum):
 
 
 @dataclass(frozen=True, repr=False)
-class ComponentMasks:
+class ComponentMasks(StageData):
     """One mask per component in every view.
 
     Attributes:
@@ -205,15 +207,9 @@ class ComponentMasks:
         if len(set(self.names)) != len(self.names):
             raise ShapeError(f"component names must be unique, got {list(self.names)}")
 
-    def to(self, device=None, dtype=None) -> "ComponentMasks":
-        return _to(self, device, dtype)
-
-    def __repr__(self) -> str:
-        return _shapes(self)
-
 
 @dataclass(frozen=True, repr=False)
-class TokenSet:
+class TokenSet(StageData):
     """Learned placeholder tokens.
 
     Attributes:
@@ -236,15 +232,9 @@ class TokenSet:
         if self.components and len(self.components) != len(self.tokens):
             raise ShapeError(f"{len(self.components)} component names for {len(self.tokens)} tokens")
 
-    def to(self, device=None, dtype=None) -> "TokenSet":
-        return _to(self, device, dtype)
-
-    def __repr__(self) -> str:
-        return _shapes(self)
-
 
 @dataclass(frozen=True, repr=False)
-class MVConditioning:
+class MVConditioning(StageData):
     """Text + camera conditioning for a batch of objects.
 
     Attributes:
@@ -279,15 +269,9 @@ class MVConditioning:
     def batch_size(self) -> int:
         return int(self.cond.shape[0]) // self.num_views
 
-    def to(self, device=None, dtype=None) -> "MVConditioning":
-        return _to(self, device, dtype)
-
-    def __repr__(self) -> str:
-        return _shapes(self)
-
 
 @dataclass(frozen=True, repr=False)
-class MultiViewSamples:
+class MultiViewSamples(StageData):
     """Sampled views.
 
     Attributes:
@@ -306,15 +290,9 @@ class MultiViewSamples:
         _check("latents", self.latents, (None, None, None, None), _FLOATS)
         _check("images", self.images, (self.latents.shape[0], 3, None, None), _FLOATS)
 
-    def to(self, device=None, dtype=None) -> "MultiViewSamples":
-        return _to(self, device, dtype)
-
-    def __repr__(self) -> str:
-        return _shapes(self)
-
 
 @dataclass(frozen=True, repr=False)
-class LiftedMesh:
+class LiftedMesh(StageData):
     """A textured triangle mesh produced by lifting.
 
     Attributes:
@@ -338,9 +316,3 @@ class LiftedMesh:
         _check("uv", self.uv, (self.vertices.shape[0], 2), _FLOATS)
         _check("texture", self.texture, (None, None, 3), _FLOATS)
         _check("vertex_colors", self.vertex_colors, (self.vertices.shape[0], 3), _FLOATS)
-
-    def to(self, device=None, dtype=None) -> "LiftedMesh":
-        return _to(self, device, dtype)
-
-    def __repr__(self) -> str:
-        return _shapes(self)
