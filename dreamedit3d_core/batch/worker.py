@@ -53,8 +53,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _drop_training_states(train_dir: Path, prefix: str) -> None:
-    """Delete a finished phase's training-state files (the phase's saved outputs replace them)."""
-    for state in train_dir.glob(f"{prefix}-step*.pt"):
+    """Delete a finished phase's training-state files, periodic and final (its saved outputs replace them)."""
+    for state in train_dir.glob(f"{prefix}-*.pt"):
         state.unlink()
 
 
