@@ -47,7 +47,7 @@ class ComponentMask(io.ComfyNode):
                 io.Combo.Input("source", options=MaskSource, default=MaskSource.PARTS,
                                tooltip="parts: exact masks from the asset's parts; sam: Segment Anything (assets "
                                        "without usable parts)."),
-                io.Combo.Input("sam_model", options=sams, default=sams[min(1, len(sams) - 1)], optional=True,
+                io.Combo.Input("sam_model", options=sams, default=NO_SAM, optional=True,
                                tooltip="SAM checkpoint in models/sams (source 'sam' only)."),
                 io.Combo.Input("prompt_view", options=list(VIEW_NAMES), default="front", optional=True,
                                tooltip="The view the SAM points are placed on (source 'sam' only)."),

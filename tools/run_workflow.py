@@ -5,10 +5,12 @@
 * ComfyUI: ``--comfyui`` or ``$COMFYUI_PATH`` (your own ComfyUI), else the host tools/setup_env.sh installs
   (``.host/comfyui``). The server runs with a base directory under ``--out`` (your ComfyUI's folders are not written),
   the pack linked into its ``custom_nodes/``, on 127.0.0.1 and a free port, and is stopped when the run ends.
+* Every failure (a missing or broken asset, a refused workflow, a failed node) ends in one line on stderr and a
+  non-zero exit, never a Python traceback.
 * Model: a real MVDream checkpoint (``sd-v2.1-base-4view.pt`` or ``.safetensors``) found in ``<ComfyUI>/models/mvdream``,
   ``--out``'s ``models/mvdream`` or ``$DREAMEDIT3D_CHECKPOINT`` runs the UI template (``workflows/<name>.json``) at full
-  size. Without one, the tiny RANDOM checkpoint of the tests runs the tiny test twin: the pipeline works end to end but
-  the images and the mesh's texture are noise.
+  size. Without one, the tiny RANDOM checkpoint of the tests runs the tiny test twin (64 px views, 2 training steps
+  per phase, 3 sampling steps): the pipeline works end to end but the images and the mesh's texture are noise.
 """
 
 from __future__ import annotations
@@ -32,13 +34,40 @@ DEFAULT_SHARED_ASSET = REPO.parent / "shared" / "assets" / "kenney_character.glb
 REAL_NAMES = ("sd-v2.1-base-4view.pt", "sd-v2.1-base-4view.safetensors")
 TINY_NAME = "dreamedit3d-tiny-random-4view.pt"
 BANNER = "!" * 100
+WORKFLOWS = ("full_edit", "full_edit_swapped_sampler", "sample_only", "batch_edits")
+
+
+class RunError(Exception):
+    """A failure reported to the user as one line (exit code ``code``)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def refusal_summary(body) -> str:
+    """ComfyUI's 400 answer to a prompt as one line: each refused node with its first error's details."""
+    if not isinstance(body, dict):
+        return one_line(body)[:500]
+    parts = []
+    for nid, entry in (body.get("node_errors") or {}).items():
+        errors = entry.get("errors") or [{}]
+        parts.append(f"node {nid} {entry.get('class_type', '')}: {errors[0].get('details') or errors[0].get('message')}")
+    if not parts:
+        err = body.get("error") or {}
+        parts.append(f"{err.get('message', '')} {err.get('details', '')}")
+    return one_line("; ".join(parts))
 
 
 def find_real_checkpoint(comfy: Path, out: Path) -> Path | None:
     env = os.environ.get("DREAMEDIT3D_CHECKPOINT")
     if env:
         if not Path(env).is_file():
-            raise SystemExit(f"DREAMEDIT3D_CHECKPOINT={env} is not a file")
+            raise RunError(f"DREAMEDIT3D_CHECKPOINT={env} is not a file: give the path of sd-v2.1-base-4view.pt", 2)
         return Path(env)
     for folder in (comfy / "models" / "mvdream", out / "models" / "mvdream"):
         for name in REAL_NAMES:
@@ -48,6 +77,20 @@ def find_real_checkpoint(comfy: Path, out: Path) -> Path | None:
 
 
 def main(argv=None) -> int:
+    try:
+        return run(argv)
+    except RunError as exc:
+        print(f"[run] error: {one_line(exc)}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("[run] error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the README's first command: one line, never a traceback
+        print(f"[run] error: {type(exc).__name__}: {one_line(exc)[:800]}", file=sys.stderr)
+        return 1
+
+
+def run(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Run a DreamEdit3D example workflow headless in ComfyUI.")
     ap.add_argument("--workflow", default="full_edit", help="full_edit | full_edit_swapped_sampler | sample_only")
     ap.add_argument("--asset", type=Path, default=None,
@@ -63,13 +106,19 @@ def main(argv=None) -> int:
 
     comfy = args.comfyui or Path(os.environ.get("COMFYUI_PATH") or REPO / ".host" / "comfyui")
     if not (comfy / "main.py").is_file():
-        print(f"no ComfyUI at {comfy}: run tools/setup_env.sh or set COMFYUI_PATH", file=sys.stderr)
-        return 2
+        raise RunError(f"no ComfyUI at {comfy}: run tools/setup_env.sh or set COMFYUI_PATH", 2)
+    if args.asset is not None and not args.asset.is_file():
+        raise RunError(f"asset {args.asset} not found: pass --asset PATH to a GLB, GLTF, OBJ or PLY file", 2)
+    if args.workflow not in WORKFLOWS:
+        raise RunError(f"--workflow {args.workflow!r} is not one of {', '.join(WORKFLOWS)}", 2)
     out = args.out.resolve()
     fixdir = out / "fixtures"
     if args.asset is None and not DEFAULT_SHARED_ASSET.is_file():
         # no ../shared beside the clone (a user's machine): the pack's own example, built on the fly
-        from dreamedit3d_core.examples import EXAMPLE_COMPONENTS, EXAMPLE_PROMPT, write_example_asset
+        try:
+            from dreamedit3d_core.testing.examples import EXAMPLE_COMPONENTS, EXAMPLE_PROMPT, write_example_asset
+        except ImportError:  # before the test helpers moved into dreamedit3d_core.testing
+            from dreamedit3d_core.examples import EXAMPLE_COMPONENTS, EXAMPLE_PROMPT, write_example_asset
 
         toy = out / "example_asset" / "dreamedit3d_toy.glb"
         if not toy.is_file():
@@ -81,13 +130,19 @@ def main(argv=None) -> int:
     prep = [sys.executable, str(REPO / "tests" / "workflows" / "prepare_host.py"), str(fixdir)]
     if args.asset is not None:
         prep += ["--asset", str(args.asset)]
+    if args.components is not None:
+        prep += ["--components", args.components]
+    if args.prompt is not None:
+        prep += ["--prompt", args.prompt]
     real = find_real_checkpoint(comfy, out)
-    if real is None and args.workflow == "sample_only":
-        prep.append("--personalized")
-        if args.components is not None:
-            prep += ["--components", args.components]
+    if real is not None:  # sample-only then loads what your full edit saved, not the tiny stand-ins
+        prep.append("--no-stand-ins")
     print(f"[run] preparing the asset and checkpoints in {fixdir}", flush=True)
-    subprocess.run(prep, check=True)
+    done = subprocess.run(prep, capture_output=True, text=True)
+    if done.returncode != 0:  # prepare_host says what is wrong in its last line (a missing or broken asset, ...)
+        lines = [line for line in done.stderr.splitlines() if line.strip()] or ["prepare_host.py failed"]
+        raise RunError(lines[-1].replace("prepare_host: error: ", ""), 2)
+    print(done.stdout, end="", flush=True)
 
     base = prepare_base_directory(out / "comfy_base", REPO, fixdir)
     if real is not None:
@@ -98,8 +153,10 @@ def main(argv=None) -> int:
     else:
         print(BANNER)
         print("!! NO REAL MVDream CHECKPOINT FOUND: running the TINY RANDOM model. The pipeline runs end to end, but the")
-        print("!! images and the mesh texture are NOISE. Put sd-v2.1-base-4view.pt into models/mvdream of your ComfyUI")
-        print(f"!! ({comfy / 'models' / 'mvdream'}) or set DREAMEDIT3D_CHECKPOINT=/path/to/it for a real edit.")
+        print("!! images and the mesh texture are NOISE. It also runs at toy settings (64 px views, 2 training steps per")
+        print("!! phase, 3 sampling steps). Put sd-v2.1-base-4view.pt into models/mvdream of your ComfyUI")
+        print(f"!! ({comfy / 'models' / 'mvdream'}) or set DREAMEDIT3D_CHECKPOINT=/path/to/it: the run then uses the")
+        print("!! shipped workflow at real settings (256 px, 400 + 400 training steps, 30 sampling steps).")
         print(BANNER, flush=True)
 
     host = ComfyHost(comfy, base, python=sys.executable)
@@ -108,8 +165,7 @@ def main(argv=None) -> int:
     try:
         failures = host.pack_import_failures()
         if failures:
-            print("\n".join(failures), file=sys.stderr)
-            return 1
+            raise RunError(f"the pack failed to import in ComfyUI: {one_line(failures[0])} (log: {host.log_path})")
         if real is not None:
             ui = json.loads((REPO / "workflows" / f"{args.workflow}.json").read_text())
             prompt = ui_to_api(ui, host.object_info())
@@ -140,13 +196,12 @@ def main(argv=None) -> int:
         try:
             result = host.run(prompt, timeout=args.timeout, on_event=show)
         except HostError as exc:
-            print(f"[run] ComfyUI refused the workflow: {exc}", file=sys.stderr)
-            return 1
+            body = getattr(exc, "body", None)
+            raise RunError(f"ComfyUI refused the workflow: {refusal_summary(body) if body else one_line(exc)[:800]}")
         if result.status != "success":
             err = result.error or {}
-            print(f"[run] the run ended with {result.status}: {err.get('node_type')} {err.get('exception_message')}",
-                  file=sys.stderr)
-            return 1
+            raise RunError(f"the run ended with {result.status} at node {err.get('node_id')} {err.get('node_type')}: "
+                           f"{one_line(err.get('exception_message', ''))}")
         print(f"[run] done in {result.seconds:.1f} s. Outputs:")
         for nid, out_ui in result.outputs.items():
             kind = prompt.get(nid, {}).get("class_type", nid)

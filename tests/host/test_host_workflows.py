@@ -126,9 +126,12 @@ def test_full_edit_saves_tokens_as_embeddings_and_the_finetuned_model(comfy_host
         assert list(tensors) == ["clip_h"] and tensors["clip_h"].ndim == 2
     saved = full_edit_run.outputs["18"]["text"][0].split("/")[-1]
     assert (comfy_host.base / "models" / "mvdream" / saved).is_file()
-    # the names the sample-only workflow loads
-    assert saved == "dreamedit3d-example-finetuned.safetensors"
-    assert "saved models/mvdream_tokens/dreamedit3d-example.safetensors" in text
+    # prepare_host.py wrote the sample-only workflow's files under these names: nothing of them is overwritten, and
+    # SaveTokens says which new version it wrote (if_exists: new_version)
+    assert saved.startswith("dreamedit3d-example-finetuned_") and saved.endswith(".safetensors")
+    assert "dreamedit3d-example existed: saved as dreamedit3d-example_v2" in text
+    assert "saved models/mvdream_tokens/dreamedit3d-example_v2.safetensors" in text
+    assert all(name.startswith("dreamedit3d-example_v2_") for name in embeddings)
 
 
 def test_full_edit_writes_a_textured_glb_and_a_core_savglb_file(comfy_host, full_edit_run):
@@ -147,6 +150,13 @@ def test_full_edit_writes_a_textured_glb_and_a_core_savglb_file(comfy_host, full
 
     prov = read_provenance(comfy_host.output_file(ours))
     assert "a <robot> with a <antenna> made of gold" in json.dumps(prov)
+    # the token file SaveTokens wrote in this run is named, with its hash
+    from dreamedit3d_core.provenance import read_file_provenance
+    from dreamedit3d_core.storage import file_sha256
+
+    token_file = comfy_host.base / "models" / "mvdream_tokens" / "dreamedit3d-example_v2.safetensors"
+    record = read_file_provenance(comfy_host.output_file(ours))
+    assert record["token_files"] == {token_file.name: file_sha256(token_file)}
     core = full_edit_run.outputs["13"]["3d"][0]
     core_mesh = trimesh.load(comfy_host.output_file(core), force="mesh")
     assert len(core_mesh.faces) == len(geom[0].faces)
@@ -201,8 +211,12 @@ def test_interrupt_during_training_stops_and_leaves_a_resumable_checkpoint(comfy
     assert states, f"no training state in {folder}"
     assert comfy_host.alive()
 
-    # resume: the same run continues from the saved step instead of starting over
-    ti.update(steps=int(sent[0]) + 2)
+    # resume: the same run continues from the saved step instead of starting over. The interrupt lands a few steps
+    # after it was sent (the request races the tiny model's fast steps): resume from the step actually saved
+    import re
+
+    saved = max(int(re.search(r"step(\d+)", p.stem).group(1)) for p in states)
+    ti.update(steps=saved + 2)
     for nid in ("5", "7", "10", "12"):  # stop after training: keep outputs cheap
         prompt.pop(nid, None)
     for nid in list(prompt):

@@ -141,3 +141,57 @@ def test_save_mvdream_execute_refuses_traversal_and_writes_nothing(pack):
     with pytest.raises(ValueError, match="tries to leave its folder"):
         cls.execute(model=object(), filename="../../escape")
     assert set(folders.model_folder("mvdream").parent.parent.rglob("*")) == before
+
+
+def test_nodes_that_read_files_run_again_when_the_file_is_overwritten(pack):
+    """fingerprint_inputs (ComfyUI's IS_CHANGED) follows the file's content stamp, so a cached result is not reused
+    after a user replaces a file under the same name."""
+    import os
+
+    from dreamedit3d_pack.nodes import folders
+
+    asset = folders.input_folder() / "fp" / "thing.obj"
+    asset.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = folders.model_folder("mvdream") / "fp.safetensors"
+    tokens = folders.model_folder("mvdream_tokens") / "fp.safetensors"
+    glb = folders.output_folder() / "fp" / "x.glb"
+    glb.parent.mkdir(parents=True, exist_ok=True)
+    cases = [(pack.NODES["DreamEdit3D_OrthoRender"], asset, {"asset": "fp/thing.obj", "resolution": 64}),
+             (pack.NODES["DreamEdit3D_MVDreamLoader"], ckpt, {"ckpt_name": "fp.safetensors", "dtype": "auto"}),
+             (pack.NODES["DreamEdit3D_LoadTokens"], tokens, {"tokens_name": "fp.safetensors"}),
+             (pack.NODES["DreamEdit3D_ReadProvenance"], glb, {"path": "fp/x.glb", "file": "none"})]
+    for cls, path, inputs in cases:
+        path.write_bytes(b"first")
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+        before = cls.fingerprint_inputs(**inputs)
+        assert cls.fingerprint_inputs(**inputs) == before, cls  # unchanged file: ComfyUI may reuse the result
+        path.write_bytes(b"second, longer")
+        assert cls.fingerprint_inputs(**inputs) != before, cls
+        path.unlink()
+        assert cls.fingerprint_inputs(**inputs) == "missing", cls
+
+
+def test_rarely_changed_training_inputs_are_advanced(pack):
+    def advanced(inp):
+        return bool(getattr(inp, "advanced", False) or (getattr(inp, "extra_dict", None) or {}).get("advanced"))
+
+    schema = pack.NODES["DreamEdit3D_MVFineTune"].define_schema()
+    widgets = [i for i in schema.inputs if i.id not in ("model", "views", "tokens")]
+    folded = {i.id for i in widgets if advanced(i)}
+    assert len(widgets) == 14 and len(folded) >= 8
+    assert {"steps", "learning_rate", "mode", "seed", "run_name"}.isdisjoint(folded)  # what users set every time
+    info = pack.NODES["DreamEdit3D_MVFineTune"].INPUT_TYPES()["required"]
+    assert info["lora_rank"][1].get("advanced") is True  # reaches /object_info for the frontend
+
+
+def test_orthorender_keeps_its_id_and_says_it_renders_perspective_views(pack):
+    schema = pack.NODES["DreamEdit3D_OrthoRender"].define_schema()
+    assert schema.node_id == "DreamEdit3D_OrthoRender" and "Ortho" not in schema.display_name
+    assert "perspective" in schema.description and "orthogonal directions" in schema.description
+
+
+def test_option_lists_are_the_cores(pack):
+    from dreamedit3d_pack.dreamedit3d_core.types import MaskSource
+
+    masks = {i.id: i for i in pack.NODES["DreamEdit3D_ComponentMask"].define_schema().inputs}
+    assert masks["source"].options == [m.value for m in MaskSource]

@@ -1,18 +1,20 @@
 """Make the files the example workflows need, in a folder that is then linked into a ComfyUI host.
 
-Usage (with the host's Python, i.e. the one that runs ComfyUI)::
+Usage (with the host's Python, i.e. the one that runs ComfyUI; no test tools are needed)::
 
-    python tests/workflows/prepare_host.py FIXDIR [--asset PATH] [--personalized]
+    python tests/workflows/prepare_host.py FIXDIR [--asset PATH] [--components SPEC] [--prompt TEXT]
 
 writes
     FIXDIR/models/mvdream/dreamedit3d-tiny-random-4view.pt   a tiny seeded RANDOM MVDream checkpoint in the released key
                                                             layout and file format (torch pickle); outputs are noise
     FIXDIR/input/dreamedit3d/<asset>                        the example asset (+ the textures/buffers it refers to)
-    FIXDIR/models/sams/dreamedit3d-tiny-random-sam.pth      a tiny seeded RANDOM SAM (ComponentMask's SAM path)
+    FIXDIR/models/sams/dreamedit3d-tiny-random-sam.pth      a tiny seeded RANDOM SAM (ComponentMask's SAM path; written
+                                                            when the test helpers can be imported, i.e. pytest is there)
     FIXDIR/models/mvdream/dreamedit3d-example-finetuned.safetensors, FIXDIR/models/mvdream_tokens/dreamedit3d-example.safetensors,
     FIXDIR/models/embeddings/dreamedit3d-example_*.safetensors
-                                                            what the sample-only workflow loads (a 2-step personalisation
-                                                            of the tiny model on the asset, through the core library)
+                                                            what the sample-only workflow loads: a second tiny RANDOM
+                                                            model standing in for a fine-tuned one, and seeded random
+                                                            tokens for the asset's components (no training)
     FIXDIR/workflows/<name>.api.json                        the API workflows of tests/workflows/, adapted to the asset:
                                                             its file name, a component spec made from its own parts and
                                                             an edit prompt with those components' tokens
@@ -89,23 +91,36 @@ def copy_asset(asset: Path, input_dir: Path) -> Path:
     return Path(ASSET_SUBFOLDER) / asset.name
 
 
-def write_checkpoint(models_dir: Path) -> Path:
-    from dreamedit3d_core.tiny import write_tiny_checkpoint
+def _tiny_checkpoint_writer():
+    try:
+        from dreamedit3d_core.testing.tiny import write_tiny_checkpoint
+    except ImportError:  # before the test helpers moved into dreamedit3d_core.testing
+        from dreamedit3d_core.tiny import write_tiny_checkpoint
+    return write_tiny_checkpoint
 
-    path = models_dir / "mvdream" / TINY_CHECKPOINT
+
+def write_checkpoint(models_dir: Path, name: str = TINY_CHECKPOINT, seed: int = 0) -> Path:
+    path = models_dir / "mvdream" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        write_tiny_checkpoint(path, seed=0)
+        _tiny_checkpoint_writer()(path, seed=seed)
     return path
 
 
-def write_sam(models_dir: Path) -> Path:
-    """A tiny seeded RANDOM Segment Anything checkpoint (segment-anything's own classes, released state-dict format)."""
+def write_sam(models_dir: Path) -> Path | None:
+    """A tiny seeded RANDOM Segment Anything checkpoint (segment-anything's own classes, released state-dict format),
+    from the test helpers; None (nothing written) when they cannot be imported, as in a plain ComfyUI Python without
+    pytest: no shipped workflow uses SAM."""
     import torch
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from _render_helpers import tiny_sam
-
+    if str(REPO / "tests") not in sys.path:
+        sys.path.insert(0, str(REPO / "tests"))
+    try:
+        from _render_helpers import tiny_sam
+    except ModuleNotFoundError as exc:
+        if exc.name != "pytest":
+            raise
+        return None
     path = models_dir / "sams" / TINY_SAM
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
@@ -113,30 +128,34 @@ def write_sam(models_dir: Path) -> Path:
     return path
 
 
-def write_personalized(models_dir: Path, asset: Path, steps: int = 1, resolution: int = 64,
-                       components: str = EXAMPLE_COMPONENTS) -> None:
-    """A short personalisation of the tiny model on ``asset`` through the core library (no ComfyUI): the fine-tuned
-    model, our token file and the ComfyUI embeddings that the sample-only workflow loads."""
-    from dreamedit3d_core.assets import load_asset
-    from dreamedit3d_core.masks import masks_from_parts
-    from dreamedit3d_core.mvdream.checkpoint import load_mvdream, save_mvdream
-    from dreamedit3d_core.personalize import finetune as ft
-    from dreamedit3d_core.personalize import textual_inversion as ti
-    from dreamedit3d_core.render import render_views
-    from dreamedit3d_core.tokens import save_comfy_embeddings, save_tokens
+def write_personalized(models_dir: Path, components: str = EXAMPLE_COMPONENTS) -> tuple[Path, Path]:
+    """What the sample-only workflow loads, written directly (no training): a second tiny RANDOM checkpoint standing
+    in for the fine-tuned model, and seeded random tokens, one per component of ``components``, as our token file and
+    as ComfyUI embeddings. Returns (model path, token file path); existing files are kept."""
+    import torch
 
-    finetuned = models_dir / "mvdream" / FINETUNED_CHECKPOINT
+    from dreamedit3d_core.masks import parse_component_spec
+    from dreamedit3d_core.tokens import save_comfy_embeddings, save_tokens, token_for_component
+    from dreamedit3d_core.types import TokenSet
+
+    finetuned = write_checkpoint(models_dir, FINETUNED_CHECKPOINT, seed=1)
     tokens_path = models_dir / "mvdream_tokens" / f"{TOKENS_NAME}.safetensors"
-    if finetuned.exists() and tokens_path.exists():
-        return
-    model = load_mvdream(models_dir / "mvdream" / TINY_CHECKPOINT)
-    render = render_views(load_asset(asset), resolution=resolution)
-    masks = masks_from_parts(render, components)
-    tokens = ti.train_textual_inversion(model, render, masks, ti.TIConfig(steps=steps, seed=0, resolution=resolution))
-    model, tokens = ft.finetune(model, render, masks, tokens, ft.FTConfig(steps=steps, seed=0, resolution=resolution))
-    save_mvdream(model, finetuned, overwrite=True)
-    save_tokens(tokens, tokens_path, overwrite=True)
-    save_comfy_embeddings(tokens, models_dir / "embeddings", prefix=TOKENS_NAME + "_", overwrite=True)
+    if not tokens_path.exists():
+        names = tuple(parse_component_spec(components))
+        text_dim = _tiny_text_dim(finetuned)
+        gen = torch.Generator().manual_seed(0)
+        tokens = TokenSet(tokens=tuple(token_for_component(n) for n in names), components=names,
+                          embeddings=torch.randn(len(names), 1, text_dim, generator=gen) * 0.01)
+        save_tokens(tokens, tokens_path)
+        save_comfy_embeddings(tokens, models_dir / "embeddings", prefix=TOKENS_NAME + "_", overwrite=True)
+    return finetuned, tokens_path
+
+
+def _tiny_text_dim(checkpoint: Path) -> int:
+    """The text width of a tiny checkpoint (its token embedding's columns), read from the file."""
+    from dreamedit3d_core.mvdream.checkpoint import load_mvdream
+
+    return int(load_mvdream(checkpoint, device="cpu").text_dim)
 
 
 _SPEC_CHARS = re.compile(r"[:;,\n*]")
@@ -178,40 +197,67 @@ def write_adapted_workflows(fixdir: Path, asset_name: str, spec: str, prompt: st
     return out
 
 
+def prompt_for(spec: str) -> str:
+    """An edit prompt with the tokens of ``spec``'s components: 'a <object> with a <part> made of gold'."""
+    from dreamedit3d_core.masks import parse_component_spec
+    from dreamedit3d_core.tokens import token_for_component
+
+    tokens = [token_for_component(n) for n in parse_component_spec(spec)]
+    return f"a {tokens[-1]} with a {tokens[0]} made of gold" if len(tokens) > 1 else f"a {tokens[0]} made of gold"
+
+
+def prepare(fixdir: Path, asset: Path, components: str | None = None, prompt: str | None = None,
+            stand_ins: bool = True) -> None:
+    """Write every fixture (see the module docstring) into ``fixdir`` and print what was written."""
+    if asset == DEFAULT_ASSET and not DEFAULT_ASSET.is_file():
+        try:
+            from dreamedit3d_core.testing.examples import write_example_asset
+        except ImportError:  # before the test helpers moved into dreamedit3d_core.testing
+            from dreamedit3d_core.examples import write_example_asset
+
+        asset = fixdir / "example_asset" / "dreamedit3d_toy.glb"
+        if not asset.is_file():
+            write_example_asset(asset)
+    if not asset.is_file():
+        raise FileNotFoundError(f"asset {asset} not found; pass --asset PATH (glb/gltf/obj/ply)")
+    spec, default_prompt = components_for(asset)  # also loads the asset: a broken file stops here, before any write
+    if components:
+        spec, default_prompt = components, prompt_for(components)
+    prompt = prompt or default_prompt
+    models = fixdir / "models"
+    ckpt = write_checkpoint(models)
+    name = copy_asset(asset, fixdir / "input")
+    print(f"prepare_host: checkpoint {ckpt}")
+    print(f"prepare_host: asset input/{name.as_posix()}")
+    sam = write_sam(models)
+    print(f"prepare_host: SAM {sam}" if sam else "prepare_host: no tiny SAM (the test helpers need pytest); "
+          "no shipped workflow uses SAM")
+    if stand_ins:
+        finetuned, tokens = write_personalized(models, spec)
+        print(f"prepare_host: sample-only model {finetuned} and tokens {tokens} (random stand-ins)")
+    adapted = write_adapted_workflows(fixdir, name.as_posix(), spec, prompt)
+    print(f"prepare_host: components {spec!r}, edit prompt {prompt!r}")
+    print(f"prepare_host: workflows for this asset: {', '.join(str(p) for p in adapted)}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("fixdir", type=Path)
     ap.add_argument("--asset", type=Path, default=DEFAULT_ASSET, help="the asset to copy into input/ (default: %(default)s)")
-    ap.add_argument("--personalized", action="store_true",
-                    help="also write the sample-only workflow's fine-tuned model and tokens (else the full edit saves them)")
     ap.add_argument("--components", default=None,
                     help="component spec (default: the example's for the default asset, else made from the asset's parts)")
-    ap.add_argument("--no-personalized", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
+    ap.add_argument("--prompt", default=None, help="edit prompt (default: one with the components' tokens)")
+    ap.add_argument("--no-stand-ins", action="store_true",
+                    help="do not write the sample-only workflow's random stand-in model and tokens (with a real "
+                         "checkpoint, sample-only loads what your full edit saved)")
+    # the sample-only fixtures are written by default now; kept so older scripts still run
+    ap.add_argument("--personalized", "--no-personalized", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.asset == DEFAULT_ASSET and not DEFAULT_ASSET.is_file():
-        from dreamedit3d_core.examples import write_example_asset
-
-        args.asset = args.fixdir / "example_asset" / "dreamedit3d_toy.glb"
-        if not args.asset.is_file():
-            write_example_asset(args.asset)
-    if not args.asset.is_file():
-        print(f"prepare_host: asset {args.asset} not found; pass --asset PATH (glb/gltf/obj/ply)", file=sys.stderr)
+    try:
+        prepare(args.fixdir, args.asset, args.components, args.prompt, stand_ins=not args.no_stand_ins)
+    except (ValueError, OSError) as exc:  # the core's errors are ValueErrors with one-line messages
+        print(f"prepare_host: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    models = args.fixdir / "models"
-    ckpt = write_checkpoint(models)
-    name = copy_asset(args.asset, args.fixdir / "input")
-    sam = write_sam(models)
-    print(f"prepare_host: SAM {sam}")
-    print(f"prepare_host: checkpoint {ckpt}")
-    print(f"prepare_host: asset input/{name.as_posix()}")
-    spec, prompt = components_for(args.asset)
-    spec = args.components or spec
-    adapted = write_adapted_workflows(args.fixdir, name.as_posix(), spec, prompt)
-    print(f"prepare_host: components {spec!r}, edit prompt {prompt!r}")
-    print(f"prepare_host: workflows for this asset: {', '.join(str(p) for p in adapted)}")
-    if args.personalized:
-        write_personalized(models, args.fixdir / "input" / name, components=spec)
-        print(f"prepare_host: fine-tuned model + tokens in {models}")
     return 0
 
 
