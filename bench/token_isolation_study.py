@@ -4,8 +4,8 @@ On the tiny model and the two-block asset (``tests/_token_report_helpers.two_blo
 on a wider blue slab ``base``), learn the two tokens with the attention loss off and on, for each normalisation of
 the attention-alignment loss (``dreamedit3d_core.personalize.losses.ATTENTION_NORMALISATIONS``), and print each
 token's share of attention inside its own mask (``token_report.attention_isolation``: heads, the loss's layers and
-timesteps 100..900 averaged), its gain over λ = 0, and how peaked its map is (max / mean over the map, mean of the
-views). Prints figures and never asserts.
+timesteps 100..900 averaged), its gain over λ = 0, how peaked its map is (max / mean over the map, mean of the
+views) and the share measured at each timestep alone. Prints figures and never asserts.
 
     python -m bench.token_isolation_study --seeds 0 1 2 --steps 60 --lr 5e-2 --weights 1.0 0.01
 """
@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -53,6 +54,10 @@ def run(seeds, steps: int, lr: float, weights, normalisations, resolution: int) 
                 own = iso["share"].diagonal(dim1=0, dim2=1).mean(0)  # [K] mean over views
                 maps = iso["attention"]  # [K, V, h, w]
                 peak = (maps.amax(dim=(-2, -1)) / maps.mean(dim=(-2, -1))).mean(-1)
+                by_t = {}
+                for t in config.timesteps:  # the same share measured at one timestep at a time
+                    one = attention_isolation(model, render, masks, list(tokens.tokens), replace(config, timesteps=(t,)))
+                    by_t[t] = [round(float(x), 4) for x in one["share"].diagonal(dim1=0, dim2=1).mean(0)]
                 if baseline is None:
                     baseline = own
                 row = {"seed": seed, "run": label, "lambda": weight, "tokens": list(tokens.tokens),
@@ -60,6 +65,7 @@ def run(seeds, steps: int, lr: float, weights, normalisations, resolution: int) 
                        "gain_vs_lambda0": [round(float(x), 4) for x in own - baseline],
                        "peak_over_mean": [round(float(x), 2) for x in peak],
                        "area": [round(float(x), 4) for x in iso["area"].mean(-1)],
+                       "own_by_timestep": by_t,
                        "time_s": round(time.perf_counter() - t0, 1)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
