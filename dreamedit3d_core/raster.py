@@ -240,7 +240,8 @@ def rasterize(
 
     Args:
         verts_cam: float [V, N, 3] (or [N, 3] for one view) vertex positions in each view's OpenGL camera space
-            (x right, y up, the camera looks down -z), e.g. ``w2c[:, :3, :3] @ p + w2c[:, :3, 3]`` with ``MVCameras.w2c``.
+            (x right, y up, the camera looks down -z), e.g. ``MVCameras.world_to_camera(points)``; from world positions
+            use :func:`rasterize_views`.
         faces: int [M, 3] vertex indices (winding is ignored: two-sided).
         height, width: image size in pixels; row 0 is the top of the image.
         focal_px: focal length in pixels (``MVCameras.focal_px(height)``).
