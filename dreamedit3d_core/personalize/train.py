@@ -11,7 +11,7 @@ one CPU ``torch.Generator``; restoring its state makes a resumed run take the sa
 Checkpoints are written atomically (temp file + rename) under new names, never over a file that was already there;
 the previous checkpoint of the same run is removed only after the new one is in place.
 
-A finished run keeps its final state file (``<prefix>-done-step*.pt``): it is the only copy of the result on disk
+A finished run keeps its final state file (``<prefix>-step*-done.pt``): it is the only copy of the result on disk
 until the caller has written the tokens (or model) elsewhere. The caller then calls :meth:`TrainResult.release`,
 which deletes it; a crash before that loses nothing (resuming from the file returns the finished result without
 another step). The next finished run with the same prefix in the same folder replaces it, so they never pile up;
@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -172,18 +173,19 @@ def read_checkpoint(path: os.PathLike) -> dict:
 def latest_checkpoint(directory: os.PathLike, prefix: str) -> Optional[Path]:
     """The state file of the furthest step named ``<prefix>-step*.pt`` in ``directory``, or None.
 
-    That is the state of an interrupted run. A finished run's kept result (``<prefix>-done-step*.pt``, see
+    That is the state of an interrupted run. A finished run's kept result (``<prefix>-step*-done.pt``, see
     :func:`finished_checkpoint`) is not offered for resuming: a new run with the same prefix starts afresh.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return None
-    found = sorted(directory.glob(f"{prefix}-step*.pt"), key=lambda p: (p.name.split("-step")[-1], p.stat().st_mtime))
+    found = sorted((p for p in directory.glob(f"{prefix}-step*.pt") if not _is_finished(p)),
+                   key=lambda p: (p.name.split("-step")[-1], p.stat().st_mtime))
     return found[-1] if found else None
 
 
 def finished_checkpoint(directory: os.PathLike, prefix: str) -> Optional[Path]:
-    """The kept final state of the last finished run named ``<prefix>-done-step*.pt`` in ``directory``, or None.
+    """The kept final state of the last finished run, ``<prefix>-step*-done.pt`` in ``directory``, or None.
 
     It holds what that run learned until the caller released it (:meth:`TrainResult.release`); passing it as
     ``resume_from`` returns that result without another step (recovery after a crash before saving).
@@ -191,8 +193,16 @@ def finished_checkpoint(directory: os.PathLike, prefix: str) -> Optional[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return None
-    found = sorted(directory.glob(f"{prefix}-done-step*.pt"), key=lambda p: p.stat().st_mtime)
+    found = sorted(_finished_states(directory, prefix), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
+
+
+def _finished_states(directory: Path, prefix: str) -> list:
+    return [p for p in directory.glob(f"{prefix}-step*.pt") if _is_finished(p)]
+
+
+def _is_finished(path: Path) -> bool:
+    return re.search(r"-step\d+-done(_\d+)?\.pt$", path.name) is not None  # "<prefix>-step000400-done.pt" (or "_00001")
 
 
 def check_fingerprint(state: dict, fingerprint: Mapping[str, Any], path: os.PathLike) -> None:
@@ -227,8 +237,8 @@ class _Saver:
         earlier finished runs with this prefix in this folder (the newest result is the one the caller works on)."""
         if not self.enabled:
             return None
-        older = set(Path(self.policy.directory).glob(f"{self.policy.prefix}-done-step*.pt"))
-        path = self._write(state, step, f"{self.policy.prefix}-done-step{step:06d}.pt")
+        older = set(_finished_states(Path(self.policy.directory), self.policy.prefix))
+        path = self._write(state, step, f"{self.policy.prefix}-step{step:06d}-done.pt")
         for stale in older - {path}:
             stale.unlink(missing_ok=True)
         return path

@@ -126,8 +126,8 @@ def test_a_finished_run_keeps_its_final_state_until_released(tmp_path):
     w, opt, g, step_fn = _problem()
     policy = CheckpointPolicy(directory=tmp_path, every=4, prefix="toy")
     done = run_training(step_fn, {"w": w}, opt, 10, g, FP, checkpoint=policy)
-    assert done.last_checkpoint == tmp_path / "toy-done-step000010.pt"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy-done-step000010.pt"]  # the step-8 state was replaced
+    assert done.last_checkpoint == tmp_path / "toy-step000010-done.pt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy-step000010-done.pt"]  # the step-8 state was replaced
     assert latest_checkpoint(tmp_path, "toy") is None  # a finished run is not offered for resuming...
     assert finished_checkpoint(tmp_path, "toy") == done.last_checkpoint  # ...but its result is there to recover
     state = read_checkpoint(done.last_checkpoint)
@@ -148,16 +148,16 @@ def test_a_finished_run_keeps_its_final_state_until_released(tmp_path):
     kept = run_training(step_fn3, {"w": w3}, opt3, 2, g3, FP,
                         checkpoint=CheckpointPolicy(directory=tmp_path, every=0, prefix="kept", keep_final=True))
     kept.release()  # keep_final: release leaves the file
-    assert [p.name for p in tmp_path.iterdir()] == ["kept-done-step000002.pt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["kept-step000002-done.pt"]
 
 
 def test_a_new_finished_run_replaces_the_kept_result_of_the_previous_one(tmp_path):
     policy = CheckpointPolicy(directory=tmp_path, every=0, prefix="toy")
-    (tmp_path / "other-done-step000003.pt").write_bytes(b"another prefix: not ours to touch")
+    (tmp_path / "other-step000003-done.pt").write_bytes(b"another prefix: not ours to touch")
     for steps in (3, 2):
         w, opt, g, step_fn = _problem()
         last = run_training(step_fn, {"w": w}, opt, steps, g, FP, checkpoint=policy).last_checkpoint
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other-done-step000003.pt", "toy-done-step000002.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other-step000003-done.pt", "toy-step000002-done.pt"]
     assert read_checkpoint(last)["step"] == 2
 
 

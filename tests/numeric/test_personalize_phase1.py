@@ -289,7 +289,7 @@ def test_phase1_state_survives_until_the_caller_saved_the_tokens(tmp_path):
     result = run_textual_inversion(fresh_tiny_model(), render, masks, config, progress=CallbackProgress(),
                                    checkpoint_dir=tmp_path)
     state_file = result.training.last_checkpoint
-    assert [p.name for p in tmp_path.iterdir()] == ["phase1-done-step000003.pt"] and state_file.parent == tmp_path
+    assert [p.name for p in tmp_path.iterdir()] == ["phase1-step000003-done.pt"] and state_file.parent == tmp_path
     assert torch.equal(read_checkpoint(state_file)["params"]["token_rows"], result.tokens.embeddings[:, 0])
     recovered = train_textual_inversion(fresh_tiny_model(), render, masks, config, progress=CallbackProgress(),
                                         resume_from=state_file)
