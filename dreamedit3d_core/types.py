@@ -61,6 +61,12 @@ def _to(obj, device=None, dtype=None):
     return replace(obj, **changes)
 
 
+def _check_frame(frame) -> None:
+    if not isinstance(frame, SourceFrame):
+        raise ShapeError(f"source_frame must be a geometry.SourceFrame, got {type(frame).__name__}; wrap a 4x4 "
+                         f"to-internal matrix as SourceFrame(matrix)")
+
+
 _Data = TypeVar("_Data", bound="StageData")
 
 
@@ -121,6 +127,7 @@ class MeshAsset(StageData):
             _check(f"textures[{i}]", tex, (None, None, 3), _FLOATS)
         if m and (int(self.faces.min()) < 0 or int(self.faces.max()) >= n):
             raise ShapeError(f"faces index vertices out of range 0..{n - 1}")
+        _check_frame(self.source_frame)
 
     @property
     def num_parts(self) -> int:
@@ -169,6 +176,7 @@ class MultiViewRender(StageData):
         _check("part_id", self.part_id, (v, h, w), _INTS)
         if self.cameras.num_views != v:
             raise ShapeError(f"render has {v} views but its cameras have {self.cameras.num_views}")
+        _check_frame(self.source_frame)
 
     @property
     def num_views(self) -> int:

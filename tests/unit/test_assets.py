@@ -383,3 +383,7 @@ def test_source_frame_of_a_file_with_other_axes_and_the_gltf_frame_without_a_sou
         SourceFrame(torch.diag(torch.tensor([1.0, 0.0, 1.0, 1.0])))
     with pytest.raises(ConfigError, match="needs 16 numbers"):
         SourceFrame.from_dict({"to_internal": [1.0, 0.0]})
+    from dataclasses import replace
+
+    with pytest.raises(ShapeError, match="source_frame must be a geometry.SourceFrame, got Tensor"):
+        replace(side, source_frame=torch.eye(4))
