@@ -27,7 +27,8 @@ for _p in (str(REPO), str(REPO / "tests")):
         sys.path.insert(0, _p)
 
 
-def run(seeds, steps: int, lr: float, weights, normalisations, resolution: int) -> list:
+def run(seeds, steps: int, lr: float, weights, normalisations, resolution: int, scene: str = "blocks") -> list:
+    from _personalize_helpers import two_component_scene
     from _token_report_helpers import two_block_scene
 
     from dreamedit3d_core.personalize import losses
@@ -35,7 +36,7 @@ def run(seeds, steps: int, lr: float, weights, normalisations, resolution: int) 
     from dreamedit3d_core.tiny import load_tiny_mvdream
     from dreamedit3d_core.token_report import TokenReportConfig, attention_isolation
 
-    render, masks = two_block_scene(resolution)
+    render, masks = (two_block_scene if scene == "blocks" else two_component_scene)(resolution)
     config = TokenReportConfig(resolution=None, images=False)
     rows = []
     saved = losses.DEFAULT_ATTENTION_NORMALISATION
@@ -82,10 +83,12 @@ def main(argv=None) -> int:
     p.add_argument("--weights", type=float, nargs="+", default=[1.0], help="attention-loss weights λ besides 0")
     p.add_argument("--normalisations", nargs="+", default=["max", "distribution"])
     p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--scene", choices=["blocks", "bands"], default="blocks",
+                   help="blocks: the two-block asset; bands: the phase-1 tests' full-width hat/dog bands")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    rows = run(args.seeds, args.steps, args.lr, args.weights, args.normalisations, args.resolution)
-    print("\n| seed | run | λ | own share (top, base) | gain vs λ=0 | peak/mean |")
+    rows = run(args.seeds, args.steps, args.lr, args.weights, args.normalisations, args.resolution, args.scene)
+    print(f"\n| seed | run | λ | own share {tuple(rows[0]['tokens'])} | gain vs λ=0 | peak/mean |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['seed']} | {r['run']} | {r['lambda']} | {r['own']} | {r['gain_vs_lambda0']} | {r['peak_over_mean']} |")
