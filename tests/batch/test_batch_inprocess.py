@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import json
 import shutil
 
 import pytest
@@ -97,3 +99,33 @@ def test_broken_assets_are_reported_and_the_others_done_and_nothing_is_redone(ti
     assert {p: p.stat().st_mtime_ns for p in before} == before  # not one output file rewritten
     retried = run_batch(folder, prompts, tiny_checkpoint, out, retry_failed=True, **kwargs)
     assert retried.computed == [] and "earlier run" not in retried.failed["crate"]
+
+
+def test_url_output_with_metrics_lands_in_the_fsspec_store(tiny_checkpoint, catalogue, tmp_path):
+    import fsspec
+
+    from _metrics_helpers import write_tiny_clip_folder, write_tiny_dino_folder
+
+    clip = write_tiny_clip_folder(tmp_path / "clip")
+    dino = write_tiny_dino_folder(tmp_path / "dino")
+    root = f"memory://batch-url-{tmp_path.name}"
+    result = run_batch([catalogue / "mushroom.glb"], ["a <body> with a golden <top>"], tiny_checkpoint, root,
+                       components=COMPONENTS["assets"]["mushroom.glb"]["components"],
+                       settings=fast_settings(ti_steps=1, ft_steps=1), scratch=tmp_path / "scratch", clip=str(clip),
+                       dino=str(dino), show_progress=False)
+    assert result.ok and result.glbs == [f"{root}/{result.plan.edits[0].folder}/edited.glb"]
+    fs = fsspec.filesystem("memory")
+    base = root[len("memory://"):]
+    edit = f"{base}/{result.plan.edits[0].folder}"
+    assert fs.exists(f"{edit}/edited.glb") and fs.exists(f"{base}/report.md") and fs.exists(f"{base}/sheets/mushroom.png")
+    assert fs.find(f"{base}/{result.plan.personalizations[0].folder}/train") == []  # states mirrored, then removed
+    metrics = json.loads(fs.cat(f"{edit}/metrics.json"))["metrics"]
+    assert set(metrics) == {"clip_directional", "clip_score", "clip_image", "dino_identity"}
+    bounds = {"clip_directional": (-1, 1), "clip_score": (0, 100), "clip_image": (-1, 1), "dino_identity": (-1, 1)}
+    assert all(bounds[k][0] <= m["mean"] <= bounds[k][1] for k, m in metrics.items())
+    rows = list(csv.DictReader(io.StringIO(fs.cat(f"{base}/report.csv").decode())))
+    assert rows[0]["status"] == "done" and "dino_identity=" in rows[0]["metrics"]
+    again = run_batch([catalogue / "mushroom.glb"], ["a <body> with a golden <top>"], tiny_checkpoint, root,
+                      components=COMPONENTS["assets"]["mushroom.glb"]["components"],
+                      settings=fast_settings(ti_steps=1, ft_steps=1), scratch=tmp_path / "scratch2", show_progress=False)
+    assert again.computed == [] and len(again.reused) == 2  # finished units found in the store from another scratch
