@@ -84,7 +84,8 @@ class _Progress:
         self._postfix()
 
     def _postfix(self) -> None:
-        self.bar.set_postfix_str(f"assets {self.assets_done}/{self.assets_total}, edits {self.edits_done}/{self.edits_total}")
+        self.bar.set_postfix_str(f"assets {self.assets_done}/{self.assets_total}, edits {self.edits_done}/{self.edits_total}",
+                                 refresh=False)
 
     def finished(self, unit, status: str, detail: str) -> None:
         if unit.__class__.__name__ == "EditUnit":
@@ -205,6 +206,8 @@ def run_batch(
     settings = settings or BatchSettings()
     if workers < 0:
         raise ConfigError(f"workers must be 0 (in-process) or more, got {workers}")
+    if should_stop is not None and (workers or ray_address):
+        raise ConfigError("should_stop works for in-process runs (workers=0) only; stop a Ray batch with Ctrl-C and re-run it")
     if ray_address is not None and workers == 0:
         workers = -1  # joining a cluster: one actor per GPU of the cluster (decided once connected)
     inputs = [assets] if isinstance(assets, (str, os.PathLike)) else list(assets)
