@@ -257,7 +257,7 @@ class SaveTokens(io.ComfyNode):
                 io.String.Input("name", default="dreamedit3d-tokens",
                                 tooltip="A plain name: the token file models/mvdream_tokens/<name>.safetensors and the "
                                         "embeddings <name>_<token> (prompt: embedding:<name>_<token>)."),
-                io.Combo.Input("if_exists", options=list(IF_EXISTS), default="new_version",
+                io.Combo.Input("if_exists", options=list(IF_EXISTS), default="new_version", optional=True,
                                tooltip="When <name> is taken: new_version writes <name>_v2 (v3, ...) and leaves the old "
                                        "files alone; overwrite replaces them (prompts naming them get the new "
                                        "tokens); error stops."),

@@ -195,3 +195,11 @@ def test_option_lists_are_the_cores(pack):
 
     masks = {i.id: i for i in pack.NODES["DreamEdit3D_ComponentMask"].define_schema().inputs}
     assert masks["source"].options == [m.value for m in MaskSource]
+
+
+def test_inputs_added_since_release_are_optional_so_saved_workflows_still_validate(pack):
+    added = {"DreamEdit3D_SaveTokens": "if_exists", "DreamEdit3D_SaveViews": "samples",
+             "DreamEdit3D_ContactSheet": "samples"}
+    for node_id, input_id in added.items():
+        info = pack.NODES[node_id].INPUT_TYPES()
+        assert input_id in info.get("optional", {}) and input_id not in info["required"], (node_id, input_id)
