@@ -39,7 +39,7 @@ def _save_png_grid(images: torch.Tensor, path: Path) -> Path:
 
     from PIL import Image
 
-    from .storage import save_bytes, unique_path
+    from .storage import save_new_bytes
 
     x = images.detach().float().cpu().clamp(0, 1)
     if x.shape[1] == 1:
@@ -48,7 +48,7 @@ def _save_png_grid(images: torch.Tensor, path: Path) -> Path:
     array = (row.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
-    return save_bytes(unique_path(path), buffer.getvalue())
+    return save_new_bytes(path, buffer.getvalue())
 
 
 def _device(name: str) -> torch.device:

@@ -89,6 +89,17 @@ def save_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = False) ->
     return atomic_write(path, _write, overwrite=overwrite)
 
 
+def save_new_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` at ``path`` or the first free ``stem_0000n`` variant beside it, never over an existing file
+    (a name taken by another writer between the check and the rename moves on to the next one). Returns the path."""
+    for _ in range(3):
+        try:
+            return save_bytes(unique_path(path), data)
+        except ConfigError:  # taken meanwhile: the next free name
+            continue
+    raise ConfigError(f"could not find a free file name next to {path}: clean up the folder")
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -39,3 +39,23 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(RuntimeError):
         storage.atomic_write(tmp_path / "x.bin", boom)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_new_bytes_never_overwrites_and_moves_on_when_a_name_is_taken_meanwhile(tmp_path, monkeypatch):
+    first = storage.save_new_bytes(tmp_path / "v.png", b"1")
+    second = storage.save_new_bytes(tmp_path / "v.png", b"2")
+    assert (first.name, second.name) == ("v.png", "v_00001.png") and first.read_bytes() == b"1"
+    real_unique = storage.unique_path
+    calls = []
+
+    def racing_unique(path):
+        target = real_unique(path)
+        if not calls:  # another writer takes the free name right after we picked it
+            target.write_bytes(b"theirs")
+        calls.append(target.name)
+        return target
+
+    monkeypatch.setattr(storage, "unique_path", racing_unique)
+    third = storage.save_new_bytes(tmp_path / "v.png", b"3")
+    assert calls == ["v_00002.png", "v_00003.png"] and third.name == "v_00003.png" and third.read_bytes() == b"3"
+    assert (tmp_path / "v_00002.png").read_bytes() == b"theirs"
