@@ -30,6 +30,8 @@ MAX_FILL_SOURCES = 50_000
 FILL_NEIGHBOURS = 4
 #: Surface samples projected into the views per chunk (bounds memory, and the time between interruption checks).
 SAMPLE_CHUNK = 1 << 18
+#: Texels rasterized per band of the UV layout (512 rows of a 4096^2 texture).
+UV_BAND_TEXELS = 1 << 21
 #: Texel rings of gutter padding around the charts.
 GUTTER_TEXELS = 4
 
@@ -192,6 +194,30 @@ def pad_gutter(texture: torch.Tensor, covered: torch.Tensor, rings: int = GUTTER
     return torch.where(acc[0, 3, ..., None] > 0, out, mean.expand_as(out))
 
 
+def rasterize_texture(uv: torch.Tensor, faces: torch.Tensor, texture_size: int,
+                      check_interrupt: Optional[Callable[[], None]] = None) -> Fragments:
+    """``raster.rasterize_uv`` of a ``texture_size`` square texture, ``UV_BAND_TEXELS`` texels at a time in horizontal
+    bands (bounded memory, and ``check_interrupt`` polled between bands: a 4096^2 layout takes tens of seconds).
+
+    Each band is the same raster with its rows shifted (v remapped so the band's first row is row 0), so the pixel
+    centres and the lowest-face rule are those of one full-size call.
+    """
+    rows_per_band = max(1, UV_BAND_TEXELS // texture_size)
+    if rows_per_band >= texture_size:
+        return rasterize_uv(uv, faces, texture_size)
+    u = uv.to(torch.float64)
+    parts = []
+    for row0 in range(0, texture_size, rows_per_band):
+        if check_interrupt is not None:
+            check_interrupt()
+        band = min(rows_per_band, texture_size - row0)
+        # rasterize_uv puts v at row (1 - v) * H: for the band, (1 - v') * band = (1 - v) * T - row0
+        v_band = 1.0 - ((1.0 - u[:, 1]) * texture_size - row0) / band
+        parts.append(rasterize_uv(torch.stack([u[:, 0], v_band], -1), faces, (band, texture_size)))
+    return Fragments(face_id=torch.cat([p.face_id for p in parts], 1), bary=torch.cat([p.bary for p in parts], 1),
+                     depth=torch.cat([p.depth for p in parts], 1))
+
+
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Area-weighted unit vertex normals float32 [N, 3] (outward for outward winding)."""
     v = verts.to(torch.float32)
@@ -216,7 +242,7 @@ def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor
     Returns:
         (texture float32 [T, T, 3] in 0..1, row 0 at the top (v = 1); stats with ``unseen_texel_fraction``).
     """
-    frags = rasterize_uv(uv, faces, texture_size)
+    frags = rasterize_texture(uv, faces, texture_size, check_interrupt)
     covered = frags.face_id[0] >= 0
     pos = interpolate(verts.to(torch.float32), faces, frags)[0][covered]
     nrm = F.normalize(interpolate(normals.to(torch.float32), faces, frags)[0][covered], dim=-1)

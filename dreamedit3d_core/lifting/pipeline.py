@@ -58,6 +58,8 @@ def register_reconstructor(name: str, fn: Callable, overwrite: bool = False) -> 
     ``grid`` the requested resolution (a hint), and the result as tensors or arrays: vertices float [N, 3] in OUR world frame
     (OpenGL y-up, the asset's front facing +x, the object inside about [-0.5, 0.5]^3, as the views show it) and faces int
     [M, 3] with outward winding. Weights are the plug-in's business (loaded from the user's folders); nothing is downloaded.
+    A function that also takes a ``progress`` keyword gets the lift's :class:`~dreamedit3d_core.progress.Progress`: it
+    should call ``progress.check_interrupt()`` at least once a second in its long loops.
 
     Raises:
         ConfigError: a bad name, a non-callable, or a taken name without ``overwrite``.
@@ -117,8 +119,20 @@ def _check_options(mode, source, grid, texture_size, face_budget, refine_steps, 
             raise ConfigError("mode 'keep_source' keeps the source geometry; it cannot use a reconstructor")
 
 
-def _run_reconstructor(name, rgb, alpha, cameras, grid, device) -> tuple[np.ndarray, np.ndarray]:
-    out = _RECONSTRUCTORS[name](rgb, alpha, cameras, grid=int(grid), device=device)
+def _accepts_progress(fn: Callable) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "progress" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _run_reconstructor(name, rgb, alpha, cameras, grid, device, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    fn = _RECONSTRUCTORS[name]
+    extra = {"progress": progress} if progress is not None and _accepts_progress(fn) else {}
+    out = fn(rgb, alpha, cameras, grid=int(grid), device=device, **extra)
     try:
         verts, faces = out
         verts = np.asarray(verts.detach().cpu() if isinstance(verts, torch.Tensor) else verts, np.float64)
@@ -137,7 +151,7 @@ def _hull_geometry(alpha, cameras, grid, check) -> tuple[np.ndarray, np.ndarray,
     fine = hull.fit_grid(lambda g: hull.silhouette_occupancy(alpha, cameras, g, check), grid, "visual hull")
     occ = hull.silhouette_occupancy(alpha, cameras, fine, check)
     occ = hull.keep_main_solids(hull.gaussian_smooth(occ, hull.HULL_SMOOTH_SIGMA))
-    verts, faces = surface.marching_cubes(occ, fine)
+    verts, faces = surface.marching_cubes(occ, fine, check)
     return verts, faces, {"voxel_size": fine.spacing, "grid_shape": list(fine.shape)}
 
 
@@ -150,7 +164,7 @@ def _source_guided_geometry(alpha, cameras, source, grid, check) -> tuple[np.nda
     solid = hull.mesh_occupancy(source.vertices, source.faces, fine, where=hull_edited > 0.01, check_interrupt=check)
     occ = hull.source_guided_occupancy(hull_edited, hull_source, solid)
     occ = hull.keep_main_solids(occ)
-    verts, faces = surface.marching_cubes(occ, fine)
+    verts, faces = surface.marching_cubes(occ, fine, check)
     added = float((torch.minimum(hull_edited, 1 - hull_source) > 0.5).sum()) / max(float((occ > 0.5).sum()), 1.0)
     return verts, faces, {"voxel_size": fine.spacing, "grid_shape": list(fine.shape), "added_volume_fraction": added}
 
@@ -240,7 +254,8 @@ def _geometry(st: _LiftState, mode: LiftMode, grid: int, reconstructor: Optional
         st.verts, st.faces = surface.drop_unused_vertices(verts, faces)
         return
     if reconstructor is not None:
-        st.verts, st.faces = _run_reconstructor(reconstructor, st.rgb, st.alpha, st.cameras, grid, st.device)
+        st.verts, st.faces = _run_reconstructor(reconstructor, st.rgb, st.alpha, st.cameras, grid, st.device,
+                                                st.progress)
         st.stats["reconstructor"] = reconstructor
         return
     if mode == LiftMode.HULL:
@@ -287,7 +302,7 @@ def _colour(st: _LiftState, texture_size: int) -> dict:
     if not texture_size:
         return out
     st.check()
-    vmap, faces_uv, uv_np = surface.uv_atlas(st.verts, st.faces, int(texture_size))
+    vmap, faces_uv, uv_np = surface.uv_atlas(st.verts, st.faces, int(texture_size), st.check)
     vmap_t = torch.from_numpy(vmap).to(device)
     out.update(vertices=v_t[vmap_t], faces=torch.from_numpy(faces_uv).to(device), uv=torch.from_numpy(uv_np).to(device),
                vertex_colors=vertex_colors[vmap_t])
@@ -301,7 +316,7 @@ def _colour(st: _LiftState, texture_size: int) -> dict:
 def _refine(st: _LiftState, mesh: dict, texture_size: int, refine_steps: int) -> None:
     """Stage 5 (optional): refine the texture against the views by differentiable rendering (geometry held fixed)."""
     h, w = st.rgb.shape[-2:]
-    covered = bake.rasterize_uv(mesh["uv"], mesh["faces"], int(texture_size)).face_id[0] >= 0
+    covered = bake.rasterize_texture(mesh["uv"], mesh["faces"], int(texture_size), st.check).face_id[0] >= 0
     frags_views = bake.render_fragments(mesh["vertices"], mesh["faces"], st.cameras, h, w)
     texture, losses = bake.refine_texture(mesh["texture"], mesh["uv"], mesh["faces"], frags_views, st.rgb, st.alpha,
                                           int(refine_steps), progress=st.progress)
