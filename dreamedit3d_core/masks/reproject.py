@@ -18,6 +18,14 @@ from ..types import MultiViewRender
 DEFAULT_DEPTH_TOLERANCE = 0.02
 
 
+def _pixel_cells(xy: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pixel holding each point of ``xy`` [..., 2] (x = column, y = row): (row, col) clamped into the image, and
+    whether the point lies inside it."""
+    col, row = xy[..., 0].floor().long(), xy[..., 1].floor().long()
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    return row.clamp(0, height - 1), col.clamp(0, width - 1), inside
+
+
 def lift_pixels(render: MultiViewRender, view: int, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Lift image points of one view to the 3D surface it shows.
 
@@ -32,9 +40,8 @@ def lift_pixels(render: MultiViewRender, view: int, xy: torch.Tensor) -> tuple[t
     """
     h, w = render.size
     xy = torch.as_tensor(xy, dtype=torch.float64, device=render.depth.device).reshape(-1, 2)
-    col, row = xy[:, 0].floor().long(), xy[:, 1].floor().long()
-    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    d = render.depth[view, 0, row.clamp(0, h - 1), col.clamp(0, w - 1)].to(torch.float64)
+    row, col, inside = _pixel_cells(xy, h, w)
+    d = render.depth[view, 0, row, col].to(torch.float64)
     valid = inside & (d > 0)
     return render.cameras.unproject(xy, d, h, w, view=view), valid
 
@@ -57,18 +64,16 @@ def project_visible(render: MultiViewRender, points: torch.Tensor,
     h, w = render.size
     pts = torch.as_tensor(points, dtype=torch.float64, device=render.depth.device).reshape(-1, 3)
     xy, depth = render.cameras.project(pts, h, w)
-    col, row = xy[..., 0].floor().long(), xy[..., 1].floor().long()
-    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h) & (depth > 0)
+    row, col, inside = _pixel_cells(xy, h, w)
     v_idx = torch.arange(xy.shape[0], device=pts.device)[:, None].expand_as(col)
-    rc, cc = row.clamp(0, h - 1), col.clamp(0, w - 1)
-    seen = render.depth[v_idx, 0, rc, cc].to(torch.float64)
-    normal = render.normals[v_idx, :, rc, cc].to(torch.float64)  # [V, P, 3]
+    seen = render.depth[v_idx, 0, row, col].to(torch.float64)
+    normal = render.normals[v_idx, :, row, col].to(torch.float64)  # [V, P, 3]
     to_cam = torch.nn.functional.normalize(render.cameras.positions(torch.float64)[:, None].to(pts.device) - pts[None],
                                            dim=-1)
     cos = (normal * to_cam).sum(-1).abs().clamp(min=0.1)
     slope = torch.sqrt(1.0 - cos ** 2) / cos
     tolerance = depth_tolerance + seen / render.cameras.focal_px(h) * slope
-    visible = inside & (seen > 0) & ((seen - depth).abs() <= tolerance)
+    visible = inside & (depth > 0) & (seen > 0) & ((seen - depth).abs() <= tolerance)
     return xy, visible
 
 
@@ -90,6 +95,7 @@ def mask_disagreement(render: MultiViewRender, masks: torch.Tensor, max_points: 
     if masks.ndim != 4 or masks.shape[1:] != render.part_id.shape:
         raise ShapeError(f"masks must be [K, {', '.join(map(str, render.part_id.shape))}], got {list(masks.shape)}")
     k_count, num_views = masks.shape[:2]
+    h, w = render.size
     out = torch.full((k_count,), math.nan, dtype=torch.float32)
     for k in range(k_count):
         agree = total = 0
@@ -106,7 +112,7 @@ def mask_disagreement(render: MultiViewRender, masks: torch.Tensor, max_points: 
                 sel = visible[b]
                 if not bool(sel.any()):
                     continue
-                col, row = xy[b, sel, 0].floor().long(), xy[b, sel, 1].floor().long()
+                row, col, _ = _pixel_cells(xy[b, sel], h, w)  # visible points lie inside view b
                 agree += int(masks[k, b, row, col].sum())
                 total += int(sel.sum())
         if total:
