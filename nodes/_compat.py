@@ -32,11 +32,6 @@ except ImportError:  # pragma: no cover - older hosts
 UPLOAD_FILE = getattr(getattr(io, "UploadType", None), "model", None)
 
 
-def has_io_type(name: str) -> bool:
-    """Whether the running ComfyUI's V3 ``io`` has ``name`` (e.g. 'File3DAny', 'Autogrow')."""
-    return hasattr(io, name)
-
-
 def advanced(inp: Any) -> Any:
     """Mark a V3 input as advanced (folded away in the node) where the host knows the flag; else the flag rides in
     the input's extra options, which older frontends ignore. Returns ``inp``."""
@@ -105,10 +100,6 @@ def progress_bar(total: int, node_id: Any = None):
 
 def throw_if_interrupted() -> None:
     _mm.throw_exception_if_processing_interrupted()
-
-
-def interrupt_exception_type() -> type:
-    return _mm.InterruptProcessingException
 
 
 def sd_latent_rgb_factors() -> list:

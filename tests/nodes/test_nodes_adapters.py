@@ -58,7 +58,7 @@ def test_registration_lists_every_stage_node_with_v3_classes(pack):
 
 # ------------------------------------------------------------------------------------------------ input files
 def test_input_files_are_listed_with_subfolders_and_symlinks_out_are_skipped(pack, tmp_path):
-    from dreamedit3d_pack.nodes import _compat
+    from dreamedit3d_pack.nodes import folders as _compat
 
     inp = _compat.input_folder()
     (inp / "sub" / "deeper").mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def test_input_files_are_listed_with_subfolders_and_symlinks_out_are_skipped(pac
 ])
 def test_unsafe_or_missing_input_paths_are_refused_with_a_clear_message(pack, name, fragment):
     from dreamedit3d_core.errors import AssetError as PlainAssetError
-    from dreamedit3d_pack.nodes import _compat
+    from dreamedit3d_pack.nodes import folders as _compat
 
     with pytest.raises(ValueError, match=fragment) as info:
         _compat.resolve_input_file(name, (".glb", ".obj"))
@@ -93,7 +93,7 @@ def test_unsafe_or_missing_input_paths_are_refused_with_a_clear_message(pack, na
 
 
 def test_input_path_inside_a_subfolder_resolves_to_that_file(pack):
-    from dreamedit3d_pack.nodes import _compat
+    from dreamedit3d_pack.nodes import folders as _compat
 
     got = _compat.resolve_input_file("sub/deeper/b.obj", (".obj",))
     assert got == (_compat.input_folder() / "sub" / "deeper" / "b.obj").resolve()
@@ -174,14 +174,14 @@ def test_component_masks_are_stacked_component_major_and_coloured_by_component(p
 def test_progress_reports_to_comfyui_hook_with_a_grid_preview_and_interrupts(pack):
     import comfy.model_management as mm
     import comfy.utils
-    from dreamedit3d_pack.nodes import _compat
+    from dreamedit3d_pack.nodes.progress import ComfyProgress
 
     calls = []
     old = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append(
         (value, total, preview, node_id)))
     try:
-        progress = _compat.ComfyProgress(10, node_id="7")
+        progress = ComfyProgress(10, node_id="7")
         progress.update(3, 10, preview=torch.rand(4, 3, 8, 8), loss=0.5)
     finally:
         comfy.utils.set_progress_bar_global_hook(old)
@@ -200,18 +200,29 @@ def test_core_mesh_is_the_hosts_class_and_core_saveglb_writes_it(pack):
     import trimesh
     from comfy_api.latest import Types
     from comfy_extras.nodes_hunyuan3d import SaveGLB
-    from dreamedit3d_pack.nodes import _compat
+    from dreamedit3d_pack.nodes import folders, sockets
 
     verts = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float32)
     faces = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
-    mesh = _compat.core_mesh(verts, faces, uvs=torch.zeros(4, 2), texture=torch.zeros(8, 8, 3))
+    mesh = sockets.core_mesh(verts, faces, uvs=torch.zeros(4, 2), texture=torch.zeros(8, 8, 3))
     assert isinstance(mesh, Types.MESH) and mesh.vertices.shape == (1, 4, 3)
-    v, f = _compat.mesh_from_core(mesh)
+    v, f = sockets.mesh_from_core(mesh)
     assert torch.equal(v, verts) and torch.equal(f, faces)
     out = SaveGLB.PREPARE_CLASS_CLONE({}).execute(mesh=mesh, filename_prefix="dreamedit3d/test")
     item = out.ui["3d"][0] if isinstance(out.ui, dict) else out.ui.as_dict()["3d"][0]
-    saved = trimesh.load(_compat.output_folder() / item["subfolder"] / item["filename"], force="mesh")
+    saved = trimesh.load(folders.output_folder() / item["subfolder"] / item["filename"], force="mesh")
     assert len(saved.faces) == 4
+
+
+def test_names_moved_out_of_compat_still_import_from_it(pack):
+    """nodes/lifting.py (and any module not yet updated) imports these from _compat: they resolve to the new homes."""
+    from dreamedit3d_pack.nodes import _compat, folders, progress, sockets
+
+    for name, home in (("ComfyProgress", progress), ("core_mesh_batch", sockets), ("save_target", folders),
+                       ("output_relative", folders), ("resolve_input_file", folders), ("FOLDER_MVDREAM", folders)):
+        assert getattr(_compat, name) is getattr(home, name)
+    with pytest.raises(AttributeError, match="no attribute"):
+        _compat.no_such_name
 
 
 def test_model_management_takes_a_diffusers_module(pack):
