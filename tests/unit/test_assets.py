@@ -241,23 +241,33 @@ def test_face_limit_is_a_clear_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ball.ply"]
 
 
-def test_gltf_vertex_colours_multiply_the_base_colour_factor(tmp_path):
-    """COLOR_0 as float next to a material: kept as 0..1 vertex colours, baseColorFactor as the face base colour."""
+def _triangle_gltf(folder, stem, attribute, values, **tree):
+    """A one-triangle ``<stem>.gltf`` + ``<stem>.bin``: POSITION and one float ``attribute`` (``values`` [3, 2 or 3]);
+    ``tree`` adds top-level entries (with ``materials`` the triangle uses material 0)."""
     pos = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
-    col = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0.5]], np.float32)
-    blob = pos.tobytes() + col.tobytes()
-    tree = {
+    values = np.asarray(values, np.float32)
+    blob = pos.tobytes() + values.tobytes()
+    primitive = {"attributes": {"POSITION": 0, attribute: 1}, **({"material": 0} if "materials" in tree else {})}
+    gltf = {
         "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0, "name": "tri"}],
-        "materials": [{"pbrMetallicRoughness": {"baseColorFactor": [0.5, 1.0, 0.25, 1.0]}}],
-        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "COLOR_0": 1}, "material": 0}]}],
+        "meshes": [{"primitives": [primitive]}],
         "accessors": [{"bufferView": 0, "componentType": 5126, "count": 3, "type": "VEC3", "min": [0, 0, 0],
                        "max": [1, 1, 0]},
-                      {"bufferView": 1, "componentType": 5126, "count": 3, "type": "VEC3"}],
-        "bufferViews": [{"buffer": 0, "byteLength": 36}, {"buffer": 0, "byteOffset": 36, "byteLength": 36}],
-        "buffers": [{"uri": "c.bin", "byteLength": len(blob)}],
+                      {"bufferView": 1, "componentType": 5126, "count": 3, "type": f"VEC{values.shape[1]}"}],
+        "bufferViews": [{"buffer": 0, "byteLength": 36}, {"buffer": 0, "byteOffset": 36, "byteLength": values.nbytes}],
+        "buffers": [{"uri": f"{stem}.bin", "byteLength": len(blob)}],
+        **tree,
     }
-    (tmp_path / "c.gltf").write_text(json.dumps(tree))
-    (tmp_path / "c.bin").write_bytes(blob)
+    (folder / f"{stem}.bin").write_bytes(blob)
+    (folder / f"{stem}.gltf").write_text(json.dumps(gltf))
+    return folder / f"{stem}.gltf"
+
+
+def test_gltf_vertex_colours_multiply_the_base_colour_factor(tmp_path):
+    """COLOR_0 as float next to a material: kept as 0..1 vertex colours, baseColorFactor as the face base colour."""
+    col = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0.5]], np.float32)
+    _triangle_gltf(tmp_path, "c", "COLOR_0", col,
+                   materials=[{"pbrMetallicRoughness": {"baseColorFactor": [0.5, 1.0, 0.25, 1.0]}}])
     asset = load_asset(tmp_path / "c.gltf")
     torch.testing.assert_close(asset.vertex_colors, torch.from_numpy(col), atol=1e-6, rtol=0)
     # trimesh keeps material factors as uint8: within one step of 1/255
@@ -267,28 +277,16 @@ def test_gltf_vertex_colours_multiply_the_base_colour_factor(tmp_path):
 def _textured_gltf(folder, extra_material=None, image_uri="t.png", required=()):
     from PIL import Image
 
-    pos = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
     uv = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)  # glTF UVs (v down)
-    blob = pos.tobytes() + uv.tobytes()
     texture = {"index": 0}
     if extra_material:
         texture["extensions"] = {"KHR_texture_transform": extra_material}
-    tree = {
-        "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0, "name": "tri"}],
-        "extensionsRequired": list(required), "extensionsUsed": list(required) + ["KHR_texture_transform"],
-        "materials": [{"name": "m", "pbrMetallicRoughness": {"baseColorTexture": texture}}],
-        "textures": [{"source": 0}], "images": [{"uri": image_uri}],
-        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "TEXCOORD_0": 1}, "material": 0}]}],
-        "accessors": [{"bufferView": 0, "componentType": 5126, "count": 3, "type": "VEC3", "min": [0, 0, 0],
-                       "max": [1, 1, 0]},
-                      {"bufferView": 1, "componentType": 5126, "count": 3, "type": "VEC2"}],
-        "bufferViews": [{"buffer": 0, "byteLength": 36}, {"buffer": 0, "byteOffset": 36, "byteLength": 24}],
-        "buffers": [{"uri": "t.bin", "byteLength": len(blob)}],
-    }
     Image.new("RGB", (4, 2), (200, 10, 10)).save(folder / "t.png")
-    (folder / "t.bin").write_bytes(blob)
-    (folder / "t.gltf").write_text(json.dumps(tree))
-    return folder / "t.gltf"
+    return _triangle_gltf(
+        folder, "t", "TEXCOORD_0", uv,
+        extensionsRequired=list(required), extensionsUsed=list(required) + ["KHR_texture_transform"],
+        materials=[{"name": "m", "pbrMetallicRoughness": {"baseColorTexture": texture}}],
+        textures=[{"source": 0}], images=[{"uri": image_uri}])
 
 
 def test_khr_texture_transform_is_applied_to_the_uvs(tmp_path):
