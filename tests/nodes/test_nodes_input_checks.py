@@ -203,3 +203,11 @@ def test_inputs_added_since_release_are_optional_so_saved_workflows_still_valida
     for node_id, input_id in added.items():
         info = pack.NODES[node_id].INPUT_TYPES()
         assert input_id in info.get("optional", {}) and input_id not in info["required"], (node_id, input_id)
+
+
+def test_a_node_whose_own_check_reads_link_types_still_gets_comfys_link_type_check(pack):
+    # ComfyUI skips its link type check for a node whose validator takes input_types (OrthoRender does): ours runs it
+    render = pack.NODES["DreamEdit3D_OrthoRender"]
+    message = _validate(render, input_types={"mesh": "IMAGE"}, asset="../x.glb")
+    assert isinstance(message, str) and "mesh" in message and "IMAGE" in message
+    assert _validate(render, input_types={"mesh": "MESH"}, asset="../x.glb") is True
