@@ -133,6 +133,7 @@ def main(argv=None) -> list:
     ap.add_argument("--grid", type=int, default=128)
     ap.add_argument("--texture", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs before each scenario")
     ap.add_argument("--scenarios", nargs="*", default=["forward", "mesh", "reconstruct+bake"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -169,12 +170,12 @@ def main(argv=None) -> list:
     if "forward" in args.scenarios:
         _reset_peak(device)
         with torch.inference_mode():
-            _, times = _timed(lambda: net(x), device, args.repeats)
+            _, times = _timed(lambda: net(x), device, args.repeats, args.warmup)
         row("forward", times, f"{4 * net.config.splat_size ** 2} Gaussians")
     if "mesh" in args.scenarios:
         _reset_peak(device)
         (verts, faces, stats), times = _timed(lambda: gaussians_to_mesh(splats, args.grid, alpha, cams), device,
-                                              args.repeats)
+                                              args.repeats, args.warmup)
         row("mesh", times, f"{faces.shape[0]} faces, grid {stats['grid_shape']}")
     if "reconstruct+bake" in args.scenarios:
         fr = lgm_frame(cams)
@@ -198,13 +199,13 @@ def main(argv=None) -> list:
                                     color=g.colors[None])
 
         model = net if args.weights else SplatsAfterForward()
-        rec = LGMReconstructor(net, dtype=dtype)
-        rec._network = model
+        rec = LGMReconstructor(model, dtype=dtype)
         register_reconstructor("lgm_bench", rec, overwrite=True)
         _reset_peak(device)
         try:
             mesh, times = _timed(lambda: lift_to_mesh(rgb, cams, alpha=alpha, reconstructor="lgm_bench",
-                                                      grid=args.grid, texture_size=args.texture), device, args.repeats)
+                                                      grid=args.grid, texture_size=args.texture), device, args.repeats,
+                                   args.warmup)
         finally:
             unregister_reconstructor("lgm_bench")
         note = "LGM's Gaussians" if args.weights else "network run, surface splats meshed"

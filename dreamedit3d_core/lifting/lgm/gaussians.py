@@ -95,7 +95,7 @@ class Gaussians:
         return int(self.means.shape[0])
 
     def covariance(self) -> torch.Tensor:
-        """float32 [N, 3, 3]."""
+        """float64 [N, 3, 3]."""
         a = self.axes.to(torch.float64)
         return (a * self.scales.to(torch.float64)[:, None, :] ** 2) @ a.transpose(1, 2)
 

@@ -38,7 +38,8 @@ class LGMReconstructor:
                  rotation_normalization: Optional[str] = None, hull: bool = True):
         if frame not in FRAMES:
             raise ConfigError(f"unknown LGM frame {frame!r}; valid frames are {list(FRAMES)}")
-        self._network: Optional[LGMNetwork] = path if isinstance(path, LGMNetwork) else None
+        # a module already built (an LGMNetwork, or anything with its ``config`` and forward, e.g. in benchmarks)
+        self._network: Optional[LGMNetwork] = path if isinstance(path, torch.nn.Module) else None
         self.path = None if self._network is not None else Path(path)
         self.dtype = dtype
         self.frame = frame
@@ -46,6 +47,11 @@ class LGMReconstructor:
         self.hull = bool(hull)
         self.last_gaussians: Optional[Gaussians] = None
         self.last_stats: dict = {}
+
+    def offload(self) -> None:
+        """Move the loaded network to the CPU (frees its GPU memory; the next call moves it back)."""
+        if self._network is not None:
+            self._network = self._network.to("cpu", torch.float32)
 
     def network(self, device=None) -> LGMNetwork:
         """The loaded network on ``device`` (loaded once, moved when the device changes)."""
