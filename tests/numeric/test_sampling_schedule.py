@@ -278,3 +278,28 @@ def test_sampling_arguments_are_checked(known):
         sample_views(model, cond, noise=torch.zeros(2, 4, 8, 8))
     with pytest.raises(ConfigError, match="resolution must be a positive multiple of 8"):
         sample_views(model, cond, resolution=100)
+
+
+def test_the_core_speaks_no_comfyui_guidance_dicts():
+    """ComfyUI's model_options / cfg-function argument dicts are translated only in nodes/sampler_bridge.py: no name
+    or dict key of the core's code (docstrings aside) is one of theirs."""
+    import ast
+    from pathlib import Path
+
+    import dreamedit3d_core
+
+    root = Path(dreamedit3d_core.__file__).parent
+    words = {"model_options", "sampler_cfg_function", "sampler_post_cfg_function", "cond_scale"}
+    hits = []
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id in words or isinstance(node, ast.arg) and node.arg in words:
+                hits.append(f"{path.relative_to(root)}:{node.lineno}")
+            elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                  and node.value in words):
+                hits.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert hits == []
