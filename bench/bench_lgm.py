@@ -16,7 +16,8 @@ process's peak resident set so far (``ru_maxrss``, monotone over the run). Issue
 reconstruction + bake <= 3 s, peak <= 10 GB.
 
     python -m bench.bench_lgm --device cpu --config tiny
-    python -m bench.bench_lgm --device cuda --dtype fp16 --config big [--weights models/lgm/model_fp16_fixrot.safetensors]
+    python -m bench.bench_lgm --device cuda --dtype fp16 --config big
+    python -m bench.bench_lgm --device cuda --dtype bf16 --weights models/lgm/model_fp16_fixrot.safetensors
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def _asset_views(device, res: int):
         from _lift_helpers import asset_from_trimesh, box_with_nose
 
         mesh, colors = box_with_nose()
-        asset, name = asset_from_trimesh(trimesh.Trimesh(mesh.vertices, mesh.faces), face_colors=colors), "box_with_nose"
+        asset = asset_from_trimesh(trimesh.Trimesh(mesh.vertices, mesh.faces), face_colors=colors)
+        name = "box_with_nose"
     cams = MVCameras.mvdream_default()
     views = render_views(asset, cams, resolution=res)
     return asset, name, views, cams
@@ -158,7 +160,8 @@ def main(argv=None) -> list:
     x = lgm_input(rgb * alpha + (1 - alpha), cams, net.config.input_size).to(device=device, dtype=dtype)
     splats = surface_splats(asset).to(device)
     rows = []
-    print(f"# asset {asset_name}, views 4 x 256 px, LGM input {list(x.shape)}, grid {args.grid}, texture {args.texture}")
+    print(f"# asset {asset_name}, views 4 x 256 px, LGM input {list(x.shape)}, grid {args.grid}, "
+          f"texture {args.texture}")
     print(f"{'scenario':<18}{'median_ms':>11}{'best_ms':>10}{'peak_mem_gb':>13}  notes")
 
     def row(name, times, note=""):
@@ -195,7 +198,8 @@ def main(argv=None) -> list:
 
                 xyzw = torch.from_numpy(Rotation.from_matrix(axes.double().cpu().numpy()).as_quat()).float().to(device)
                 return RawGaussians(position=fr.to_lgm(g.means)[None], opacity=g.opacity[None, :, None],
-                                    scale=(g.scales * fr.scale)[None], rotation=torch.cat([xyzw[:, 3:], xyzw[:, :3]], -1)[None],
+                                    scale=(g.scales * fr.scale)[None],
+                                    rotation=torch.cat([xyzw[:, 3:], xyzw[:, :3]], -1)[None],
                                     color=g.colors[None])
 
         model = net if args.weights else SplatsAfterForward()

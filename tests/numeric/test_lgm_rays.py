@@ -108,7 +108,8 @@ def test_gaussians_come_back_in_our_frame():
     q = torch.nn.functional.normalize(torch.randn(6, 4, generator=gen, dtype=torch.float64), dim=-1)
     scale = torch.rand(6, 3, generator=gen, dtype=torch.float64) * 0.02 + 0.001
     raw = RawGaussians(position=fr.to_lgm(pts)[None], opacity=torch.full((1, 6, 1), 0.7, dtype=torch.float64),
-                       scale=scale[None], rotation=q[None], color=torch.rand(1, 6, 3, generator=gen, dtype=torch.float64))
+                       scale=scale[None], rotation=q[None],
+                       color=torch.rand(1, 6, 3, generator=gen, dtype=torch.float64))
     g = gaussians_from_lgm(raw, fr)
     assert torch.allclose(g.means.double(), pts, atol=1e-6)
     # covariance in LGM's frame, mapped by hand: Sigma_ours = R^T Sigma_lgm R / s^2

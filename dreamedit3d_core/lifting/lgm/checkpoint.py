@@ -60,8 +60,8 @@ def _open_header(path: Path):
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; expected {EXPECTED}")
     if path.suffix != ".safetensors":
-        raise CheckpointError(f"{path.name} is a {path.suffix or 'suffix-less'} file, not .safetensors: LGM is published "
-                              f"as {RELEASED_FILE}; put that file in models/lgm")
+        raise CheckpointError(f"{path.name} is a {path.suffix or 'suffix-less'} file, not .safetensors: LGM is "
+                              f"published as {RELEASED_FILE}; put that file in models/lgm")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the download did not finish; expected {EXPECTED}")
     from safetensors import safe_open

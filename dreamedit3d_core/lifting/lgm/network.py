@@ -290,8 +290,8 @@ class LGMNetwork(nn.Module):
         want = [LGM_NUM_VIEWS, LGM_INPUT_CHANNELS]
         if not isinstance(views, torch.Tensor) or views.ndim != 5 or list(views.shape[1:3]) != want:
             got = list(views.shape) if isinstance(views, torch.Tensor) else type(views).__name__
-            raise ShapeError(f"LGM input must be [B, {LGM_NUM_VIEWS}, {LGM_INPUT_CHANNELS}, {s}, {s}] (four views, RGB + "
-                             f"Plücker rays), got {got}; build it with lgm_input()")
+            raise ShapeError(f"LGM input must be [B, {LGM_NUM_VIEWS}, {LGM_INPUT_CHANNELS}, {s}, {s}] (four views, "
+                             f"RGB + Plücker rays), got {got}; build it with lgm_input()")
         if views.shape[-1] % self.config.downscale or views.shape[-2] % self.config.downscale:
             raise ShapeError(f"LGM input side {list(views.shape[-2:])} must be divisible by {self.config.downscale}; "
                              f"resize the views to {s} px")
