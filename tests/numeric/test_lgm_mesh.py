@@ -87,3 +87,16 @@ def test_no_visible_gaussian_is_a_clear_error():
     faint = Gaussians(g.means, torch.full_like(g.opacity, 0.01), g.scales, g.axes, g.colors)
     with pytest.raises(LiftError, match="no Gaussian with opacity >= 0.05 \\(max 0.01\\)"):
         gaussians_to_mesh(faint, resolution=32)
+
+
+def test_gaussians_outside_the_visual_hull_are_a_clear_error():
+    from dreamedit3d_core.cameras import MVCameras
+
+    g = sphere_shell(0.1, centre=(0.0, 0.0, 0.0))
+    far = Gaussians(g.means + torch.tensor([0.0, 0.0, 1.5]), g.opacity, g.scales, g.axes, g.colors)
+    alpha = torch.zeros(4, 1, 32, 32)
+    alpha[:, :, 12:20, 12:20] = 1.0  # a small object at the centre of every view
+    with pytest.raises(LiftError, match="outside the views' visual hull"):
+        gaussians_to_mesh(far, resolution=32, alpha=alpha, cameras=MVCameras.mvdream_default())
+    with pytest.raises(LiftError, match="both alpha and cameras"):
+        gaussians_to_mesh(g, resolution=32, alpha=alpha)
