@@ -143,3 +143,22 @@ def test_vertices_no_view_sees_take_the_gaussians_colour(sphere_views):
     assert 0.0 < stats["unseen_vertex_fraction"] < 0.5
     assert torch.allclose(colors[bottom], torch.tensor([1.0, 0.0, 0.0]).expand(int(bottom.sum()), 3), atol=1e-4)
     assert torch.allclose(colors[band], torch.tensor([0.0, 1.0, 0.0]).expand(int(band.sum()), 3), atol=1e-4)
+
+
+def test_registering_the_same_file_again_reuses_the_loaded_network(tmp_path):
+    import os
+
+    from dreamedit3d_core.lifting.lgm import cached_lgm_reconstructor
+
+    path = save_lgm(tiny_lgm(4, SMALL), tmp_path / "model_fp16_fixrot.safetensors")
+    first = register_lgm(path, name="lgm_cache_test", overwrite=True)
+    try:
+        net = first.network()
+        again = register_lgm(str(path), name="lgm_cache_test", overwrite=True)
+        assert again is first and again.network() is net
+        assert cached_lgm_reconstructor(path, hull=False) is not first  # other options: another reconstructor
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))  # the file changed on disk
+        assert cached_lgm_reconstructor(path) is not first
+    finally:
+        unregister_reconstructor("lgm_cache_test")

@@ -20,7 +20,8 @@ from .gaussians import (Gaussians, density_grid, fit_gaussian_grid, gaussian_col
 from .network import LGM_BIG, LGMConfig, LGMNetwork, RawGaussians, RotationNormalization
 from .rays import (LGM_CAMERA_RADIUS, LGM_FOV_DEG, LGMFrame, lgm_camera_poses, lgm_frame, lgm_input, plucker_rays,
                    resample_to_lgm_lens)
-from .reconstructor import LGMReconstructor, bake_vertex_colors_with_gaussians, register_lgm
+from .reconstructor import (LGMReconstructor, bake_vertex_colors_with_gaussians, cached_lgm_reconstructor,
+                            register_lgm)
 
 __all__ = [
     "LGMNetwork", "LGMConfig", "LGM_BIG", "LGM_TINY", "RawGaussians", "RotationNormalization",
@@ -30,5 +31,5 @@ __all__ = [
     "LGM_FOV_DEG", "LGM_CAMERA_RADIUS",
     "Gaussians", "gaussians_from_lgm", "quaternion_matrix", "fit_gaussian_grid", "density_grid", "surface_occupancy",
     "gaussians_to_mesh", "gaussian_colors_at",
-    "LGMReconstructor", "register_lgm", "bake_vertex_colors_with_gaussians",
+    "LGMReconstructor", "register_lgm", "cached_lgm_reconstructor", "bake_vertex_colors_with_gaussians",
 ]

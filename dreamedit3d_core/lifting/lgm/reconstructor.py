@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -121,16 +122,43 @@ def bake_vertex_colors_with_gaussians(verts: torch.Tensor, normals: torch.Tensor
     return colors.clamp(0.0, 1.0), {"unseen_vertex_fraction": float(unseen.sum()) / max(v.shape[0], 1)}
 
 
-def register_lgm(path: str | os.PathLike, name: str = "lgm", overwrite: bool = False, **options) -> LGMReconstructor:
-    """Make LGM (weights at ``path``) available as ``lift_to_mesh(..., reconstructor=name)``; returns the reconstructor.
+#: Reconstructors kept by :func:`cached_lgm_reconstructor` (the released weights are 830 MB; one queue run should not
+#: read them again).
+_CACHE: "OrderedDict[tuple, LGMReconstructor]" = OrderedDict()
+CACHE_SIZE = 2
 
-    ``options`` go to :class:`LGMReconstructor` (dtype, frame, rotation_normalization, hull). The weights are read on
-    first use; a bad file raises :class:`~dreamedit3d_core.errors.CheckpointError` then (or call
+
+def cached_lgm_reconstructor(path: str | os.PathLike, **options) -> LGMReconstructor:
+    """The same :class:`LGMReconstructor` for the same file (path, size, modification time) and options, so its loaded
+    network is reused across calls; the least recently used of more than ``CACHE_SIZE`` is dropped."""
+    p = Path(path).resolve()
+    st = p.stat() if p.is_file() else None
+    key = (str(p), st.st_size if st else -1, st.st_mtime_ns if st else -1, tuple(sorted(options.items(), key=str)))
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    rec = LGMReconstructor(p, **options)
+    _CACHE[key] = rec
+    while len(_CACHE) > CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return rec
+
+
+def register_lgm(path, name: str = "lgm", overwrite: bool = False, **options) -> LGMReconstructor:
+    """Make LGM available as ``lift_to_mesh(..., reconstructor=name)``; returns the reconstructor.
+
+    Args:
+        path: the weights file (the reconstructor comes from :func:`cached_lgm_reconstructor`, so registering the
+            same file again reuses the loaded network), or an :class:`LGMNetwork` already built.
+        options: for :class:`LGMReconstructor` (dtype, frame, rotation_normalization, hull).
+
+    The weights are read on first use; a bad file raises :class:`~dreamedit3d_core.errors.CheckpointError` then (call
     ``.network()`` to check it now).
     """
-    rec = LGMReconstructor(path, **options)
+    rec = LGMReconstructor(path, **options) if isinstance(path, torch.nn.Module) else cached_lgm_reconstructor(
+        path, **options)
     register_reconstructor(name, rec, overwrite=overwrite)
     return rec
 
 
-__all__: Sequence[str] = ("LGMReconstructor", "register_lgm", "bake_vertex_colors_with_gaussians", "LGM_BACKGROUND")
+__all__: Sequence[str] = ("LGMReconstructor", "register_lgm", "cached_lgm_reconstructor", "bake_vertex_colors_with_gaussians", "LGM_BACKGROUND")
