@@ -17,6 +17,28 @@ import torch
 from ..errors import ConfigError
 
 
+def named_entries(text: str, what: str, example: str) -> list[tuple[str, str]]:
+    """``"name: value; name: value"`` (entries split by ';' or new lines) as ``[(name, value)]``, both stripped, in
+    order; empty entries are skipped. The one reader of this per-component text form (component specs here, the
+    nodes' ``init_words``).
+
+    Args:
+        what: the entry's noun in the message (``"component"``); example: how to write one (quoted for the message).
+
+    Raises:
+        ConfigError: an entry without ':'.
+    """
+    entries = []
+    for entry in (e.strip() for e in str(text).replace("\n", ";").split(";")):
+        if not entry:
+            continue
+        name, sep, value = entry.partition(":")
+        if not sep:
+            raise ConfigError(f"{what} entry {entry!r} has no ':'; write {example}")
+        entries.append((name.strip(), value.strip()))
+    return entries
+
+
 def clean_component_name(name: str) -> str:
     name = str(name).strip()
     if name.startswith("<") and name.endswith(">"):
@@ -38,16 +60,7 @@ def parse_component_spec(spec: Union[str, Mapping]) -> dict:
     if isinstance(spec, Mapping):
         items = list(spec.items())
     elif isinstance(spec, str):
-        items = []
-        for entry in (e.strip() for e in spec.replace("\n", ";").split(";")):
-            if not entry:
-                continue
-            if ":" not in entry:
-                raise ConfigError(f"component entry {entry!r} has no ':'; write 'component: Part, Part' "
-                                  f"(e.g. 'hat: Hat, Brim; dog: *')")
-            name, parts = entry.split(":", 1)
-            parts = parts.strip()
-            items.append((name, "*" if parts == "*" else [p.strip() for p in parts.split(",") if p.strip()]))
+        items = named_entries(spec, "component", "'component: Part, Part' (e.g. 'hat: Hat, Brim; dog: *')")
     else:
         raise ConfigError(f"component spec must be a string like 'hat: Hat; dog: *' or a dict, got {type(spec).__name__}")
     if not items:

@@ -70,6 +70,19 @@ def test_bad_specs_give_clear_errors(three_part_render):
         parse_component_spec("my hat: Hat")
 
 
+def test_named_entries_read_the_per_component_text_form():
+    from dreamedit3d_core.masks.spec import named_entries
+
+    text = " hat : Hat, Brim ;\n\n dog:*; ;cat:"
+    assert named_entries(text, "component", "'c: P'") == [("hat", "Hat, Brim"), ("dog", "*"), ("cat", "")]
+    assert named_entries(" ; \n ", "component", "'c: P'") == []
+    with pytest.raises(ConfigError, match=r"^init_words entry 'hat hat' has no ':'; write 'component: word'$"):
+        named_entries("dog: puppy; hat hat", "init_words", "'component: word'")
+    # the spec parser reads its text through it: same parts, same order, as from the equivalent dict
+    assert parse_component_spec("hat: Hat, Brim\ndog: *") == parse_component_spec({"hat": "Hat, Brim", "dog": "*"}) \
+        == {"hat": ["Hat", "Brim"], "dog": "*"}
+
+
 def test_disagreement_is_small_for_consistent_masks_and_large_for_inconsistent_ones(three_part_render):
     r = three_part_render
     m = masks_from_parts(r, "hat: Hat; body: Body")
