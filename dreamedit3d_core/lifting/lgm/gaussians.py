@@ -175,9 +175,10 @@ def density_grid(g: Gaussians, grid: VoxelGrid, antialias_voxels: float = ANTIAL
     # that a chunk is one [W, 10] @ [10, n] product
     prec = (torch.linalg.inv(cov) * h * h).to(torch.float32)  # precision in voxel units
     thinnest = torch.linalg.eigvalsh(cov)[:, 0].clamp_min(0).sqrt().to(torch.float32)
-    reach_vox = CUTOFF_SIGMA * cov.diagonal(dim1=1, dim2=2).amax(-1).sqrt() / h
+    # the 3-sigma ellipsoid's bounding box, per axis (flat splats on axis-aligned faces get thin windows)
+    reach_vox = CUTOFF_SIGMA * cov.diagonal(dim1=1, dim2=2).sqrt() / h  # [n, 3]
     window = reach_vox.ceil().clamp(1, MAX_WINDOW_VOXELS).to(torch.int64)
-    truncated = int((reach_vox > MAX_WINDOW_VOXELS).sum())
+    truncated = int((reach_vox > MAX_WINDOW_VOXELS).any(-1).sum())
     lo = torch.tensor(grid.lo, dtype=torch.float64, device=device)
     pos = (sel.means.double() - lo) / h  # in voxels
     centre = torch.round(pos).to(torch.int64)
@@ -187,17 +188,17 @@ def density_grid(g: Gaussians, grid: VoxelGrid, antialias_voxels: float = ANTIAL
                       (pr * resid).sum(-1, keepdim=True)], dim=1).T.contiguous()  # [10, n]
     dims = torch.tensor(grid.shape, device=device)
     # a Gaussian centred more than its window outside the grid touches no sample
-    near = ((centre >= -window[:, None]) & (centre < dims + window[:, None])).all(-1)
+    near = ((centre >= -window) & (centre < dims + window)).all(-1)
     pad = 2 * int(window[near].max()) if bool(near.any()) else 0
     padded = tuple(int(d) + 2 * pad for d in grid.shape)
     strides = torch.tensor([padded[1] * padded[2], padded[2], 1], device=device)
     centre_flat = ((centre + pad) * strides).sum(-1)
     sums = torch.zeros(math.prod(padded), 2, dtype=torch.float32, device=device)  # density, density * thinnest sigma
     total, done = int(near.sum()), 0
-    for k in torch.unique(window[near]).tolist():
-        idx = ((window == k) & near).nonzero()[:, 0]
-        r = torch.arange(-k, k + 1, device=device)
-        off = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+    for k in torch.unique(window[near], dim=0).tolist():
+        idx = ((window == torch.tensor(k, device=device)).all(-1) & near).nonzero()[:, 0]
+        axes = [torch.arange(-kj, kj + 1, device=device) for kj in k]
+        off = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
         offset_flat = (off * strides).sum(-1)
         o = off.to(torch.float32)
         monomials = torch.cat([o * o, 2 * o[:, [0, 0, 1]] * o[:, [1, 2, 2]], 2 * o, torch.ones_like(o[:, :1])], 1)
