@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Iterator, TypeVar
+from typing import Iterator, TypeVar
 
 import torch
 
@@ -75,16 +75,3 @@ def _renew_module(root: torch.nn.Module) -> None:
                 if b is not None and b.is_inference():
                     module._buffers[name] = b.clone()
 
-
-def any_inference_tensor(obj: Any) -> bool:
-    """Whether a tensor, dataclass or model still holds an inference tensor (for checks and tests)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.is_inference()
-    if isinstance(obj, torch.nn.Module):
-        return any(t.is_inference() for t in list(obj.parameters()) + list(obj.buffers()))
-    parts = [getattr(obj, p, None) for p in MODEL_PARTS]
-    if any(isinstance(m, torch.nn.Module) for m in parts):
-        return any(any_inference_tensor(m) for m in parts if m is not None)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return any(any_inference_tensor(getattr(obj, f.name)) for f in dataclasses.fields(obj))
-    return False

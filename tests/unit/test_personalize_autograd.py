@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from dreamedit3d_core.personalize.autograd import any_inference_tensor, grad_enabled, usable_by_autograd
+from dreamedit3d_core.personalize.autograd import grad_enabled, usable_by_autograd
 from dreamedit3d_core.types import ComponentMasks
+
+
+def any_inference_tensor(obj) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return obj.is_inference()
+    if isinstance(obj, torch.nn.Module):
+        return any(t.is_inference() for t in list(obj.parameters()) + list(obj.buffers()))
+    return any_inference_tensor(obj.masks)  # ComponentMasks
 
 
 def test_tensors_dataclasses_and_modules_made_in_inference_mode_can_train():
