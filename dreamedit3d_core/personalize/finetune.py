@@ -240,7 +240,8 @@ def run_finetune(model, render: MultiViewRender, masks: ComponentMasks, tokens: 
             def step_fn(step: int) -> StepOutput:
                 return personalization_loss(model, scene, generator, config.attention_loss_weight,
                                             config.mixed_precision, prompt_prefix=config.prompt_prefix,
-                                            prior_loss_weight=prior_weight)
+                                            prior_loss_weight=prior_weight,
+                                            attention_normalisation=config.attention_normalisation)
 
             was_training = model.unet.training
             model.unet.train()

@@ -17,7 +17,7 @@ Break-a-Scene (google/break-a-scene ``train.py``) mapped onto MVDream (``../shar
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -108,14 +108,13 @@ def map_size(hw: int, aspect: tuple[int, int]) -> tuple[int, int]:
     return h, hw // h
 
 
-#: How :func:`attention_alignment_loss` normalises a token's map before comparing it with the mask.
+#: How :func:`attention_alignment_loss` normalises a token's map before comparing it with the mask (the training
+#: phases take it from ``ObjectiveConfig.attention_normalisation``).
 ATTENTION_NORMALISATIONS = ("distribution", "max")
-#: The normalisation used when the caller passes none (the training loops do not choose; studies may set it).
-DEFAULT_ATTENTION_NORMALISATION = "distribution"
 
 
 def attention_alignment_loss(attention: torch.Tensor, token_positions: Sequence[int], masks: torch.Tensor,
-                             normalisation: Optional[str] = None) -> torch.Tensor:
+                             normalisation: str = "distribution") -> torch.Tensor:
     """Pull each token's cross-attention map onto its component's mask, view by view.
 
     ``normalisation="distribution"`` (the default): the token's map in view v becomes a distribution over the map's
@@ -135,13 +134,11 @@ def attention_alignment_loss(attention: torch.Tensor, token_positions: Sequence[
         token_positions: for each chosen token i, its position in the T text positions.
         masks: bool/float [k, N, H, W]: mask of token i's component in each view (any resolution;
             nearest-downsampled to (h, w)).
-        normalisation: "distribution" or "max" (see above); None: :data:`DEFAULT_ATTENTION_NORMALISATION`.
+        normalisation: "distribution" or "max" (see above).
 
     Returns:
         float32 scalar.
     """
-    if normalisation is None:
-        normalisation = DEFAULT_ATTENTION_NORMALISATION
     if normalisation not in ATTENTION_NORMALISATIONS:
         raise ConfigError(f"normalisation must be one of {ATTENTION_NORMALISATIONS}, got {normalisation!r}")
     if attention.ndim != 4:

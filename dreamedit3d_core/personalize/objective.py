@@ -30,7 +30,8 @@ from ..errors import ConfigError, ShapeError, TokenError
 from ..schedule import NUM_TRAIN_TIMESTEPS
 from ..types import ComponentMasks, MultiViewRender
 from .autograd import usable_by_autograd
-from .losses import attention_alignment_loss, average_attention_maps, map_size, masked_diffusion_loss
+from .losses import (ATTENTION_NORMALISATIONS, attention_alignment_loss, average_attention_maps, map_size,
+                     masked_diffusion_loss)
 from .train import ConfigDict, StepOutput
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -46,6 +47,9 @@ class ObjectiveConfig(ConfigDict):
         betas, weight_decay, adam_eps: AdamW settings (0.9/0.999, 1e-2, 1e-8).
         max_grad_norm: global gradient-norm clip (1.0).
         attention_loss_weight: λ of the attention-alignment loss (1e-2); 0 turns it (and map recording) off.
+        attention_normalisation: how the loss compares a token's map with its mask: "distribution" (the default,
+            ``KL(mask ‖ map)`` of the normalised maps) or "max" (Break-a-Scene's max-normalised MSE); see
+            :func:`~.losses.attention_alignment_loss`.
         attention_map_size: side of the cross-attention maps used (16: ``down_blocks.1``/``up_blocks.2`` at 256 px);
             the layers are chosen from the latent size, the nearest level when no level has exactly this size.
         resolution: side the views are resized to before encoding (256 for MVDream); None keeps the render's size.
@@ -63,6 +67,7 @@ class ObjectiveConfig(ConfigDict):
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
     attention_loss_weight: float = 1e-2
+    attention_normalisation: str = "distribution"
     attention_map_size: int = 16
     resolution: Optional[int] = 256
     seed: int = 0
@@ -77,6 +82,9 @@ class ObjectiveConfig(ConfigDict):
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
         if self.attention_loss_weight < 0:
             raise ConfigError(f"attention_loss_weight must be >= 0, got {self.attention_loss_weight}")
+        if self.attention_normalisation not in ATTENTION_NORMALISATIONS:
+            raise ConfigError(f"attention_normalisation must be one of {ATTENTION_NORMALISATIONS}, got "
+                              f"{self.attention_normalisation!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
@@ -341,27 +349,29 @@ def predict_noise_and_maps(model, scene: Scene, latents: torch.Tensor, timesteps
         return eps, dict(store.maps)
 
 
-def attention_term(maps: dict, batch: int, scene: Scene, subset: Sequence[int], positions: Sequence[int]) -> tuple:
+def attention_term(maps: dict, batch: int, scene: Scene, subset: Sequence[int], positions: Sequence[int],
+                   normalisation: str = "distribution") -> tuple:
     """Attention-alignment loss of the instance object's views and its head/layer-averaged maps [V, h, w, T]."""
     views = scene.num_views
     avg = average_attention_maps(maps, batch=batch)[:views]  # [V, HW, T] of the instance object
     h, w = map_size(avg.shape[1], scene.image_size)
     avg = avg.reshape(views, h, w, avg.shape[-1])
-    return attention_alignment_loss(avg, positions, scene.masks[list(subset)]), avg
+    return attention_alignment_loss(avg, positions, scene.masks[list(subset)], normalisation=normalisation), avg
 
 
 def personalization_loss(model, scene: Scene, generator: torch.Generator, attention_loss_weight: float,
                          mixed_precision: str = "no", subset: Optional[Sequence[int]] = None,
                          timestep: Optional[int] = None, noise: Optional[torch.Tensor] = None,
                          prompt_prefix: str = "a photo of ", diagnostics: Optional[dict] = None,
-                         prior_loss_weight: float = 0.0) -> StepOutput:
+                         prior_loss_weight: float = 0.0, attention_normalisation: str = "distribution") -> StepOutput:
     """One forward pass of the personalisation objective (both phases).
 
     Random draws, in order, from ``generator`` (CPU): k, the subset permutation, the timestep, the noise; with a
     prior (``scene.class_latents`` and ``prior_loss_weight > 0``) then the class object, its timestep and noise.
     ``subset``/``timestep``/``noise`` override the instance draws (tests, evaluation). When ``diagnostics`` is a dict
     it receives ``attention`` (float [V, h, w, T], detached head/layer-averaged maps), ``positions``, ``subset``
-    and, with a prior, ``prior`` = (class index, timestep, noise).
+    and, with a prior, ``prior`` = (class index, timestep, noise). ``attention_normalisation`` is
+    :attr:`ObjectiveConfig.attention_normalisation`.
 
     With a prior the class object rides in the same UNet batch as a second object ([instance × V, class × V],
     Break-a-Scene's batch order reversed), with the class prompt and the same cameras; its loss is the plain
@@ -394,7 +404,7 @@ def personalization_loss(model, scene: Scene, generator: torch.Generator, attent
     masked = masked_diffusion_loss(eps_pred.float(), draw.noise, scene.masks[draw.subset].amax(dim=0))
     attn = torch.zeros((), device=device)
     if with_attention:
-        attn, avg = attention_term(maps, eps_all.shape[0], scene, draw.subset, positions)
+        attn, avg = attention_term(maps, eps_all.shape[0], scene, draw.subset, positions, attention_normalisation)
         if diagnostics is not None:
             diagnostics.update(attention=avg.detach(), positions=positions, subset=list(draw.subset))
     loss = masked + attention_loss_weight * attn

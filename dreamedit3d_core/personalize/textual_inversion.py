@@ -160,7 +160,8 @@ def run_textual_inversion(model, render: MultiViewRender, masks: ComponentMasks,
 
         def step_fn(step: int) -> StepOutput:
             return personalization_loss(model, scene, generator, config.attention_loss_weight, config.mixed_precision,
-                                        prompt_prefix=config.prompt_prefix)
+                                        prompt_prefix=config.prompt_prefix,
+                                        attention_normalisation=config.attention_normalisation)
 
         with frozen(model), rows.attached(), recording(model, scene):
             result = run_training(

@@ -296,3 +296,45 @@ def test_phase1_state_survives_until_the_caller_saved_the_tokens(tmp_path):
     assert torch.equal(recovered.embeddings, result.tokens.embeddings)
     result.release()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_attention_normalisation_is_configuration_that_reaches_the_loss(monkeypatch):
+    """``attention_normalisation`` survives the config's dict round trip, is checked, and is the form the step uses."""
+    import dreamedit3d_core.personalize.textual_inversion as ti
+    from dreamedit3d_core.personalize.finetune import FTConfig
+    from dreamedit3d_core.personalize.losses import attention_alignment_loss
+
+    assert TIConfig().attention_normalisation == "distribution" == FTConfig().attention_normalisation
+    config = TIConfig(attention_normalisation="max", attention_loss_weight=0.5)
+    assert TIConfig.from_dict(config.to_dict()) == config and config.to_dict()["attention_normalisation"] == "max"
+    assert FTConfig.from_dict(FTConfig(attention_normalisation="max").to_dict()).attention_normalisation == "max"
+    with pytest.raises(ConfigError, match=r"attention_normalisation must be one of .*'distribution'.*got 'sum'"):
+        TIConfig(attention_normalisation="sum")
+
+    render, masks = two_component_scene(64)
+    model = fresh_tiny_model()
+    ids = model.add_tokens(list(TOKENS), initial_embeddings(model, (), 2))
+    scene = build_scene(model, render, masks, TOKENS, ids, None, 16, True)
+    noise = torch.randn(scene.latents.shape, generator=torch.Generator().manual_seed(0))
+    terms = {}
+    with torch.no_grad():
+        for norm in ("distribution", "max"):
+            diag = {}
+            out = personalization_loss(model, scene, torch.Generator(), 1.0, subset=[0, 1], timestep=500, noise=noise,
+                                       diagnostics=diag, attention_normalisation=norm)
+            ref = attention_alignment_loss(diag["attention"], diag["positions"], scene.masks[[0, 1]], normalisation=norm)
+            assert out.info["attention"] == pytest.approx(float(ref), rel=1e-6), norm
+            terms[norm] = out.info["attention"]
+    assert terms["distribution"] != pytest.approx(terms["max"], rel=1e-3)
+
+    seen = []
+    real = ti.personalization_loss
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("attention_normalisation"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ti, "personalization_loss", spy)
+    train_textual_inversion(fresh_tiny_model(), render, masks, TIConfig(steps=1, resolution=None,
+                                                                        attention_normalisation="max"))
+    assert seen == ["max"]
