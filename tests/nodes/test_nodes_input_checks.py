@@ -211,3 +211,12 @@ def test_a_node_whose_own_check_reads_link_types_still_gets_comfys_link_type_che
     message = _validate(render, input_types={"mesh": "IMAGE"}, asset="../x.glb")
     assert isinstance(message, str) and "mesh" in message and "IMAGE" in message
     assert _validate(render, input_types={"mesh": "MESH"}, asset="../x.glb") is True
+
+
+def test_the_pack_registers_its_model_folders_with_comfyui(pack):
+    import folder_paths
+
+    for kind, ext in (("mvdream", ".pt"), ("mvdream_tokens", ".safetensors"), ("sams", ".pth"),
+                      ("dino", ".safetensors"), ("lgm", ".safetensors")):
+        paths, extensions = folder_paths.folder_names_and_paths[kind]
+        assert ext in extensions and any(p.replace("\\", "/").endswith(f"models/{kind}") for p in paths), kind
