@@ -76,7 +76,9 @@ def ray_cluster():
     log = open(Path(temp) / "head.log", "w")
     head = subprocess.Popen(
         [str(ray_cli), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-         "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
+         "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats",
+         # Ray's fixed default ports (8265, 52365) could be taken on a shared CI machine: free ones instead
+         f"--dashboard-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
         start_new_session=True)
     cluster = {"address": f"127.0.0.1:{port}", "temp": temp, "worker_pids": set()}
