@@ -30,6 +30,14 @@ MAX_FILL_SOURCES = 50_000
 FILL_NEIGHBOURS = 4
 #: Surface samples projected into the views per chunk (bounds memory, and the time between interruption checks).
 SAMPLE_CHUNK = 1 << 18
+#: A texel agrees with the source when the views' colour is within this of the source's (max over channels, 0..1).
+KEEP_TEXTURE_TOLERANCE = 0.12
+#: A component keeps the source's texture when at least this fraction of its seen texels agree (measured on unlit renders
+#: of unedited parts: 0.67-0.94 of texels within 0.12, the renders' mipmapping blurs small texture swatches; a recoloured
+#: part: 0.17).
+KEEP_TEXTURE_AGREEMENT = 0.5
+#: ... but a seen texel of a kept component that differs by more than this keeps the views' colour (it was edited).
+KEEP_TEXTURE_CHANGED = 0.3
 #: Texels rasterized per band of the UV layout (512 rows of a 4096^2 texture).
 UV_BAND_TEXELS = 1 << 21
 #: Texel rings of gutter padding around the charts.
@@ -226,10 +234,57 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return F.normalize(n, dim=-1)
 
 
+def source_surface_colors(source, face_ids: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
+    """The source asset's own unlit colour at surface points given as (source face, barycentrics): base colour x vertex
+    colour x texture (bilinear), as the render stage shades it. float32 [K, 3]."""
+    from ..render import _sample_textures
+
+    fid = face_ids.to(source.faces.device)
+    colour = source.face_base_color[fid].to(torch.float32)
+    corners = source.faces[fid]  # [K, 3]
+    w = bary.to(torch.float32)[..., None]
+    if source.vertex_colors is not None:
+        colour = colour * (source.vertex_colors.to(torch.float32)[corners] * w).sum(1)
+    if source.uv is not None and source.textures:
+        uv = (source.uv.to(torch.float32)[corners] * w).sum(1)
+        colour = colour * _sample_textures(source, fid, uv)
+    return colour.clamp(0.0, 1.0)
+
+
+def keep_source_texture(source, face_ids: torch.Tensor, bary: torch.Tensor, colors: torch.Tensor, seen: torch.Tensor,
+                        tolerance: float = KEEP_TEXTURE_TOLERANCE, agreement: float = KEEP_TEXTURE_AGREEMENT
+                        ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per component (source part), the source's own texture where the views agree with it, the views' colour elsewhere.
+
+    A part is kept when at least ``agreement`` of its texels the views see are within ``tolerance`` (max over channels)
+    of the source's colour, or when no view sees it; its texels then all take the source's colour (seen or not), so
+    unchanged parts keep their full-resolution texture from every angle instead of a four-view re-bake. Inside a kept
+    part, seen texels that differ by more than ``KEEP_TEXTURE_CHANGED`` still take the views' colour (a recoloured
+    region of a single-part asset).
+
+    Args:
+        face_ids: int64 [K] source face of each surface sample (the mesh is the source's, faces in its order);
+        bary: [K, 3]; colors: float [K, 3] the views' colour; seen: bool [K] whether a view sees the sample.
+
+    Returns:
+        (colours float32 [K, 3], seen bool [K] with kept samples marked seen, number of parts kept).
+    """
+    src = source_surface_colors(source, face_ids, bary).to(colors.device)
+    part = source.part_ids.to(face_ids.device)[face_ids]
+    diff = (colors - src).abs().amax(-1)
+    close = (diff <= tolerance) & seen
+    n_parts = source.num_parts
+    seen_count = torch.bincount(part[seen], minlength=n_parts)
+    close_count = torch.bincount(part[close], minlength=n_parts)
+    kept_part = (close_count >= agreement * seen_count) | (seen_count == 0)
+    keep = kept_part.to(part.device)[part] & ~(seen & (diff > KEEP_TEXTURE_CHANGED))
+    return torch.where(keep[:, None], src, colors), seen | keep, int(kept_part.sum())
+
+
 def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor, uv: torch.Tensor,
                  view_sets: Sequence[ViewSet], texture_size: int, fallback_colors: Optional[torch.Tensor] = None,
                  check_interrupt: Optional[Callable[[], None]] = None,
-                 prior_sets: Sequence[ViewSet] = ()) -> tuple[torch.Tensor, dict]:
+                 prior_sets: Sequence[ViewSet] = (), source=None) -> tuple[torch.Tensor, dict]:
     """Bake the views into a ``texture_size`` square texture over the mesh's UV layout.
 
     Args:
@@ -238,6 +293,8 @@ def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor
         fallback_colors: float [N, 3] per-vertex colours (already filled where no view sees them); unseen texels take
             their interpolation. None: unseen texels take the nearest seen texel in 3D instead (slower).
         prior_sets: views of the source used only where no view in ``view_sets`` sees a texel.
+        source: (the source asset, int64 [M] the source face of each face) when the mesh IS the source's: its own
+            texture is kept for the components the views agree with (:func:`keep_source_texture`).
 
     Returns:
         (texture float32 [T, T, 3] in 0..1, row 0 at the top (v = 1); stats with ``unseen_texel_fraction``).
@@ -250,6 +307,11 @@ def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor
         check_interrupt()
     colors, wsum = colors_with_prior(pos, nrm, view_sets, prior_sets, check_interrupt)
     seen = wsum > MIN_WEIGHT
+    kept_parts = None
+    if source is not None:
+        asset, source_faces = source
+        colors, seen, kept_parts = keep_source_texture(asset, source_faces[frags.face_id[0][covered]],
+                                                       frags.bary[0][covered], colors, seen)
     if check_interrupt is not None:
         check_interrupt()
     if fallback_colors is not None:
@@ -263,6 +325,8 @@ def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor
     texture = pad_gutter(texture, covered)
     n_cov = int(covered.sum())
     stats = {"unseen_texel_fraction": float((~seen).sum()) / max(n_cov, 1), "chart_texel_fraction": n_cov / texture_size ** 2}
+    if kept_parts is not None:
+        stats["source_texture_parts"] = kept_parts
     return texture, stats
 
 

@@ -186,8 +186,9 @@ def _source_guided_geometry(alpha, cameras, source, grid, check) -> tuple[np.nda
     if agree:
         verts = source.vertices.detach().cpu().double().numpy()
         faces = source.faces.detach().cpu().numpy().astype(np.int64)
-        verts, faces = surface.drop_unused_vertices(verts, faces)
-        return verts, faces, {"geometry": "source", "silhouette_change": change, "added_volume_fraction": 0.0}
+        verts, faces, kept = surface.drop_unused_vertices(verts, faces, return_face_index=True)
+        return verts, faces, {"geometry": "source", "silhouette_change": change, "added_volume_fraction": 0.0,
+                              "source_faces": kept}
     fine = hull.fit_grid(lambda g: hull.silhouette_occupancy(alpha, cameras, g, check), grid, "visual hull")
     hull_edited = hull.silhouette_occupancy(alpha, cameras, fine, check)
     src_sil = hull.source_silhouettes(source, cameras, h, w, dilate_px=max(2, h // 96))
@@ -232,6 +233,7 @@ class _LiftState:
     background: Optional[torch.Tensor] = None  # float32 [V, 3]: each view's background colour
     verts: Optional[np.ndarray] = None
     faces: Optional[np.ndarray] = None
+    source_faces: Optional[np.ndarray] = None  # int64 [M]: the source face each face is, when the mesh is the source's
     stats: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -283,7 +285,8 @@ def _geometry(st: _LiftState, mode: LiftMode, grid: int, reconstructor: Optional
     if mode == LiftMode.KEEP_SOURCE:
         verts = st.source.vertices.detach().cpu().double().numpy()
         faces = st.source.faces.detach().cpu().numpy().astype(np.int64)
-        st.verts, st.faces = surface.drop_unused_vertices(verts, faces)
+        st.verts, st.faces, st.source_faces = surface.drop_unused_vertices(verts, faces, return_face_index=True)
+        st.stats["geometry"] = "source"
         return
     if reconstructor is not None:
         st.verts, st.faces = _run_reconstructor(reconstructor, st.rgb, st.alpha, st.cameras, grid, st.device,
@@ -294,6 +297,7 @@ def _geometry(st: _LiftState, mode: LiftMode, grid: int, reconstructor: Optional
         st.verts, st.faces, info = _hull_geometry(st.alpha, st.cameras, grid, st.check)
     else:
         st.verts, st.faces, info = _source_guided_geometry(st.alpha, st.cameras, st.source, grid, st.check)
+        st.source_faces = info.pop("source_faces", None)
     st.stats.update(info)
 
 
@@ -339,8 +343,11 @@ def _colour(st: _LiftState, texture_size: int) -> dict:
     out.update(vertices=v_t[vmap_t], faces=torch.from_numpy(faces_uv).to(device), uv=torch.from_numpy(uv_np).to(device),
                vertex_colors=vertex_colors[vmap_t])
     st.check()
+    # the mesh is the source's own (keep_source, or source_guided where nothing changed shape): keep its texture on the
+    # components the views agree with
+    kept = (st.source, torch.from_numpy(st.source_faces).to(device)) if st.source_faces is not None else None
     out["texture"], tstats = bake.bake_texture(out["vertices"], out["faces"], normals[vmap_t], out["uv"], view_sets,
-                                               int(texture_size), out["vertex_colors"], st.check, prior_sets)
+                                               int(texture_size), out["vertex_colors"], st.check, prior_sets, kept)
     st.stats.update(tstats)
     return out
 

@@ -101,11 +101,16 @@ def smooth_and_decimate(verts: np.ndarray, faces: np.ndarray, face_budget: int,
     return verts, faces
 
 
-def drop_unused_vertices(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Remove degenerate faces (repeated index) and vertices no face uses."""
+def drop_unused_vertices(verts: np.ndarray, faces: np.ndarray, return_face_index: bool = False):
+    """Remove degenerate faces (repeated index) and vertices no face uses.
+
+    Returns (vertices, faces), plus the kept faces' indices into ``faces`` (int64 [M']) with ``return_face_index``.
+    """
     ok = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
     faces = faces[ok]
     used, inverse = np.unique(faces.ravel(), return_inverse=True)
+    if return_face_index:
+        return verts[used], inverse.reshape(-1, 3).astype(np.int64), np.flatnonzero(ok)
     return verts[used], inverse.reshape(-1, 3).astype(np.int64)
 
 
