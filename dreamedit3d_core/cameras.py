@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, ShapeError, check_keys
 from .geometry import camera_to_pixels, pixels_to_camera, transform_points
 
 NUM_VIEWS = 4
@@ -250,10 +250,8 @@ class MVCameras:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MVCameras":
-        known = {"elevation_deg", "azimuth_deg", "fov_deg", "radius"}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown camera keys {sorted(unknown)}; valid keys are {sorted(known)}")
+        keys = ("elevation_deg", "azimuth_deg", "fov_deg", "radius")
+        check_keys("camera", data, keys, required=keys)
         return cls(data["elevation_deg"], torch.tensor(data["azimuth_deg"], dtype=torch.float64),
                    data["fov_deg"], data["radius"])
 

@@ -7,6 +7,8 @@ Every message says what is wrong, the value seen, and what to do. Value-like err
 
 from __future__ import annotations
 
+from typing import Iterable, Mapping
+
 
 class DreamEdit3DError(Exception):
     """Base class of every error this library raises on purpose."""
@@ -54,3 +56,25 @@ class MissingDependencyError(DreamEdit3DError, ImportError):
 
 class Interrupted(DreamEdit3DError):
     """The user asked to stop; raised by a :class:`~dreamedit3d_core.progress.Progress` hook."""
+
+
+def check_keys(kind: str, data: Mapping, known: Iterable[str], required: Iterable[str] = ()) -> None:
+    """Refuse a settings dict with keys that ``kind`` does not have, or without the ``required`` ones.
+
+    The one check behind every ``from_dict`` (configs, cameras, source frames): a misspelt key is a
+    :class:`ConfigError` naming it and the valid keys, never silently dropped.
+    """
+    known = set(known)
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown {kind} keys {sorted(unknown)}; valid keys are {sorted(known)}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(f"{kind} settings lack keys {sorted(missing)}; give {sorted(known)}")
+
+
+def short_message(exc: BaseException, limit: int = 120) -> str:
+    """A caught error's message on one line (whitespace collapsed), cut to ``limit`` characters + "...", to quote it
+    inside one of our one-line messages."""
+    text = " ".join(str(exc).split())
+    return (text[:limit] + "...") if len(text) > limit else text

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, ShapeError, check_keys
 
 #: Axis names accepted for an asset's front and up directions.
 AXES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0), "+z": (0, 0, 1), "-z": (0, 0, -1)}
@@ -162,9 +162,7 @@ class SourceFrame:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SourceFrame":
-        unknown = set(data) - {"to_internal"}
-        if unknown or "to_internal" not in data:
-            raise ConfigError(f"a source frame is {{'to_internal': 16 numbers}}, got keys {sorted(data)}")
+        check_keys("source frame", data, ("to_internal",), required=("to_internal",))
         values = torch.as_tensor(data["to_internal"], dtype=torch.float64)
         if values.numel() != 16:
             raise ConfigError(f"a source frame's to_internal needs 16 numbers (row-major 4x4), got {values.numel()}")

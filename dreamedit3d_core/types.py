@@ -6,6 +6,7 @@ Layout rules: channels-first ``[V, C, H, W]`` for images; batched views are view
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Optional, TypeVar
@@ -13,7 +14,7 @@ from typing import Optional, TypeVar
 import torch
 
 from .cameras import MVCameras
-from .errors import ShapeError
+from .errors import ShapeError, check_keys
 from .geometry import SourceFrame
 
 
@@ -68,6 +69,19 @@ def _check_frame(frame) -> None:
 
 
 _Data = TypeVar("_Data", bound="StageData")
+
+
+class ConfigDict:
+    """Round trip of a frozen settings dataclass through a plain dict (``to_dict`` / ``from_dict``); an unknown key
+    is a ConfigError naming the valid ones (the training configs and the batch settings use it)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        check_keys(cls.__name__, data, (f.name for f in dataclasses.fields(cls)))
+        return cls(**data)
 
 
 class StageData:

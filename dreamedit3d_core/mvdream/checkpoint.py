@@ -20,7 +20,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, short_message
 from ..schedule import schedule_buffers
 from ..storage import atomic_write, save_safetensors
 from . import layout as L
@@ -81,7 +81,7 @@ def _read_safetensors(path: Path):
 
         return load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own SafetensorError/OSError types
-        raise CheckpointError(f"{path} is not a readable .safetensors file ({_short(exc)}): it may be truncated; "
+        raise CheckpointError(f"{path} is not a readable .safetensors file ({short_message(exc)}): it may be truncated; "
                               f"expected {EXPECTED}") from None
 
 
@@ -97,12 +97,12 @@ def _read_torch(path: Path):
             name = text.split("GLOBAL ", 1)[1].split()[0] if "GLOBAL " in text else "a Python object"
             raise CheckpointError(f"{path} contains Python objects ({name}) that cannot be loaded safely "
                                   f"(weights_only); expected {EXPECTED}, a plain state dict of tensors") from None
-        raise CheckpointError(f"{path} is not a torch checkpoint ({_short(exc)}); expected {EXPECTED}") from None
+        raise CheckpointError(f"{path} is not a torch checkpoint ({short_message(exc)}); expected {EXPECTED}") from None
     except Exception as exc:  # torch raises RuntimeError/EOFError/KeyError/... from deep inside its readers
         if is_zip_header:
-            raise CheckpointError(f"{path} is truncated or corrupt ({_short(exc)}); download it again; "
+            raise CheckpointError(f"{path} is truncated or corrupt ({short_message(exc)}); download it again; "
                                   f"expected {EXPECTED}") from None
-        raise CheckpointError(f"{path} is not a torch checkpoint ({type(exc).__name__}: {_short(exc)}); "
+        raise CheckpointError(f"{path} is not a torch checkpoint ({type(exc).__name__}: {short_message(exc)}); "
                               f"expected {EXPECTED}") from None
 
 
@@ -116,11 +116,6 @@ def _key_groups(keys) -> str:
         if group not in groups:
             groups.append(group)
     return _first_keys(groups, 6)
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (text[:120] + "...") if len(text) > 120 else text
 
 
 # ------------------------------------------------------------------------------------------------- building

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, ShapeError, TokenError
 from ..schedule import NUM_TRAIN_TIMESTEPS
-from ..types import ComponentMasks, MultiViewRender
+from ..types import ComponentMasks, ConfigDict, MultiViewRender
 from .autograd import usable_by_autograd
 from .losses import (ATTENTION_NORMALISATIONS, attention_alignment_loss, average_attention_maps, map_size,
                      masked_diffusion_loss)
-from .train import ConfigDict, StepOutput
+from .train import StepOutput
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 

@@ -24,7 +24,6 @@ own hook gets no bar.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import re
@@ -34,28 +33,13 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from ..errors import ConfigError, Interrupted, TrainingError
+from ..errors import Interrupted, TrainingError
 from ..progress import Progress
 from ..storage import atomic_write, unique_path
-from .autograd import grad_enabled, usable_by_autograd
+from ..types import ConfigDict  # noqa: F401  (re-exported: batch/plan.py imports it from here)
 
 CHECKPOINT_FORMAT = "dreamedit3d.train-state"
 CHECKPOINT_VERSION = 1
-
-
-class ConfigDict:
-    """Round trip of a frozen config dataclass through a plain dict; an unknown key is a ConfigError naming the valid ones."""
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}; valid keys are {sorted(known)}")
-        return cls(**data)
 
 
 @contextlib.contextmanager
@@ -73,10 +57,6 @@ def frozen(model):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-
-
-#: Old name of :func:`~.autograd.usable_by_autograd` for tensors, kept for callers that import it from here.
-clone_out_of_inference = usable_by_autograd
 
 
 @dataclass
@@ -457,18 +437,16 @@ class _NonFinite(Exception):
 
 __all__ = [
     "CheckpointPolicy",
+    "ConfigDict",
     "ConsoleProgress",
     "PersonalizationResult",
     "StepOutput",
     "TrainResult",
     "check_fingerprint",
     "frozen",
-    "clone_out_of_inference",
-    "grad_enabled",
     "finished_checkpoint",
     "latest_checkpoint",
     "read_checkpoint",
     "run_training",
-    "usable_by_autograd",
     "Interrupted",
 ]
