@@ -39,8 +39,8 @@ _EXPORTS = {
     "asset_from_arrays": ".assets",
     "rasterize": ".raster",
     "rasterize_uv": ".raster",
-    "SamPrompt": ".masks_sam",
-    "load_sam": ".masks_sam",
+    "SamPrompt": ".masks",
+    "load_sam": ".masks",
     # prompts and sampling
     "compose_prompt": ".prompts",
     "sample_views": ".sampling",

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .cameras import MVCameras, get_camera
+from .cameras import MVCameras, camera_embedding_for_batch, get_camera
 from .errors import ConfigError, TokenError
 from .types import MVConditioning, TokenSet
 
@@ -177,7 +177,7 @@ def compose_prompt(
     return MVConditioning(
         cond=cond.repeat_interleave(views, dim=0),  # index b·V + v
         uncond=uncond.expand(batch * views, -1, -1).clone(),
-        cameras=camera_views.to(device=device, dtype=cond.dtype).repeat(batch, 1),
+        cameras=camera_embedding_for_batch(camera_views.to(device=device, dtype=cond.dtype), batch),
         num_views=views,
         prompts=tuple(texts),
         negative_prompt=negative,
