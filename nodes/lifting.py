@@ -13,10 +13,16 @@ CATEGORY = "DreamEdit3D/lift"
 NODE_MODES = ("auto",) + MODES
 
 
-def best_mode(has_source: bool) -> LiftMode:
-    """What "auto" lifts with: the source-guided geometry when the views come from an asset, else the visual hull (a
-    preview-quality block-out; a reconstructor registered with ``register_reconstructor`` replaces its geometry)."""
-    return LiftMode.SOURCE_GUIDED if has_source else LiftMode.HULL
+def best_mode(has_source: bool) -> tuple:
+    """What "auto" lifts with, as (mode, reconstructor name or None): the source-guided geometry when the views come
+    from an asset; else the first reconstructor registered with ``register_reconstructor`` (e.g. LGM) when there is
+    one; else the visual hull, a preview-quality block-out."""
+    from ..dreamedit3d_core.lifting import list_reconstructors
+
+    if has_source:
+        return LiftMode.SOURCE_GUIDED, None
+    registered = list_reconstructors()
+    return LiftMode.HULL, (registered[0] if registered else None)
 
 
 class LiftToMesh(io.ComfyNode):
@@ -37,7 +43,8 @@ class LiftToMesh(io.ComfyNode):
                 MVViewsSocket.Input("views", tooltip="The views the edit started from: their cameras (and the source "
                                                      "asset for source_guided/keep_source)."),
                 io.Combo.Input("mode", options=list(NODE_MODES), default="auto",
-                               tooltip="auto: source_guided when the views come from an asset, else hull. "
+                               tooltip="auto: source_guided when the views come from an asset, else a registered "
+                                       "reconstruction model (e.g. LGM) if one is installed, else hull. "
                                        "source_guided: the source's geometry where the edit keeps it, new geometry "
                                        "where the silhouettes grow; keep_source: the source mesh exactly, re-textured "
                                        "(appearance edits; uses the source silhouettes unless alpha is given); hull: "
@@ -83,7 +90,7 @@ class LiftToMesh(io.ComfyNode):
         from ..dreamedit3d_core.lifting.export import in_output_frame
         from ..dreamedit3d_core.provenance import glb_extras, item_record
 
-        mode = best_mode(views.asset is not None) if mode == "auto" else LiftMode(mode)
+        mode, reconstructor = best_mode(views.asset is not None) if mode == "auto" else (LiftMode(mode), None)
         if mode != LiftMode.HULL and views.asset is None:
             raise ConfigError(f"mode {mode.value!r} needs the source asset: connect views from OrthoRender of an asset file")
         device = compute_device()
@@ -113,7 +120,7 @@ class LiftToMesh(io.ComfyNode):
                                   background="auto" if detect_background else (float(background),) * 3,
                                   source=views.asset, mode=mode, grid=int(grid), texture_size=int(texture_size),
                                   face_budget=int(face_budget), progress=progress, device=device,
-                                  frame=views.render.source_frame).to("cpu")
+                                  reconstructor=reconstructor, frame=views.render.source_frame).to("cpu")
             # files and the core MESH in the source asset's own coordinates (the frame the views carry)
             lifted = in_output_frame(lifted)
             extras = glb_extras(item_record(record, n, num_views), generator="DreamEdit3D",
