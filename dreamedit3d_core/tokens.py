@@ -72,16 +72,6 @@ def vector_names(token: str, num_vectors: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
-def expand_prompt(prompt: str, tokens: TokenSet) -> str:
-    """Write each multi-vector token of ``tokens`` in ``prompt`` as its vector strings (no-op for 1 vector)."""
-    n = int(tokens.embeddings.shape[1])
-    if n == 1:
-        return prompt
-    for tok in tokens.tokens:
-        prompt = prompt.replace(tok, " ".join(vector_names(tok, n)))
-    return prompt
-
-
 def _metadata(tokens: TokenSet, extra: Optional[dict] = None) -> dict:
     meta = {
         "format": FORMAT,
@@ -225,7 +215,7 @@ def apply_tokens(model, tokens: TokenSet) -> list[int]:
 
     Tokens already added to this model (e.g. by an earlier call) get their rows overwritten; a token that is a
     word of the base vocabulary is refused by the tokenizer. Multi-vector tokens occupy ``<t>``, ``<t>_1``, ... (see
-    :func:`expand_prompt`).
+    :func:`~dreamedit3d_core.prompts.expand_multi_vector`).
 
     Raises:
         TokenError: malformed tokens, or a width that does not match the text encoder.

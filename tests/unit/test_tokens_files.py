@@ -15,7 +15,6 @@ from conftest import skip_or_fail
 from dreamedit3d_core.errors import ConfigError, TokenError
 from dreamedit3d_core.tokens import (
     COMFY_SD2_KEY,
-    expand_prompt,
     load_tokens,
     save_comfy_embeddings,
     save_tokens,
@@ -128,6 +127,9 @@ def test_load_tokens_reports_missing_corrupt_and_foreign_files(tmp_path):
 
 
 def test_expand_prompt_spells_out_multi_vector_tokens():
+    # one home for the rule: prompts.expand_multi_vector (tokens.expand_prompt was its copy)
+    from dreamedit3d_core.prompts import expand_multi_vector as expand_prompt
+
     tokens = _tokens(dim=4, n=3)
     assert expand_prompt("a <hat> on a <dog>", tokens) == "a <hat> <hat>_1 <hat>_2 on a <dog> <dog>_1 <dog>_2"
     assert expand_prompt("a <hat>", _tokens(dim=4, n=1)) == "a <hat>"
