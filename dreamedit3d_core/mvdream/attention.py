@@ -105,12 +105,17 @@ class PerViewCrossAttnProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
                  num_views: Optional[int] = None) -> torch.Tensor:
-        if attention_mask is not None:
-            raise ConfigError("PerViewCrossAttnProcessor does not take an attention mask")
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        query, key, value = _project_heads(attn, hidden_states, context)
+        query, key, value = self._heads(attn, hidden_states, encoder_hidden_states, attention_mask)
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
         return _merge_heads(attn, out, query.dtype)
+
+    def _heads(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor],
+               attention_mask: Optional[torch.Tensor]) -> tuple:
+        """(query, key, value) split into heads; the context is the text (or the hidden states themselves)."""
+        if attention_mask is not None:
+            raise ConfigError(f"{type(self).__name__} does not take an attention mask")
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        return _project_heads(attn, hidden_states, context)
 
 
 @dataclass
@@ -151,10 +156,7 @@ class RecordingCrossAttnProcessor(PerViewCrossAttnProcessor):
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
                  num_views: Optional[int] = None) -> torch.Tensor:
-        if attention_mask is not None:
-            raise ConfigError("RecordingCrossAttnProcessor does not take an attention mask")
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        query, key, value = _project_heads(attn, hidden_states, context)
+        query, key, value = self._heads(attn, hidden_states, encoder_hidden_states, attention_mask)
         # Under torch.autocast (mixed-precision training) matmul is re-cast to fp16/bf16 whatever its inputs are, so
         # `.float()` alone would not keep the scores in fp32: fp16 q·kᵀ can overflow before the scale, and the maps the
         # attention loss uses would be rounded. Autocast is switched off for the scores and the softmax only.

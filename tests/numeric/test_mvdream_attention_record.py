@@ -122,3 +122,18 @@ def test_recorded_probabilities_stay_float32_under_bf16_autocast():
     qh, kh = q.float().reshape(2, 16, 2, 32), k.float().reshape(2, 77, 2, 32)
     reference = torch.einsum("nihd,njhd->nhij", qh, kh).mul(32 ** -0.5).softmax(-1).reshape(4, 16, 77)
     assert (probs - reference).abs().max().item() <= 1e-6
+
+
+def test_cross_attention_processors_refuse_an_attention_mask_by_name():
+    from dreamedit3d_core.errors import ConfigError
+    from dreamedit3d_core.mvdream.attention import CrossAttentionStore, RecordingCrossAttnProcessor
+
+    model = shared_tiny_model()
+    name = "up_blocks.1.attentions.1.transformer_blocks.0.attn2"
+    attn = dict(model.unet.named_modules())[name]
+    x, ctx = torch.randn(4, 64, 128), torch.randn(4, 77, attn.to_k.in_features)
+    mask = torch.ones(4, 64, 77)
+    for processor in (PerViewCrossAttnProcessor(), RecordingCrossAttnProcessor(CrossAttentionStore(), name)):
+        with pytest.raises(ConfigError, match=f"{type(processor).__name__} does not take an attention mask"):
+            processor(attn, x, ctx, attention_mask=mask)
+        assert processor(attn, x, ctx).shape == x.shape  # without a mask it runs
