@@ -8,7 +8,7 @@ from ..dreamedit3d_core.errors import ConfigError
 from ..dreamedit3d_core.storage import unique_path
 from ._compat import compute_device, io
 from .folders import FOLDER_MVDREAM, file_stamp, model_files, model_folder, model_path
-from .paths import plain_file_stem
+from .paths import name_problem, plain_file_stem
 from .sockets import MVDreamModelSocket
 
 CATEGORY = "DreamEdit3D/model"
@@ -88,12 +88,7 @@ class SaveMVDream(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, filename=None):
-        if filename is not None:
-            try:
-                plain_file_stem(filename, ".safetensors", what="filename")
-            except ConfigError as exc:
-                return str(exc)
-        return True
+        return name_problem(filename, ".safetensors", what="filename")
 
     @classmethod
     def execute(cls, model, filename) -> io.NodeOutput:

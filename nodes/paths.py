@@ -124,6 +124,18 @@ def plain_file_stem(name: str, suffix: str = "", what: str = "file name") -> str
     return stem
 
 
+def name_problem(name, suffix: str = "", what: str = "file name") -> bool | str:
+    """:func:`plain_file_stem` as a validator answer: True for a usable name (or None, a linked input), else the
+    message."""
+    if name is None:
+        return True
+    try:
+        plain_file_stem(name, suffix, what=what)
+    except ConfigError as exc:
+        return str(exc)
+    return True
+
+
 def check_save_prefix(prefix: str, what: str = "filename_prefix") -> str:
     """A save prefix ('dreamedit3d/edit') that stays inside the output folder (subfolders allowed), or an error."""
     parts = relative_parts(str(prefix))

@@ -12,7 +12,7 @@ from ..dreamedit3d_core.personalize.finetune import MODES as FT_MODES
 from ..dreamedit3d_core.personalize.textual_inversion import MIXED_PRECISION as PRECISIONS
 from ._compat import advanced, io, managed_load, ui
 from .folders import FOLDER_TOKENS, embeddings_folder, file_stamp, model_files, model_folder, model_path, output_folder
-from .paths import plain_file_stem
+from .paths import name_problem, plain_file_stem
 from .progress import ComfyProgress
 from .sockets import MVDreamModelSocket, MVTokensSocket, MVViewsSocket
 
@@ -94,15 +94,6 @@ def _common_inputs(steps: int, lr: float):
     ]
 
 
-def _check_run_name(run_name) -> bool | str:
-    if run_name is not None:
-        try:
-            plain_file_stem(run_name, what="run_name")
-        except ConfigError as exc:
-            return str(exc)
-    return True
-
-
 class MultiViewTextualInversion(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -130,7 +121,7 @@ class MultiViewTextualInversion(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, run_name=None):
-        return _check_run_name(run_name)
+        return name_problem(run_name, what="run_name")
 
     @classmethod
     def execute(cls, model, views, init_words, steps, learning_rate, attention_loss_weight, seed, run_name, resume,
@@ -186,7 +177,7 @@ class MVFineTune(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, run_name=None):
-        return _check_run_name(run_name)
+        return name_problem(run_name, what="run_name")
 
     @classmethod
     def execute(cls, model, views, tokens, steps, learning_rate, attention_loss_weight, seed, run_name, resume,
@@ -273,12 +264,7 @@ class SaveTokens(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, name=None):
-        if name is not None:
-            try:
-                plain_file_stem(name, ".safetensors", what="name")
-            except ConfigError as exc:
-                return str(exc)
-        return True
+        return name_problem(name, ".safetensors", what="name")
 
     @classmethod
     def execute(cls, tokens, name, if_exists="new_version") -> io.NodeOutput:

@@ -12,23 +12,9 @@ import os
 import pytest
 import torch
 
-from _comfy_pack import comfy_root, import_comfy_tree, import_pack, install_robot_asset, node, point_folders_at
-from conftest import skip_or_fail
+from _comfy_pack import install_robot_asset, node
 
 pytestmark = pytest.mark.nodes
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    root = comfy_root()
-    if root is None:
-        skip_or_fail("no ComfyUI tree: run tools/setup_env.sh or set COMFYUI_PATH")
-    import_comfy_tree(root)
-    base = tmp_path_factory.mktemp("comfy_base")
-    point_folders_at(base)
-    module = import_pack()
-    module.base = base
-    return module
 
 
 def test_registration_lists_every_stage_node_with_v3_classes(pack):

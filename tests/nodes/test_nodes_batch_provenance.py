@@ -13,22 +13,11 @@ import shutil
 import pytest
 import torch
 
-from _comfy_pack import comfy_root, import_comfy_tree, import_pack, install_robot_asset, point_folders_at
-from conftest import skip_or_fail
+from _comfy_pack import install_robot_asset
 
 pytestmark = pytest.mark.nodes
 
 PROMPTS = "a <robot> painted red\na <robot> made of gold"
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    root = comfy_root()
-    if root is None:
-        skip_or_fail("no ComfyUI tree: run tools/setup_env.sh or set COMFYUI_PATH")
-    import_comfy_tree(root)
-    point_folders_at(tmp_path_factory.mktemp("comfy_base_batch"))
-    return import_pack()
 
 
 def run(pack, node_id, hidden=None, **inputs):

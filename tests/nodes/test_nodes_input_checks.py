@@ -10,20 +10,7 @@ import math
 
 import pytest
 
-from _comfy_pack import comfy_root, import_comfy_tree, import_pack, point_folders_at
-from conftest import skip_or_fail
-
 pytestmark = pytest.mark.nodes
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    root = comfy_root()
-    if root is None:
-        skip_or_fail("no ComfyUI tree: run tools/setup_env.sh or set COMFYUI_PATH")
-    import_comfy_tree(root)
-    point_folders_at(tmp_path_factory.mktemp("comfy_base"))
-    return import_pack()
 
 
 def _widgets(cls, kind):
