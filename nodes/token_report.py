@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from ..dreamedit3d_core.errors import ConfigError
 from ._compat import compute_device, free_memory_for, io, managed_load, model_path, ui
-from .metrics import FOLDER_CLIP, FOLDER_DINO, NONE, _choices
+from .folders import model_files
+from .metrics import FOLDER_CLIP, FOLDER_DINO, NONE
 from .personalize import parse_init_words, training_mode
 from .sockets import MVDreamModelSocket, MVTokensSocket, MVViewsSocket, to_comfy_image
 
 CATEGORY = "DreamEdit3D/evaluate"
+
+
+def _choices(kind: str) -> list:
+    """(none) and the files of the ``kind`` model folders; only (none) where the host has no such folder."""
+    try:
+        return [NONE] + model_files(kind)
+    except KeyError:
+        return [NONE]
 
 
 class TokenReport(io.ComfyNode):

@@ -326,9 +326,7 @@ KNOWN_PRIVATE_IMPORTS: Dict[str, str] = {
         "dreamedit3d_core/lifting/lgm/reconstructor.py:15 imports checkpoint._resolve_dtype; owned by D"),
     "dreamedit3d_core/provenance.py": "dreamedit3d_core/provenance.py:156 imports lifting.export._write_new; owned by A",
 }
-KNOWN_PRIVATE_IMPORTS_NODES: Dict[str, str] = {
-    "nodes/token_report.py": "nodes/token_report.py:7 imports nodes/metrics._choices; owned by F (nodes/metrics.py: A)",
-}
+KNOWN_PRIVATE_IMPORTS_NODES: Dict[str, str] = {}
 KNOWN_IMPORT_CYCLES: Dict[str, str] = {}
 
 
