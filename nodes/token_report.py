@@ -62,8 +62,8 @@ class TokenReport(io.ComfyNode):
                              tooltip="Phase-1 steps of each ablation run."),
                 io.Float.Input("ablation_learning_rate", default=5e-4, min=0.0, max=1.0, step=1e-5, round=False,
                                optional=True, tooltip="Phase-1 learning rate of each ablation run."),
-                io.Float.Input("attention_loss_weight", default=1e-2, min=0.0, max=10.0, step=1e-3, round=False,
-                               optional=True, tooltip="λ of the ablation's second run (Break-a-Scene: 0.01)."),
+                io.Float.Input("attention_loss_weight", default=0.1, min=0.0, max=10.0, step=1e-3, round=False,
+                               optional=True, tooltip="λ of the ablation's second run (the training default, 0.1)."),
             ],
             outputs=[
                 io.String.Output("report_json", display_name="report_json",
@@ -89,7 +89,7 @@ class TokenReport(io.ComfyNode):
     @classmethod
     def execute(cls, model, views, tokens, measure_images, sample_steps, cfg, seed, base_model=None, init_words="",
                 clip_model=NONE, dino_model=NONE, ablation=False, ablation_steps=400, ablation_learning_rate=5e-4,
-                attention_loss_weight=1e-2) -> io.NodeOutput:
+                attention_loss_weight=0.1) -> io.NodeOutput:
         from ..dreamedit3d_core import metrics
         from ..dreamedit3d_core import token_report as tr
         from ..dreamedit3d_core.personalize.textual_inversion import TIConfig

@@ -63,7 +63,7 @@ class FTConfig(ObjectiveConfig):
         num_class_objects: how many 4-view class objects the base model generates before training (4).
         class_sample_steps, class_cfg: DDIM steps and guidance for generating them (30, 7.5).
         prior_loss_weight: weight of the prior term (1.0, Break-a-Scene's).
-        The rest (steps 400, AdamW settings, λ 1e-2, resolution 256, seed, mixed precision — fp16 with a grad scaler,
+        The rest (steps 400, AdamW settings, λ 0.1, resolution 256, seed, mixed precision — fp16 with a grad scaler,
         GPU only —, checkpoints, previews, prompt prefix): :class:`~.objective.ObjectiveConfig`.
     """
 

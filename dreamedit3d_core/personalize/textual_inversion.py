@@ -47,7 +47,7 @@ class TIConfig(ObjectiveConfig):
         tokens: one token per component (``"<hat>"``); empty: ``<component name>``.
         init_words: per component, the word whose first sub-token initialises its token (``"hat"``); "" or
             missing: the mean of the base vocabulary's embeddings.
-        The rest (steps 400, AdamW settings, λ 1e-2, resolution 256, seed, mixed precision, checkpoints, previews,
+        The rest (steps 400, AdamW settings, λ 0.1, resolution 256, seed, mixed precision, checkpoints, previews,
         prompt prefix): :class:`~.objective.ObjectiveConfig`.
     """
 
@@ -117,7 +117,7 @@ def run_textual_inversion(model, render: MultiViewRender, masks: ComponentMasks,
         model: MVDreamModel; only the new tokens' embedding rows are trained.
         render: the four views of the asset.
         masks: one mask per component, [K, V, H, W] at the render's size.
-        config: TIConfig (defaults: 400 steps, lr 5e-4, λ 1e-2).
+        config: TIConfig (defaults: 400 steps, lr 5e-4, λ 0.1).
         progress: progress/interrupt hook (loss, masked, attention, t, k per step; preview every N steps); None
             shows a tqdm bar.
         resume_from: a training-state file of an interrupted run with the same model, tokens and components.

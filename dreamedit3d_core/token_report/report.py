@@ -199,7 +199,7 @@ def compare_attention_loss(base_model, render: MultiViewRender, masks: Component
     config = replace(config or TokenReportConfig(), images=False)
     if ti_config.attention_loss_weight <= 0:
         raise ConfigError("the ablation compares λ = 0 with a positive attention_loss_weight; got "
-                          f"{ti_config.attention_loss_weight}: set it above 0 (Break-a-Scene: 0.01)")
+                          f"{ti_config.attention_loss_weight}: set it above 0 (the training default is 0.1)")
     results = {}
     for key, weight in (("without", 0.0), ("with", float(ti_config.attention_loss_weight))):
         if progress is not None:

@@ -26,6 +26,16 @@ def _scene_for(model, render, masks, attention=True):
     return build_scene(model, render, masks, TOKENS, ids, None, 16, with_attention=attention)
 
 
+def _untrained_scene():
+    """The 64 px two-component scene on a fresh tiny model with the tokens added, and one fixed noise."""
+    render, masks = two_component_scene(64)
+    model = fresh_tiny_model()
+    ids = model.add_tokens(list(TOKENS), initial_embeddings(model, (), 2))
+    scene = build_scene(model, render, masks, TOKENS, ids, None, 16, True)
+    noise = torch.randn(scene.latents.shape, generator=torch.Generator().manual_seed(0))
+    return render, masks, model, ids, scene, noise
+
+
 def test_only_the_new_embedding_rows_change_and_the_masked_loss_falls():
     render, masks = two_component_scene(128)
     model = fresh_tiny_model()
@@ -95,11 +105,7 @@ def test_attention_layers_are_the_16x16_ones_at_256px_and_follow_the_latent_size
 
 def test_the_recorded_maps_come_from_the_same_forward_pass_as_the_noise_prediction():
     """The step's eps equals a plain predict_noise call (recording changes nothing but rounding)."""
-    render, masks = two_component_scene(64)
-    model = fresh_tiny_model()
-    ids = model.add_tokens(list(TOKENS), initial_embeddings(model, (), 2))
-    scene = build_scene(model, render, masks, TOKENS, ids, None, 16, True)
-    noise = torch.randn(scene.latents.shape, generator=torch.Generator().manual_seed(0))
+    render, masks, model, ids, scene, noise = _untrained_scene()
     diag = {}
     with torch.no_grad():
         out = personalization_loss(model, scene, torch.Generator(), 1.0, subset=[1, 0], timestep=321, noise=noise,
@@ -246,15 +252,15 @@ def test_progress_reports_loss_terms_and_a_four_view_preview():
     render, masks = two_component_scene(64)
     seen = []
     progress = CallbackProgress(on_update=lambda step, total, preview, info: seen.append((step, total, preview, info)))
-    train_textual_inversion(fresh_tiny_model(), render, masks,
-                            TIConfig(steps=2, lr=5e-2, resolution=None, preview_every=2), progress=progress)
+    config = TIConfig(steps=2, lr=5e-2, resolution=None, preview_every=2)
+    train_textual_inversion(fresh_tiny_model(), render, masks, config, progress=progress)
     assert [s[:2] for s in seen] == [(1, 2), (2, 2)]
     assert seen[0][2] is None
     preview = seen[1][2]
     assert preview.shape == (3, 64, 4 * 64) and 0.0 <= float(preview.min()) <= float(preview.max()) <= 1.0
     info = seen[1][3]
     assert set(info) >= {"loss", "masked", "attention", "t", "k", "grad_norm"}
-    assert info["loss"] == pytest.approx(info["masked"] + 1e-2 * info["attention"], rel=1e-5)
+    assert info["loss"] == pytest.approx(info["masked"] + config.attention_loss_weight * info["attention"], rel=1e-5)
 
 
 def test_fp16_forward_passes_train_with_a_grad_scaler(monkeypatch):
@@ -319,11 +325,7 @@ def test_attention_normalisation_is_configuration_that_reaches_the_loss(monkeypa
     with pytest.raises(ConfigError, match=r"attention_normalisation must be one of .*'distribution'.*got 'sum'"):
         TIConfig(attention_normalisation="sum")
 
-    render, masks = two_component_scene(64)
-    model = fresh_tiny_model()
-    ids = model.add_tokens(list(TOKENS), initial_embeddings(model, (), 2))
-    scene = build_scene(model, render, masks, TOKENS, ids, None, 16, True)
-    noise = torch.randn(scene.latents.shape, generator=torch.Generator().manual_seed(0))
+    render, masks, model, ids, scene, noise = _untrained_scene()
     terms = {}
     with torch.no_grad():
         for norm in ("distribution", "max"):
