@@ -18,7 +18,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from ...errors import CheckpointError, ConfigError
+from ...errors import CheckpointError, ConfigError, short_message
 from ...storage import save_safetensors
 from .network import LGM_BIG, LGMConfig, LGMNetwork, RotationNormalization
 
@@ -50,11 +50,6 @@ def _describe_foreign(keys) -> str:
     return f"not an LGM state dict (top-level key groups {groups[:6]})"
 
 
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (text[:120] + "...") if len(text) > 120 else text
-
-
 def _open_header(path: Path):
     """(keys, metadata) of a safetensors file without reading its tensors."""
     if not path.is_file():
@@ -70,7 +65,7 @@ def _open_header(path: Path):
         with safe_open(str(path), framework="pt") as f:
             return list(f.keys()), dict(f.metadata() or {})
     except Exception as exc:  # safetensors raises its own SafetensorError / OSError types
-        raise CheckpointError(f"{path.name} is not a readable .safetensors file ({_short(exc)}): it may be truncated; "
+        raise CheckpointError(f"{path.name} is not a readable .safetensors file ({short_message(exc)}): it may be truncated; "
                               f"download it again; expected {EXPECTED}") from None
 
 
@@ -147,7 +142,7 @@ def as_rotation_normalization(value) -> RotationNormalization:
                           f"{value!r}") from None
 
 
-def _resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     if dtype is None or dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -177,7 +172,7 @@ def load_lgm(path: str | os.PathLike, device: str | torch.device = "cpu", dtype=
     """
     path = Path(path)
     device = torch.device(device)
-    dtype = _resolve_dtype(dtype, device)
+    dtype = resolve_dtype(dtype, device)
     if rotation_normalization is not None:
         as_rotation_normalization(rotation_normalization)
     keys, metadata = _open_header(path)
@@ -187,7 +182,7 @@ def load_lgm(path: str | os.PathLike, device: str | torch.device = "cpu", dtype=
     try:
         state = load_file(str(path), device="cpu")
     except Exception as exc:
-        raise CheckpointError(f"{path.name} could not be read ({_short(exc)}): it may be truncated; download it "
+        raise CheckpointError(f"{path.name} could not be read ({short_message(exc)}): it may be truncated; download it "
                               f"again; expected {EXPECTED}") from None
     input_size = int(metadata.get(META_INPUT_SIZE, LGM_BIG.input_size))
     try:

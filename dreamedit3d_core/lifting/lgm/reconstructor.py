@@ -13,7 +13,7 @@ import torch
 from ...cameras import MVCameras
 from ...errors import ConfigError
 from ..pipeline import register_reconstructor
-from .checkpoint import _resolve_dtype, load_lgm
+from .checkpoint import resolve_dtype, load_lgm
 from .gaussians import Gaussians, gaussians_from_lgm, gaussians_to_mesh
 from .network import LGMNetwork
 from .rays import FRAMES, lgm_frame, lgm_input
@@ -57,7 +57,7 @@ class LGMReconstructor:
     def network(self, device=None) -> LGMNetwork:
         """The loaded network on ``device`` (loaded once, moved when the device changes)."""
         device = torch.device(device if device is not None else "cpu")
-        dtype = _resolve_dtype(self.dtype, device)
+        dtype = resolve_dtype(self.dtype, device)
         if self._network is None:
             self._network = load_lgm(self.path, device, dtype, self.rotation_normalization)
         else:
