@@ -11,7 +11,7 @@ Method (printed with the figures):
   of ``torch.cuda.max_memory_allocated()`` for the stage, counting what was resident when it started (weights, cached
   outputs). It excludes the CUDA context (~0.5 GiB), cuBLAS/cuDNN workspaces and fragmentation (+5-20 %).
 - FLOPs = ``torch.utils.flop_counter.FlopCounterMode`` (matmul, conv, attention; elementwise ops are not counted).
-- values are unknown on fake tensors; ``.item()`` and friends answer 0 (so a GradScaler never skips a step).
+- values are unknown on fake tensors; `.item()` and friends answer "no trouble" (bools True, floats 0.5, ints 1; values derived from isnan/isinf or a GradScaler found-inf flag 0), so checks pass and no step is skipped.
 - validation: the same estimator on CPU fake tensors against a real CPU run of the same step on a medium-size model
   (peak RSS growth of a fresh process, large allocations mmapped so freed memory leaves RSS).
 
@@ -136,7 +136,7 @@ class StubValues(TorchDispatchMode):
 
     ``nonzero`` finds one element; a boolean-mask index selects every element. Checks for trouble read "no trouble": a value derived from ``isnan``/``isinf`` (or a GradScaler's found-inf flag)
     reads 0/False, so no step is skipped and no error raised; every other bool reads True (``mask.any()``: the
-    component is present), numbers read 1.
+    component is present), floats read 0.5 (inside (0, 1): a schedule check passes), ints 1.
     """
 
     TROUBLE_OPS = ("isnan", "isinf", "isneginf", "isposinf")
@@ -154,7 +154,7 @@ class StubValues(TorchDispatchMode):
             t = args[0]
             if t in self.trouble:
                 return False if t.dtype == torch.bool else 0
-            return True if t.dtype == torch.bool else (1.0 if t.dtype.is_floating_point else 1)
+            return True if t.dtype == torch.bool else (0.5 if t.dtype.is_floating_point else 1)
         if func is torch.ops.aten.nonzero.default:
             # one hit (a token's position in a prompt is looked up this way); index lists are small next to activations
             t = args[0]
