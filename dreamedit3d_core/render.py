@@ -101,8 +101,8 @@ def _texel_footprint(uv_img: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
     return torch.maximum(axis_step(0), axis_step(1))
 
 
-def _sample_textures(asset: MeshAsset, fid: torch.Tensor, uv: torch.Tensor,
-                     footprint: Optional[torch.Tensor] = None, pyramids: Optional[list] = None) -> torch.Tensor:
+def sample_textures(asset: MeshAsset, fid: torch.Tensor, uv: torch.Tensor,
+                    footprint: Optional[torch.Tensor] = None, pyramids: Optional[list] = None) -> torch.Tensor:
     """Texture colour [P, 3] for pixels hitting faces ``fid`` [P] at ``uv`` [P, 2] (1 where untextured).
 
     Without ``footprint``: bilinear. With it (UV units per sample, [P]) and ``pyramids`` (from :func:`_mip_pyramid`, one
@@ -149,7 +149,7 @@ def _shade(asset: MeshAsset, frags: Fragments, normals_face: torch.Tensor, c2w: 
     if asset.uv is not None and asset.textures:
         uv_img = interpolate(asset.uv.to(torch.float32), asset.faces, frags)[0]
         footprint = _texel_footprint(uv_img, hit)[hit] if pyramids is not None else None
-        colour = colour * _sample_textures(asset, fid, uv_img[hit], footprint, pyramids)
+        colour = colour * sample_textures(asset, fid, uv_img[hit], footprint, pyramids)
     if lighting is LightingMode.AMBIENT_DIFFUSE:
         cos = (normals_face[fid] * _view_dirs(c2w, hit, focal)).sum(-1).abs()
         colour = colour * (AMBIENT + (1.0 - AMBIENT) * cos)[:, None]

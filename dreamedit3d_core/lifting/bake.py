@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..cameras import MVCameras
 from ..raster import Fragments, interpolate, rasterize_uv, rasterize_views
-from .hull import _sample_images
+from .hull import sample_images
 
 #: Exponent of the facing weight cos(angle between normal and view ray).
 COS_POWER = 4.0
@@ -115,18 +115,18 @@ def _project_chunk(points: torch.Tensor, normals: torch.Tensor, view_sets: Seque
     for vs in view_sets:
         h, w = vs.rgb.shape[-2:]
         pix, depth = vs.cameras.project(points, h, w)
-        d_surf = _sample_images(vs.depth[:, None].to(torch.float32), pix, depth, mode="nearest")[..., 0]
+        d_surf = sample_images(vs.depth[:, None].to(torch.float32), pix, depth, mode="nearest")[..., 0]
         px_size = depth / vs.cameras.focal_px(h)
         visible = (d_surf > 0) & (depth <= d_surf + 0.01 + 3.0 * px_size)
         cam_pos = vs.cameras.c2w()[:, :3, 3].to(points.device)
         to_cam = F.normalize(cam_pos[:, None] - points[None], dim=-1)
         cos = (to_cam * normals[None]).sum(-1).clamp(min=0.0)
-        mask_w = _sample_images(vs.weight_mask.to(torch.float32), pix, depth)[..., 0]
+        mask_w = sample_images(vs.weight_mask.to(torch.float32), pix, depth)[..., 0]
         wgt = cos.pow(cos_power) * mask_w * visible * vs.weight  # [V, K]
-        col = _sample_images(vs.rgb.to(torch.float32), pix, depth)  # [V, K, 3]
+        col = sample_images(vs.rgb.to(torch.float32), pix, depth)  # [V, K, 3]
         if vs.alpha is not None and vs.background is not None:
             # rgb = a * colour + (1 - a) * background at antialiased edges: solve for colour where coverage is enough
-            a = _sample_images(vs.alpha.to(torch.float32), pix, depth)
+            a = sample_images(vs.alpha.to(torch.float32), pix, depth)
             bg = torch.as_tensor(vs.background, dtype=col.dtype, device=col.device)
             bg = bg[:, None] if bg.ndim == 2 else bg  # one colour per view [V, 3] -> [V, 1, 3]
             unmixed = ((col - (1.0 - a) * bg) / a.clamp(min=1e-6)).clamp(0.0, 1.0)
@@ -237,7 +237,7 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 def source_surface_colors(source, face_ids: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
     """The source asset's own unlit colour at surface points given as (source face, barycentrics): base colour x vertex
     colour x texture (bilinear), as the render stage shades it. float32 [K, 3]."""
-    from ..render import _sample_textures
+    from ..render import sample_textures
 
     fid = face_ids.to(source.faces.device)
     colour = source.face_base_color[fid].to(torch.float32)
@@ -247,7 +247,7 @@ def source_surface_colors(source, face_ids: torch.Tensor, bary: torch.Tensor) ->
         colour = colour * (source.vertex_colors.to(torch.float32)[corners] * w).sum(1)
     if source.uv is not None and source.textures:
         uv = (source.uv.to(torch.float32)[corners] * w).sum(1)
-        colour = colour * _sample_textures(source, fid, uv)
+        colour = colour * sample_textures(source, fid, uv)
     return colour.clamp(0.0, 1.0)
 
 

@@ -67,7 +67,7 @@ def _cube_grid(half_extent: float, res: int) -> VoxelGrid:
     return VoxelGrid((-half_extent,) * 3, spacing, (res,) * 3)
 
 
-def _sample_images(images: torch.Tensor, pixels: torch.Tensor, depth: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+def sample_images(images: torch.Tensor, pixels: torch.Tensor, depth: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Sample [V, C, H, W] images at [V, N, 2] pixel positions (x = col, y = row); 0 outside the frame or behind the camera.
 
     Returns:
@@ -99,7 +99,7 @@ def silhouette_occupancy(alpha: torch.Tensor, cameras: MVCameras, grid: VoxelGri
         if check_interrupt is not None:
             check_interrupt()
         pix, depth = cameras.project(p, h, w)
-        out[start:stop] = _sample_images(a, pix, depth)[..., 0].amin(0)
+        out[start:stop] = sample_images(a, pix, depth)[..., 0].amin(0)
     return out.reshape(grid.shape)
 
 
@@ -149,7 +149,7 @@ def mesh_occupancy(vertices: torch.Tensor, faces: torch.Tensor, grid: VoxelGrid,
             if check_interrupt is not None:
                 check_interrupt()
             pix, depth = cams.project(pts[start:start + POINT_CHUNK], res, res)
-            d_surf = _sample_images(surf, pix, depth, mode="nearest")[..., 0]
+            d_surf = sample_images(surf, pix, depth, mode="nearest")[..., 0]
             inside = ((depth - d_surf) / grid.spacing + 0.5).clamp(0.0, 1.0) * (d_surf > 0)
             occ[start:start + POINT_CHUNK] = torch.minimum(occ[start:start + POINT_CHUNK], inside.amin(0))
     full = torch.zeros(grid.num_points, dtype=torch.float32, device=device)
