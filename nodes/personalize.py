@@ -9,7 +9,9 @@ import torch
 
 from ..dreamedit3d_core.errors import ConfigError
 from ..dreamedit3d_core.personalize.finetune import MODES as FT_MODES
+from ..dreamedit3d_core.personalize.finetune import FTConfig
 from ..dreamedit3d_core.personalize.textual_inversion import MIXED_PRECISION as PRECISIONS
+from ..dreamedit3d_core.personalize.textual_inversion import TIConfig
 from ._compat import advanced, io, managed_load, ui
 from .folders import FOLDER_TOKENS, embeddings_folder, file_stamp, model_files, model_folder, model_path, output_folder
 from .paths import name_problem, plain_file_stem
@@ -73,13 +75,15 @@ def parse_init_words(text: str, components) -> tuple:
     return tuple(words.get(c, "") for c in components)
 
 
-def _common_inputs(steps: int, lr: float):
+def _common_inputs(config):
+    """The inputs both trainers share, with the defaults of the core's ``config`` (TIConfig() or FTConfig())."""
     return [
-        io.Int.Input("steps", default=steps, min=1, max=20000, tooltip="Optimisation steps."),
-        io.Float.Input("learning_rate", default=lr, min=0.0, max=1.0, step=1e-7, round=False,
+        io.Int.Input("steps", default=config.steps, min=1, max=20000, tooltip="Optimisation steps."),
+        io.Float.Input("learning_rate", default=config.lr, min=0.0, max=1.0, step=1e-7, round=False,
                        tooltip="AdamW learning rate (gradients clipped at 1.0)."),
-        advanced(io.Float.Input("attention_loss_weight", default=1e-2, min=0.0, max=10.0, step=1e-3, round=False,
-                                tooltip="Weight of the attention-alignment loss (Break-a-Scene: 0.01); 0 turns it off.")),
+        advanced(io.Float.Input("attention_loss_weight", default=config.attention_loss_weight, min=0.0, max=10.0,
+                                step=1e-3, round=False,
+                                tooltip="Weight of the attention-alignment loss (KL form: 0.1); 0 turns it off.")),
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                      tooltip="Seed for timesteps, noise and component sampling."),
         io.String.Input("run_name", default="dreamedit3d-run",
@@ -109,7 +113,7 @@ class MultiViewTextualInversion(io.ComfyNode):
                 io.String.Input("init_words", default="",
                                 tooltip="Optional 'component: word' pairs to initialise tokens from (e.g. 'hat: hat'); "
                                         "others start from the component name's words, or the mean embedding."),
-                *_common_inputs(400, 5e-4),
+                *_common_inputs(TIConfig()),
             ],
             outputs=[
                 MVDreamModelSocket.Output("out_model", display_name="model", tooltip="The model with the learned tokens added."),
@@ -155,8 +159,8 @@ class MVFineTune(io.ComfyNode):
                 MVDreamModelSocket.Input("model", tooltip="The model from phase 1."),
                 MVViewsSocket.Input("views", tooltip="The same views with component masks."),
                 MVTokensSocket.Input("tokens", tooltip="The tokens from phase 1."),
-                *_common_inputs(400, 2e-6),
-                advanced(io.Float.Input("token_learning_rate", default=2e-6, min=0.0, max=1.0, step=1e-6, round=False,
+                *_common_inputs(FTConfig()),
+                advanced(io.Float.Input("token_learning_rate", default=FTConfig().token_lr, min=0.0, max=1.0, step=1e-6, round=False,
                                         tooltip="Learning rate of the tokens during phase 2.")),
                 io.Combo.Input("mode", options=_choices(FT_MODES), default="full",
                                tooltip="full: every UNet weight; lora: a low-rank delta (small GPUs). LoRA wants a much higher "

@@ -207,3 +207,13 @@ def test_the_pack_registers_its_model_folders_with_comfyui(pack):
                       ("dino", ".safetensors"), ("lgm", ".safetensors")):
         paths, extensions = folder_paths.folder_names_and_paths[kind]
         assert ext in extensions and any(p.replace("\\", "/").endswith(f"models/{kind}") for p in paths), kind
+
+
+def test_training_nodes_take_their_defaults_from_the_cores_configs(pack):
+    from dreamedit3d_pack.dreamedit3d_core.personalize.finetune import FTConfig
+    from dreamedit3d_pack.dreamedit3d_core.personalize.textual_inversion import TIConfig
+
+    for node_id, config in (("DreamEdit3D_MultiViewTextualInversion", TIConfig()), ("DreamEdit3D_MVFineTune", FTConfig())):
+        inputs = {i.id: i for i in pack.NODES[node_id].define_schema().inputs}
+        assert inputs["steps"].default == config.steps and inputs["learning_rate"].default == config.lr
+        assert inputs["attention_loss_weight"].default == config.attention_loss_weight
