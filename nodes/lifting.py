@@ -2,27 +2,117 @@
 
 from __future__ import annotations
 
-from ..dreamedit3d_core.errors import ConfigError, ShapeError
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from ..dreamedit3d_core.errors import CheckpointError, ConfigError, ShapeError
 from ..dreamedit3d_core.lifting.pipeline import MODES, LiftMode
-from ._compat import ComfyProgress, compute_device, core_mesh_batch, io, output_relative, save_target
+from ._compat import compute_device, free_memory_for, io
+from .folders import FOLDER_LGM, file_stamp, model_files, model_path, output_relative, save_target
+from .progress import ComfyProgress
 from .provenance import image_record
-from .sockets import MVViewsSocket, from_comfy_image
+from .sockets import MVViewsSocket, core_mesh_batch, from_comfy_image
 
 CATEGORY = "DreamEdit3D/lift"
 #: The node's choices: "auto" picks the best mode available (see ``best_mode``), then the core's modes.
 NODE_MODES = ("auto",) + MODES
+#: The ``reconstructor`` choice that uses no file from models/lgm.
+NO_RECONSTRUCTOR = "none"
+#: The name the chosen LGM file is registered under, for the node's own run only (what was registered under that
+#: name before, e.g. by a user's script, is put back afterwards).
+LGM_NAME = "lgm"
 
 
-def best_mode(has_source: bool) -> tuple:
+def reconstructor_choices() -> list:
+    """"none" and the LGM weight files in models/lgm ('/'-separated names); files there that are not LGM (an SD or
+    MVDream checkpoint, a truncated download) are not offered. Reads each file's header only."""
+    from ..dreamedit3d_core.lifting.lgm import is_lgm_file
+
+    try:
+        names = model_files(FOLDER_LGM)
+    except KeyError:  # the folder kind is not registered in this host
+        return [NO_RECONSTRUCTOR]
+    return [NO_RECONSTRUCTOR] + [n for n in names if is_lgm_file(model_path(FOLDER_LGM, n))]
+
+
+def lgm_file_problem(name: str) -> Optional[str]:
+    """Why ``name``, a file in models/lgm, cannot be LGM's weights (the one-line message loading it gives), or None
+    when it is LGM's or not there at all (then the choice check names it as not offered)."""
+    from ..dreamedit3d_core.lifting.lgm import is_lgm_file, load_lgm
+
+    try:
+        path = model_path(FOLDER_LGM, name)
+    except (CheckpointError, KeyError):
+        return None
+    if is_lgm_file(path):
+        return None
+    try:  # refused on its header (no tensor read): the message says what the file is
+        load_lgm(path)
+    except CheckpointError as exc:
+        return f"reconstructor {name!r}: {exc}"
+    return None
+
+
+def best_mode(has_source: bool, lgm_chosen: bool = False) -> tuple:
     """What "auto" lifts with, as (mode, reconstructor name or None): the source-guided geometry when the views come
-    from an asset; else the first reconstructor registered with ``register_reconstructor`` (e.g. LGM) when there is
-    one; else the visual hull, a preview-quality block-out."""
+    from an asset; else the LGM file chosen on the node; else the first reconstructor registered with
+    ``register_reconstructor`` when there is one; else the visual hull, a preview-quality block-out."""
     from ..dreamedit3d_core.lifting import list_reconstructors
 
     if has_source:
         return LiftMode.SOURCE_GUIDED, None
+    if lgm_chosen:
+        return LiftMode.HULL, LGM_NAME
     registered = list_reconstructors()
     return LiftMode.HULL, (registered[0] if registered else None)
+
+
+def lift_plan(mode: str, has_source: bool, lgm_chosen: bool) -> tuple:
+    """The node's (mode, reconstructor name or None) for its ``mode`` widget and whether an LGM file is chosen.
+
+    LGM replaces the silhouettes' geometry, so it serves "auto" without a source and "hull"; "auto" with a source keeps
+    the source-guided geometry. Asked for with "source_guided" or "keep_source", it is refused rather than ignored.
+    """
+    if mode == "auto":
+        return best_mode(has_source, lgm_chosen)
+    mode = LiftMode(mode)
+    if mode == LiftMode.HULL:
+        return mode, (LGM_NAME if lgm_chosen else None)
+    if lgm_chosen:
+        raise ConfigError(f"mode {mode.value!r} keeps the source's geometry, and LGM would replace all of it: set "
+                          f"reconstructor to {NO_RECONSTRUCTOR!r}, or use mode 'auto' or 'hull' with LGM")
+    return mode, None
+
+
+@contextmanager
+def lgm_for_this_run(path: Optional[Path], device) -> Iterator[None]:
+    """Register the LGM file ``path`` as ``LGM_NAME`` on ``device`` for the body, then put back what was there.
+
+    The weights are loaded (or taken from the reconstructor cache) before the body runs, so a foreign or truncated
+    file stops the node with its one-line CheckpointError before any lifting; on a GPU the network goes back to the
+    CPU afterwards, so it holds no VRAM outside ComfyUI's model management between runs.
+    """
+    if path is None:
+        yield
+        return
+    from ..dreamedit3d_core.lifting.lgm import register_lgm
+    from ..dreamedit3d_core.lifting.pipeline import (register_reconstructor, registered_reconstructor,
+                                                     unregister_reconstructor)
+
+    previous = registered_reconstructor(LGM_NAME)
+    free_memory_for(int(1.5 * path.stat().st_size), device)  # room next to MVDream
+    rec = register_lgm(path, name=LGM_NAME, overwrite=True)
+    try:
+        rec.network(device)
+        yield
+    finally:
+        if device.type != "cpu":
+            rec.offload()
+        if previous is None:
+            unregister_reconstructor(LGM_NAME)
+        else:
+            register_reconstructor(LGM_NAME, previous, overwrite=True)
 
 
 class LiftToMesh(io.ComfyNode):
@@ -43,13 +133,14 @@ class LiftToMesh(io.ComfyNode):
                 MVViewsSocket.Input("views", tooltip="The views the edit started from: their cameras (and the source "
                                                      "asset for source_guided/keep_source)."),
                 io.Combo.Input("mode", options=list(NODE_MODES), default="auto",
-                               tooltip="auto: source_guided when the views come from an asset, else a registered "
-                                       "reconstruction model (e.g. LGM) if one is installed, else hull. "
+                               tooltip="auto: source_guided when the views come from an asset, else the LGM file "
+                                       "chosen as reconstructor (or a reconstruction model registered in Python), "
+                                       "else hull. "
                                        "source_guided: the source's geometry where the edit keeps it, new geometry "
                                        "where the silhouettes grow; keep_source: the source mesh exactly, re-textured "
                                        "(appearance edits; uses the source silhouettes unless alpha is given); hull: "
                                        "a preview-quality block-out from four silhouettes (slabs and facets from the "
-                                       "side, concavities lost)."),
+                                       "side, concavities lost), or LGM's geometry when a reconstructor is chosen."),
                 io.Int.Input("grid", default=128, min=16, max=512, step=8,
                              tooltip="Voxels along the longest side (quality 128)."),
                 io.Int.Input("texture_size", default=1024, min=0, max=4096, step=64,
@@ -66,6 +157,11 @@ class LiftToMesh(io.ComfyNode):
                                  tooltip="Read each view's background colour off its border (sampled views sit on the "
                                          "white or grey MVDream was trained with, never exactly the render's); off: "
                                          "key exactly the `background` grey."),
+                io.Combo.Input("reconstructor", options=reconstructor_choices(), default=NO_RECONSTRUCTOR, optional=True,
+                               tooltip="LGM weights from models/lgm (e.g. model_fp16_fixrot.safetensors from "
+                                       "ashawkey/LGM; only LGM files are listed): real geometry for new shapes from "
+                                       "the four views, used by mode auto without a source asset and by hull. "
+                                       "none: the silhouettes' visual hull."),
             ],
             outputs=[
                 io.Mesh.Output("out_mesh", display_name="mesh",
@@ -81,16 +177,32 @@ class LiftToMesh(io.ComfyNode):
     def validate_inputs(cls, **kw):
         if kw.get("mode") is not None and kw["mode"] not in NODE_MODES:
             return f"mode {kw['mode']!r} is not one of {list(NODE_MODES)}"
+        chosen = kw.get("reconstructor")
+        if isinstance(chosen, str) and chosen != NO_RECONSTRUCTOR:
+            return lgm_file_problem(chosen) or True  # a name not in models/lgm: the choice check refuses it
         return True
 
     @classmethod
+    def fingerprint_inputs(cls, reconstructor=None, **_):
+        # LGM weights overwritten under the same name lift again
+        if not reconstructor or reconstructor == NO_RECONSTRUCTOR:
+            return ""
+        try:
+            return file_stamp(model_path(FOLDER_LGM, reconstructor))
+        except (CheckpointError, KeyError):
+            return "missing"
+
+    @classmethod
     def execute(cls, images, views, mode="auto", grid=128, texture_size=1024, face_budget=50000, background=1.0,
-                filename_prefix="dreamedit3d/edit", alpha=None, also_obj=False, detect_background=True) -> io.NodeOutput:
+                filename_prefix="dreamedit3d/edit", alpha=None, also_obj=False, detect_background=True,
+                reconstructor=NO_RECONSTRUCTOR) -> io.NodeOutput:
         from ..dreamedit3d_core.lifting import export_mesh, lift_to_mesh
         from ..dreamedit3d_core.lifting.export import in_output_frame
         from ..dreamedit3d_core.provenance import glb_extras, item_record
 
-        mode, reconstructor = best_mode(views.asset is not None) if mode == "auto" else (LiftMode(mode), None)
+        # None: a saved workflow from before the input, or the frontend's null for an empty optional combo
+        lgm_path = model_path(FOLDER_LGM, reconstructor) if reconstructor not in (None, NO_RECONSTRUCTOR) else None
+        mode, reconstructor = lift_plan(mode, views.asset is not None, lgm_path is not None)
         if mode != LiftMode.HULL and views.asset is None:
             raise ConfigError(f"mode {mode.value!r} needs the source asset: connect views from OrthoRender of an asset file")
         device = compute_device()
@@ -108,29 +220,30 @@ class LiftToMesh(io.ComfyNode):
         folder, stem, counter, subfolder = save_target(filename_prefix)
         progress = ComfyProgress(1, cls.hidden.unique_id)
         meshes, paths, items = [], [], []
-        for n in range(edits):
-            rgb = rgb_all[n * num_views:(n + 1) * num_views]
-            alpha_views = None
-            if alpha_all is not None:
-                alpha_views = alpha_all if alpha_all.shape[0] == num_views else alpha_all[n * num_views:(n + 1) * num_views]
-            elif mode == "keep_source":
-                # the geometry is the source's, so its own silhouettes are the right ones (no keying of the new views)
-                alpha_views = views.render.alpha.float().to(device)
-            lifted = lift_to_mesh(rgb, views.render.cameras, alpha=alpha_views,
-                                  background="auto" if detect_background else (float(background),) * 3,
-                                  source=views.asset, mode=mode, grid=int(grid), texture_size=int(texture_size),
-                                  face_budget=int(face_budget), progress=progress, device=device,
-                                  reconstructor=reconstructor, frame=views.render.source_frame).to("cpu")
-            # files and the core MESH in the source asset's own coordinates (the frame the views carry)
-            lifted = in_output_frame(lifted)
-            extras = glb_extras(item_record(record, n, num_views), generator="DreamEdit3D",
-                                workflow=record.get("workflow", {}))
-            path = export_mesh(lifted, folder / f"{stem}_{counter + n:05d}_.glb", fmt="glb", extras=extras)
-            if also_obj:
-                export_mesh(lifted, path.with_suffix(".obj"), fmt="obj", extras=extras)
-            meshes.append(dict(vertices=lifted.vertices, faces=lifted.faces, uvs=lifted.uv, texture=lifted.texture,
-                               vertex_colors=lifted.vertex_colors))
-            paths.append(output_relative(path))
-            items.append({"filename": path.name, "subfolder": subfolder, "type": "output"})
+        with lgm_for_this_run(lgm_path if reconstructor == LGM_NAME else None, device):
+            for n in range(edits):
+                rgb = rgb_all[n * num_views:(n + 1) * num_views]
+                alpha_views = None
+                if alpha_all is not None:
+                    alpha_views = alpha_all if alpha_all.shape[0] == num_views else alpha_all[n * num_views:(n + 1) * num_views]
+                elif mode == "keep_source":
+                    # the geometry is the source's, so its own silhouettes are the right ones (no keying of the new views)
+                    alpha_views = views.render.alpha.float().to(device)
+                lifted = lift_to_mesh(rgb, views.render.cameras, alpha=alpha_views,
+                                      background="auto" if detect_background else (float(background),) * 3,
+                                      source=views.asset, mode=mode, grid=int(grid), texture_size=int(texture_size),
+                                      face_budget=int(face_budget), progress=progress, device=device,
+                                      reconstructor=reconstructor, frame=views.render.source_frame).to("cpu")
+                # files and the core MESH in the source asset's own coordinates (the frame the views carry)
+                lifted = in_output_frame(lifted)
+                extras = glb_extras(item_record(record, n, num_views), generator="DreamEdit3D",
+                                    workflow=record.get("workflow", {}))
+                path = export_mesh(lifted, folder / f"{stem}_{counter + n:05d}_.glb", fmt="glb", extras=extras)
+                if also_obj:
+                    export_mesh(lifted, path.with_suffix(".obj"), fmt="obj", extras=extras)
+                meshes.append(dict(vertices=lifted.vertices, faces=lifted.faces, uvs=lifted.uv, texture=lifted.texture,
+                                   vertex_colors=lifted.vertex_colors))
+                paths.append(output_relative(path))
+                items.append({"filename": path.name, "subfolder": subfolder, "type": "output"})
         # Preview3D takes one file name: glb_path is the first edit's GLB; the ui lists every GLB written
         return io.NodeOutput(core_mesh_batch(meshes), paths[0], ui={"3d": items})

@@ -87,6 +87,11 @@ def list_reconstructors() -> tuple:
     return tuple(sorted(_RECONSTRUCTORS))
 
 
+def registered_reconstructor(name: str) -> Optional[Callable]:
+    """The function registered as ``name``, or None (lets a caller that registers for one run put back what was there)."""
+    return _RECONSTRUCTORS.get(name)
+
+
 def as_lift_mode(mode) -> LiftMode:
     """``mode`` (a :class:`LiftMode` or its string value) as a :class:`LiftMode`.
 
