@@ -36,6 +36,35 @@ def reconstructor_choices() -> list:
     return [NO_RECONSTRUCTOR] + [n for n in names if is_lgm_file(model_path(FOLDER_LGM, n))]
 
 
+def reconstructor_input() -> list:
+    """The optional ``reconstructor`` combo, offered only when models/lgm holds an LGM file: where none is installed
+    the node keeps the widgets it had, so templates and workflows saved without the input map their positional widget
+    values exactly as before (it is the last widget, so values saved with it are only ever extra at the end)."""
+    choices = reconstructor_choices()
+    if len(choices) == 1:
+        return []
+    return [io.Combo.Input("reconstructor", options=choices, default=NO_RECONSTRUCTOR, optional=True,
+                           tooltip="LGM weights from models/lgm (e.g. model_fp16_fixrot.safetensors from ashawkey/LGM; "
+                                   "only LGM files are listed): real geometry for new shapes from the four views, "
+                                   "used by mode auto without a source asset and by hull. none: the silhouettes' "
+                                   "visual hull.")]
+
+
+def reconstructor_problem(name: str) -> Optional[str]:
+    """Why the ``reconstructor`` value ``name`` cannot be used, as a one-line message, or None when it can."""
+    from ..dreamedit3d_core.lifting.lgm import RELEASED_FILE
+
+    if name == NO_RECONSTRUCTOR:
+        return None
+    problem = lgm_file_problem(name)
+    choices = reconstructor_choices()
+    if problem is None and name not in choices:
+        found = ", ".join(repr(c) for c in choices[1:13]) or "none"
+        return (f"reconstructor {name!r} is not an LGM file in models/lgm (LGM files there: {found}): put "
+                f"{RELEASED_FILE} into models/lgm and refresh, or choose {NO_RECONSTRUCTOR!r}")
+    return problem
+
+
 def lgm_file_problem(name: str) -> Optional[str]:
     """Why ``name``, a file in models/lgm, cannot be LGM's weights (the one-line message loading it gives), or None
     when it is LGM's or not there at all (then the choice check names it as not offered)."""
@@ -157,11 +186,7 @@ class LiftToMesh(io.ComfyNode):
                                  tooltip="Read each view's background colour off its border (sampled views sit on the "
                                          "white or grey MVDream was trained with, never exactly the render's); off: "
                                          "key exactly the `background` grey."),
-                io.Combo.Input("reconstructor", options=reconstructor_choices(), default=NO_RECONSTRUCTOR, optional=True,
-                               tooltip="LGM weights from models/lgm (e.g. model_fp16_fixrot.safetensors from "
-                                       "ashawkey/LGM; only LGM files are listed): real geometry for new shapes from "
-                                       "the four views, used by mode auto without a source asset and by hull. "
-                                       "none: the silhouettes' visual hull."),
+                *reconstructor_input(),
             ],
             outputs=[
                 io.Mesh.Output("out_mesh", display_name="mesh",
@@ -178,8 +203,8 @@ class LiftToMesh(io.ComfyNode):
         if kw.get("mode") is not None and kw["mode"] not in NODE_MODES:
             return f"mode {kw['mode']!r} is not one of {list(NODE_MODES)}"
         chosen = kw.get("reconstructor")
-        if isinstance(chosen, str) and chosen != NO_RECONSTRUCTOR:
-            return lgm_file_problem(chosen) or True  # a name not in models/lgm: the choice check refuses it
+        if isinstance(chosen, str):
+            return reconstructor_problem(chosen) or True
         return True
 
     @classmethod

@@ -51,7 +51,8 @@ def lgm_folder(pack):
                "first_stage_model.encoder.conv_in.weight": torch.zeros(4, 3, 3, 3)}, str(folder / FOREIGN_FILE))
     data = lgm.read_bytes()
     (folder / TRUNCATED_FILE).write_bytes(data[: len(data) // 2])
-    return folder
+    yield folder
+    folder_paths.folder_names_and_paths["lgm"][0].remove(str(folder))  # later modules see no LGM file
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,25 @@ def reconstructor_for(folder, name):
     from dreamedit3d_pack.dreamedit3d_core.lifting.lgm import cached_lgm_reconstructor
 
     return cached_lgm_reconstructor(folder / name)
+
+
+def test_without_an_lgm_file_the_node_keeps_the_widgets_it_had(pack, tmp_path):
+    """Templates and saved workflows map widget values by position: no new widget unless LGM is installed."""
+    import folder_paths
+
+    from safetensors.torch import save_file
+
+    paths = folder_paths.folder_names_and_paths["lgm"][0]
+    kept = list(paths)
+    save_file({"model.diffusion_model.out.2.weight": torch.zeros(2)}, str(tmp_path / "not-lgm.safetensors"))
+    paths[:] = [str(tmp_path)]  # a models/lgm holding only a file that is not LGM
+    try:
+        ids = [i.id for i in pack.NODES["DreamEdit3D_LiftToMesh"].define_schema().inputs]
+        message = validate(pack, mode="hull", reconstructor="gone.safetensors")
+    finally:
+        paths[:] = kept
+    assert "reconstructor" not in ids and ids[-1] == "detect_background"
+    assert isinstance(message, str) and "'gone.safetensors' is not an LGM file in models/lgm" in message
 
 
 def test_only_lgm_files_are_offered_as_reconstructors(pack, lgm_folder):
@@ -156,7 +176,7 @@ def test_a_file_that_is_not_lgm_is_refused_at_the_node_saying_what_it_is(pack, l
 
 def test_a_missing_file_is_refused_as_not_offered(pack, lgm_folder):
     message = validate(pack, mode="hull", reconstructor="gone.safetensors")
-    assert isinstance(message, str) and "gone.safetensors" in message and "not one of the choices" in message
+    assert isinstance(message, str) and "gone.safetensors" in message and repr(LGM_FILE) in message
 
 
 def test_views_of_the_wrong_count_are_refused_at_the_node(pack, lgm_folder, rendered):
