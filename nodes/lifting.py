@@ -67,7 +67,7 @@ def reconstructor_problem(name: str) -> Optional[str]:
 
 def lgm_file_problem(name: str) -> Optional[str]:
     """Why ``name``, a file in models/lgm, cannot be LGM's weights (the one-line message loading it gives), or None
-    when it is LGM's or not there at all (then the choice check names it as not offered)."""
+    when it is LGM's or not there at all (``reconstructor_problem`` then names it as not offered)."""
     from ..dreamedit3d_core.lifting.lgm import is_lgm_file, load_lgm
 
     try:
@@ -227,7 +227,7 @@ class LiftToMesh(io.ComfyNode):
 
         # None: a saved workflow from before the input, or the frontend's null for an empty optional combo
         lgm_path = model_path(FOLDER_LGM, reconstructor) if reconstructor not in (None, NO_RECONSTRUCTOR) else None
-        mode, reconstructor = lift_plan(mode, views.asset is not None, lgm_path is not None)
+        mode, reconstructor_name = lift_plan(mode, views.asset is not None, lgm_path is not None)
         if mode != LiftMode.HULL and views.asset is None:
             raise ConfigError(f"mode {mode.value!r} needs the source asset: connect views from OrthoRender of an asset file")
         device = compute_device()
@@ -245,7 +245,7 @@ class LiftToMesh(io.ComfyNode):
         folder, stem, counter, subfolder = save_target(filename_prefix)
         progress = ComfyProgress(1, cls.hidden.unique_id)
         meshes, paths, items = [], [], []
-        with lgm_for_this_run(lgm_path if reconstructor == LGM_NAME else None, device):
+        with lgm_for_this_run(lgm_path if reconstructor_name == LGM_NAME else None, device):
             for n in range(edits):
                 rgb = rgb_all[n * num_views:(n + 1) * num_views]
                 alpha_views = None
@@ -258,7 +258,7 @@ class LiftToMesh(io.ComfyNode):
                                       background="auto" if detect_background else (float(background),) * 3,
                                       source=views.asset, mode=mode, grid=int(grid), texture_size=int(texture_size),
                                       face_budget=int(face_budget), progress=progress, device=device,
-                                      reconstructor=reconstructor, frame=views.render.source_frame).to("cpu")
+                                      reconstructor=reconstructor_name, frame=views.render.source_frame).to("cpu")
                 # files and the core MESH in the source asset's own coordinates (the frame the views carry)
                 lifted = in_output_frame(lifted)
                 extras = glb_extras(item_record(record, n, num_views), generator="DreamEdit3D",
