@@ -36,18 +36,14 @@ def reconstructor_choices() -> list:
     return [NO_RECONSTRUCTOR] + [n for n in names if is_lgm_file(model_path(FOLDER_LGM, n))]
 
 
-def reconstructor_input() -> list:
-    """The optional ``reconstructor`` combo, offered only when models/lgm holds an LGM file: where none is installed
-    the node keeps the widgets it had, so templates and workflows saved without the input map their positional widget
-    values exactly as before (it is the last widget, so values saved with it are only ever extra at the end)."""
-    choices = reconstructor_choices()
-    if len(choices) == 1:
-        return []
-    return [io.Combo.Input("reconstructor", options=choices, default=NO_RECONSTRUCTOR, optional=True,
-                           tooltip="LGM weights from models/lgm (e.g. model_fp16_fixrot.safetensors from ashawkey/LGM; "
-                                   "only LGM files are listed): real geometry for new shapes from the four views, "
-                                   "used by mode auto without a source asset and by hull. none: the silhouettes' "
-                                   "visual hull.")]
+def reconstructor_input():
+    """The optional ``reconstructor`` combo: "none" and the LGM files found (optional, so workflows saved before it
+    existed still load and run with "none")."""
+    return io.Combo.Input("reconstructor", options=reconstructor_choices(), default=NO_RECONSTRUCTOR, optional=True,
+                          tooltip="LGM weights from models/lgm (e.g. model_fp16_fixrot.safetensors from ashawkey/LGM; "
+                                  "only LGM files are listed): real geometry for new shapes from the four views, "
+                                  "used by mode auto without a source asset and by hull. none: the silhouettes' "
+                                  "visual hull.")
 
 
 def reconstructor_problem(name: str) -> Optional[str]:
@@ -186,7 +182,7 @@ class LiftToMesh(io.ComfyNode):
                                  tooltip="Read each view's background colour off its border (sampled views sit on the "
                                          "white or grey MVDream was trained with, never exactly the render's); off: "
                                          "key exactly the `background` grey."),
-                *reconstructor_input(),
+                reconstructor_input(),
             ],
             outputs=[
                 io.Mesh.Output("out_mesh", display_name="mesh",

@@ -83,8 +83,7 @@ def reconstructor_for(folder, name):
     return cached_lgm_reconstructor(folder / name)
 
 
-def test_without_an_lgm_file_the_node_keeps_the_widgets_it_had(pack, tmp_path):
-    """Templates and saved workflows map widget values by position: no new widget unless LGM is installed."""
+def test_without_an_lgm_file_only_none_is_offered(pack, tmp_path):
     import folder_paths
 
     from safetensors.torch import save_file
@@ -94,11 +93,11 @@ def test_without_an_lgm_file_the_node_keeps_the_widgets_it_had(pack, tmp_path):
     save_file({"model.diffusion_model.out.2.weight": torch.zeros(2)}, str(tmp_path / "not-lgm.safetensors"))
     paths[:] = [str(tmp_path)]  # a models/lgm holding only a file that is not LGM
     try:
-        ids = [i.id for i in pack.NODES["DreamEdit3D_LiftToMesh"].define_schema().inputs]
+        inputs = {i.id: i for i in pack.NODES["DreamEdit3D_LiftToMesh"].define_schema().inputs}
         message = validate(pack, mode="hull", reconstructor="gone.safetensors")
     finally:
         paths[:] = kept
-    assert "reconstructor" not in ids and ids[-1] == "detect_background"
+    assert list(inputs["reconstructor"].options) == ["none"]
     assert isinstance(message, str) and "'gone.safetensors' is not an LGM file in models/lgm" in message
 
 
