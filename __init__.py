@@ -33,10 +33,12 @@ if "comfy.model_management" in sys.modules:
     from .nodes.provenance import ReadProvenance, SaveViews
     from .nodes.render import OrthoRender
     from .nodes.sampling import MVSample, MVScheduler
+    from .nodes.token_report import TokenReport
 
     NODE_LIST = [install_schema_checks(cls) for cls in (
         MVDreamLoader, OrthoRender, ComponentMask, MultiViewTextualInversion, MVFineTune, ComposePrompt, MVScheduler,
-        MVSample, LiftToMesh, SaveMVDream, SaveTokens, LoadTokens, EditMetrics, ContactSheet, SaveViews, ReadProvenance,
+        MVSample, LiftToMesh, SaveMVDream, SaveTokens, LoadTokens, EditMetrics, TokenReport, ContactSheet, SaveViews,
+        ReadProvenance,
     )]
     NODES = {cls.define_schema().node_id: cls for cls in NODE_LIST}
     NODE_DISPLAY_NAME_MAPPINGS = {node_id: cls.define_schema().display_name for node_id, cls in NODES.items()}

@@ -33,7 +33,15 @@ def reconstructor_choices() -> list:
         names = model_files(FOLDER_LGM)
     except KeyError:  # the folder kind is not registered in this host
         return [NO_RECONSTRUCTOR]
-    return [NO_RECONSTRUCTOR] + [n for n in names if is_lgm_file(model_path(FOLDER_LGM, n))]
+    offered = [NO_RECONSTRUCTOR]
+    for name in names:
+        try:
+            path = model_path(FOLDER_LGM, name)
+        except CheckpointError:  # listed from ComfyUI's file cache but gone since (deleted, folder unregistered)
+            continue
+        if is_lgm_file(path):
+            offered.append(name)
+    return offered
 
 
 def reconstructor_input():

@@ -53,6 +53,7 @@ def lgm_folder(pack):
     (folder / TRUNCATED_FILE).write_bytes(data[: len(data) // 2])
     yield folder
     folder_paths.folder_names_and_paths["lgm"][0].remove(str(folder))  # later modules see no LGM file
+    folder_paths.filename_list_cache.pop("lgm", None)  # nor its cached listing (ComfyUI keeps it for removed folders)
 
 
 @pytest.fixture(scope="module")
