@@ -21,6 +21,7 @@ import torch
 
 from .cameras import VIEW_NAMES
 from .errors import AssetError, ConfigError
+from .storage import save_new_bytes
 
 #: PNG text chunk / GLB ``asset.extras`` key holding the record.
 PNG_KEY = "dreamedit3d"
@@ -153,12 +154,10 @@ def save_png(image: torch.Tensor | np.ndarray, path, record: Mapping[str, Any],
     Returns:
         The path written.
     """
-    from .lifting.export import _write_new
-
     path = Path(path)
     if path.suffix.lower() != ".png":
         path = path.with_name(path.name + ".png")
-    return _write_new(path, _png_bytes(to_uint8(image), record, chunks, compress))
+    return save_new_bytes(path, _png_bytes(to_uint8(image), record, chunks, compress))
 
 
 def read_png_text(path) -> dict:

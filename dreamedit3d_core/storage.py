@@ -14,24 +14,30 @@ import hashlib
 import os
 import secrets
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
 from .errors import ConfigError
 
 
+def free_stem(stem: str | os.PathLike, suffixes: Tuple[str, ...]) -> Path:
+    """``stem`` (a path without suffix) or the first ``stem_00001``, ``stem_00002``, ... such that no ``stem + suffix``
+    exists for any of ``suffixes`` (files written together, e.g. an OBJ with its MTL and PNG, share one free stem)."""
+    stem = Path(stem)
+    for i in range(100000):
+        candidate = stem if i == 0 else stem.with_name(f"{stem.name}_{i:05d}")
+        if not any(candidate.with_name(candidate.name + s).exists() for s in suffixes):
+            return candidate
+    raise ConfigError(f"no free file name next to {stem}: clean up the folder")
+
+
 def unique_path(path: str | os.PathLike) -> Path:
     """``path`` if free, else ``stem_00001.ext``, ``stem_00002.ext``, ... (first free)."""
     path = Path(path)
-    if not path.exists():
-        return path
-    stem, suffix = path.stem, "".join(path.suffixes[-1:])
-    for i in range(1, 100000):
-        candidate = path.with_name(f"{stem}_{i:05d}{suffix}")
-        if not candidate.exists():
-            return candidate
-    raise ConfigError(f"no free file name next to {path}: clean up the folder")
+    suffix = "".join(path.suffixes[-1:])
+    stem = free_stem(path.with_suffix(""), (suffix,))
+    return stem.with_name(stem.name + suffix)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], overwrite: bool = False) -> Path:

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import AssetError, ConfigError, LiftError
 from ..geometry import SourceFrame
-from ..storage import atomic_write, save_bytes, unique_path
+from ..storage import atomic_write, free_stem, save_bytes, save_new_bytes
 from ..types import LiftedMesh, MeshAsset
 
 FORMATS = ("glb", "obj")
@@ -114,26 +114,6 @@ def _glb_bytes(mesh: LiftedMesh, extras: dict) -> bytes:
     return export_glb(scene, tree_postprocessor=put_extras)
 
 
-def _write_new(path: Path, data: bytes) -> Path:
-    """Write ``data`` at ``path`` or the first free ``_0000n`` variant, never over an existing file."""
-    for _ in range(3):
-        target = unique_path(path)
-        try:
-            return save_bytes(target, data)
-        except ConfigError:  # the name was taken between the check and the rename; pick the next one
-            continue
-    raise ConfigError(f"could not find a free file name next to {path}")
-
-
-def _free_stem(path: Path, suffixes: tuple) -> Path:
-    """``path`` (no suffix) or ``path_0000n`` such that no ``stem + suffix`` exists."""
-    for i in range(100000):
-        stem = path if i == 0 else path.with_name(f"{path.name}_{i:05d}")
-        if not any(stem.with_name(stem.name + s).exists() for s in suffixes):
-            return stem
-    raise ConfigError(f"no free file name next to {path}: clean up the folder")
-
-
 def _obj_text(mesh: LiftedMesh, mtl_name: Optional[str], extras: dict) -> str:
     verts = mesh.vertices.detach().cpu().double().numpy()
     faces = mesh.faces.detach().cpu().numpy() + 1
@@ -187,8 +167,8 @@ def export_mesh(mesh: LiftedMesh, path, fmt: str = "glb", extras: Optional[dict]
         path = path.with_name(path.name + f".{fmt}")
     extras = _provenance(mesh, extras)
     if fmt == "glb":
-        return _write_new(path, _glb_bytes(mesh, extras))
-    stem = _free_stem(path.with_suffix(""), (".obj", ".mtl", ".png"))
+        return save_new_bytes(path, _glb_bytes(mesh, extras))
+    stem = free_stem(path.with_suffix(""), (".obj", ".mtl", ".png"))
     textured = mesh.texture is not None
     if textured:
         png_name, mtl_name = stem.name + ".png", stem.name + ".mtl"

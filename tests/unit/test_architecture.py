@@ -320,9 +320,7 @@ def _known(cases: Dict[str, str], path: str):
 
 
 # the offenders on the tree when these rules were written: exactly the lines, and whose file it is
-KNOWN_PRIVATE_IMPORTS: Dict[str, str] = {
-    "dreamedit3d_core/provenance.py": "dreamedit3d_core/provenance.py:156 imports lifting.export._write_new; owned by A",
-}
+KNOWN_PRIVATE_IMPORTS: Dict[str, str] = {}
 KNOWN_PRIVATE_IMPORTS_NODES: Dict[str, str] = {}
 KNOWN_IMPORT_CYCLES: Dict[str, str] = {}
 
