@@ -168,7 +168,7 @@ class BatchWorker:
     # -------------------------------------------------------------------------------------- personalise
     def _personalize(self, unit: dict, should_stop) -> tuple:
         from ..contact_sheet import contact_sheet
-        from ..personalize.finetune import FTConfig, finetune, save_finetuned_unet, save_unet_lora
+        from ..personalize.finetune import FTConfig, finetune, save_finetuned_model, save_unet_lora
         from ..personalize.textual_inversion import TIConfig, train_textual_inversion
         from ..personalize.train import latest_checkpoint
         from ..provenance import build_record
@@ -244,7 +244,7 @@ class BatchWorker:
             target = self.store.path(weights_rel)
             if target.exists():
                 target.unlink()  # an unfinished attempt's file (save_mvdream never overwrites)
-            canonical_safetensors(save_finetuned_unet(model, target))
+            canonical_safetensors(save_finetuned_model(model, target))
         del model
         outputs.append(weights_rel)
         for rel in (tokens_rel, weights_rel):
