@@ -91,36 +91,23 @@ def copy_asset(asset: Path, input_dir: Path) -> Path:
     return Path(ASSET_SUBFOLDER) / asset.name
 
 
-def _tiny_checkpoint_writer():
-    try:
-        from dreamedit3d_core.testing.tiny import write_tiny_checkpoint
-    except ImportError:  # before the test helpers moved into dreamedit3d_core.testing
-        from dreamedit3d_core.tiny import write_tiny_checkpoint
-    return write_tiny_checkpoint
-
-
 def write_checkpoint(models_dir: Path, name: str = TINY_CHECKPOINT, seed: int = 0) -> Path:
     path = models_dir / "mvdream" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        _tiny_checkpoint_writer()(path, seed=seed)
+        from dreamedit3d_core.testing.tiny import write_tiny_checkpoint
+
+        write_tiny_checkpoint(path, seed=seed)
     return path
 
 
-def write_sam(models_dir: Path) -> Path | None:
-    """A tiny seeded RANDOM Segment Anything checkpoint (segment-anything's own classes, released state-dict format),
-    from the test helpers; None (nothing written) when they cannot be imported, as in a plain ComfyUI Python without
-    pytest: no shipped workflow uses SAM."""
+def write_sam(models_dir: Path) -> Path:
+    """A tiny seeded RANDOM Segment Anything checkpoint (segment-anything's own classes, released state-dict format);
+    needs no test tool, so a plain ComfyUI Python writes it too."""
     import torch
 
-    if str(REPO / "tests") not in sys.path:
-        sys.path.insert(0, str(REPO / "tests"))
-    try:
-        from _render_helpers import tiny_sam
-    except ModuleNotFoundError as exc:
-        if exc.name != "pytest":
-            raise
-        return None
+    from dreamedit3d_core.testing.sam import tiny_sam
+
     path = models_dir / "sams" / TINY_SAM
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
@@ -210,10 +197,7 @@ def prepare(fixdir: Path, asset: Path, components: str | None = None, prompt: st
             stand_ins: bool = True) -> None:
     """Write every fixture (see the module docstring) into ``fixdir`` and print what was written."""
     if asset == DEFAULT_ASSET and not DEFAULT_ASSET.is_file():
-        try:
-            from dreamedit3d_core.testing.examples import write_example_asset
-        except ImportError:  # before the test helpers moved into dreamedit3d_core.testing
-            from dreamedit3d_core.examples import write_example_asset
+        from dreamedit3d_core.testing.examples import write_example_asset
 
         asset = fixdir / "example_asset" / "dreamedit3d_toy.glb"
         if not asset.is_file():
@@ -230,8 +214,7 @@ def prepare(fixdir: Path, asset: Path, components: str | None = None, prompt: st
     print(f"prepare_host: checkpoint {ckpt}")
     print(f"prepare_host: asset input/{name.as_posix()}")
     sam = write_sam(models)
-    print(f"prepare_host: SAM {sam}" if sam else "prepare_host: no tiny SAM (the test helpers need pytest); "
-          "no shipped workflow uses SAM")
+    print(f"prepare_host: SAM {sam}")
     if stand_ins:
         finetuned, tokens = write_personalized(models, spec)
         print(f"prepare_host: sample-only model {finetuned} and tokens {tokens} (random stand-ins)")
