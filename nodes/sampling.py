@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dreamedit3d_core.errors import ConfigError, ShapeError
+from ..dreamedit3d_core.errors import ShapeError
 from ._compat import (calculate_sigmas, compute_device, intermediate_device, io, make_model_sampling, managed_load,
                       scheduler_names, throw_if_interrupted, ui)
 from .progress import ComfyProgress, latent_preview_rgb
@@ -44,9 +44,11 @@ class MVScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, scheduler, steps, denoise=1.0, model=None) -> io.NodeOutput:
-        if denoise <= 0.0:
+        from ..dreamedit3d_core.schedule import full_schedule_steps
+
+        if denoise <= 0.0:  # as ComfyUI's BasicScheduler: nothing to run
             return io.NodeOutput(torch.FloatTensor([]))
-        total = int(steps / denoise) if denoise < 1.0 else int(steps)
+        total = full_schedule_steps(int(steps), float(denoise))  # ComfyUI's rule, kept in one place (the core)
         sigmas = calculate_sigmas(make_model_sampling(_alphas_cumprod(model)), scheduler, total)
         return io.NodeOutput(sigmas[-(int(steps) + 1):])
 
@@ -93,40 +95,22 @@ class MVSample(io.ComfyNode):
     def execute(cls, model, positive, sampler, sigmas, seed, cfg, resolution=256, negative=None, noise=None,
                 latent=None) -> io.NodeOutput:
         from ..dreamedit3d_core.sampling import decode_views
-        from ..dreamedit3d_core.schedule import MVDenoiser
         from . import provenance, sampler_bridge
 
         conditioning = _with_negative(positive, negative)
-        if sigmas.numel() < 2:
-            raise ConfigError("SIGMAS has fewer than 2 values: give at least 1 step")
-        views, device = conditioning.num_views, compute_device()
-        n = conditioning.cond.shape[0]
-        if latent is not None:
-            init = latent["samples"].float()
-            if init.ndim != 4 or init.shape[0] != n or init.shape[1] != 4:
-                raise ShapeError(f"init latent must be [{n}, 4, h, w] (the four views), got {list(init.shape)}")
-        else:
-            if int(resolution) % 8:
-                raise ConfigError(f"resolution {resolution} is not a multiple of 8")
-            init = torch.zeros(n, 4, int(resolution) // 8, int(resolution) // 8)
-        if noise is not None:
-            start = noise.generate_noise({"samples": init}).float()
-            seed = int(getattr(noise, "seed", seed) or 0)
-        else:
-            gen = torch.Generator("cpu").manual_seed(int(seed))
-            start = torch.randn(init.shape, generator=gen, dtype=torch.float32)
-        steps = int(sigmas.numel()) - 1
-        progress = ComfyProgress(steps, cls.hidden.unique_id)
+        views = conditioning.num_views
+        progress = ComfyProgress(max(int(sigmas.numel()) - 1, 1), cls.hidden.unique_id)
 
         def callback(step, x0, x, total_steps):
             throw_if_interrupted()
             progress.update(step + 1, total_steps, preview=latent_preview_rgb(x0))
 
         patcher = managed_load(model.unet)  # noqa: F841  (kept alive while sampling)
-        denoiser = MVDenoiser(model, conditioning.to(device=device), float(cfg), quantize_timesteps=True)
-        wrap = sampler_bridge.MVSamplerModel(denoiser, make_model_sampling(model.alphas_cumprod))
-        latents = sampler_bridge.run_comfy_sampler(sampler, sigmas.to(device), wrap, start.to(device),
-                                                   latent_image=init.to(device), callback=callback, seed=int(seed))
+        # the latent shape, the seed's noise and the SIGMAS check are the core's and the bridge's, not redone here
+        latents, seed = sampler_bridge.sample_with_comfy(
+            model, conditioning, sampler, sigmas, float(cfg), make_model_sampling(model.alphas_cumprod),
+            compute_device(), seed=int(seed), noise=noise, latent=latent, resolution=int(resolution),
+            callback=callback)
         images = to_comfy_image(decode_views(model, latents, views))
         # what made these views travels with them: on the IMAGE itself and on MV_SAMPLES (nodes/provenance.py)
         record = provenance.sample_record(
