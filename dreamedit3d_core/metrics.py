@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from .cameras import view_names
 from .errors import CheckpointError, ConfigError, ShapeError
+from .storage import read_state_dict
 from .types import ComponentMasks
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -235,19 +236,10 @@ def _from_pretrained(cls, folder: Path, what: str, **kwargs):
 
 
 def _read_state_dict(path: Path, what: str) -> dict:
-    try:
-        if path.suffix in (".safetensors", ".sft"):
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        if path.suffix in (".bin", ".pt", ".pth", ".ckpt"):
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-            return sd.get("state_dict", sd) if isinstance(sd, dict) else {}
-    except Exception as exc:  # safetensors and torch raise many types for corrupt files
-        raise CheckpointError(f"{what} file {path} cannot be read ({type(exc).__name__}: {exc}); it is corrupt or "
-                              "truncated: download it again") from exc
-    raise CheckpointError(f"{what} file {path} has an unsupported type {path.suffix!r}; use .safetensors or a "
-                          "transformers folder")
+    if path.suffix not in (".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt"):
+        raise CheckpointError(f"{what} file {path} has an unsupported type {path.suffix!r}; use .safetensors or a "
+                              "transformers folder")
+    return read_state_dict(path, f"a {what} weight file in the transformers layout")
 
 
 def _count_layers(sd: dict, prefix: str) -> int:

@@ -1,4 +1,5 @@
-"""Atomic, never-overwriting writes of the files users keep (safetensors, GLB, PNG, JSON).
+"""Atomic, never-overwriting writes of the files users keep (safetensors, GLB, PNG, JSON), and the one safe reader of
+weight files (:func:`read_state_dict`, :func:`read_safetensors`).
 
 Every file is written to a temporary name in the destination folder and renamed into place, so a crash
 never leaves a half-written file, and an existing file is never replaced unless the caller asks for it.
@@ -12,13 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import secrets
+import zipfile
+from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple, Type
 
 import torch
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError, short_message
 
 
 def free_stem(stem: str | os.PathLike, suffixes: Tuple[str, ...]) -> Path:
@@ -112,3 +116,91 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------------ reading weights
+def read_state_dict(path: str | os.PathLike, expected: str = "a state dict of tensors",
+                    wrappers: Sequence[str] = ("state_dict",),
+                    error: Type[Exception] = CheckpointError) -> "OrderedDict[str, torch.Tensor]":
+    """The flat tensor dict of a weight file, on the CPU: ``.safetensors`` (told apart by its header too, whatever the
+    suffix) or a torch pickle (``.pt``/``.ckpt``/``.pth``/``.bin``) read with ``weights_only=True``, so a file holding
+    Python objects is refused instead of run.
+
+    Args:
+        path: the file.
+        expected: what the caller wants, for the messages ("an MVDream checkpoint such as ...").
+        wrappers: keys of a one-level wrapper dict whose value is the state dict (Lightning's ``state_dict``,
+            SAM's ``model``); the first present is unwrapped.
+        error: the error class raised (a reader of token files raises ``TokenError``).
+
+    Raises:
+        ``error`` (CheckpointError by default), one line naming the file: missing, empty, truncated or corrupt, not a
+        weight file, holding Python objects, or not a flat dict of tensors.
+    """
+    path = _existing_weight_file(path, expected, error)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if path.suffix.lower() in (".safetensors", ".sft") or (head[8:9] == b"{" and not zipfile.is_zipfile(path)):
+        state, _ = read_safetensors(path, expected, error)
+    else:
+        state = _read_torch_pickle(path, expected, error)
+    for key in wrappers:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state:
+        raise error(f"{path} holds {type(state).__name__}, not a state dict; expected {expected}")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        more = f", ... ({len(bad)} in all)" if len(bad) > 5 else ""
+        raise error(f"{path} is not a flat state dict (non-tensor entries {', '.join(map(str, bad[:5]))}{more}); "
+                    f"expected {expected}")
+    return OrderedDict(state)
+
+
+def read_safetensors(path: str | os.PathLike, expected: str = "a safetensors file",
+                     error: Type[Exception] = CheckpointError) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """``(tensors on the CPU, metadata)`` of a safetensors file.
+
+    Raises:
+        ``error``: missing, empty, truncated or corrupt file (one line naming it).
+    """
+    path = _existing_weight_file(path, expected, error)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own SafetensorError / OSError types
+        raise error(f"{path} is not a readable safetensors file ({short_message(exc)}): it is corrupt or truncated; "
+                    f"download or save it again; expected {expected}") from None
+
+
+def _existing_weight_file(path: str | os.PathLike, expected: str, error: Type[Exception]) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} does not exist; expected {expected}")
+    if path.stat().st_size == 0:
+        raise error(f"{path} is empty (0 bytes): its download or writing did not finish; expected {expected}")
+    return path
+
+
+def _read_torch_pickle(path: Path, expected: str, error: Type[Exception]):
+    is_zip = zipfile.is_zipfile(path)  # torch's own format since 1.6 (memory-mapped, not read whole)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Unsupported global" in text:
+            name = text.split("GLOBAL ", 1)[1].split()[0] if "GLOBAL " in text else "a Python object"
+            raise error(f"{path} contains Python objects ({name}) that cannot be loaded safely (weights_only); "
+                        f"expected {expected}, a plain state dict of tensors") from None
+        raise error(f"{path} is not a torch checkpoint ({short_message(exc)}); expected {expected}") from None
+    except Exception as exc:  # torch raises RuntimeError/EOFError/KeyError/... from deep inside its readers
+        with open(path, "rb") as f:
+            zip_header = f.read(4) == b"PK\x03\x04"
+        if zip_header:
+            raise error(f"{path} is truncated or corrupt ({short_message(exc)}); download it again; "
+                        f"expected {expected}") from None
+        raise error(f"{path} is not a torch checkpoint ({type(exc).__name__}: {short_message(exc)}); "
+                    f"expected {expected}") from None

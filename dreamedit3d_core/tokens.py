@@ -24,10 +24,12 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from .errors import TokenError
-from .storage import save_safetensors
+from .storage import read_safetensors, save_safetensors
 from .types import TokenSet
 
 FORMAT = "dreamedit3d.tokens"
+#: what a token file is, for the messages of a file that is not one
+TOKEN_FILE = "a token file (DreamEdit3D tokens, a ComfyUI embedding or a diffusers learned_embeds.safetensors)"
 FORMAT_VERSION = "1"
 #: The key ComfyUI's SD2 (OpenCLIP ViT-H) text encoder reads from an embedding file.
 COMFY_SD2_KEY = "clip_h"
@@ -137,20 +139,6 @@ def save_comfy_embeddings(tokens: TokenSet, directory: str | os.PathLike, prefix
     return written
 
 
-def _read(path: Path):
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise TokenError(f"token file {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
-        raise TokenError(f"{path.name} is not a readable safetensors token file ({exc}); re-save the tokens") from exc
-    return tensors, meta
-
-
 def load_tokens(path: str | os.PathLike) -> TokenSet:
     """Read tokens written by :func:`save_tokens`, a ComfyUI ``clip_h`` embedding, or a diffusers single-token file.
 
@@ -160,7 +148,7 @@ def load_tokens(path: str | os.PathLike) -> TokenSet:
         TokenError: the file is missing, unreadable, or holds no token vectors.
     """
     path = Path(path)
-    tensors, meta = _read(path)
+    tensors, meta = read_safetensors(path, TOKEN_FILE, error=TokenError)
     if not tensors:
         raise TokenError(f"{path.name} holds no tensors; it is not a token file")
     for k, v in tensors.items():

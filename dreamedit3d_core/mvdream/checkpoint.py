@@ -12,15 +12,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import pickle
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
-from ..errors import CheckpointError, ConfigError, short_message
+from .. import storage
+from ..errors import CheckpointError, ConfigError
 from ..schedule import schedule_buffers
 from ..storage import atomic_write, save_safetensors
 from . import layout as L
@@ -48,62 +47,13 @@ def _first_keys(keys, n: int = 5) -> str:
 
 
 def read_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]":
-    """The flat tensor dict of a ``.pt``/``.ckpt``/``.pth`` (safe unpickling) or ``.safetensors`` file, on CPU.
+    """The flat tensor dict of a ``.pt``/``.ckpt``/``.pth`` (safe unpickling) or ``.safetensors`` file, on CPU
+    (:func:`~dreamedit3d_core.storage.read_state_dict`, its messages naming what an MVDream file is).
 
     Raises:
         CheckpointError: missing, empty, truncated, not a checkpoint, or holding Python objects.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; expected {EXPECTED}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes): the download did not finish; expected {EXPECTED}")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if path.suffix == ".safetensors" or (head[8:9] == b"{" and not zipfile.is_zipfile(path)):
-        state = _read_safetensors(path)
-    else:
-        state = _read_torch(path)
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]  # lightning-style wrapper
-    if not isinstance(state, Mapping) or not state:
-        raise CheckpointError(f"{path} holds {type(state).__name__}, not a state dict; expected {EXPECTED}")
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{path} is not a flat state dict (non-tensor entries {_first_keys(bad)}); "
-                              f"expected {EXPECTED}")
-    return OrderedDict(state)
-
-
-def _read_safetensors(path: Path):
-    try:
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    except Exception as exc:  # safetensors raises its own SafetensorError/OSError types
-        raise CheckpointError(f"{path} is not a readable .safetensors file ({short_message(exc)}): it may be truncated; "
-                              f"expected {EXPECTED}") from None
-
-
-def _read_torch(path: Path):
-    with open(path, "rb") as f:
-        is_zip_header = f.read(4) == b"PK\x03\x04"  # torch's zip format (torch >= 1.6)
-    mmap = zipfile.is_zipfile(path)
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Unsupported global" in text:
-            name = text.split("GLOBAL ", 1)[1].split()[0] if "GLOBAL " in text else "a Python object"
-            raise CheckpointError(f"{path} contains Python objects ({name}) that cannot be loaded safely "
-                                  f"(weights_only); expected {EXPECTED}, a plain state dict of tensors") from None
-        raise CheckpointError(f"{path} is not a torch checkpoint ({short_message(exc)}); expected {EXPECTED}") from None
-    except Exception as exc:  # torch raises RuntimeError/EOFError/KeyError/... from deep inside its readers
-        if is_zip_header:
-            raise CheckpointError(f"{path} is truncated or corrupt ({short_message(exc)}); download it again; "
-                                  f"expected {EXPECTED}") from None
-        raise CheckpointError(f"{path} is not a torch checkpoint ({type(exc).__name__}: {short_message(exc)}); "
-                              f"expected {EXPECTED}") from None
+    return storage.read_state_dict(path, EXPECTED)
 
 
 def _key_groups(keys) -> str:

@@ -19,7 +19,7 @@ from typing import Mapping, Optional
 import torch
 
 from ...errors import CheckpointError, ConfigError, short_message
-from ...storage import save_safetensors
+from ...storage import read_state_dict, save_safetensors
 from .network import LGM_BIG, LGMConfig, LGMNetwork, RotationNormalization
 
 EXPECTED = "LGM weights such as model_fp16_fixrot.safetensors (ashawkey/LGM)"
@@ -177,13 +177,7 @@ def load_lgm(path: str | os.PathLike, device: str | torch.device = "cpu", dtype=
         as_rotation_normalization(rotation_normalization)
     keys, metadata = _open_header(path)
     _check_lgm_keys(path, keys)
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path), device="cpu")
-    except Exception as exc:
-        raise CheckpointError(f"{path.name} could not be read ({short_message(exc)}): it may be truncated; download it "
-                              f"again; expected {EXPECTED}") from None
+    state = read_state_dict(path, EXPECTED)
     input_size = int(metadata.get(META_INPUT_SIZE, LGM_BIG.input_size))
     try:
         config = infer_config(state, input_size)
