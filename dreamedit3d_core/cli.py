@@ -138,7 +138,7 @@ class _output_folder:
 def cmd_edit(args: argparse.Namespace) -> int:
     from .assets import load_asset
     from .cameras import MVCameras
-    from .lifting import export_mesh, lift_to_mesh
+    from .lifting import export_mesh, lift_alpha, lift_to_mesh
     from .masks import masks_from_parts
     from .mvdream.checkpoint import load_mvdream
     from .personalize.finetune import FTConfig, finetune
@@ -193,7 +193,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
         t0 = time.perf_counter()
         # an appearance edit keeps the source geometry, so its silhouettes are the source's own
-        alpha = render.alpha if args.lift_mode == "keep_source" else None
+        alpha = lift_alpha(args.lift_mode, render.alpha)
         options = {} if background is None else {"background": background}
         mesh = lift_to_mesh(samples.images[: cameras.num_views], cameras, alpha=alpha, source=asset,
                             mode=args.lift_mode, grid=args.grid, texture_size=args.texture_size, **options)

@@ -297,7 +297,7 @@ class BatchWorker:
 
     def _edit(self, unit: dict) -> tuple:
         from ..contact_sheet import strip_suffixes
-        from ..lifting import export_mesh, lift_to_mesh
+        from ..lifting import export_mesh, lift_alpha, lift_to_mesh
         from ..lifting.export import LIFT_STATS_KEY
         from ..metrics import evaluate_edit
         from ..prompts import DEFAULT_NEGATIVE, compose_prompt
@@ -330,7 +330,7 @@ class BatchWorker:
         outputs = [self._put_png(f"{folder}/{EDITED_VIEWS}", self._row(views), about)]
 
         t = time.perf_counter()
-        alpha = render.alpha if s.lift_mode == "keep_source" else None
+        alpha = lift_alpha(s.lift_mode, render.alpha)
         mesh = lift_to_mesh(views, render.cameras, alpha=alpha, source=asset, mode=s.lift_mode, grid=s.grid,
                             texture_size=s.texture_size)
         # the lift's numbers without its timings: the same inputs then give the same GLB bytes
