@@ -88,17 +88,12 @@ def lgm_file_problem(name: str) -> Optional[str]:
 
 
 def best_mode(has_source: bool, lgm_chosen: bool = False) -> tuple:
-    """What "auto" lifts with, as (mode, reconstructor name or None): the source-guided geometry when the views come
-    from an asset; else the LGM file chosen on the node; else the first reconstructor registered with
-    ``register_reconstructor`` when there is one; else the visual hull, a preview-quality block-out."""
-    from ..dreamedit3d_core.lifting import list_reconstructors
+    """What "auto" lifts with, as (mode, reconstructor name or None): the core's ``best_mode`` (the source's geometry
+    where the edit keeps it when the views come from an asset; else a reconstructor; else the visual hull), with the LGM
+    file chosen on the node as the reconstructor."""
+    from ..dreamedit3d_core.lifting import best_mode as core_best_mode
 
-    if has_source:
-        return LiftMode.SOURCE_GUIDED, None
-    if lgm_chosen:
-        return LiftMode.HULL, LGM_NAME
-    registered = list_reconstructors()
-    return LiftMode.HULL, (registered[0] if registered else None)
+    return core_best_mode(has_source, LGM_NAME if lgm_chosen else None)
 
 
 def lift_plan(mode: str, has_source: bool, lgm_chosen: bool) -> tuple:
@@ -225,7 +220,7 @@ class LiftToMesh(io.ComfyNode):
     def execute(cls, images, views, mode="auto", grid=128, texture_size=1024, face_budget=50000, background=1.0,
                 filename_prefix="dreamedit3d/edit", alpha=None, also_obj=False, detect_background=True,
                 reconstructor=NO_RECONSTRUCTOR) -> io.NodeOutput:
-        from ..dreamedit3d_core.lifting import export_mesh, lift_to_mesh
+        from ..dreamedit3d_core.lifting import export_mesh, lift_alpha, lift_to_mesh
         from ..dreamedit3d_core.lifting.export import in_output_frame
         from ..dreamedit3d_core.provenance import glb_extras, item_record
 
@@ -255,9 +250,9 @@ class LiftToMesh(io.ComfyNode):
                 alpha_views = None
                 if alpha_all is not None:
                     alpha_views = alpha_all if alpha_all.shape[0] == num_views else alpha_all[n * num_views:(n + 1) * num_views]
-                elif mode == "keep_source":
-                    # the geometry is the source's, so its own silhouettes are the right ones (no keying of the new views)
-                    alpha_views = views.render.alpha.float().to(device)
+                else:
+                    # keep_source: the geometry is the source's, so its own silhouettes are the right ones
+                    alpha_views = lift_alpha(mode, views.render.alpha.float().to(device))
                 lifted = lift_to_mesh(rgb, views.render.cameras, alpha=alpha_views,
                                       background="auto" if detect_background else (float(background),) * 3,
                                       source=views.asset, mode=mode, grid=int(grid), texture_size=int(texture_size),

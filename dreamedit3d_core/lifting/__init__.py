@@ -5,7 +5,9 @@ Modules: ``views`` (checks, background keying), ``hull`` (occupancy grids), ``su
 """
 
 from .export import export_mesh, read_glb_json, read_provenance
-from .pipeline import MODES, LiftMode, list_reconstructors, lift_to_mesh, register_reconstructor, unregister_reconstructor
+from .pipeline import (MODES, LiftMode, best_mode, lift_alpha, list_reconstructors, lift_to_mesh, register_reconstructor,
+                       unregister_reconstructor)
 
 __all__ = ["lift_to_mesh", "export_mesh", "read_provenance", "read_glb_json", "register_reconstructor",
-           "unregister_reconstructor", "list_reconstructors", "MODES", "LiftMode"]
+           "unregister_reconstructor", "list_reconstructors", "MODES", "LiftMode",
+           "best_mode", "lift_alpha"]

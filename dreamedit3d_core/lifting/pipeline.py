@@ -104,6 +104,25 @@ def as_lift_mode(mode) -> LiftMode:
         raise ConfigError(f"unknown lift mode {mode!r}; valid modes are {list(MODES)}") from None
 
 
+def best_mode(has_source: bool, reconstructor: Optional[str] = None) -> tuple:
+    """What a lift should use when the caller does not choose, as (mode, reconstructor name or None): source-guided
+    geometry when the views come from a source asset; else ``reconstructor`` when given; else the first reconstructor
+    registered with :func:`register_reconstructor`; else the visual hull, a preview-quality block-out."""
+    if has_source:
+        return LiftMode.SOURCE_GUIDED, None
+    if reconstructor is not None:
+        return LiftMode.HULL, reconstructor
+    registered = list_reconstructors()
+    return LiftMode.HULL, (registered[0] if registered else None)
+
+
+def lift_alpha(mode, source_alpha: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The silhouettes to give a lift in ``mode``: the source render's own ``source_alpha`` when the mode keeps the
+    source's geometry as it is ("keep_source": an appearance edit, whose views need no keying), else None (the lift
+    keys the views, whose silhouettes may have changed)."""
+    return source_alpha if as_lift_mode(mode) == LiftMode.KEEP_SOURCE else None
+
+
 def _check_options(mode, source, grid, texture_size, face_budget, refine_steps, reconstructor):
     mode = as_lift_mode(mode)
     if mode != "hull" and source is None:
