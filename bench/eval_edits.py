@@ -336,7 +336,7 @@ def time_metrics(args, device: torch.device) -> None:
     dino_config = ViTConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=6,
                             image_size=224, patch_size=16, qkv_bias=True, layer_norm_eps=1e-6)
     torch.manual_seed(0)
-    clip = metrics.ClipMetricModel(CLIPModel(clip_config).to(device).eval(), metrics._OpenClipTokenize(77), 224,
+    clip = metrics.ClipMetricModel(CLIPModel(clip_config).to(device).eval(), metrics.OpenClipTokenize(77), 224,
                                    "random ViT-L/14")
     dino = metrics.DinoMetricModel(ViTModel(dino_config, add_pooling_layer=False).to(device).eval(), 224,
                                    "random ViT-S/16")

@@ -1,5 +1,5 @@
 """The token report's measures and picture, pure tensor functions (no model): leakage shares, mask areas, where an
-image change falls, masked PSNR, the one-line verdict, and the attention heat map."""
+image change falls, the one-line verdict, and the attention heat map (masked PSNR is the metrics' one, re-exported)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ShapeError
+from ..metrics.scores import MAX_PSNR_DB, masked_psnr  # noqa: F401  (one home: the metrics; re-exported here)
 from ..personalize.losses import attention_mass_inside, downsample_mask
 
 #: Guard for empty masks / all-zero change maps.
 _EPS = 1e-12
-#: PSNR of identical pixels is reported as this value instead of infinity.
-MAX_PSNR_DB = 100.0
 
 
 def attention_shares(attention: torch.Tensor, positions: Sequence[int], masks: torch.Tensor) -> torch.Tensor:
@@ -61,26 +60,6 @@ def change_shares(reference: torch.Tensor, changed: torch.Tensor, region: torch.
     per_view = torch.where(total > _EPS, inside / total.clamp_min(_EPS), torch.full_like(total, float("nan")))
     overall = float(inside.sum() / total.sum()) if float(total.sum()) > _EPS else float("nan")
     return per_view.cpu(), overall
-
-
-def masked_psnr(reference: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB over the pixels of a mask, per view: ``10·log10(1 / mean_{mask, RGB}((x − y)²))`` (range 0..1).
-
-    Args:
-        reference, image: float [V, 3, H, W] in 0..1.
-        mask: bool/float [V, H, W] (nearest-resized to H, W).
-
-    Returns:
-        float32 [V]; NaN for a view whose mask is empty, :data:`MAX_PSNR_DB` for identical pixels.
-    """
-    if reference.shape != image.shape or reference.ndim != 4:
-        raise ShapeError(f"images must both be [V, 3, H, W], got {list(reference.shape)} and {list(image.shape)}")
-    m = downsample_mask(mask, reference.shape[-2:]).to(reference.device)
-    err = ((reference.float() - image.float()) ** 2).sum(dim=1)  # [V, H, W], summed over RGB
-    area = m.sum(dim=(-2, -1))
-    mse = (err * m).sum(dim=(-2, -1)) / (3.0 * area.clamp_min(_EPS))
-    psnr = (10.0 * torch.log10(1.0 / mse.clamp_min(10 ** (-MAX_PSNR_DB / 10)))).clamp(max=MAX_PSNR_DB)
-    return torch.where(area > 0, psnr, torch.full_like(psnr, float("nan"))).cpu()
 
 
 def verdict(token: str, shares: torch.Tensor, index: int, components: Sequence[str], isolated_share: float = 0.5,

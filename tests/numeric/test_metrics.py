@@ -264,7 +264,7 @@ def test_config_inferred_from_a_single_vit_l14_file_is_the_published_one():
     from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     config = CLIPConfig(text_config=VIT_L14["text"], vision_config=VIT_L14["vision"], projection_dim=768)
-    vision, full = M._clip_config_from_state_dict(_meta_state_dict(CLIPModel, config), "vit-l-14.safetensors")
+    vision, full = M.clip_config_from_state_dict(_meta_state_dict(CLIPModel, config), "vit-l-14.safetensors")
     for key, value in VIT_L14["vision"].items():
         assert getattr(vision, key) == value, key
     for key, value in VIT_L14["text"].items():
@@ -272,7 +272,7 @@ def test_config_inferred_from_a_single_vit_l14_file_is_the_published_one():
     assert vision.hidden_act == "quick_gelu" and full.projection_dim == 768
     # ComfyUI's clip_vision_g.safetensors: the bigG image tower (104-dim heads)
     sd = _meta_state_dict(CLIPVisionModelWithProjection, CLIPVisionConfig(**VIT_BIGG14_VISION))
-    vision, full = M._clip_config_from_state_dict(sd, "clip_vision_g.safetensors")
+    vision, full = M.clip_config_from_state_dict(sd, "clip_vision_g.safetensors")
     assert full is None
     for key, value in VIT_BIGG14_VISION.items():
         assert getattr(vision, key) == value, key
