@@ -3,8 +3,8 @@
     python -m dreamedit3d_core.batch catalogue/ --prompts prompts.txt --checkpoint sd-v2.1-base-4view.pt \\
         --components "body: *" --out out/ [--workers 4 | --ray-address auto]
 
-Writes per asset its views, masks, tokens and LoRA, per edit a GLB and its views, and ``report.md`` / ``report.csv``
-/ ``sheets/`` / ``manifest.json`` at the root of ``--out``. Re-running the same command finishes only what is missing.
+Writes per asset its views, masks, tokens, LoRA and token evidence (``token_evidence/``), per edit a GLB and its
+views, and ``report.md`` / ``report.csv`` / ``tokens.csv`` / ``sheets/`` / ``manifest.json`` at the root of ``--out``. Re-running the same command finishes only what is missing.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import DreamEdit3DError
+from .evidence import LEVELS as EVIDENCE_LEVELS
 from .plan import FT_MODES, LIFT_MODES, MIXED_PRECISION, SAMPLERS, BatchSettings
 
 _DEFAULTS = BatchSettings()
@@ -58,6 +59,10 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--lift-mode", choices=LIFT_MODES, default=_DEFAULTS.lift_mode)
     t.add_argument("--grid", type=int, default=_DEFAULTS.grid)
     t.add_argument("--texture-size", type=int, default=_DEFAULTS.texture_size)
+    e = p.add_argument_group("token evidence")
+    e.add_argument("--token-report", choices=EVIDENCE_LEVELS, default="full",
+                   help="after each personalisation, did each token learn its part: full (attention isolation, "
+                        "reconstruction, omission, swap; default), attention (isolation only: cheap), off")
     m = p.add_argument_group("metrics (optional)")
     m.add_argument("--clip", default=None, help="CLIP model file/folder for the edit metrics")
     m.add_argument("--dino", default=None, help="DINO model file/folder for the identity metric")
@@ -93,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
                        cpus_per_worker=args.cpus_per_worker, worker_memory_gb=args.worker_memory_gb,
                        max_retries=args.max_retries, device=args.device, scratch=args.scratch, clip=args.clip,
                        dino=args.dino, show_progress=not args.quiet,
-                       retry_failed=args.retry_failed)
+                       retry_failed=args.retry_failed, token_evidence=args.token_report)
     print(f"{len(result.computed)} units computed, {len(result.reused)} already done, {len(result.failed)} failed, "
           f"{len(result.skipped)} skipped in {result.wall_s:.1f} s")
     for unit_id, message in result.failed.items():

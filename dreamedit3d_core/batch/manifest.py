@@ -73,5 +73,28 @@ class Manifest:
             entry["message"] = message
         self.units[unit.key] = entry
 
+    def evidence_error(self, unit, evidence_key: str) -> Optional[str]:
+        """The message of an earlier run's failure of ``unit``'s token evidence caused by its inputs (same evidence
+        key), else None."""
+        entry = self.units.get(unit.key)
+        evidence = entry.get("token_evidence") if isinstance(entry, dict) else None
+        if isinstance(evidence, dict) and evidence.get("status") == "failed" and evidence.get("input_error") \
+                and evidence.get("key") == evidence_key:
+            return str(evidence.get("message", ""))
+        return None
+
+    def record_evidence(self, unit, evidence: dict) -> None:
+        """Note the outcome of a personalisation's token evidence (after :meth:`record` of the unit itself)."""
+        entry = self.units.setdefault(unit.key, {"unit_id": unit.unit_id, "kind": "personalize", "folder": unit.folder,
+                                                 "status": "done"})
+        if evidence["status"] == "done":
+            record = evidence["record"]
+            entry["token_evidence"] = {"status": "done", "key": record.get("key"), "outputs": record.get("outputs", {}),
+                                       "times_s": record.get("times_s", {})}
+        else:
+            entry["token_evidence"] = {"status": "failed", "key": evidence.get("key"),
+                                       "message": evidence.get("message", ""),
+                                       "input_error": bool(evidence.get("input_error"))}
+
     def save(self) -> None:
         self.store.write_json(MANIFEST, {**self.header, "units": self.units})

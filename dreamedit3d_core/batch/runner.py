@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 from ..errors import ConfigError
+from .evidence import config_to_dict, evidence_config, evidence_key, finished_evidence
 from .manifest import Manifest, finished_record
 from .plan import (BatchPlan, BatchSettings, asset_specs, build_plan, find_assets, read_component_manifest,
                    read_prompts)
@@ -144,6 +145,11 @@ def _detail(result: dict, store: OutputStore) -> str:
     spent = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in times.items())
     glb = next((rel for rel in record.get("outputs", {}) if rel.endswith(".glb")), None)
     where = f" -> {store.url(glb)}" if glb else ""
+    evidence = result.get("evidence")
+    if evidence is not None and evidence["status"] == "done" and not evidence["cached"]:
+        spent += f", token report {evidence['record']['times_s']['token_report_s']:.1f}s"
+    elif evidence is not None and evidence["status"] != "done":
+        spent += f"; token report failed: {evidence.get('message', '')}"
     return ("(already done)" if result.get("cached") else spent) + where
 
 
@@ -169,6 +175,7 @@ def run_batch(
     should_stop: Optional[Callable[[], bool]] = None,
     retry_failed: bool = False,
     report_every_s: float = 5.0,
+    token_evidence="full",
 ) -> BatchResult:
     """Edit a catalogue: every asset personalised once, then every prompt sampled, lifted and exported.
 
@@ -193,6 +200,10 @@ def run_batch(
         retry_failed: also retry units that failed on these same inputs in an earlier run (by default they are
             reported again without running: a bad file or an empty component fails the same way every time).
         report_every_s: the manifest and report are rewritten at most this often while units finish (and at the end).
+        token_evidence: after each personalisation, the token report (:mod:`.evidence`): "full" (attention isolation,
+            reconstruction, omission, swap; the default), "attention" (attention isolation only: cheap), "off", or a
+            ``TokenReportConfig``. Each asset's report lands in its ``token_evidence/`` folder and in the catalogue
+            report; a re-run makes only the missing ones (also for assets personalised while it was off).
 
     Returns:
         :class:`BatchResult`.
@@ -217,6 +228,8 @@ def run_batch(
     specs = asset_specs(files, components, manifest_data, roots=[Path(p) for p in inputs if Path(p).is_dir()])
     prompt_list = read_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
     plan = build_plan(specs, prompt_list, checkpoint, settings)
+    evidence = evidence_config(settings, token_evidence)
+    evidence = config_to_dict(evidence) if evidence is not None else None
     store = OutputStore(output, scratch)
     for rel in ("", SHEETS_DIR):  # temporary files of a driver that was killed while writing the report
         store.clear_leftovers(rel)
@@ -227,11 +240,22 @@ def run_batch(
 
     # what is finished already (files present with their recorded hashes)
     pending_pers, ready_edits, waiting = [], [], {}
-    known_bad = []
+    known_bad, personalized = [], set()
     for unit in plan.personalizations:
         record = finished_record(store, unit)
         if record is not None:
+            personalized.add(unit.key)
             report.note(unit, "done", record)
+            if evidence is not None:
+                found = finished_evidence(store, unit.folder, unit.key, evidence)
+                error = manifest.evidence_error(unit, evidence_key(unit.key, evidence))
+                if found is not None:
+                    report.note_evidence(unit, {"status": "done", "record": found})
+                elif error is not None and not retry_failed:
+                    report.note_evidence(unit, {"status": "failed", "message": error})
+                else:  # personalised before, without this evidence: its worker makes only the evidence
+                    pending_pers.append(unit)
+                    continue
             result.reused.append(unit.unit_id)
             progress.finished(unit, "reused", "(already done)")
         elif manifest.input_error(unit) is not None and not retry_failed:
@@ -245,7 +269,7 @@ def run_batch(
             result.reused.append(unit.unit_id)
             result.glbs.append(store.url(f"{unit.folder}/edited.glb"))
             progress.finished(unit, "reused", "(already done)")
-        elif unit.parent in pending_pers or unit.parent in known_bad:
+        elif unit.parent.key not in personalized and (unit.parent in pending_pers or unit.parent in known_bad):
             waiting.setdefault(unit.parent.key, []).append(unit)
         elif manifest.input_error(unit) is not None and not retry_failed:
             known_bad.append(unit)
@@ -268,7 +292,7 @@ def run_batch(
         return result
 
     worker_args = dict(checkpoint=str(checkpoint), output=str(output), settings=settings.to_dict(),
-                       scratch=str(scratch) if scratch else None, clip=clip, dino=dino)
+                       scratch=str(scratch) if scratch else None, clip=clip, dino=dino, token_evidence=evidence)
     pool = None
     try:
         if workers == 0:
@@ -327,6 +351,9 @@ def _finish(unit, outcome: dict, plan, store, manifest, report, progress, result
         record = outcome["record"]
         manifest.record(unit, "done", record)
         report.note(unit, "done", record)
+        if "evidence" in outcome:
+            manifest.record_evidence(unit, outcome["evidence"])
+            report.note_evidence(unit, outcome["evidence"])
         (result.reused if outcome.get("cached") else result.computed).append(unit.unit_id)
         if is_edit:
             result.glbs.append(store.url(f"{unit.folder}/edited.glb"))

@@ -7,7 +7,8 @@ status "failed" and a one-line message, and the batch goes on. It raises only fo
 (:class:`~dreamedit3d_core.errors.Interrupted`), after the training loop saved a resumable checkpoint.
 
 Everything a unit writes goes into its own folder of the output, under fixed names; a file left by a killed attempt
-of the same unit is replaced (it came from the same inputs). The unit's ``done.json`` is written last.
+of the same unit is replaced (it came from the same inputs). The unit's ``done.json`` is written last. A
+personalisation is followed by its token evidence (:mod:`.evidence`) unless the batch switched it off.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import ConfigError, DreamEdit3DError, Interrupted
+from .evidence import REFERENCE, config_from_dict, evidence_unit, summary_rows
 from .manifest import done_record_path, finished_record, make_record
 from .plan import BatchSettings
 from .store import OutputStore, canonical_safetensors
@@ -50,6 +52,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text if isinstance(exc, DreamEdit3DError) else f"{type(exc).__name__}: {text}"
+
+
+def _failure(exc: BaseException) -> dict:
+    # our own errors come from the inputs (bad file, empty component, unknown token): the same inputs fail the same
+    # way, so a re-run does not try them again; anything else (out of memory, ...) may pass next time
+    return {"status": "failed", "message": _one_line(exc), "input_error": isinstance(exc, DreamEdit3DError)}
 
 
 def _drop_training_states(train_dir: Path, prefix: str) -> None:
@@ -81,8 +89,25 @@ class _TrainingHook:
         self.store.sync_folder(self.train_rel)  # the checkpoint of step - 1 is complete now (no-op for local output)
 
     def check_interrupt(self) -> None:
-        if self.should_stop is not None and self.should_stop():
-            raise Interrupted("batch stopped on request; re-run it to resume where it stopped")
+        _check_stop(self.should_stop)
+
+
+class _StopCheck:
+    """Progress hook of a stage without steps to show (the token report): relays stop requests only."""
+
+    def __init__(self, should_stop: Optional[Callable[[], bool]]):
+        self.should_stop = should_stop
+
+    def update(self, step, total, preview=None, **info) -> None:
+        return None
+
+    def check_interrupt(self) -> None:
+        _check_stop(self.should_stop)
+
+
+def _check_stop(should_stop: Optional[Callable[[], bool]]) -> None:
+    if should_stop is not None and should_stop():
+        raise Interrupted("batch stopped on request; re-run it to resume where it stopped")
 
 
 class BatchWorker:
@@ -95,10 +120,12 @@ class BatchWorker:
         device: "auto" (CUDA when present, the GPU Ray assigned to this actor), "cpu", "cuda:1", ...
         scratch: local scratch folder for a URL output.
         clip, dino: metric model files/folders (``metrics.load_metric_clip`` / ``load_metric_dino``), or None.
+        token_evidence: the token report's settings (``evidence.config_to_dict``) run after each personalisation,
+            or None for none.
     """
 
     def __init__(self, checkpoint: str, output: str, settings: dict, device: str = "auto", scratch: Optional[str] = None,
-                 clip: Optional[str] = None, dino: Optional[str] = None):
+                 clip: Optional[str] = None, dino: Optional[str] = None, token_evidence: Optional[dict] = None):
         from ..mvdream.checkpoint import load_mvdream
 
         self.device = resolve_device(device)
@@ -109,7 +136,8 @@ class BatchWorker:
         self.load_s = time.perf_counter() - t0
         self._metric_paths = (clip, dino)
         self._metric_models = None
-        self._personalized = None  # (key, model, tokens, asset, render) of the last personalisation edited
+        self._personalized = None  # (key, model, tokens, asset, render, masks) of the last personalisation edited
+        self.token_evidence = dict(token_evidence) if token_evidence else None
 
     def info(self) -> dict:
         return {"pid": os.getpid(), "host": socket.gethostname(), "device": str(self.device), "load_s": self.load_s}
@@ -119,19 +147,21 @@ class BatchWorker:
         """Run one unit (a dict from ``PersonalizeUnit/EditUnit.to_dict``); returns its result, never raises for it."""
         t0 = time.perf_counter()
         base = {"unit_id": unit["unit_id"], "key": unit["key"], "kind": unit["kind"], "worker": self.info()}
+        evidence = None
         try:
             if unit["kind"] == "personalize":
                 record, cached = self._personalize(unit, should_stop)
+                if self.token_evidence is not None:
+                    evidence = self._token_evidence(unit, should_stop)
+                    cached = cached and evidence["status"] == "done" and evidence["cached"]
             else:
                 record, cached = self._edit(unit)
         except Interrupted:
             raise
         except Exception as exc:  # one unit's failure is reported in the batch report; the other units go on
-            # our own errors come from the inputs (bad file, empty component, unknown token): the same inputs fail
-            # the same way, so a re-run does not try them again; anything else (out of memory, ...) may pass next time
-            return {**base, "status": "failed", "message": _one_line(exc), "wall_s": time.perf_counter() - t0,
-                    "input_error": isinstance(exc, DreamEdit3DError)}
-        return {**base, "status": "done", "cached": cached, "record": record, "wall_s": time.perf_counter() - t0}
+            return {**base, **_failure(exc), "wall_s": time.perf_counter() - t0}
+        done = {**base, "status": "done", "cached": cached, "record": record, "wall_s": time.perf_counter() - t0}
+        return done if evidence is None else {**done, "evidence": evidence}
 
     # ------------------------------------------------------------------------------------------- helpers
     def _finished(self, unit: dict) -> Optional[dict]:
@@ -282,9 +312,47 @@ class BatchWorker:
         else:
             model = load_mvdream(self.store.fetch(f"{folder}/{FULL_UNET}"), device=self.device)
         apply_tokens(model, tokens)
-        asset, render, _ = self._scene(parent["asset"])
-        self._personalized = (parent["key"], model, tokens, asset, render)
+        asset, render, masks = self._scene(parent["asset"])
+        self._personalized = (parent["key"], model, tokens, asset, render, masks)
         return self._personalized[1:]
+
+    # ------------------------------------------------------------------------------------------ evidence
+    def _token_evidence(self, unit: dict, should_stop) -> dict:
+        """The token report of a finished personalisation (the saved model and tokens, the base model as reference),
+        written into its ``token_evidence/`` folder with a done record; an earlier complete one is kept as it is.
+
+        Returns {"status": "done", "cached", "record"} or {"status": "failed", "message", "input_error"}: a report that
+        cannot be made does not fail the personalisation (its edits go on).
+        """
+        from ..token_report import save_token_report, token_report
+
+        target = evidence_unit(unit["folder"], unit["key"], self.token_evidence)
+        record = finished_record(self.store, target)
+        if record is not None:
+            return {"status": "done", "cached": True, "record": record}
+        t0 = time.perf_counter()
+        try:
+            self.store.clear_leftovers(target.folder)  # a killed earlier attempt's temporary files
+            model, tokens, _, render, masks = self._load_personalized(unit)  # (kept loaded for the asset's edits)
+            report = token_report(model, tokens, render, masks, config_from_dict(self.token_evidence),
+                                  reference_model=self.base, progress=_StopCheck(should_stop))
+            folder = self.store.path(target.folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            written = save_token_report(report, folder, unit["asset"]["name"], overwrite=True)
+            rels = {kind: f"{target.folder}/{path.name}" for kind, path in written.items()}
+            for rel in rels.values():
+                self.store.publish(rel)
+        except Interrupted:
+            raise
+        except Exception as exc:
+            return {**_failure(exc), "key": target.key}
+        record = make_record({"kind": "token_evidence", "unit_id": f"{unit['unit_id']}/token_evidence",
+                              "key": target.key, "folder": target.folder}, self._hashes(rels.values()),
+                             json=rels["json"], heatmap=rels["heatmap"], config=self.token_evidence,
+                             reference=REFERENCE, tokens=summary_rows(report.table),
+                             times_s={"token_report_s": time.perf_counter() - t0}, worker=self.info())
+        self.store.write_json(done_record_path(target.folder), record)
+        return {"status": "done", "cached": False, "record": record}
 
     def _metrics(self):
         from ..metrics import load_metric_clip, load_metric_dino
@@ -311,7 +379,7 @@ class BatchWorker:
         self.store.clear_leftovers(folder)  # a killed earlier attempt's temporary files
         times = {}
         t = time.perf_counter()
-        model, tokens, asset, render = self._load_personalized(unit["parent"])
+        model, tokens, asset, render, _ = self._load_personalized(unit["parent"])
         times["load_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
