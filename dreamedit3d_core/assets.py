@@ -124,12 +124,18 @@ class _ReadOnlyResolver:
         raise AssetError(f"{self.path}: refusing to write '{name}' next to the asset")
 
 
-def _gltf_json_from_glb(data: bytes, path: Path) -> tuple[dict, bytes]:
+def split_glb(data: bytes, path: Path) -> tuple[dict, bytes]:
+    """A binary glTF's two chunks: (its JSON, parsed; its BIN chunk, b"" without one), the container checked first.
+
+    Raises:
+        AssetError: ``path: <problem>`` for a file that is not a glTF 2.0 binary, is truncated, or whose JSON is corrupt.
+    """
     if len(data) < 20:
-        raise _fail(path, f"is not a GLB file: only {len(data)} bytes")
+        raise _fail(path, f"is not a GLB file (not a binary glTF): only {len(data)} bytes")
     magic, version, length = struct.unpack_from("<4sII", data, 0)
     if magic != b"glTF":
-        raise _fail(path, "is not a GLB file (no 'glTF' magic bytes); is it a .gltf text file or another format?")
+        raise _fail(path, "is not a GLB file (not a binary glTF: no 'glTF' magic bytes); is it a .gltf text file or "
+                          "another format?")
     if version != 2:
         raise _fail(path, f"is a glTF {version} binary; only glTF 2.0 is supported")
     if length != len(data):
@@ -448,7 +454,7 @@ def _read_asset_bytes(path: Path) -> bytes:
 def _gltf_layout(data: bytes, path: Path, max_texture_pixels: int) -> tuple[dict, dict]:
     """Check a GLB/glTF's JSON before trimesh sees it; return (named node -> index in file order, UV transforms)."""
     if path.suffix.lower() == ".glb":
-        tree, binary = _gltf_json_from_glb(data, path)
+        tree, binary = split_glb(data, path)
     else:
         try:
             tree, binary = json.loads(data.decode("utf-8")), b""

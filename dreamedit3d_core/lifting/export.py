@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -17,8 +16,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..assets import split_glb
 from ..errors import AssetError, ConfigError, LiftError
-from ..geometry import SourceFrame
+from ..geometry import SourceFrame, transform_points
 from ..storage import atomic_write, free_stem, save_bytes, save_new_bytes
 from ..types import LiftedMesh, MeshAsset
 
@@ -27,8 +27,6 @@ FORMATS = ("glb", "obj")
 FRAMES = ("output", "internal")
 #: Key under which the lift's own numbers are stored in the extras (next to the caller's).
 LIFT_STATS_KEY = "dreamedit3d_lift"
-_GLB_MAGIC = 0x46546C67  # "glTF"
-_CHUNK_JSON = 0x4E4F534A  # "JSON"
 
 
 def output_frame(source: Optional[MeshAsset] = None, frame: Optional[SourceFrame] = None) -> np.ndarray:
@@ -52,7 +50,7 @@ def in_output_frame(mesh: LiftedMesh) -> LiftedMesh:
     if record is None:
         return mesh
     m = torch.as_tensor(np.asarray(record, np.float64).reshape(4, 4), device=mesh.vertices.device)
-    verts = (mesh.vertices.double() @ m[:3, :3].T + m[:3, 3]).to(mesh.vertices.dtype)
+    verts = transform_points(m, mesh.vertices.double()).to(mesh.vertices.dtype)
     faces = mesh.faces.flip(1) if float(torch.linalg.det(m[:3, :3])) < 0 else mesh.faces
     stats = {k: v for k, v in mesh.stats.items() if k != "output_frame"}
     stats["frame"] = "output"
@@ -180,30 +178,18 @@ def export_mesh(mesh: LiftedMesh, path, fmt: str = "glb", extras: Optional[dict]
 
 
 def read_glb_json(path) -> dict:
-    """The JSON chunk of a binary glTF file.
+    """The JSON chunk of a binary glTF file (the container parsed by :func:`~dreamedit3d_core.assets.split_glb`).
 
     Raises:
-        AssetError: the file is missing, not a GLB, or truncated.
+        AssetError: the file is missing, not a GLB, truncated, or its JSON is not an object.
     """
     path = Path(path)
     if not path.is_file():
         raise AssetError(f"{path} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(20)
-        if len(head) < 20:
-            raise AssetError(f"{path.name} is too short to be a GLB ({len(head)} bytes)")
-        magic, version, _length, chunk_len, chunk_type = struct.unpack("<5I", head)
-        if magic != _GLB_MAGIC or chunk_type != _CHUNK_JSON:
-            raise AssetError(f"{path.name} is not a binary glTF (.glb) file")
-        if version != 2:
-            raise AssetError(f"{path.name} is glTF version {version}; only version 2 is supported")
-        raw = f.read(chunk_len)
-    if len(raw) < chunk_len:
-        raise AssetError(f"{path.name} is truncated: its JSON chunk is cut off")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AssetError(f"{path.name} has a corrupt JSON chunk: {err}") from None
+    tree, _ = split_glb(path.read_bytes(), path)
+    if not isinstance(tree, dict):
+        raise AssetError(f"{path}: is corrupt: the glTF JSON is not an object")
+    return tree
 
 
 def read_provenance(path) -> dict:
