@@ -19,17 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
+# the option lists are the core's own (one home each), under the names the batch CLI imports from here
+from ..assets import SUPPORTED_SUFFIXES as ASSET_SUFFIXES
 from ..errors import ConfigError
+from ..lifting.pipeline import MODES as LIFT_MODES
+from ..personalize.finetune import MODES as FT_MODES
+from ..personalize.objective import MIXED_PRECISION
 from ..personalize.train import ConfigDict
+from ..sampling import METHODS as SAMPLERS
 from ..storage import file_sha256
 
-ASSET_SUFFIXES = (".glb", ".gltf", ".obj", ".ply")
 DEFAULT_COMPONENTS = "object: *"
 KEY_VERSION = 1  # bump when a unit's outputs change meaning, so old folders are not taken as finished
-FT_MODES = ("lora", "full")
-SAMPLERS = ("ddim", "euler")
-LIFT_MODES = ("hull", "source_guided", "keep_source")
-MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -373,4 +374,5 @@ def build_plan(assets: Sequence[AssetSpec], prompts: Sequence[str], checkpoint: 
 
 
 __all__ = ["AssetSpec", "BatchPlan", "BatchSettings", "EditUnit", "PersonalizeUnit", "asset_content_hash", "asset_specs",
-           "build_plan", "find_assets", "read_component_manifest", "read_prompts"]
+           "build_plan", "find_assets", "read_component_manifest", "read_prompts",
+           "ASSET_SUFFIXES", "FT_MODES", "LIFT_MODES", "MIXED_PRECISION", "SAMPLERS"]
