@@ -1,13 +1,14 @@
 """The batch on a real Ray cluster started by the test (``ray start --head --block`` on 127.0.0.1, token auth), stopped
 by its PID at the end, with a check that none of its processes (raylet, GCS, the actors) is left behind.
 
-3 assets (+ 1 broken file) × 2 prompts on 2 actors → 6 GLBs and the report; a re-run computes nothing; a worker killed
+3 assets (+ 1 broken file) × 2 prompts on 2 actors → 6 GLBs, the report and each asset's token evidence; a re-run computes nothing; a worker killed
 with SIGKILL in the middle of a personalisation is restarted by Ray, its unit resumes from its training checkpoint,
 and the batch ends with every file present once and byte-identical to the uninterrupted run's.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import secrets
@@ -153,6 +154,10 @@ def test_catalogue_on_ray_writes_every_glb_and_the_report_and_a_rerun_recomputes
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "**6 done**" in report and "crate" in report
     assert {p.name for p in (out / "sheets").iterdir()} == {"figure.png", "lamp.png", "mushroom.png"}
+    with open(out / "tokens.csv", newline="", encoding="utf-8") as f:  # every personalisation's token evidence
+        tokens = sorted((r["asset"], r["token"], r["status"]) for r in csv.DictReader(f))
+    assert tokens == [(a, t, "done") for a in ("figure", "lamp", "mushroom") for t in ("<body>", "<top>")]
+    assert "## Token evidence" in report and len(list(out.glob("assets/*/token_evidence/*_tokens_heatmap.png"))) == 3
     for record in _records(out).values():  # no unit trained a step it had done before
         if record["kind"] == "personalize":
             assert record["steps_run"] == {"textual_inversion": 3, "finetune": 3}
