@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import trimesh
@@ -119,6 +120,12 @@ def test_url_output_with_metrics_lands_in_the_fsspec_store(tiny_checkpoint, cata
     edit = f"{base}/{result.plan.edits[0].folder}"
     assert fs.exists(f"{edit}/edited.glb") and fs.exists(f"{base}/report.md") and fs.exists(f"{base}/sheets/mushroom.png")
     assert fs.find(f"{base}/{result.plan.personalizations[0].folder}/train") == []  # states mirrored, then removed
+    evidence = f"{base}/{result.plan.personalizations[0].folder}/token_evidence"  # the token report lands there too
+    assert {Path(p).name for p in fs.find(evidence)} == {"done.json", "mushroom_tokens.json", "mushroom_tokens_heatmap.png"}
+    token_rows = list(csv.DictReader(io.StringIO(fs.cat(f"{base}/tokens.csv").decode())))
+    table = json.loads(fs.cat(f"{evidence}/mushroom_tokens.json"))
+    assert {r["token"]: float(r["isolation"]) for r in token_rows} == {
+        t: e["own"]["mean"] for t, e in table["attention"]["tokens"].items()}
     metrics = json.loads(fs.cat(f"{edit}/metrics.json"))["metrics"]
     assert set(metrics) == {"clip_directional", "clip_score", "clip_image", "dino_identity"}
     bounds = {"clip_directional": (-1, 1), "clip_score": (0, 100), "clip_image": (-1, 1), "dino_identity": (-1, 1)}
