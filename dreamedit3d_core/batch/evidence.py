@@ -104,7 +104,9 @@ def summary_rows(table: dict) -> list:
         mask's area share: what attention spread evenly would score), "largest_leak" (the other component with the
         largest share, or None), "largest_leak_share", "outside_all", "reference_isolation" (the component's name on
         the base model), "gain_over_reference", "omission_inside" (share of the change inside its mask when the token
-        is dropped; None without the image measures), "verdict"}].
+        is dropped; None without the image measures), "reconstruction_psnr" (masked PSNR in dB of its component
+        between the source views and the views sampled with every token; None without the image measures),
+        "verdict"}].
     """
     attention = table["attention"]
     rows = []
@@ -114,12 +116,13 @@ def summary_rows(table: dict) -> list:
         others = sorted(((_mean(v), c) for c, v in entry["leakage"].items()
                          if c != component and _mean(v) is not None), reverse=True)
         omission = table.get("omission", {}).get(token, {})
+        psnr = table.get("reconstruction", {}).get("components", {}).get(component, {}).get("psnr")
         rows.append({
             "token": token, "component": component, "isolation": _mean(entry["own"]),
             "mask_area": _mean(attention["mask_area"].get(component)),
             "largest_leak": others[0][1] if others else None, "largest_leak_share": others[0][0] if others else None,
             "outside_all": _mean(entry["outside_all"]), "reference_isolation": entry.get("reference_own"),
             "gain_over_reference": entry.get("gain_over_reference"), "omission_inside": omission.get("overall"),
-            "verdict": table["verdicts"][i],
+            "reconstruction_psnr": _mean(psnr), "verdict": table["verdicts"][i],
         })
     return rows

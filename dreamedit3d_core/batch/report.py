@@ -24,8 +24,8 @@ CSV_COLUMNS = ("asset", "edit", "prompt", "status", "glb", "views", "render_s", 
                "sample_s", "lift_s", "metrics", "message", "unit_key")
 # (no times: the same inputs give the same tokens.csv; the report's time is in report.md and the evidence's record)
 TOKEN_COLUMNS = ("asset", "token", "component", "isolation", "mask_area", "largest_leak", "largest_leak_share",
-                 "outside_all", "reference_isolation", "gain_over_reference", "omission_inside", "verdict", "json",
-                 "heatmap", "status", "message")
+                 "outside_all", "reference_isolation", "gain_over_reference", "omission_inside", "reconstruction_psnr",
+                 "verdict", "json", "heatmap", "status", "message")
 
 
 def _fmt_time(value) -> str:
@@ -91,7 +91,8 @@ class CatalogueReport:
             for token in record.get("tokens", []):
                 row = {k: _fmt_share(token.get(k)) for k in ("isolation", "mask_area", "largest_leak_share",
                                                              "outside_all", "reference_isolation",
-                                                             "gain_over_reference", "omission_inside")}
+                                                             "gain_over_reference", "omission_inside",
+                                                             "reconstruction_psnr")}
                 out.append({**row, "asset": unit.asset.name, "token": token["token"], "component": token["component"],
                             "largest_leak": token.get("largest_leak") or "", "verdict": token["verdict"],
                             "token_report_s": _fmt_time(record.get("times_s", {}).get("token_report_s")),
@@ -187,22 +188,23 @@ class CatalogueReport:
                  "Did each learned token learn its part? Isolation: the share of the token's cross-attention inside "
                  "its own component's mask (mean over views; the mask's area is what attention spread evenly would "
                  "score); base word: the same share for the component's name on the base model; omission: the share "
-                 "of the image change inside the mask when the token is dropped from the prompt.", "",
+                 "of the image change inside the mask when the token is dropped from the prompt; PSNR: the component's masked "
+                 "PSNR (dB) between the source views and the views sampled with every token.", "",
                  "| asset | token | component | isolation | mask area | largest leak | base word | gain | omission inside "
-                 "| verdict | report s |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "| PSNR | verdict | report s |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         heatmaps = {}
         for r in token_rows:
             if r["status"] != "done":
-                lines.append(_md_cells([r["asset"], "", "", "", "", "", "", "", "", f"failed: {r['message']}", ""]))
+                lines.append(_md_cells([r["asset"], *[""] * 9, f"failed: {r['message']}", ""]))
                 continue
             heatmaps.setdefault(r["asset"], (r["heatmap"], r["json"]))
             leak = f"{r['largest_leak']} {_two(r['largest_leak_share'])}" if r["largest_leak"] else ""
             verdict = r["verdict"][len(r["token"]) + 2:] if r["verdict"].startswith(r["token"] + ": ") else r["verdict"]
             lines.append(_md_cells([r["asset"], f"`{r['token']}`", r["component"], _two(r["isolation"]),
                                     _two(r["mask_area"]), leak, _two(r["reference_isolation"]),
-                                    _two(r["gain_over_reference"], signed=True), _two(r["omission_inside"]), verdict,
-                                    r["token_report_s"]]))
+                                    _two(r["gain_over_reference"], signed=True), _two(r["omission_inside"]),
+                                    _two(r["reconstruction_psnr"]), verdict, r["token_report_s"]]))
         for asset, (heatmap, table) in heatmaps.items():
             lines += ["", f"### {asset}: token attention", "", f"![{asset} token attention]({heatmap}) ([table]({table}))"]
         return lines

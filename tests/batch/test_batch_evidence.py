@@ -101,6 +101,8 @@ def test_each_personalisation_carries_the_library_token_report_and_the_catalogue
         assert float(row["reference_isolation"]) == entry["reference_own"]
         assert float(row["gain_over_reference"]) == entry["gain_over_reference"]
         assert float(row["omission_inside"]) == expected.table["omission"][token]["overall"]
+        psnr = expected.table["reconstruction"]["components"][row["component"]]["psnr"]["mean"]
+        assert float(row["reconstruction_psnr"]) == psnr and 0 < psnr < 100
         verdict = expected.verdicts[expected.table["tokens"].index(token)]
         assert row["verdict"] == verdict and row["heatmap"].endswith("lamp_tokens_heatmap.png")
         # the Markdown row: the token, its isolation (2 decimals) and its verdict
@@ -143,7 +145,7 @@ def test_evidence_is_made_once_added_later_when_it_was_off_and_remade_only_when_
     expected = _library_report(tiny_checkpoint, folder, lamp, settings, images=False)
     assert table == json.loads(expected.to_json())
     rows = _token_csv(out)
-    assert rows[("lamp", "<top>")]["omission_inside"] == ""
+    assert rows[("lamp", "<top>")]["omission_inside"] == rows[("lamp", "<top>")]["reconstruction_psnr"] == ""
     assert float(rows[("lamp", "<top>")]["isolation"]) == expected.table["attention"]["tokens"]["<top>"]["own"]["mean"]
 
     # a re-run makes nothing: the complete report is found by its record
