@@ -16,6 +16,21 @@ from conftest import skip_or_fail
 pytestmark = pytest.mark.host
 
 REPORT = "90"
+#: the report's own training run: its training nodes must not share ComfyUI's cache (nor the training folder) with the
+#: full edit that tests/host/test_host_workflows.py runs later in the same server, whose progress events it asserts
+RUN_NAME = "dreamedit3d-token-report-test"
+
+
+def only_what_feeds(prompt: dict, output: str) -> dict:
+    """The nodes ``output`` depends on, and it: no other output node runs (nothing else is saved)."""
+    keep, todo = set(), [output]
+    while todo:
+        nid = todo.pop()
+        if nid in keep:
+            continue
+        keep.add(nid)
+        todo += [v[0] for v in prompt[nid]["inputs"].values() if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)]
+    return {nid: node for nid, node in prompt.items() if nid in keep}
 
 
 def test_token_report_runs_in_the_full_edit_and_shows_its_heatmap_and_verdicts(comfy_host):
@@ -33,6 +48,13 @@ def test_token_report_runs_in_the_full_edit_and_shows_its_heatmap_and_verdicts(c
     prompt[REPORT] = {"class_type": "DreamEdit3D_TokenReport", "inputs": {
         "model": [finetune, 0], "views": views_slot, "tokens": [finetune, 1], "base_model": [loader, 0],
         "init_words": "", "measure_images": True, "sample_steps": 2, "cfg": 5.0, "seed": 23}}
+    prompt = only_what_feeds(prompt, REPORT)
+    for node in prompt.values():
+        if "run_name" in node["inputs"]:
+            node["inputs"]["run_name"] = RUN_NAME
+    assert {node["class_type"] for node in prompt.values()} >= {"DreamEdit3D_MultiViewTextualInversion",
+                                                                "DreamEdit3D_MVFineTune"}
+    assert not any(node["class_type"].startswith(("Save", "DreamEdit3D_Save")) for node in prompt.values())
     result = comfy_host.run(prompt, timeout=900)
     assert result.status == "success", (result.error, comfy_host.log_tail())
     shown = result.outputs[REPORT]
