@@ -182,3 +182,25 @@ def test_evidence_that_cannot_be_made_is_reported_and_the_asset_is_still_edited(
     again = run_batch([lamp], ["a <body> with a golden <photo>"], tiny_checkpoint, out, **kwargs)
     assert again.computed == [] and again.workers == []  # the same inputs fail the same way: not tried again
     assert "'photo'" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_batch_stopped_during_the_token_report_makes_only_the_report_on_the_rerun(tiny_checkpoint, catalogue, tmp_path):
+    from dreamedit3d_core.errors import Interrupted
+
+    lamp = _lamp(catalogue, tmp_path)
+    out = tmp_path / "out"
+    kwargs = dict(components=LAMP, settings=fast_settings(ti_steps=1, ft_steps=1), show_progress=False,
+                  token_evidence="attention")
+    # stop as soon as the personalisation's weights are saved: the next poll is the token report's
+    with pytest.raises(Interrupted, match="re-run"):
+        run_batch([lamp], PROMPT, tiny_checkpoint, out, should_stop=lambda: any(out.glob("assets/*/done.json")), **kwargs)
+    folder = next((out / "assets").iterdir())
+    assert (folder / "done.json").is_file() and not (folder / "token_evidence" / "done.json").exists()
+    trained = (folder / "unet_lora.safetensors").stat().st_mtime_ns
+
+    result = run_batch([lamp], PROMPT, tiny_checkpoint, out, **kwargs)
+    assert result.ok and sorted(result.computed) == sorted(["lamp", result.plan.edits[0].unit_id])
+    outcome = next(r for r in result.results if r["kind"] == "personalize")
+    assert outcome["evidence"]["status"] == "done" and not outcome["evidence"]["cached"]
+    assert (folder / "unet_lora.safetensors").stat().st_mtime_ns == trained  # not trained again
+    assert (folder / "token_evidence" / "lamp_tokens.json").is_file()

@@ -259,6 +259,14 @@ def test_cli_plugs_into_a_parent_parser_and_reports_bad_input_in_one_line(tmp_pa
     assert args.func is cli.main and args.assets == ["a.glb", "folder"] and args.workers == 2
     settings = cli.settings_from_args(args)
     assert (settings.ft_mode, settings.ti_steps, settings.finetune_lr, settings.mixed_precision) == ("full", 7, 2e-6, "bf16")
+    assert args.token_report == "full"  # every personalisation carries its token evidence unless asked otherwise
+    cheap = parent.parse_args(["batch", "a.glb", "--prompts", "p.txt", "--checkpoint", "m.pt", "--out", "o",
+                               "--token-report", "attention"])
+    assert cheap.token_report == "attention"
+    with pytest.raises(SystemExit):
+        parent.parse_args(["batch", "a.glb", "--prompts", "p.txt", "--checkpoint", "m.pt", "--out", "o",
+                           "--token-report", "sometimes"])
+    assert "--token-report" in capsys.readouterr().err  # argparse names the bad choice
 
     asset = tmp_path / "a.glb"
     asset.write_bytes(b"x")
