@@ -236,58 +236,15 @@ def run_batch(
     manifest = Manifest(store, plan)
     report = CatalogueReport(store, plan)
     result = BatchResult(plan=plan, output=str(output))
-    progress = _Progress(plan, show_progress)
-
-    # what is finished already (files present with their recorded hashes)
-    pending_pers, ready_edits, waiting = [], [], {}
-    known_bad, personalized = [], set()
-    for unit in plan.personalizations:
-        record = finished_record(store, unit)
-        if record is not None:
-            personalized.add(unit.key)
-            report.note(unit, "done", record)
-            if evidence is not None:
-                found = finished_evidence(store, unit.folder, unit.key, evidence)
-                error = manifest.evidence_error(unit, evidence_key(unit.key, evidence))
-                if found is not None:
-                    report.note_evidence(unit, {"status": "done", "record": found})
-                elif error is not None and not retry_failed:
-                    report.note_evidence(unit, {"status": "failed", "message": error})
-                else:  # personalised before, without this evidence: its worker makes only the evidence
-                    pending_pers.append(unit)
-                    continue
-            result.reused.append(unit.unit_id)
-            progress.finished(unit, "reused", "(already done)")
-        elif manifest.input_error(unit) is not None and not retry_failed:
-            known_bad.append(unit)
-        else:
-            pending_pers.append(unit)
-    for unit in plan.edits:
-        record = finished_record(store, unit)
-        if record is not None:
-            report.note(unit, "done", record)
-            result.reused.append(unit.unit_id)
-            result.glbs.append(store.url(f"{unit.folder}/edited.glb"))
-            progress.finished(unit, "reused", "(already done)")
-        elif unit.parent.key not in personalized and (unit.parent in pending_pers or unit.parent in known_bad):
-            waiting.setdefault(unit.parent.key, []).append(unit)
-        elif manifest.input_error(unit) is not None and not retry_failed:
-            known_bad.append(unit)
-        else:
-            ready_edits.append(unit)
-    for unit in known_bad:  # failed on these same inputs before: reported again, not retried
-        message = manifest.input_error(unit)
-        note = " (same inputs as an earlier run: fix them, or retry with retry_failed)"
-        message = message if message.endswith(note) else message + note
-        _finish(unit, {"status": "failed", "message": message, "input_error": True}, plan, store, manifest, report,
-                progress, result, waiting, ready_edits)
-    todo = len(pending_pers) + len(ready_edits) + sum(len(v) for v in waiting.values())
+    books = _Books(plan, store, manifest, report, _Progress(plan, show_progress), result)
+    pending_pers = books.sort_units(evidence, retry_failed)
+    todo = len(pending_pers) + len(books.ready_edits) + sum(len(v) for v in books.waiting.values())
     for unit in plan.personalizations:  # sheets of the edits finished by earlier runs
         report.write_sheet(unit)
     publisher = _Publisher(manifest, report, report_every_s)
     publisher.now()
     if todo == 0:
-        progress.close()
+        books.progress.close()
         result.wall_s = time.perf_counter() - t_start
         return result
 
@@ -304,37 +261,47 @@ def run_batch(
                            cpus_per_worker=cpus_per_worker, worker_memory_gb=worker_memory_gb, max_retries=max_retries)
         result.workers = pool.infos()
         result.startup_s = time.perf_counter() - t_start
-        last_asset = {}  # slot -> personalisation key whose model that worker holds
-        idle = list(pool.slots)
-        while pending_pers or ready_edits or pool.busy():
-            if not idle and not pool.busy():  # every worker is gone for good: what is left cannot run now
-                for unit in pending_pers + ready_edits:
-                    _finish(unit, {"status": "failed", "message": "no batch worker left; re-run the batch"}, plan,
-                            store, manifest, report, progress, result, waiting, ready_edits=[])
-                break
-            while idle and (pending_pers or ready_edits):
-                slot = idle.pop(0)
-                unit = next((e for e in ready_edits if e.parent.key == last_asset.get(slot)), None)
-                if unit is None and pending_pers:
-                    unit = pending_pers.pop(0)
-                elif unit is None:
-                    unit = ready_edits[0]
-                if unit in ready_edits:
-                    ready_edits.remove(unit)
-                last_asset[slot] = unit.parent.key if hasattr(unit, "parent") else unit.key
-                pool.submit(slot, unit)
-            slot, unit, outcome = pool.wait()
-            if slot is not None:
-                idle.append(slot)
-            _finish(unit, outcome, plan, store, manifest, report, progress, result, waiting, ready_edits)
-            publisher.maybe()
+        _dispatch(pool, books, pending_pers, publisher)
     finally:
-        progress.close()
+        books.progress.close()
         if pool is not None:
             pool.close()
         publisher.now()
     result.wall_s = time.perf_counter() - t_start
     return result
+
+
+def _dispatch(pool, books: "_Books", pending_pers: list, publisher: _Publisher) -> None:
+    """Hand units to idle workers until none is left, booking each as it finishes.
+
+    An idle worker takes an edit of the asset it holds (its model is loaded), else a new personalisation, else any
+    ready edit; an asset's edits become ready when its personalisation is booked (:meth:`_Books.finish`).
+    """
+    ready_edits = books.ready_edits
+    last_asset = {}  # slot -> personalisation key whose model that worker holds
+    idle = list(pool.slots)
+    while pending_pers or ready_edits or pool.busy():
+        if not idle and not pool.busy():  # every worker is gone for good: what is left cannot run now
+            for unit in pending_pers + ready_edits:
+                books.finish(unit, {"status": "failed", "message": "no batch worker left; re-run the batch"},
+                             release_edits=False)
+            break
+        while idle and (pending_pers or ready_edits):
+            slot = idle.pop(0)
+            unit = next((e for e in ready_edits if e.parent.key == last_asset.get(slot)), None)
+            if unit is None and pending_pers:
+                unit = pending_pers.pop(0)
+            elif unit is None:
+                unit = ready_edits[0]
+            if unit in ready_edits:
+                ready_edits.remove(unit)
+            last_asset[slot] = unit.parent.key if hasattr(unit, "parent") else unit.key
+            pool.submit(slot, unit)
+        slot, unit, outcome = pool.wait()
+        if slot is not None:
+            idle.append(slot)
+        books.finish(unit, outcome)
+        publisher.maybe()
 
 
 def _make_worker(**kwargs):
@@ -343,35 +310,98 @@ def _make_worker(**kwargs):
     return BatchWorker(**kwargs)
 
 
-def _finish(unit, outcome: dict, plan, store, manifest, report, progress, result, waiting, ready_edits) -> None:
-    """Book one finished unit: manifest, report, progress line; release or skip the asset's edits."""
-    result.results.append(outcome)
-    is_edit = hasattr(unit, "prompt")
-    if outcome["status"] == "done":
-        record = outcome["record"]
-        manifest.record(unit, "done", record)
-        report.note(unit, "done", record)
-        if "evidence" in outcome:
-            manifest.record_evidence(unit, outcome["evidence"])
-            report.note_evidence(unit, outcome["evidence"])
-        (result.reused if outcome.get("cached") else result.computed).append(unit.unit_id)
-        if is_edit:
-            result.glbs.append(store.url(f"{unit.folder}/edited.glb"))
+@dataclass
+class _Books:
+    """The driver's bookkeeping of one run: what waits, what is ready, and where each finished unit is booked
+    (manifest, report, progress line, result)."""
+
+    plan: BatchPlan
+    store: OutputStore
+    manifest: Manifest
+    report: CatalogueReport
+    progress: _Progress
+    result: BatchResult
+    ready_edits: list = field(default_factory=list)  # edits whose asset is personalised, not yet handed out
+    waiting: dict = field(default_factory=dict)  # personalisation key -> its edits, released when it is done
+
+    def sort_units(self, evidence: Optional[dict], retry_failed: bool) -> list:
+        """Book what earlier runs finished (files present with their recorded hashes) and what failed on these same
+        inputs; fill ``ready_edits``/``waiting``; return the personalisations to run (those without the requested
+        token evidence included: their workers make only the evidence)."""
+        store, manifest, report, result, progress = self.store, self.manifest, self.report, self.result, self.progress
+        pending_pers, known_bad, personalized = [], [], set()
+        for unit in self.plan.personalizations:
+            record = finished_record(store, unit)
+            if record is not None:
+                personalized.add(unit.key)
+                report.note(unit, "done", record)
+                if evidence is not None:
+                    found = finished_evidence(store, unit.folder, unit.key, evidence)
+                    error = manifest.evidence_error(unit, evidence_key(unit.key, evidence))
+                    if found is not None:
+                        report.note_evidence(unit, {"status": "done", "record": found})
+                    elif error is not None and not retry_failed:
+                        report.note_evidence(unit, {"status": "failed", "message": error})
+                    else:  # personalised before, without this evidence: its worker makes only the evidence
+                        pending_pers.append(unit)
+                        continue
+                result.reused.append(unit.unit_id)
+                progress.finished(unit, "reused", "(already done)")
+            elif manifest.input_error(unit) is not None and not retry_failed:
+                known_bad.append(unit)
+            else:
+                pending_pers.append(unit)
+        for unit in self.plan.edits:
+            record = finished_record(store, unit)
+            if record is not None:
+                report.note(unit, "done", record)
+                result.reused.append(unit.unit_id)
+                result.glbs.append(store.url(f"{unit.folder}/edited.glb"))
+                progress.finished(unit, "reused", "(already done)")
+            elif unit.parent.key not in personalized and (unit.parent in pending_pers or unit.parent in known_bad):
+                self.waiting.setdefault(unit.parent.key, []).append(unit)
+            elif manifest.input_error(unit) is not None and not retry_failed:
+                known_bad.append(unit)
+            else:
+                self.ready_edits.append(unit)
+        for unit in known_bad:  # failed on these same inputs before: reported again, not retried
+            message = manifest.input_error(unit)
+            note = " (same inputs as an earlier run: fix them, or retry with retry_failed)"
+            message = message if message.endswith(note) else message + note
+            self.finish(unit, {"status": "failed", "message": message, "input_error": True})
+        return pending_pers
+
+    def finish(self, unit, outcome: dict, release_edits: bool = True) -> None:
+        """Book one finished unit: manifest, report, progress line; release (``release_edits``) or skip the asset's
+        edits."""
+        store, manifest, report, result, progress = self.store, self.manifest, self.report, self.result, self.progress
+        result.results.append(outcome)
+        is_edit = hasattr(unit, "prompt")
+        if outcome["status"] == "done":
+            record = outcome["record"]
+            manifest.record(unit, "done", record)
+            report.note(unit, "done", record)
+            if "evidence" in outcome:
+                manifest.record_evidence(unit, outcome["evidence"])
+                report.note_evidence(unit, outcome["evidence"])
+            (result.reused if outcome.get("cached") else result.computed).append(unit.unit_id)
+            if is_edit:
+                result.glbs.append(store.url(f"{unit.folder}/edited.glb"))
+            elif release_edits:
+                self.ready_edits.extend(self.waiting.pop(unit.key, []))
+            progress.finished(unit, "reused" if outcome.get("cached") else "done", _detail(outcome, store))
         else:
-            ready_edits.extend(waiting.pop(unit.key, []))
-        progress.finished(unit, "reused" if outcome.get("cached") else "done", _detail(outcome, store))
-    else:
-        message = outcome.get("message", "")
-        manifest.record(unit, "failed", message=message, input_error=bool(outcome.get("input_error")))
-        report.note(unit, "failed", message=message)
-        result.failed[unit.unit_id] = message
-        progress.finished(unit, "FAILED", message)
-        if not is_edit:
-            for edit in waiting.pop(unit.key, []):
-                note = f"personalisation of {unit.unit_id} failed"
-                manifest.record(edit, "skipped", message=note)
-                report.note(edit, "skipped", message=note)
-                result.skipped.append(edit.unit_id)
-                progress.finished(edit, "skipped", note)
-    if is_edit:
-        report.write_sheet(unit.parent)
+            message = outcome.get("message", "")
+            manifest.record(unit, "failed", message=message, input_error=bool(outcome.get("input_error")))
+            report.note(unit, "failed", message=message)
+            result.failed[unit.unit_id] = message
+            progress.finished(unit, "FAILED", message)
+            if not is_edit:
+                for edit in self.waiting.pop(unit.key, []):
+                    note = f"personalisation of {unit.unit_id} failed"
+                    manifest.record(edit, "skipped", message=note)
+                    report.note(edit, "skipped", message=note)
+                    result.skipped.append(edit.unit_id)
+                    progress.finished(edit, "skipped", note)
+        if is_edit:
+            report.write_sheet(unit.parent)
