@@ -198,16 +198,12 @@ class BatchWorker:
     # -------------------------------------------------------------------------------------- personalise
     def _personalize(self, unit: dict, should_stop) -> tuple:
         from ..contact_sheet import contact_sheet
-        from ..personalize.finetune import FTConfig, finetune, save_finetuned_model, save_unet_lora
-        from ..personalize.textual_inversion import TIConfig, train_textual_inversion
-        from ..personalize.train import latest_checkpoint
         from ..provenance import build_record
-        from ..tokens import load_tokens, save_tokens
 
         record = self._finished(unit)
         if record is not None:
             return record, True
-        s, folder, spec = self.settings, unit["folder"], unit["asset"]
+        folder, spec = unit["folder"], unit["asset"]
         for rel in (folder, f"{folder}/{TRAIN_DIR}"):  # a killed earlier attempt's temporary files
             self.store.clear_leftovers(rel)
         times, steps_run, resumed_from = {}, {}, {}
@@ -227,59 +223,14 @@ class BatchWorker:
         self.store.write_json(f"{train_rel}/{WORKER_NOTE}", {**self.info(), "unit": unit["unit_id"]})
         hook = _TrainingHook(self.store, train_rel, should_stop)
 
-        tokens1_rel = f"{folder}/{TOKENS_PHASE1}"
         t = time.perf_counter()
-        local = self.store.fetch(tokens1_rel)
-        if local is not None:  # phase 1 finished in an earlier attempt
-            tokens1 = load_tokens(local)
-            steps_run["textual_inversion"] = 0
-            _drop_training_states(train_dir, "phase1")  # (if that attempt was killed before it removed them)
-        else:
-            model = copy.deepcopy(self.base)
-            resume = latest_checkpoint(train_dir, "phase1")
-            config = TIConfig(steps=s.ti_steps, lr=s.ti_lr, seed=s.seed, resolution=s.resolution,
-                              checkpoint_every=s.checkpoint_every, mixed_precision=s.mixed_precision)
-            hook.begin()
-            tokens1 = train_textual_inversion(model, render, masks, config, progress=hook, resume_from=resume,
-                                              checkpoint_dir=train_dir)
-            del model
-            steps_run["textual_inversion"] = hook.steps
-            resumed_from["textual_inversion"] = hook.resumed_from(resume is not None, config.steps)
-            canonical_safetensors(save_tokens(tokens1, self.store.path(tokens1_rel), overwrite=True))
-            self.store.publish(tokens1_rel)
-            _drop_training_states(train_dir, "phase1")  # the saved tokens replace them
-            self.store.sync_folder(train_rel)
+        tokens1, tokens1_rel = self._learn_tokens(folder, render, masks, train_dir, hook, steps_run, resumed_from)
         outputs.append(tokens1_rel)
         times["textual_inversion_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        model = copy.deepcopy(self.base)  # phase 2 starts from the base + the saved phase-1 tokens, however phase 1 ended
-        resume = latest_checkpoint(train_dir, "phase2")
-        config = FTConfig(steps=s.ft_steps, lr=s.finetune_lr, mode=s.ft_mode, lora_rank=s.lora_rank,
-                          lora_alpha=float(s.lora_rank), seed=s.seed, resolution=s.resolution,
-                          checkpoint_every=s.checkpoint_every, mixed_precision=s.mixed_precision)
-        hook.begin()
-        model, tokens2 = finetune(model, render, masks, tokens1, config, progress=hook, resume_from=resume,
-                                  checkpoint_dir=train_dir)
-        steps_run["finetune"] = hook.steps
-        resumed_from["finetune"] = hook.resumed_from(resume is not None, config.steps)
-        tokens_rel = f"{folder}/{TOKENS}"
-        canonical_safetensors(save_tokens(tokens2, self.store.path(tokens_rel), overwrite=True))
-        outputs.append(tokens_rel)
-        if s.ft_mode == "lora":
-            weights_rel = f"{folder}/{LORA}"
-            canonical_safetensors(save_unet_lora(model, self.store.path(weights_rel), overwrite=True))
-        else:
-            weights_rel = f"{folder}/{FULL_UNET}"
-            target = self.store.path(weights_rel)
-            if target.exists():
-                target.unlink()  # an unfinished attempt's file (save_mvdream never overwrites)
-            canonical_safetensors(save_finetuned_model(model, target))
-        del model
-        outputs.append(weights_rel)
-        for rel in (tokens_rel, weights_rel):
-            self.store.publish(rel)
-        _drop_training_states(train_dir, "phase2")
+        tokens2, saved = self._finetune(folder, render, masks, tokens1, train_dir, hook, steps_run, resumed_from)
+        outputs += saved
         self.store.remove(f"{train_rel}/{WORKER_NOTE}")  # training is over: nothing of it stays in the output
         self.store.sync_folder(train_rel)
         if train_dir.is_dir() and not any(train_dir.iterdir()):
@@ -291,6 +242,71 @@ class BatchWorker:
                              tokens=list(tokens2.tokens), worker=self.info())
         self.store.write_json(done_record_path(folder), record)
         return record, False
+
+    def _learn_tokens(self, folder: str, render, masks, train_dir, hook, steps_run: dict, resumed_from: dict) -> tuple:
+        """Phase 1 (textual inversion) of one asset, resumed from its last training checkpoint; the saved tokens of an
+        earlier attempt when phase 1 finished then. Returns (tokens, their file's output-relative path)."""
+        from ..personalize.textual_inversion import TIConfig, train_textual_inversion
+        from ..personalize.train import latest_checkpoint
+        from ..tokens import load_tokens, save_tokens
+
+        s, tokens_rel = self.settings, f"{folder}/{TOKENS_PHASE1}"
+        local = self.store.fetch(tokens_rel)
+        if local is not None:  # phase 1 finished in an earlier attempt
+            steps_run["textual_inversion"] = 0
+            _drop_training_states(train_dir, "phase1")  # (if that attempt was killed before it removed them)
+            return load_tokens(local), tokens_rel
+        model = copy.deepcopy(self.base)
+        resume = latest_checkpoint(train_dir, "phase1")
+        config = TIConfig(steps=s.ti_steps, lr=s.ti_lr, seed=s.seed, resolution=s.resolution,
+                          checkpoint_every=s.checkpoint_every, mixed_precision=s.mixed_precision)
+        hook.begin()
+        tokens = train_textual_inversion(model, render, masks, config, progress=hook, resume_from=resume,
+                                         checkpoint_dir=train_dir)
+        del model
+        steps_run["textual_inversion"] = hook.steps
+        resumed_from["textual_inversion"] = hook.resumed_from(resume is not None, config.steps)
+        canonical_safetensors(save_tokens(tokens, self.store.path(tokens_rel), overwrite=True))
+        self.store.publish(tokens_rel)
+        _drop_training_states(train_dir, "phase1")  # the saved tokens replace them
+        self.store.sync_folder(f"{folder}/{TRAIN_DIR}")
+        return tokens, tokens_rel
+
+    def _finetune(self, folder: str, render, masks, tokens1, train_dir, hook, steps_run: dict,
+                  resumed_from: dict) -> tuple:
+        """Phase 2 (fine-tuning, LoRA or full) of one asset from the base and the phase-1 tokens, resumed from its last
+        training checkpoint; saves and publishes the tokens and the weights. Returns (tokens, [their files' paths])."""
+        from ..personalize.finetune import FTConfig, finetune, save_finetuned_model, save_unet_lora
+        from ..personalize.train import latest_checkpoint
+        from ..tokens import save_tokens
+
+        s = self.settings
+        model = copy.deepcopy(self.base)  # phase 2 starts from the base + the saved phase-1 tokens, however phase 1 ended
+        resume = latest_checkpoint(train_dir, "phase2")
+        config = FTConfig(steps=s.ft_steps, lr=s.finetune_lr, mode=s.ft_mode, lora_rank=s.lora_rank,
+                          lora_alpha=float(s.lora_rank), seed=s.seed, resolution=s.resolution,
+                          checkpoint_every=s.checkpoint_every, mixed_precision=s.mixed_precision)
+        hook.begin()
+        model, tokens = finetune(model, render, masks, tokens1, config, progress=hook, resume_from=resume,
+                                 checkpoint_dir=train_dir)
+        steps_run["finetune"] = hook.steps
+        resumed_from["finetune"] = hook.resumed_from(resume is not None, config.steps)
+        tokens_rel = f"{folder}/{TOKENS}"
+        canonical_safetensors(save_tokens(tokens, self.store.path(tokens_rel), overwrite=True))
+        if s.ft_mode == "lora":
+            weights_rel = f"{folder}/{LORA}"
+            canonical_safetensors(save_unet_lora(model, self.store.path(weights_rel), overwrite=True))
+        else:
+            weights_rel = f"{folder}/{FULL_UNET}"
+            target = self.store.path(weights_rel)
+            if target.exists():
+                target.unlink()  # an unfinished attempt's file (save_mvdream never overwrites)
+            canonical_safetensors(save_finetuned_model(model, target))
+        del model
+        for rel in (tokens_rel, weights_rel):
+            self.store.publish(rel)
+        _drop_training_states(train_dir, "phase2")
+        return tokens, [tokens_rel, weights_rel]
 
     # --------------------------------------------------------------------------------------------- edit
     def _load_personalized(self, parent: dict):
