@@ -317,8 +317,11 @@ def _scene_parts(scene, path: Path, named_nodes: dict, fmt: str, texture_overrid
             continue  # point clouds, paths: not renderable surfaces
         faces = np.asarray(geom.faces, np.int64).reshape(-1, 3)
         vertices = np.asarray(geom.vertices, np.float64).reshape(-1, 3)
+        linear = np.asarray(transform, np.float64)[:3, :3]
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf coordinates are reported in _assemble
-            vertices = vertices @ np.asarray(transform)[:3, :3].T + np.asarray(transform)[:3, 3]
+            vertices = vertices @ linear.T + np.asarray(transform)[:3, 3]
+            if np.linalg.det(linear) < 0:  # a mirroring node (negative scale): glTF reverses the winding, so do we
+                faces = faces[:, ::-1].copy()
         visual = geom.visual
         uv, image, vcol = None, None, None
         base = np.asarray(DEFAULT_BASE_COLOR, np.float64)
