@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..dreamedit3d_core.errors import CheckpointError
 from . import paths
@@ -25,6 +25,8 @@ FOLDER_DINO = "dino"  # DINO ViT-S/16 for the identity metric (a transformers fo
 FOLDER_LGM = "lgm"  # LGM large multi-view reconstruction weights (.safetensors)
 FOLDER_EMBEDDINGS = "embeddings"  # ComfyUI's textual-inversion folder (core CLIPTextEncode reads it)
 FOLDER_CLIP_VISION = "clip_vision"  # ComfyUI's own folder (the metrics node's CLIP)
+#: the first choice of an optional model file widget: no model
+NONE_CHOICE = "(none)"
 
 #: the folders the pack adds to ComfyUI, with the file extensions each lists
 REGISTERED = {FOLDER_MVDREAM: MODEL_EXTENSIONS, FOLDER_TOKENS: TOKEN_EXTENSIONS, FOLDER_SAMS: SAM_EXTENSIONS,
@@ -81,6 +83,42 @@ def file_stamp(path: Path) -> str:
     except OSError:
         return "missing"
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def optional_model_choices(kind: str, none: str = NONE_CHOICE) -> list[str]:
+    """``none`` and the files of the ``kind`` model folders, for an optional model widget; only ``none`` where the
+    host has no such folder (a folder kind this ComfyUI does not register)."""
+    try:
+        return [none] + model_files(kind)
+    except KeyError:
+        return [none]
+
+
+def stamp_of(resolve: Callable[[], Path]) -> str:
+    """:func:`file_stamp` of the file ``resolve()`` names, or "missing" when it names none (validation says why).
+
+    The one body of the nodes' ``fingerprint_inputs``: a file overwritten under the same name changes the stamp, so
+    ComfyUI runs the node again instead of reusing its cached output.
+    """
+    try:
+        return file_stamp(resolve())
+    except (ValueError, KeyError):  # our errors are ValueErrors; KeyError: a folder kind the host lacks
+        return "missing"
+
+
+def model_stamp(kind: str, name, none: Iterable[str] = (NONE_CHOICE,)) -> str:
+    """The fingerprint of the model file ``name`` in the ``kind`` folders: "" when no file is chosen (empty or one of
+    ``none``), else :func:`stamp_of` the file."""
+    if not name or name in tuple(none):
+        return ""
+    return stamp_of(lambda: model_path(kind, name))
+
+
+def input_stamp(name, extensions: Iterable[str], what: str = "asset") -> str:
+    """The fingerprint of the input-folder file ``name``: "" when none is chosen, else :func:`stamp_of` the file."""
+    if not name:
+        return ""
+    return stamp_of(lambda: resolve_input_file(name, extensions, what=what))
 
 
 # --------------------------------------------------------------------------------------------- input / output

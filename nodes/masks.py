@@ -6,12 +6,12 @@ from ..dreamedit3d_core.cameras import VIEW_NAMES
 from ..dreamedit3d_core.errors import ConfigError
 from ..dreamedit3d_core.types import MaskSource
 from ._compat import compute_device, free_memory_for, io, ui
-from .folders import FOLDER_SAMS, file_stamp, model_files, model_path
+from .folders import FOLDER_SAMS, NONE_CHOICE, model_path, model_stamp, optional_model_choices
 from .sockets import MVViewsSocket, component_map_image, component_masks_to_comfy
 
 CATEGORY = "DreamEdit3D/render"
 SOURCES = tuple(m.value for m in MaskSource)
-NO_SAM = "(none)"  # the sam_model choice when models/sams is empty (source 'parts' needs none)
+NO_SAM = NONE_CHOICE  # the sam_model choice when models/sams is empty (source 'parts' needs none)
 
 
 def parse_points(text: str) -> list[tuple[float, float]]:
@@ -31,7 +31,7 @@ def parse_points(text: str) -> list[tuple[float, float]]:
 class ComponentMask(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        sams = [NO_SAM] + model_files(FOLDER_SAMS)
+        sams = optional_model_choices(FOLDER_SAMS, NO_SAM)
         return io.Schema(
             node_id="DreamEdit3D_ComponentMask",
             display_name="Component Masks (DreamEdit3D)",
@@ -66,12 +66,7 @@ class ComponentMask(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, source=None, sam_model=None, **_):
         # a SAM checkpoint overwritten under the same name segments again
-        if source != MaskSource.SAM.value or not sam_model or sam_model == NO_SAM:
-            return ""
-        try:
-            return file_stamp(model_path(FOLDER_SAMS, sam_model))
-        except ValueError:
-            return "missing"
+        return model_stamp(FOLDER_SAMS, sam_model, none=(NO_SAM,)) if source == MaskSource.SAM.value else ""
 
     @classmethod
     def execute(cls, views, components, source="parts", sam_model=None, prompt_view="front", points="") -> io.NodeOutput:

@@ -2,21 +2,56 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from ..dreamedit3d_core.errors import ConfigError
 from ._compat import compute_device, free_memory_for, io, ui
-from .folders import FOLDER_CLIP_VISION, FOLDER_DINO, file_stamp, model_files, model_path
+from .folders import FOLDER_CLIP_VISION, FOLDER_DINO, NONE_CHOICE, model_path, model_stamp, optional_model_choices
 from .sockets import MVViewsSocket, from_comfy_image, to_comfy_image
 
 CATEGORY = "DreamEdit3D/evaluate"
-NONE = "(none)"
+NONE = NONE_CHOICE
 FOLDER_CLIP = FOLDER_CLIP_VISION  # ComfyUI's own folder
+#: the metric model widgets of EditMetrics and TokenReport: (input id, model folder)
+METRIC_MODEL_INPUTS = (("clip_model", FOLDER_CLIP), ("dino_model", FOLDER_DINO))
 
 
-def _choices(kind: str) -> list[str]:
-    try:
-        return [NONE] + model_files(kind)
-    except KeyError:  # the folder kind is not registered in this host
-        return [NONE]
+def metric_model_inputs(clip_tooltip: str, dino_tooltip: str, optional: bool = False) -> list:
+    """The CLIP and DINO widgets: (none) and the files of models/clip_vision, models/dino. Required ones default to
+    the first file (a metric needs a model); optional ones to (none)."""
+    widgets = []
+    for (input_id, kind), tooltip in zip(METRIC_MODEL_INPUTS, (clip_tooltip, dino_tooltip)):
+        choices = optional_model_choices(kind)
+        default = NONE if optional else choices[min(1, len(choices) - 1)]
+        widgets.append(io.Combo.Input(input_id, options=choices, default=default, optional=optional, tooltip=tooltip))
+    return widgets
+
+
+def metric_model_problem(clip_model, dino_model) -> Optional[str]:
+    """Why a chosen CLIP or DINO file cannot be used (not in its folder), or None; (none) and linked inputs pass."""
+    for (input_id, kind), value in zip(METRIC_MODEL_INPUTS, (clip_model, dino_model)):
+        if value not in (NONE, None) and value not in optional_model_choices(kind):  # 0.3.75 does not check V3 combos
+            return f"{input_id} {value!r} is not in models/{kind}: put the model there and refresh"
+    return None
+
+
+def metric_models_stamp(clip_model, dino_model) -> str:
+    """The fingerprint of the chosen metric model files: a model overwritten under the same name scores again."""
+    return "|".join(model_stamp(kind, value) for (_, kind), value in zip(METRIC_MODEL_INPUTS, (clip_model, dino_model)))
+
+
+def load_metric_models(clip_model, dino_model, device) -> tuple:
+    """The chosen CLIP and DINO metric models on ``device`` ((none): None), after ComfyUI made room for them next to
+    the models it holds."""
+    from ..dreamedit3d_core import metrics
+
+    paths = {input_id: model_path(kind, value) for (input_id, kind), value in zip(METRIC_MODEL_INPUTS, (clip_model, dino_model))
+             if value not in (NONE, None)}
+    if paths:
+        free_memory_for(int(1.5 * sum(p.stat().st_size for p in paths.values())), device)  # room next to MVDream
+    clip = metrics.load_metric_clip(paths["clip_model"], device) if "clip_model" in paths else None
+    dino = metrics.load_metric_dino(paths["dino_model"], device) if "dino_model" in paths else None
+    return clip, dino
 
 
 def parse_rgb(text: str) -> tuple[float, float, float]:
@@ -33,7 +68,6 @@ def parse_rgb(text: str) -> tuple[float, float, float]:
 class EditMetrics(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        clips, dinos = _choices(FOLDER_CLIP), _choices(FOLDER_DINO)
         return io.Schema(
             node_id="DreamEdit3D_EditMetrics",
             display_name="Edit Metrics (DreamEdit3D)",
@@ -51,14 +85,13 @@ class EditMetrics(io.ComfyNode):
                 io.String.Input("edit_caption", default="a 3D model of a robot wearing a hat", multiline=True,
                                 tooltip="A caption of the intended result (CLIP directional similarity and CLIPScore); "
                                         "for a batch of N edits, one caption per line."),
-                io.Combo.Input("clip_model", options=clips, default=clips[min(1, len(clips) - 1)],
-                               tooltip="CLIP from models/clip_vision. The text scores need the full CLIPModel: the "
-                                       "openai/clip-vit-large-patch14 folder (config.json, model.safetensors, vocab.json, "
-                                       "merges.txt) or its full model.safetensors; an image-only clip_vision file gives "
-                                       "CLIP-I only."),
-                io.Combo.Input("dino_model", options=dinos, default=dinos[min(1, len(dinos) - 1)],
-                               tooltip="DINO ViT-S/16 from models/dino: the facebook/dino-vits16 transformers folder "
-                                       "(config.json + model.safetensors); pick any file inside it."),
+                *metric_model_inputs(
+                    clip_tooltip="CLIP from models/clip_vision. The text scores need the full CLIPModel: the "
+                                 "openai/clip-vit-large-patch14 folder (config.json, model.safetensors, vocab.json, "
+                                 "merges.txt) or its full model.safetensors; an image-only clip_vision file gives "
+                                 "CLIP-I only.",
+                    dino_tooltip="DINO ViT-S/16 from models/dino: the facebook/dino-vits16 transformers folder "
+                                 "(config.json + model.safetensors); pick any file inside it."),
                 io.Mask.Input("protected_mask", optional=True,
                               tooltip="Pixels of the components the edit must not touch [4,H,W] (1 = protected): adds "
                                       "DINO identity on those pixels only (the rest is set to the background in both)."),
@@ -84,21 +117,11 @@ class EditMetrics(io.ComfyNode):
     def validate_inputs(cls, clip_model, dino_model):
         if clip_model == NONE and dino_model == NONE:
             return "choose a CLIP model (models/clip_vision) and/or a DINO model (models/dino)"
-        for input_id, kind, value in (("clip_model", FOLDER_CLIP, clip_model), ("dino_model", FOLDER_DINO, dino_model)):
-            if value not in _choices(kind):  # 0.3.75 does not check V3 combos
-                return f"{input_id} {value!r} is not in models/{kind}: put the model there and refresh"
-        return True
+        return metric_model_problem(clip_model, dino_model) or True
 
     @classmethod
     def fingerprint_inputs(cls, clip_model=None, dino_model=None, **_):
-        # a metric model overwritten under the same name scores again
-        stamps = []
-        for folder, name in ((FOLDER_CLIP, clip_model), (FOLDER_DINO, dino_model)):
-            try:
-                stamps.append(file_stamp(model_path(folder, name)) if name and name != NONE else "")
-            except ValueError:
-                stamps.append("missing")
-        return "|".join(stamps)
+        return metric_models_stamp(clip_model, dino_model)
 
     @classmethod
     def execute(cls, source_images, edited_images, source_caption, edit_caption, clip_model, dino_model,
@@ -113,12 +136,7 @@ class EditMetrics(io.ComfyNode):
             mask = metrics.protected_mask(views.require_masks("DreamEdit3D_EditMetrics"), edited_components)
         elif protected_mask is not None:
             mask = protected_mask if protected_mask.ndim == 3 else protected_mask[None]
-        device = compute_device()
-        paths = {k: model_path(folder, name) for k, folder, name in
-                 (("clip", FOLDER_CLIP, clip_model), ("dino", FOLDER_DINO, dino_model)) if name != NONE}
-        free_memory_for(int(1.5 * sum(p.stat().st_size for p in paths.values())), device)  # room next to MVDream
-        clip = metrics.load_metric_clip(paths["clip"], device) if "clip" in paths else None
-        dino = metrics.load_metric_dino(paths["dino"], device) if "dino" in paths else None
+        clip, dino = load_metric_models(clip_model, dino_model, compute_device())
         options = dict(clip=clip, dino=dino, mask=mask, background=rgb)
         if edited.shape[0] == source.shape[0]:
             table = plotted = metrics.evaluate_edit(source, edited, source_caption, edit_caption.strip(), **options)

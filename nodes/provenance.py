@@ -17,8 +17,8 @@ import torch
 
 from ..dreamedit3d_core.errors import ConfigError
 from ._compat import UPLOAD_FILE, io
-from .folders import (file_stamp, input_folder, list_input_files, output_relative, resolve_input_file,
-                      resolve_output_file, save_target)
+from .folders import (input_folder, list_input_files, output_relative, resolve_input_file, resolve_output_file,
+                      save_target, stamp_of)
 from .sockets import MVSamplesSocket
 
 CATEGORY = "DreamEdit3D/output"
@@ -164,6 +164,16 @@ def output_file(name: str, extensions=READ_EXTENSIONS):
     return resolve_output_file(name, extensions, what="path")
 
 
+def _chosen_file(path: str, file: str):
+    """The file ReadProvenance reads: ``path`` in the output folder when given (several paths, one per line as
+    SaveViews writes them: the first), else ``file`` from the input folder; None when neither is given."""
+    if path and str(path).strip():
+        return output_file(str(path).strip().splitlines()[0].strip())
+    if file and file != NO_FILE:
+        return resolve_input_file(file, READ_EXTENSIONS, what="file")
+    return None
+
+
 class ReadProvenance(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -195,25 +205,15 @@ class ReadProvenance(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, path="", file=NO_FILE, **_):
         # the same name, overwritten, is read again
-        try:
-            if path and str(path).strip():
-                return file_stamp(output_file(str(path).strip().splitlines()[0].strip()))
-            if file and file != NO_FILE:
-                return file_stamp(resolve_input_file(file, READ_EXTENSIONS, what="file"))
-        except ValueError:
-            return "missing"
-        return ""
+        chosen = bool(path and str(path).strip()) or file not in (None, "", NO_FILE)
+        return stamp_of(lambda: _chosen_file(path, file)) if chosen else ""
 
     @classmethod
     def execute(cls, path="", file=NO_FILE) -> io.NodeOutput:
         from ..dreamedit3d_core.provenance import read_file_provenance
 
-        if path and str(path).strip():
-            # several paths (one per line, e.g. from SaveViews): the first one
-            target = output_file(str(path).strip().splitlines()[0].strip())
-        elif file and file != NO_FILE:
-            target = resolve_input_file(file, READ_EXTENSIONS, what="file")
-        else:
+        target = _chosen_file(path, file)
+        if target is None:
             raise ConfigError("ReadProvenance has no file: connect a path (e.g. LiftToMesh's glb_path) or pick a file")
         text = json.dumps(read_file_provenance(target), indent=1, sort_keys=True)
         return io.NodeOutput(text, ui={"text": [text]})

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import torch
 
+from ..dreamedit3d_core.assets import SUPPORTED_SUFFIXES
 from ..dreamedit3d_core.errors import AssetError
+from ..dreamedit3d_core.geometry import AXES as AXIS_VECTORS
 from ..dreamedit3d_core.render import LIGHTING_MODES
 from ._compat import UPLOAD_FILE, compute_device, io, ui
-from .folders import file_stamp, list_input_files, resolve_input_file
+from .folders import input_stamp, list_input_files, resolve_input_file
 from .sockets import MVViews, MVViewsSocket, mesh_from_core, to_comfy_image, to_comfy_mask
 
 CATEGORY = "DreamEdit3D/render"
-ASSET_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply")
-AXES = ("+z", "-z", "+x", "-x", "+y", "-y")
+ASSET_EXTENSIONS = SUPPORTED_SUFFIXES  # what the loader reads (one definition)
+AXES = tuple(AXIS_VECTORS)  # the axis names the loader understands
 LIGHTING = LIGHTING_MODES  # the renderer's own option list (one definition)
 UPLOAD = UPLOAD_FILE
 
@@ -78,12 +80,7 @@ class OrthoRender(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, asset=None, **_):
         # an asset overwritten under the same name renders again (a connected mesh is tracked by ComfyUI itself)
-        if not asset:
-            return ""
-        try:
-            return file_stamp(resolve_input_file(asset, ASSET_EXTENSIONS))
-        except AssetError:
-            return "missing"
+        return input_stamp(asset, ASSET_EXTENSIONS)
 
     @classmethod
     def execute(cls, asset, resolution=256, elevation_deg=15.0, fov_deg=40.0, background=1.0, lighting="ambient_diffuse",

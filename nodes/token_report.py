@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 from ..dreamedit3d_core.errors import ConfigError
-from ._compat import compute_device, free_memory_for, io, managed_load, model_path, ui
-from .folders import model_files
-from .metrics import FOLDER_CLIP, FOLDER_DINO, NONE
+from ._compat import compute_device, io, managed_load, ui
+from .metrics import NONE, load_metric_models, metric_model_inputs, metric_model_problem, metric_models_stamp
 from .personalize import parse_init_words, training_mode
 from .sockets import MVDreamModelSocket, MVTokensSocket, MVViewsSocket, to_comfy_image
 
 CATEGORY = "DreamEdit3D/evaluate"
 
 
-def _choices(kind: str) -> list:
-    """(none) and the files of the ``kind`` model folders; only (none) where the host has no such folder."""
-    try:
-        return [NONE] + model_files(kind)
-    except KeyError:
-        return [NONE]
-
-
 class TokenReport(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        clips, dinos = _choices(FOLDER_CLIP), _choices(FOLDER_DINO)
         return io.Schema(
             node_id="DreamEdit3D_TokenReport",
             display_name="Token Report (DreamEdit3D)",
@@ -50,10 +40,10 @@ class TokenReport(io.ComfyNode):
                 io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1, tooltip="Classifier-free guidance."),
                 io.Int.Input("seed", default=23, min=0, max=0xFFFFFFFFFFFFFFFF,
                              tooltip="Noise seed shared by every sampling (so changes come from the prompt only)."),
-                io.Combo.Input("clip_model", options=clips, default=NONE, optional=True,
-                               tooltip="Optional CLIP from models/clip_vision: masked CLIP-I of the reconstruction."),
-                io.Combo.Input("dino_model", options=dinos, default=NONE, optional=True,
-                               tooltip="Optional DINO ViT-S/16 from models/dino: masked DINO of the reconstruction."),
+                *metric_model_inputs(
+                    clip_tooltip="Optional CLIP from models/clip_vision: masked CLIP-I of the reconstruction.",
+                    dino_tooltip="Optional DINO ViT-S/16 from models/dino: masked DINO of the reconstruction.",
+                    optional=True),
                 io.Boolean.Input("ablation", default=False, optional=True,
                                  tooltip="Needs base_model: learn the tokens again twice on these views, with the "
                                          "attention loss off (λ = 0) and at attention_loss_weight, and compare each "
@@ -81,16 +71,16 @@ class TokenReport(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, clip_model=NONE, dino_model=NONE):
-        for input_id, kind, value in (("clip_model", FOLDER_CLIP, clip_model), ("dino_model", FOLDER_DINO, dino_model)):
-            if value not in (NONE, None) and value not in _choices(kind):
-                return f"{input_id} {value!r} is not in models/{kind}: put the model there and refresh"
-        return True
+        return metric_model_problem(clip_model, dino_model) or True
+
+    @classmethod
+    def fingerprint_inputs(cls, clip_model=NONE, dino_model=NONE, **_):
+        return metric_models_stamp(clip_model, dino_model)
 
     @classmethod
     def execute(cls, model, views, tokens, measure_images, sample_steps, cfg, seed, base_model=None, init_words="",
                 clip_model=NONE, dino_model=NONE, ablation=False, ablation_steps=400, ablation_learning_rate=5e-4,
                 attention_loss_weight=0.1) -> io.NodeOutput:
-        from ..dreamedit3d_core import metrics
         from ..dreamedit3d_core import token_report as tr
         from ..dreamedit3d_core.personalize.textual_inversion import TIConfig
         from .personalize import clone_tensors
@@ -102,14 +92,7 @@ class TokenReport(io.ComfyNode):
         config = tr.TokenReportConfig(images=bool(measure_images), sample_steps=int(sample_steps), cfg=float(cfg),
                                       seed=int(seed))
         words = parse_init_words(init_words or "", masks.names)
-        device = compute_device()
-        clip = dino = None
-        if measure_images and (clip_model not in (NONE, None) or dino_model not in (NONE, None)):
-            paths = {k: model_path(folder, name) for k, folder, name in
-                     (("clip", FOLDER_CLIP, clip_model), ("dino", FOLDER_DINO, dino_model)) if name not in (NONE, None)}
-            free_memory_for(int(1.5 * sum(p.stat().st_size for p in paths.values())), device)
-            clip = metrics.load_metric_clip(paths["clip"], device) if "clip" in paths else None
-            dino = metrics.load_metric_dino(paths["dino"], device) if "dino" in paths else None
+        clip, dino = load_metric_models(clip_model, dino_model, compute_device()) if measure_images else (None, None)
         render, masks = clone_tensors(views.render), clone_tensors(masks)
         patcher = managed_load(model.unet)  # noqa: F841  (ComfyUI makes room; kept alive while measuring)
         ref_patcher = managed_load(base_model.unet) if base_model is not None else None  # noqa: F841
