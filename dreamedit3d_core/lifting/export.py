@@ -44,13 +44,15 @@ def output_frame(source: Optional[MeshAsset] = None, frame: Optional[SourceFrame
 def in_output_frame(mesh: LiftedMesh) -> LiftedMesh:
     """``mesh`` moved into the frame recorded in ``stats["output_frame"]`` by ``lift_to_mesh`` (unchanged if none).
 
-    A mirroring transform (negative determinant) also reverses the faces' winding, so they stay outward-facing.
+    The moved vertices are float64: a source far from its origin (a georeferenced scan at x = 500 000) keeps its detail,
+    which float32 coordinates there would round to a quarter unit. A mirroring transform (negative determinant) also
+    reverses the faces' winding, so they stay outward-facing.
     """
     record = mesh.stats.get("output_frame")
     if record is None:
         return mesh
     m = torch.as_tensor(np.asarray(record, np.float64).reshape(4, 4), device=mesh.vertices.device)
-    verts = transform_points(m, mesh.vertices.double()).to(mesh.vertices.dtype)
+    verts = transform_points(m, mesh.vertices.double())
     faces = mesh.faces.flip(1) if float(torch.linalg.det(m[:3, :3])) < 0 else mesh.faces
     stats = {k: v for k, v in mesh.stats.items() if k != "output_frame"}
     stats["frame"] = "output"
@@ -95,7 +97,10 @@ def _glb_bytes(mesh: LiftedMesh, extras: dict) -> bytes:
 
     verts = mesh.vertices.detach().cpu().double().numpy()
     faces = mesh.faces.detach().cpu().numpy()
-    tm = trimesh.Trimesh(verts, faces, process=False)
+    # glTF positions are float32: store them around the bounding-box centre and put the centre (a float64 JSON number)
+    # in the node's translation, so a mesh far from its origin keeps float32's relative precision of its own size
+    centre = (verts.min(0) + verts.max(0)) / 2.0
+    tm = trimesh.Trimesh(verts - centre, faces, process=False)
     if mesh.texture is not None:
         png = Image.open(io.BytesIO(_texture_png(mesh)))
         material = PBRMaterial(name="lifted", baseColorTexture=png, metallicFactor=0.0, roughnessFactor=1.0)
@@ -104,7 +109,9 @@ def _glb_bytes(mesh: LiftedMesh, extras: dict) -> bytes:
         rgb = (mesh.vertex_colors.detach().cpu().clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
         tm.visual = ColorVisuals(tm, vertex_colors=np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], 1))
     scene = trimesh.Scene()
-    scene.add_geometry(tm, node_name="lifted_mesh", geom_name="lifted_mesh")
+    placement = np.eye(4)
+    placement[:3, 3] = centre
+    scene.add_geometry(tm, node_name="lifted_mesh", geom_name="lifted_mesh", transform=placement)
 
     def put_extras(tree: dict) -> None:
         tree.setdefault("asset", {})["extras"] = extras
@@ -112,21 +119,29 @@ def _glb_bytes(mesh: LiftedMesh, extras: dict) -> bytes:
     return export_glb(scene, tree_postprocessor=put_extras)
 
 
+def _obj_decimals(verts: np.ndarray) -> int:
+    """Decimals that write ``verts`` to 1e-7 of their extent: 6 for a unit-sized mesh, more for a small one in large
+    units (a 1 cm part modelled in metres), never fewer than 6."""
+    extent = float(np.ptp(verts, axis=0).max()) if len(verts) else 1.0
+    return int(np.clip(np.ceil(7.0 - np.log10(max(extent, 1e-12))), 6, 15))
+
+
 def _obj_text(mesh: LiftedMesh, mtl_name: Optional[str], extras: dict) -> str:
     verts = mesh.vertices.detach().cpu().double().numpy()
     faces = mesh.faces.detach().cpu().numpy() + 1
+    d = _obj_decimals(verts)
     lines = ["# written by DreamEdit3D LiftToMesh", "# dreamedit3d-extras: " + json.dumps(extras, separators=(",", ":"))]
     if mtl_name is not None:
         lines += [f"mtllib {mtl_name}", "usemtl lifted"]
-        lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in verts]
+        lines += [f"v {x:.{d}f} {y:.{d}f} {z:.{d}f}" for x, y, z in verts]
         lines += [f"vt {u:.6f} {v:.6f}" for u, v in mesh.uv.detach().cpu().double().numpy()]
         lines += [f"f {a}/{a} {b}/{b} {c}/{c}" for a, b, c in faces]
     else:
         cols = mesh.vertex_colors.detach().cpu().double().numpy() if mesh.vertex_colors is not None else None
         if cols is None:
-            lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in verts]
+            lines += [f"v {x:.{d}f} {y:.{d}f} {z:.{d}f}" for x, y, z in verts]
         else:
-            lines += [f"v {x:.6f} {y:.6f} {z:.6f} {r:.4f} {g:.4f} {b:.4f}" for (x, y, z), (r, g, b) in zip(verts, cols)]
+            lines += [f"v {x:.{d}f} {y:.{d}f} {z:.{d}f} {r:.4f} {g:.4f} {b:.4f}" for (x, y, z), (r, g, b) in zip(verts, cols)]
         lines += [f"f {a} {b} {c}" for a, b, c in faces]
     return "\n".join(lines) + "\n"
 

@@ -3,9 +3,9 @@ an independent checker does it).
 
 Every file here is built in the test from code: a GLB whose scene graph nests translation, quaternion rotation, uniform,
 non-uniform and negative (mirroring) scale with one mesh instanced by several nodes and several materials; a Z-up OBJ;
-a file whose front is -x; a file in millimetres; a file far from the origin; an open-based bust; a PLY with vertex
-colours; a glTF with a separate ``.bin``. Each is loaded as OrthoRender loads it (``load_asset`` with its axes),
-rendered, lifted (``keep_source``; ``source_guided`` at a small grid), exported as GLB and OBJ, and the written files are
+a file whose front is -x; a file in millimetres; files far from the origin (one in UTM-like coordinates); a 1 cm part in
+metres; an open-based bust; a PLY with vertex colours; a glTF with a separate ``.bin``. Each is loaded as OrthoRender
+loads it (``load_asset`` with its axes), rendered, lifted (``keep_source``; ``source_guided`` at a small grid), exported as GLB and OBJ, and the written files are
 read back with trimesh and compared with the source file's triangles as **trimesh** reads its scene (``scene.dump()``, the
 file's world coordinates) -- not with anything our loader computed. The glTF files are written by hand (JSON + binary
 buffer), so neither our loader nor trimesh's exporter shapes the scene graph they contain.
@@ -214,6 +214,19 @@ def _far(folder):
     return _write_obj(folder / "far.obj", _placed(matrix)), {}
 
 
+def _georeferenced(folder):
+    """OBJ of a 20 m object in UTM-like coordinates (x 500 000, y 4 000 000), as photogrammetry exports them: float32
+    there steps by a quarter unit, so only coordinates kept in float64 (or stored around the object) land on the file."""
+    matrix = np.diag([20.0, 20.0, 20.0, 1.0])
+    matrix[:3, 3] = (500000.0, 4000000.0, 120.0)
+    return _write_obj(folder / "georeferenced.obj", _placed(matrix)), {}
+
+
+def _tiny(folder):
+    """OBJ of a 1 cm part modelled in metres: six decimals would round it by 1e-4 of its size."""
+    return _write_obj(folder / "tiny.obj", _placed(np.diag([0.01, 0.01, 0.01, 1.0]))), {}
+
+
 def _open_bust(folder):
     """GLB: an open-based bust -- a sphere cut below its equator (no bottom), a neck tube open at both ends, and a nose
     at the front; nothing about it is closed."""
@@ -259,6 +272,8 @@ BUILDERS = {
     "front_minus_x.glb": _front_minus_x,
     "millimetres.obj": _millimetres,
     "far.obj": _far,
+    "georeferenced.obj": _georeferenced,
+    "tiny.obj": _tiny,
     "open_bust.glb": _open_bust,
     "vertex_colours.ply": _vertex_colour_ply,
 }
