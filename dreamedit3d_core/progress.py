@@ -46,5 +46,30 @@ class CallbackProgress:
             raise Interrupted("stopped on request")
 
 
+class ConsoleProgress:
+    """The library's default training progress: a tqdm bar on stderr with the loss, it/s and the ETA."""
+
+    def __init__(self, description: str = "training"):
+        self.description = description
+        self._bar = None
+
+    def update(self, step: int, total: int, preview: Optional[Any] = None, **info: Any) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=step - 1, desc=self.description, unit="step", dynamic_ncols=True)
+        self._bar.update(step - self._bar.n)
+        if "loss" in info:
+            self._bar.set_postfix(loss=f"{info['loss']:.4g}", refresh=False)
+
+    def check_interrupt(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def as_progress(progress: Optional[Progress]) -> Progress:
     return NullProgress() if progress is None else progress

@@ -321,9 +321,3 @@ class LGMNetwork(nn.Module):
             color=0.5 * torch.tanh(x[..., 11:14]) + 0.5,
             rotation_normalization=self.rotation_normalization,
         )
-
-
-def describe_config(config: LGMConfig) -> str:
-    """Human-readable description (for error messages and bench headers)."""
-    return (f"down {list(config.down_channels)}, up {list(config.up_channels)}, input {config.input_size} px, "
-            f"splat {config.splat_size}")
