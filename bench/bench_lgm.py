@@ -146,7 +146,7 @@ def main(argv=None) -> list:
     from dreamedit3d_core.lifting import lift_to_mesh, unregister_reconstructor
     from dreamedit3d_core.lifting.lgm import (LGM_BIG, LGMNetwork, LGMReconstructor, RawGaussians, gaussians_to_mesh,
                                               lgm_frame, lgm_input, load_lgm)
-    from dreamedit3d_core.lifting.lgm.checkpoint import LGM_TINY
+    from dreamedit3d_core.testing.lgm import LGM_TINY
     from dreamedit3d_core.lifting.pipeline import register_reconstructor
 
     print(_header(device, args.dtype, args.config, args.weights))

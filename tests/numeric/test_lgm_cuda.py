@@ -8,7 +8,7 @@ import torch
 from _lgm_helpers import sphere_shell
 from dreamedit3d_core.lifting.hull import VoxelGrid
 from dreamedit3d_core.lifting.lgm import density_grid, load_lgm, save_lgm
-from dreamedit3d_core.lifting.lgm.checkpoint import tiny_lgm
+from dreamedit3d_core.testing.lgm import tiny_lgm
 
 pytestmark = [pytest.mark.numeric, pytest.mark.gpu]
 

@@ -16,7 +16,7 @@ import torch
 
 from dreamedit3d_core.cameras import MVCameras
 from dreamedit3d_core.lifting.lgm import (LGM_BIG, LGMNetwork, RotationNormalization, lgm_camera_poses, plucker_rays)
-from dreamedit3d_core.lifting.lgm.checkpoint import LGM_TINY, tiny_lgm
+from dreamedit3d_core.testing.lgm import LGM_TINY, tiny_lgm
 
 pytestmark = pytest.mark.numeric
 

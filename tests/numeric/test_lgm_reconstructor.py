@@ -16,7 +16,7 @@ from dreamedit3d_core.errors import Interrupted, ShapeError
 from dreamedit3d_core.lifting import lift_to_mesh, unregister_reconstructor
 from dreamedit3d_core.lifting.lgm import (LGMConfig, LGMNetwork, LGMReconstructor, RawGaussians, gaussians_from_lgm,
                                           lgm_frame, lgm_input, register_lgm, save_lgm)
-from dreamedit3d_core.lifting.lgm.checkpoint import tiny_lgm
+from dreamedit3d_core.testing.lgm import tiny_lgm
 from dreamedit3d_core.progress import CallbackProgress
 from dreamedit3d_core.render import render_views
 

@@ -8,7 +8,7 @@ import torch
 from dreamedit3d_core.errors import CheckpointError, ConfigError, ShapeError
 from dreamedit3d_core.lifting.lgm import (LEGACY_FILE, RELEASED_FILE, LGMConfig, LGMNetwork, RotationNormalization,
                                           infer_config, list_lgm_files, load_lgm, rotation_normalization_for, save_lgm)
-from dreamedit3d_core.lifting.lgm.checkpoint import tiny_lgm, tiny_lgm_state_dict
+from dreamedit3d_core.testing.lgm import tiny_lgm, tiny_lgm_state_dict
 
 #: Three encoder and two decoder levels (the released key layout itself is checked in test_lgm_original_golden.py).
 SMALL = LGMConfig(down_channels=(32, 64, 64), down_attention=(False, True, True), mid_attention=True,

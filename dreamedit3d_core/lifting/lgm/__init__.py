@@ -13,7 +13,7 @@ Typical use::
     mesh = lift_to_mesh(views.images, cameras, reconstructor="lgm")
 """
 
-from .checkpoint import (LEGACY_FILE, LGM_TINY, RELEASED_FILE, infer_config, is_lgm_file, list_lgm_files, load_lgm,
+from .checkpoint import (LEGACY_FILE, RELEASED_FILE, infer_config, is_lgm_file, list_lgm_files, load_lgm,
                          released_state_dict, rotation_normalization_for, save_lgm)
 from .gaussians import (Gaussians, density_grid, fit_gaussian_grid, gaussian_colors_at, gaussians_from_lgm,
                         gaussians_to_mesh, quaternion_matrix, surface_occupancy)
@@ -24,7 +24,7 @@ from .reconstructor import (LGMReconstructor, bake_vertex_colors_with_gaussians,
                             register_lgm)
 
 __all__ = [
-    "LGMNetwork", "LGMConfig", "LGM_BIG", "LGM_TINY", "RawGaussians", "RotationNormalization",
+    "LGMNetwork", "LGMConfig", "LGM_BIG", "RawGaussians", "RotationNormalization",
     "load_lgm", "save_lgm", "list_lgm_files", "is_lgm_file", "infer_config", "released_state_dict",
     "rotation_normalization_for", "RELEASED_FILE", "LEGACY_FILE",
     "LGMFrame", "lgm_frame", "lgm_camera_poses", "plucker_rays", "resample_to_lgm_lens", "lgm_input",

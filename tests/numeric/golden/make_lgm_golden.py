@@ -73,7 +73,7 @@ def _import_original(checkout: Path, kiui_dir: Path | None):
 
 def main(checkout: str, kiui_dir: str | None = None) -> None:
     sys.path.insert(0, str(REPO))
-    from dreamedit3d_core.lifting.lgm.checkpoint import LGM_TINY, tiny_lgm_state_dict
+    from dreamedit3d_core.testing.lgm import LGM_TINY, tiny_lgm_state_dict
 
     LGM, Options, config_defaults, orbit_camera, get_rays = _import_original(Path(checkout),
                                                                               Path(kiui_dir) if kiui_dir else None)
