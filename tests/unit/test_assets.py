@@ -385,3 +385,46 @@ def test_source_frame_of_a_file_with_other_axes_and_the_gltf_frame_without_a_sou
 
     with pytest.raises(ShapeError, match="source_frame must be a geometry.SourceFrame, got Tensor"):
         replace(side, source_frame=torch.eye(4))
+
+
+_AXES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0), "+z": (0, 0, 1), "-z": (0, 0, -1)}
+
+
+@pytest.mark.parametrize("front,up", [(f, u) for f in _AXES for u in _AXES if f[1] != u[1]])
+def test_every_front_and_up_pair_puts_the_front_at_plus_x_and_the_top_at_plus_y(tmp_path, front, up):
+    """All 24 axis pairs: a file modelled with its front along ``front`` and its top along ``up`` loads exactly as the
+    same object modelled in glTF axes (the rotation built here from the axis vectors, not with the loader's code)."""
+    from _unseen_assets import critter, critter_internal, write_obj
+
+    f, u = np.asarray(_AXES[front], np.float64), np.asarray(_AXES[up], np.float64)
+    to_file = np.eye(4)
+    to_file[:3, :3] = np.stack([np.cross(u, f), u, f], 1)  # glTF +x, +y, +z -> the file's right, up, front
+    parts = critter()
+    for part in parts.values():
+        part.apply_transform(to_file)
+    asset = load_asset(write_obj(tmp_path / "turned.obj", parts), front_axis=front, up_axis=up)
+    gltf_vertices = np.concatenate([np.asarray(p.vertices) @ to_file[:3, :3] for p in parts.values()])  # back in glTF
+    np.testing.assert_allclose(asset.vertices.double().numpy(), critter_internal(gltf_vertices), atol=1e-6)
+    assert asset.source_frame.to_internal[:3, :3].det() > 0  # a turn, never a mirror
+
+
+def test_a_mirroring_gltf_node_keeps_its_faces_outward(tmp_path):
+    """glTF: a node whose transform has a negative determinant (scale -1, as Blender writes mirrored instances) has its
+    winding reversed; loaded, every part is a closed surface of positive volume, as trimesh's own scene reading."""
+    from _unseen_assets import write_gltf
+
+    box = trimesh.creation.box(extents=(0.2, 0.3, 0.4))
+    nodes = [{"name": "plain", "mesh": 0, "translation": [-0.3, 0.0, 0.0]},
+             {"name": "mirrored", "mesh": 0, "translation": [0.3, 0.0, 0.0], "scale": [-1.0, 1.0, 1.0]},
+             {"name": "twice", "children": [3], "scale": [1.0, -1.0, 1.0], "translation": [0.0, 0.5, 0.0]},
+             {"name": "mirrored_again", "mesh": 0, "scale": [1.0, 1.0, -2.0]}]
+    path = write_gltf(tmp_path / "mirrors.glb", [dict(name="box", vertices=box.vertices, faces=box.faces)], nodes,
+                      [0, 1, 2], [])
+    asset = load_asset(path)
+    for k, name in enumerate(asset.part_names):
+        part = trimesh.Trimesh(asset.vertices.double().numpy(), asset.faces[asset.part_ids == k].numpy(), process=False)
+        assert part.volume > 0, f"part {name} is wound inward"
+    reference = sum(g.volume for g in trimesh.load(path, force="scene", process=False).dump())
+    whole = trimesh.Trimesh(asset.source_frame.to_source_frame(asset.vertices.double()).numpy(), asset.faces.numpy(),
+                            process=False)
+    assert whole.volume == pytest.approx(reference, rel=1e-6) and reference > 0
