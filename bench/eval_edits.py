@@ -422,7 +422,7 @@ def main(argv=None) -> int:
                 clip = metrics.load_metric_clip(args.clip, device) if args.clip else None
                 dino = metrics.load_metric_dino(args.dino, device) if args.dino else None
         if args.tiny:
-            from dreamedit3d_core.tiny import load_tiny_mvdream
+            from dreamedit3d_core.testing.tiny import load_tiny_mvdream
 
             model_factory = lambda: load_tiny_mvdream(seed=args.seed, device=device)  # noqa: E731
         else:

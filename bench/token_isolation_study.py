@@ -33,7 +33,7 @@ def run(seeds, steps: int, lr: float, weights, normalisations, resolution: int, 
     from _token_report_helpers import two_block_scene
 
     from dreamedit3d_core.personalize.textual_inversion import TIConfig, run_textual_inversion
-    from dreamedit3d_core.tiny import load_tiny_mvdream
+    from dreamedit3d_core.testing.tiny import load_tiny_mvdream
     from dreamedit3d_core.token_report import TokenReportConfig, attention_isolation
 
     render, masks = (two_block_scene if scene == "blocks" else two_component_scene)(resolution)

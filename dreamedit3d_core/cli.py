@@ -89,7 +89,7 @@ def cmd_tiny_checkpoint(args: argparse.Namespace) -> int:
     try:
         from .testing.tiny import write_tiny_checkpoint
     except ImportError:  # before the test helpers moved into dreamedit3d_core.testing
-        from .tiny import write_tiny_checkpoint
+        from .testing.tiny import write_tiny_checkpoint
 
     path = Path(args.path)
     if path.suffix not in (".safetensors", ".pt"):

@@ -118,7 +118,7 @@ def run(argv=None) -> int:
         try:
             from dreamedit3d_core.testing.examples import EXAMPLE_COMPONENTS, EXAMPLE_PROMPT, write_example_asset
         except ImportError:  # before the test helpers moved into dreamedit3d_core.testing
-            from dreamedit3d_core.examples import EXAMPLE_COMPONENTS, EXAMPLE_PROMPT, write_example_asset
+            from dreamedit3d_core.testing.examples import EXAMPLE_COMPONENTS, EXAMPLE_PROMPT, write_example_asset
 
         toy = out / "example_asset" / "dreamedit3d_toy.glb"
         if not toy.is_file():

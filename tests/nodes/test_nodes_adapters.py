@@ -230,7 +230,7 @@ def test_model_management_takes_a_diffusers_module(pack):
 def test_training_node_runs_under_inference_mode_and_leaves_its_input_model_untouched(pack, tmp_path):
     """ComfyUI executes nodes inside torch.inference_mode(); the TI node must still train, on a private copy."""
 
-    from dreamedit3d_pack.dreamedit3d_core.tiny import write_tiny_checkpoint
+    from dreamedit3d_pack.dreamedit3d_core.testing.tiny import write_tiny_checkpoint
     from dreamedit3d_pack.nodes import _compat
 
     ckpt_dir = _compat.model_folder("mvdream")
@@ -292,7 +292,7 @@ def test_sam_component_mask_runs_sam_on_the_compute_device(pack, monkeypatch):
 def test_full_finetune_node_trains_a_model_loaded_in_half_precision(pack):
     """The loader's "auto" dtype is fp16 on CUDA; MVFineTune (full) must train an fp32 copy instead of refusing."""
 
-    from dreamedit3d_pack.dreamedit3d_core.tiny import write_tiny_checkpoint
+    from dreamedit3d_pack.dreamedit3d_core.testing.tiny import write_tiny_checkpoint
     from dreamedit3d_pack.dreamedit3d_core.types import TokenSet
     from dreamedit3d_pack.nodes import _compat
 

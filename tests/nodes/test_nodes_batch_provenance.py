@@ -32,7 +32,7 @@ def graph(pack):
     """Loader -> render -> masks -> (tiny) TI -> compose 2 prompts -> MVSample, as ComfyUI runs it."""
     from comfy_api.latest import io
     import comfy.samplers
-    from dreamedit3d_pack.dreamedit3d_core.tiny import write_tiny_checkpoint
+    from dreamedit3d_pack.dreamedit3d_core.testing.tiny import write_tiny_checkpoint
     from dreamedit3d_pack.nodes import _compat
 
     write_tiny_checkpoint(_compat.model_folder("mvdream") / "tiny-batch.safetensors", seed=0)

@@ -28,7 +28,7 @@ def chain(tmp_path_factory):
     pack = import_pack()
     import importlib
 
-    from dreamedit3d_pack.dreamedit3d_core.tiny import write_tiny_checkpoint
+    from dreamedit3d_pack.dreamedit3d_core.testing.tiny import write_tiny_checkpoint
     from dreamedit3d_pack.nodes import _compat
 
     write_tiny_checkpoint(_compat.model_folder("mvdream") / "tiny-report-test.safetensors", seed=0)

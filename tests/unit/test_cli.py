@@ -25,7 +25,7 @@ def test_render_writes_four_views_and_lists_parts(shared_assets, tmp_path, capsy
 
 
 def test_edit_runs_every_stage_on_the_tiny_model(shared_assets, tmp_path):
-    from dreamedit3d_core.tiny import write_tiny_checkpoint
+    from dreamedit3d_core.testing.tiny import write_tiny_checkpoint
 
     ckpt = write_tiny_checkpoint(tmp_path / "tiny.safetensors")
     out = tmp_path / "out"
@@ -113,7 +113,7 @@ def test_edit_refuses_cheap_inputs_in_one_line_before_loading_and_leaves_no_out_
 def test_a_failure_after_loading_removes_the_out_folder_it_made_and_is_one_line(shared_assets, tmp_path, capsys,
                                                                                monkeypatch):
     import dreamedit3d_core.personalize.textual_inversion as ti
-    from dreamedit3d_core.tiny import write_tiny_checkpoint
+    from dreamedit3d_core.testing.tiny import write_tiny_checkpoint
 
     def crash(*args, **kwargs):
         raise RuntimeError("CUDA out of memory\nwith a second line")
@@ -156,7 +156,7 @@ def test_bad_background_option_is_refused(text):
 def test_edit_passes_lift_options_and_training_steps_to_the_library(shared_assets, tmp_path, monkeypatch):
     import dreamedit3d_core.lifting as lifting
     import dreamedit3d_core.personalize.textual_inversion as ti
-    from dreamedit3d_core.tiny import write_tiny_checkpoint
+    from dreamedit3d_core.testing.tiny import write_tiny_checkpoint
 
     seen, train = {}, ti.train_textual_inversion
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dreamedit3d_core.assets import load_asset
-from dreamedit3d_core.examples import EXAMPLE_COMPONENTS, write_example_asset
+from dreamedit3d_core.testing.examples import EXAMPLE_COMPONENTS, write_example_asset
 from dreamedit3d_core.masks import masks_from_parts
 from dreamedit3d_core.render import render_views
 

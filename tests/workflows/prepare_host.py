@@ -44,7 +44,7 @@ TOKENS_NAME = "dreamedit3d-example"
 TINY_SAM = "dreamedit3d-tiny-random-sam.pth"
 ASSET_SUBFOLDER = "dreamedit3d"
 SHARED_ASSET = REPO.parent / "shared" / "assets" / "kenney_character.glb"
-DEFAULT_ASSET = SHARED_ASSET  # else the built-in toy (dreamedit3d_core.examples), written on demand
+DEFAULT_ASSET = SHARED_ASSET  # else the built-in toy (dreamedit3d_core.testing.examples), written on demand
 # the example's components: one token per component; "*" takes every part not named before
 EXAMPLE_COMPONENTS = "antenna: antenna; robot: *"
 EXAMPLE_TOKENS = ("<antenna>", "<robot>")
