@@ -150,7 +150,9 @@ def export_mesh(mesh: LiftedMesh, path, fmt: str = "glb", extras: Optional[dict]
     """Write ``mesh`` as a GLB (PBR base-colour texture, or vertex colours) or as OBJ + MTL + PNG.
 
     By default the file is in the frame ``lift_to_mesh`` recorded: the source asset's own coordinates (so the edit
-    opens on top of the original), or glTF's +Y up / front +Z without a source.
+    opens on top of the original), or glTF's +Y up / front +Z without a source. Precision follows the source: a GLB
+    stores its float32 positions around the mesh's bounding-box centre, which is its node's translation; an OBJ writes
+    coordinates to 1e-7 of the mesh's extent.
 
     Args:
         mesh: the lifted mesh.
