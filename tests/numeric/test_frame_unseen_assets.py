@@ -86,8 +86,9 @@ def test_keep_source_exports_land_on_the_files_own_vertices(unseen, name, tmp_pa
         assert nearest.max() <= 1e-5 * diagonal, f"{where}: a vertex is {nearest.max() / diagonal:.2e} diagonals off"
         back = cKDTree(np.asarray(written.vertices)).query(np.asarray(reference.vertices))[0]
         assert back.max() <= 1e-5 * diagonal, f"{where}: a vertex of the file is missing from the export"
-        c, _, _ = surface_chamfer(written.vertices, written.faces, reference.vertices, reference.faces, samples=2000)
-        assert c <= 0.005 * diagonal, f"{where}: Chamfer {c / diagonal:.2%} of the diagonal"
+        if fmt == "glb":  # the measure (the OBJ holds the same triangles: its vertices are checked above)
+            c, _, _ = surface_chamfer(written.vertices, written.faces, reference.vertices, reference.faces, samples=2000)
+            assert c <= 0.005 * diagonal, f"{where}: Chamfer {c / diagonal:.2%} of the diagonal"
         np.testing.assert_allclose(written.bounds, reference.bounds, atol=1e-5 * diagonal, err_msg=where)
         assert normals_agree(written, reference) > 0.98, f"{where}: faces point the other way from the file's"
         if name not in OPEN:
