@@ -27,7 +27,7 @@ def lgm_files(comfy_host):
     from safetensors.torch import save_file
 
     from dreamedit3d_core.lifting.lgm import save_lgm
-    from dreamedit3d_core.lifting.lgm.checkpoint import tiny_lgm
+    from dreamedit3d_core.testing.lgm import tiny_lgm
 
     folder = comfy_host.base / "models" / "lgm"
     folder.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ def lgm_folder(pack):
     from safetensors.torch import save_file
 
     from dreamedit3d_pack.dreamedit3d_core.lifting.lgm import save_lgm
-    from dreamedit3d_pack.dreamedit3d_core.lifting.lgm.checkpoint import tiny_lgm
+    from dreamedit3d_pack.dreamedit3d_core.testing.lgm import tiny_lgm
     from dreamedit3d_pack.nodes import folders
 
     # this module's own models/lgm first in the search order (never the host tree's)

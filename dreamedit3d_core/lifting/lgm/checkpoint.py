@@ -254,13 +254,3 @@ def list_lgm_files(folder: str | os.PathLike) -> list:
         if is_lgm_file(p):
             found.append(p.relative_to(root).as_posix())
     return found
-
-
-def __getattr__(name: str):
-    # The tiny test networks moved to dreamedit3d_core.testing.lgm; this alias goes once tests/nodes/test_lift_lgm_node.py
-    # and tests/host/test_host_lgm.py (owned by others this session) import them from there.
-    if name in ("LGM_TINY", "tiny_lgm", "tiny_lgm_state_dict"):
-        from ...testing import lgm as testing_lgm
-
-        return getattr(testing_lgm, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
