@@ -91,6 +91,20 @@ def save_safetensors(path: str | os.PathLike, tensors: Dict[str, torch.Tensor],
     return atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=meta), overwrite=overwrite)
 
 
+def write_state_dict(state: Dict[str, torch.Tensor], path: str | os.PathLike, fmt: Optional[str] = None,
+                     overwrite: bool = False) -> Path:
+    """Write a flat state dict as users have it: torch pickle (``.pt``/``.ckpt``/``.pth``) or ``.safetensors``.
+
+    ``fmt`` ("pt" or "safetensors") defaults to the suffix's. Atomic, and never over an existing file unless ``overwrite``.
+    """
+    path = Path(path)
+    fmt = fmt or ("safetensors" if path.suffix == ".safetensors" else "pt")
+    if fmt == "safetensors":
+        return save_safetensors(path, state, overwrite=overwrite)
+    if fmt != "pt":
+        raise ConfigError(f"unknown checkpoint format {fmt!r}; valid: 'pt', 'safetensors'")
+    return atomic_write(path, lambda tmp: torch.save(OrderedDict(state), tmp), overwrite=overwrite)
+
 def save_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
     def _write(tmp: str) -> None:
         with open(tmp, "wb") as f:

@@ -14,14 +14,14 @@ import hashlib
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Tuple
 
 import torch
 
 from .. import storage
 from ..errors import CheckpointError, ConfigError
 from ..schedule import schedule_buffers
-from ..storage import atomic_write, save_safetensors
+from ..storage import write_state_dict
 from . import layout as L
 from .attention import set_multiview_attention
 from .model import NUM_VIEWS, MVDreamModel
@@ -250,18 +250,3 @@ def save_mvdream(model: MVDreamModel, path: str | os.PathLike, overwrite: bool =
     if path.suffix not in (".safetensors", ".pt", ".ckpt", ".pth"):
         raise ConfigError(f"cannot tell the format of {path.name}: use a .safetensors or .pt file name")
     return write_state_dict(released_state_dict(model), path, overwrite=overwrite)
-
-
-def write_state_dict(state: Dict[str, torch.Tensor], path: str | os.PathLike, fmt: Optional[str] = None,
-                     overwrite: bool = False) -> Path:
-    """Write a flat state dict as users have it: torch pickle (``.pt``/``.ckpt``/``.pth``) or ``.safetensors``.
-
-    ``fmt`` ("pt" or "safetensors") defaults to the suffix's. Atomic, and never over an existing file unless ``overwrite``.
-    """
-    path = Path(path)
-    fmt = fmt or ("safetensors" if path.suffix == ".safetensors" else "pt")
-    if fmt == "safetensors":
-        return save_safetensors(path, state, overwrite=overwrite)
-    if fmt != "pt":
-        raise ConfigError(f"unknown checkpoint format {fmt!r}; valid: 'pt', 'safetensors'")
-    return atomic_write(path, lambda tmp: torch.save(OrderedDict(state), tmp), overwrite=overwrite)

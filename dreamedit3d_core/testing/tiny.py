@@ -31,8 +31,8 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from ..errors import ConfigError
-from ..mvdream.checkpoint import write_state_dict
 from ..schedule import schedule_buffers
+from ..storage import write_state_dict
 from ..mvdream.layout import (
     HF_CLIP_PREFIX,
     OPEN_CLIP_PREFIX,

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dreamedit3d_core.errors import CheckpointError, ConfigError
-from dreamedit3d_core.mvdream.checkpoint import load_mvdream, write_state_dict
+from dreamedit3d_core.mvdream.checkpoint import load_mvdream
+from dreamedit3d_core.storage import write_state_dict
 from dreamedit3d_core.testing.tiny import tiny_state_dict, write_tiny_checkpoint
 
 

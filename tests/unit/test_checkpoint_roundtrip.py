@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dreamedit3d_core.mvdream.checkpoint import load_mvdream, read_state_dict, save_mvdream, write_state_dict
+from dreamedit3d_core.mvdream.checkpoint import load_mvdream, read_state_dict, save_mvdream
+from dreamedit3d_core.storage import write_state_dict
 from dreamedit3d_core.testing.tiny import tiny_state_dict, write_tiny_checkpoint
 
 U = "model.diffusion_model."

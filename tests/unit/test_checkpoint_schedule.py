@@ -51,7 +51,8 @@ def test_model_keeps_the_checkpoints_alphas_cumprod_as_float64():
 
 
 def test_a_state_dict_without_schedule_buffers_gets_the_numpy_reference_schedule(tmp_path):
-    from dreamedit3d_core.mvdream.checkpoint import load_mvdream, write_state_dict
+    from dreamedit3d_core.mvdream.checkpoint import load_mvdream
+    from dreamedit3d_core.storage import write_state_dict
     from dreamedit3d_core.mvdream.layout import SCHEDULE_BUFFERS
     from dreamedit3d_core.testing.tiny import tiny_state_dict
 

@@ -45,3 +45,24 @@ def test_bad_files_give_one_line_errors_of_the_callers_class(tmp_path):
         assert "\n" not in str(exc.value) and name in str(exc.value)
     with pytest.raises(TokenError, match="not a readable safetensors file"):
         storage.read_safetensors(tmp_path / "cut.safetensors", "a token file", error=TokenError)
+
+
+def test_write_state_dict_writes_what_torch_and_safetensors_read_back_and_never_overwrites(tmp_path):
+    from safetensors.torch import load_file
+
+    from dreamedit3d_core.errors import ConfigError
+
+    state = {"z.weight": torch.arange(4.0).reshape(2, 2), "a.bias": torch.tensor([0.25])}
+    pt = storage.write_state_dict(state, tmp_path / "w.pt")
+    st = storage.write_state_dict(state, tmp_path / "w.safetensors")
+    forced = storage.write_state_dict(state, tmp_path / "w.ckpt", fmt="safetensors")  # fmt wins over the suffix
+    from_pickle = torch.load(pt, weights_only=True)
+    assert list(from_pickle) == ["z.weight", "a.bias"]  # the caller's order, as a released .pt has it
+    for got in (from_pickle, load_file(str(st)), load_file(str(forced))):
+        assert sorted(got) == sorted(state) and all(torch.equal(got[k], state[k]) for k in state)
+    with pytest.raises(ConfigError):
+        storage.write_state_dict(state, tmp_path / "w.pt")  # there already
+    storage.write_state_dict({"only": torch.ones(1)}, tmp_path / "w.pt", overwrite=True)
+    assert list(torch.load(pt, weights_only=True)) == ["only"]
+    with pytest.raises(ConfigError, match="unknown checkpoint format"):
+        storage.write_state_dict(state, tmp_path / "x.pt", fmt="npz")
