@@ -41,19 +41,23 @@ def tiny_clip_config(head_dim64: bool = False):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
 
 
+def _perturbed(model, seed: int):
+    """``model`` with every parameter moved by 0.05·N(0, 1) from a generator seeded ``seed + 1``: random init gives
+    near-identical layer norms, and a tiny metric model should depend on all of its parameters."""
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed + 1)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
 @functools.lru_cache(maxsize=4)
 def tiny_clip_model(seed: int = 0, head_dim64: bool = False):
     """A tiny seeded CLIPModel (cached: treat it as read-only)."""
     from transformers import CLIPModel
 
     _seeded(seed)
-    model = CLIPModel(tiny_clip_config(head_dim64)).eval()
-    # random init gives near-identical layer norms; perturb every parameter so all of them matter
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(seed + 1)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model
+    return _perturbed(CLIPModel(tiny_clip_config(head_dim64)).eval(), seed)
 
 
 def write_clip_tokenizer_files(folder: Path) -> None:
@@ -102,12 +106,7 @@ def tiny_dino_model(seed: int = 0):
     _seeded(seed)
     config = ViTConfig(hidden_size=36, num_hidden_layers=2, num_attention_heads=3, intermediate_size=52, image_size=32,
                        patch_size=8, qkv_bias=True, layer_norm_eps=1e-6)
-    model = ViTModel(config, add_pooling_layer=False).eval()
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(seed + 1)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model
+    return _perturbed(ViTModel(config, add_pooling_layer=False).eval(), seed)
 
 
 def write_tiny_dino_folder(folder: Path, seed: int = 0) -> Path:
