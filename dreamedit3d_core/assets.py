@@ -348,8 +348,27 @@ def _scene_parts(scene, path: Path, named_nodes: dict, fmt: str, texture_overrid
             image = None  # a texture without UVs cannot be sampled
         name = _unique(_part_name(node, geom_name, geom, named_nodes, fmt, path), taken)
         face_base = np.broadcast_to(base, (len(faces), 3)).copy() if face_rgb is None else face_rgb * base
+        vertices, faces, uv, vcol = _referenced_only(vertices, faces, uv, vcol)
         parts.append(dict(name=name, vertices=vertices, faces=faces, uv=uv, vcol=vcol, image=image, face_base=face_base))
     return parts
+
+
+def _referenced_only(vertices: np.ndarray, faces: np.ndarray, *per_vertex):
+    """(vertices, faces, *per_vertex) keeping only the vertices the faces use, in their order.
+
+    A glTF primitive may index into a POSITION accessor it shares with other meshes; trimesh keeps the whole accessor
+    for each, so every instance would also carry the other meshes' vertices, moved by its own node transform: stray points
+    that stretch the bounding box the asset is normalised by (and multiply the vertex count). Faces indexing outside the
+    vertices are left as they are, for ``_assemble`` to report.
+    """
+    if len(faces) == 0 or faces.min() < 0 or faces.max() >= len(vertices):
+        return (vertices, faces, *per_vertex)
+    used = np.unique(faces)
+    if len(used) == len(vertices):
+        return (vertices, faces, *per_vertex)
+    new_index = np.full(len(vertices), -1, np.int64)
+    new_index[used] = np.arange(len(used))
+    return (vertices[used], new_index[faces], *(None if a is None else a[used] for a in per_vertex))
 
 
 def orientation_matrix(front_axis: str = "+z", up_axis: str = "+y") -> np.ndarray:

@@ -27,7 +27,8 @@ def write_gltf(path, meshes: list, nodes: list, roots: list, materials: list, se
     """Write a glTF 2.0 file by hand.
 
     meshes: dicts with ``vertices`` [N, 3], ``faces`` [M, 3], optional ``colors`` [N, 3] (COLOR_0) and ``material``
-    (index into ``materials``, a list of RGB base colours). nodes: glTF node dicts (``mesh``, ``children``,
+    (index into ``materials``, a list of RGB base colours); or, instead of ``vertices``, ``positions_of``: the index of
+    an earlier mesh whose POSITION accessor this one shares (its faces index into that mesh's vertices). nodes: glTF node dicts (``mesh``, ``children``,
     ``translation``, ``rotation``, ``scale``, ``matrix``, ``name``) as written. roots: the scene's root node indices.
     """
     blob, views, accessors, gl_meshes = bytearray(), [], [], []
@@ -44,8 +45,13 @@ def write_gltf(path, meshes: list, nodes: list, roots: list, materials: list, se
         accessors.append(accessor)
         return len(accessors) - 1
 
+    positions = []
     for mesh in meshes:
-        attributes = {"POSITION": add(np.asarray(mesh["vertices"], np.float32), 5126, "VEC3", 34962, True)}
+        if "positions_of" in mesh:
+            positions.append(positions[mesh["positions_of"]])
+        else:
+            positions.append(add(np.asarray(mesh["vertices"], np.float32), 5126, "VEC3", 34962, True))
+        attributes = {"POSITION": positions[-1]}
         if mesh.get("colors") is not None:
             attributes["COLOR_0"] = add(np.asarray(mesh["colors"], np.float32), 5126, "VEC3", 34962)
         primitive = {"attributes": attributes,

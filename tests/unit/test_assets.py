@@ -428,3 +428,34 @@ def test_a_mirroring_gltf_node_keeps_its_faces_outward(tmp_path):
     whole = trimesh.Trimesh(asset.source_frame.to_source_frame(asset.vertices.double()).numpy(), asset.faces.numpy(),
                             process=False)
     assert whole.volume == pytest.approx(reference, rel=1e-6) and reference > 0
+
+
+def test_meshes_sharing_one_position_accessor_bring_only_their_own_vertices(tmp_path):
+    """glTF lets primitives index into one shared POSITION accessor; trimesh keeps the whole accessor per mesh, so each
+    instance also carried the other meshes' vertices moved by its own node (here 100 units away). The loader keeps only
+    the vertices faces use, so the asset is normalised by the triangles' bounding box, as trimesh measures the file."""
+    from _unseen_assets import write_gltf
+
+    box = trimesh.creation.box(extents=(0.2, 0.3, 0.4))
+    box.apply_translation((100.0, 0.0, 0.0))  # stored far away, placed back by its node
+    cone = trimesh.creation.cone(radius=0.1, height=0.2, sections=8)
+    shared = np.concatenate([box.vertices, cone.vertices])
+    meshes = [dict(name="box", vertices=shared, faces=box.faces),
+              dict(name="cone", positions_of=0, faces=cone.faces + len(box.vertices))]
+    nodes = [{"name": "box", "mesh": 0, "translation": [-100.0, 0.0, 0.0]},
+             {"name": "cone", "mesh": 1, "translation": [0.0, 0.0, 0.3]}]
+    path = write_gltf(tmp_path / "shared.glb", meshes, nodes, [0, 1], [])
+    asset = load_asset(path)
+    assert asset.vertices.shape[0] == len(box.vertices) + len(cone.vertices)
+    reference = trimesh.util.concatenate(trimesh.load(path, force="scene", process=False).dump())
+    lo, hi = reference.bounds  # the triangles' bounding box (trimesh ignores unused vertices there)
+    internal = asset.source_frame.from_source_frame(torch.tensor(np.stack([lo, hi])))
+    extent = (internal[1] - internal[0]).abs()
+    assert float(extent.max()) == pytest.approx(1.0, abs=1e-6) and float(internal.abs().max()) <= 0.5 + 1e-6
+    assert float((asset.vertices.max(0).values - asset.vertices.min(0).values).max()) == pytest.approx(1.0, abs=1e-6)
+    # every kept vertex is a vertex of a triangle of the file, in its own coordinates
+    back = asset.source_frame.to_source_frame(asset.vertices.double()).numpy()
+    used = np.asarray(reference.vertices)[np.unique(reference.faces)]
+    from scipy.spatial import cKDTree
+
+    assert cKDTree(used).query(back)[0].max() < 1e-6
