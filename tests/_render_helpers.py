@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from dreamedit3d_core.testing.sam import tiny_sam  # noqa: F401  (the node and mask tests take it from here)
-
 
 def embree_intersector(vertices: np.ndarray, faces: np.ndarray):
     """A trimesh Embree ray intersector (skips the test when embreex is missing)."""

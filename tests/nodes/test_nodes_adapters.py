@@ -263,7 +263,7 @@ def test_training_node_runs_under_inference_mode_and_leaves_its_input_model_unto
 def test_sam_component_mask_runs_sam_on_the_compute_device(pack, monkeypatch):
     """OrthoRender keeps the views on the CPU; SAM must still run on ComfyUI's compute device, not the render's."""
 
-    from _render_helpers import tiny_sam
+    from dreamedit3d_core.testing.sam import tiny_sam
     from dreamedit3d_pack.dreamedit3d_core import masks as core_masks
     from dreamedit3d_pack.nodes import _compat
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 import trimesh
 
-from _render_helpers import lumpy_scene, tiny_sam
+from _render_helpers import lumpy_scene
+from dreamedit3d_core.testing.sam import tiny_sam
 from dreamedit3d_core.assets import asset_from_arrays
 from dreamedit3d_core.cameras import MVCameras
 from dreamedit3d_core.errors import CheckpointError, ConfigError
