@@ -3,8 +3,9 @@
 A GLB whose scene graph nests translation, quaternion rotation, uniform, non-uniform and negative (mirroring) scale with
 one mesh instanced by several nodes and several materials; a Z-up OBJ; a file whose front is -x; a file in millimetres;
 files far from the origin (one in UTM-like coordinates); a 1 cm part in metres; an open-based bust; a PLY with vertex
-colours; a glTF with a separate ``.bin``. The glTF files are written by hand (JSON + binary buffer), so neither our loader
-nor trimesh's exporter shapes the scene graph they contain. References are the files' triangles as **trimesh** reads
+colours; a glTF with a separate ``.bin``; a Z-up vehicle in centimetres with many nested and instanced parts. The glTF
+files are written by hand (JSON + binary buffer), so neither our loader nor trimesh's exporter shapes the scene graph they
+contain. References are the files' triangles as **trimesh** reads
 their scenes (``scene.dump()``: the file's world coordinates), never anything our loader computed.
 """
 
@@ -220,6 +221,55 @@ def _tiny(folder):
     return write_obj(folder / "tiny.obj", placed(np.diag([0.01, 0.01, 0.01, 1.0]))), {}
 
 
+def _vehicle(folder):
+    """GLB of a vehicle with many parts, modelled Z-up with its front at +x and in centimetres (as many DCC exports
+    are): a body and a cabin, two axle nodes each holding two wheels that instance one wheel mesh (the right-hand
+    wheels mirrored by scale -1), four windows instancing one pane, two headlights, an antenna; 15 nodes, 12 parts."""
+    import trimesh
+
+    body = trimesh.creation.box(extents=(400.0, 180.0, 80.0))
+    cabin = trimesh.creation.box(extents=(180.0, 160.0, 70.0))
+    wheel = trimesh.creation.cylinder(radius=35.0, height=25.0, sections=16)
+    wheel.apply_transform(trimesh.transformations.rotation_matrix(math.pi / 2, (1, 0, 0)))  # axis along y
+    wheel.vertices[wheel.vertices[:, 1] > 0] *= (0.8, 1.0, 0.8)  # a dished outer face: mirroring shows
+    pane = trimesh.creation.box(extents=(2.0, 50.0, 40.0))
+    lamp = trimesh.creation.icosphere(subdivisions=1, radius=12.0)
+    antenna = trimesh.creation.cylinder(radius=1.5, height=90.0, sections=6)
+    meshes = [dict(name="body", vertices=body.vertices, faces=body.faces, material=0),
+              dict(name="cabin", vertices=cabin.vertices, faces=cabin.faces, material=0),
+              dict(name="wheel", vertices=wheel.vertices, faces=wheel.faces, material=1),
+              dict(name="pane", vertices=pane.vertices, faces=pane.faces, material=2),
+              dict(name="lamp", vertices=lamp.vertices, faces=lamp.faces, material=3),
+              dict(name="antenna", vertices=antenna.vertices, faces=antenna.faces, material=1)]
+    nodes = [
+        {"name": "vehicle", "children": [1, 2, 3, 4], "translation": [250.0, -40.0, 75.0],
+         "rotation": quaternion((0, 0, 1), 0.3)},
+        {"name": "body", "mesh": 0, "children": [5, 6, 13, 14]},
+        {"name": "cabin", "mesh": 1, "translation": [-40.0, 0.0, 75.0], "children": [7, 8, 9, 10, 11]},
+        {"name": "axle_front", "translation": [130.0, 0.0, -40.0], "children": [15, 16]},
+        {"name": "axle_back", "translation": [-130.0, 0.0, -40.0], "children": [17, 18]},
+        {"name": "lamp_left", "mesh": 4, "translation": [200.0, 60.0, 10.0]},
+        {"name": "lamp_right", "mesh": 4, "translation": [200.0, -60.0, 10.0], "scale": [1.0, 1.0, 0.6]},
+        {"name": "window_front", "mesh": 3, "translation": [90.0, 0.0, 5.0], "scale": [1.0, 2.6, 1.0]},
+        {"name": "window_back", "mesh": 3, "translation": [-90.0, 0.0, 5.0], "scale": [1.0, 2.6, 1.0]},
+        {"name": "window_left", "mesh": 3, "translation": [0.0, 80.0, 5.0], "rotation": quaternion((0, 0, 1), math.pi / 2),
+         "scale": [1.0, 2.8, 1.0]},
+        {"name": "window_right", "mesh": 3, "translation": [0.0, -80.0, 5.0],
+         "rotation": quaternion((0, 0, 1), -math.pi / 2), "scale": [1.0, 2.8, 1.0]},
+        {"name": "antenna", "mesh": 5, "translation": [-60.0, 50.0, 80.0], "rotation": quaternion((1, 0, 0), math.pi / 2)},
+        {"name": "unused_empty"},
+        {"name": "bumper_front", "translation": [205.0, 0.0, -20.0]},
+        {"name": "bumper_back", "translation": [-205.0, 0.0, -20.0]},
+        {"name": "wheel_front_left", "mesh": 2, "translation": [0.0, 95.0, 0.0]},
+        {"name": "wheel_front_right", "mesh": 2, "translation": [0.0, -95.0, 0.0], "scale": [1.0, -1.0, 1.0]},
+        {"name": "wheel_back_left", "mesh": 2, "translation": [0.0, 95.0, 0.0]},
+        {"name": "wheel_back_right", "mesh": 2, "translation": [0.0, -95.0, 0.0], "scale": [1.0, -1.0, 1.0]},
+    ]
+    return write_gltf(folder / "vehicle.glb", meshes, nodes, [0],
+                      [(0.9, 0.9, 0.2), (0.1, 0.1, 0.1), (0.5, 0.7, 0.9), (1.0, 1.0, 0.8)]), \
+        {"up_axis": "+z", "front_axis": "+x"}
+
+
 def _open_bust(folder):
     """GLB: an open-based bust -- a sphere cut below its equator (no bottom), a neck tube open at both ends, and a nose
     at the front; nothing about it is closed."""
@@ -268,8 +318,12 @@ BUILDERS = {
     "georeferenced.obj": _georeferenced,
     "tiny.obj": _tiny,
     "open_bust.glb": _open_bust,
+    "vehicle.glb": _vehicle,
     "vertex_colours.ply": _vertex_colour_ply,
 }
+#: Files holding the critter (:func:`critter`), whose nose and chimney tell its axes apart.
+CRITTERS = {"separate_bin.gltf", "z_up.obj", "front_minus_x.glb", "millimetres.obj", "far.obj", "georeferenced.obj",
+            "tiny.obj", "vertex_colours.ply"}
 #: Files with an open surface: no volume, so outward faces are checked against the file's own face normals.
 OPEN = {"open_bust.glb"}
 
@@ -298,3 +352,19 @@ def read_back(path):
     import trimesh
 
     return trimesh.load(str(path), force="mesh", process=False)
+
+
+def chamfer_fraction(a, b) -> float:
+    """Surface Chamfer (``_lift_helpers.surface_chamfer``) of trimesh meshes ``a`` and ``b`` as a fraction of ``b``'s
+    bounding-box diagonal.
+
+    Both are first split into triangles no longer than 1/20 of the diagonal (the same surfaces): the helper's
+    point-to-surface search looks at the triangles nearest by centroid, which misses a big triangle among many small ones
+    (a vehicle's body panel next to its lamps measured 0.64 % of the diagonal against itself).
+    """
+    import trimesh
+    from _lift_helpers import surface_chamfer
+
+    diagonal = bbox_diagonal(b)
+    fine = [trimesh.remesh.subdivide_to_size(m.vertices, m.faces, max_edge=diagonal / 20) for m in (a, b)]
+    return surface_chamfer(*fine[0], *fine[1], samples=2000)[0] / diagonal

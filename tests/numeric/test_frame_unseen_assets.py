@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from _lift_helpers import silhouette_iou, surface_chamfer
-from _unseen_assets import BUILDERS, CHIMNEY_TOP, NOSE_TIP, OPEN, bbox_diagonal, critter_internal, file_mesh, \
-    normals_agree, read_back
+from _unseen_assets import BUILDERS, CHIMNEY_TOP, CRITTERS, NOSE_TIP, OPEN, bbox_diagonal, chamfer_fraction, \
+    critter_internal, file_mesh, normals_agree, read_back
 from dreamedit3d_core.assets import asset_from_arrays, load_asset
 from dreamedit3d_core.cameras import MVCameras
 from dreamedit3d_core.lifting import export_mesh, lift_to_mesh
@@ -53,7 +53,7 @@ def test_the_loader_reads_each_file_with_its_front_and_up(unseen, name):
     internal = asset.source_frame.from_source_frame(torch.from_numpy(np.asarray(reference.vertices))).numpy()
     loaded = asset.vertices.double().numpy()
     assert cKDTree(loaded).query(internal)[0].max() < 1e-5 and cKDTree(internal).query(loaded)[0].max() < 1e-5
-    if name not in ("nested_instanced.glb", "open_bust.glb"):
+    if name in CRITTERS:
         tip, top = np.argmax(internal[:, 0]), np.argmax(internal[:, 1])
         np.testing.assert_allclose(internal[tip], critter_internal(NOSE_TIP), atol=1e-5,
                                    err_msg=f"{name}: the front-most point is not the nose tip")
@@ -87,8 +87,8 @@ def test_keep_source_exports_land_on_the_files_own_vertices(unseen, name, tmp_pa
         back = cKDTree(np.asarray(written.vertices)).query(np.asarray(reference.vertices))[0]
         assert back.max() <= 1e-5 * diagonal, f"{where}: a vertex of the file is missing from the export"
         if fmt == "glb":  # the measure (the OBJ holds the same triangles: its vertices are checked above)
-            c, _, _ = surface_chamfer(written.vertices, written.faces, reference.vertices, reference.faces, samples=2000)
-            assert c <= 0.005 * diagonal, f"{where}: Chamfer {c / diagonal:.2%} of the diagonal"
+            c = chamfer_fraction(written, reference)
+            assert c <= 0.005, f"{where}: Chamfer {c:.2%} of the diagonal"
         np.testing.assert_allclose(written.bounds, reference.bounds, atol=1e-5 * diagonal, err_msg=where)
         assert normals_agree(written, reference) > 0.98, f"{where}: faces point the other way from the file's"
         if name not in OPEN:
@@ -116,8 +116,8 @@ def test_source_guided_exports_sit_on_the_file(unseen, name, tmp_path):
     written = read_back(export_mesh(mesh, tmp_path / "guided.glb"))
     # the same place, size and orientation: bounding box corners within 3 % of the diagonal, surfaces close
     np.testing.assert_allclose(written.bounds, reference.bounds, atol=0.03 * diagonal, err_msg=name)
-    c, _, _ = surface_chamfer(written.vertices, written.faces, reference.vertices, reference.faces, samples=2000)
-    assert c <= 0.02 * diagonal, f"{name}: Chamfer {c / diagonal:.2%} of the diagonal"
+    c = chamfer_fraction(written, reference)
+    assert c <= 0.02, f"{name}: Chamfer {c:.2%} of the diagonal"
     assert normals_agree(written, reference) > 0.9, f"{name}: faces point inward"
 
 
@@ -136,3 +136,16 @@ def test_the_core_mesh_is_in_the_files_coordinates_and_renders_the_same_views_ag
     torch.testing.assert_close(again.source_frame.to_internal, asset.source_frame.to_internal, rtol=1e-5, atol=1e-6)
     seen = render_views(again, CAMS, resolution=RES, lighting="unlit")
     assert min(silhouette_iou(seen.alpha, views.alpha)) >= 0.99
+
+
+@pytest.mark.xfail(strict=True, reason="tests/_lift_helpers.point_to_mesh_distance looks only at the 48 triangles with the "
+                   "nearest centroids and the nearest vertex's ring: a point on a big triangle among many small ones gets a "
+                   "distance to a small one (vehicle.glb against itself: 0.64 % of the diagonal; the benchmark's Chamfer "
+                   "and F-score use it). Fix there: split the receiving mesh's long triangles first, as "
+                   "_unseen_assets.chamfer_fraction does")
+def test_the_surface_chamfer_of_a_mesh_with_itself_is_zero(unseen):
+    path = unseen["vehicle.glb"][0]
+    reference = file_mesh(path)
+    c, _, _ = surface_chamfer(reference.vertices, reference.faces, reference.vertices, reference.faces, samples=2000,
+                              seed=1)
+    assert c <= 1e-6 * bbox_diagonal(reference)

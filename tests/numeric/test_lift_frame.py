@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from _lift_helpers import asset_from_trimesh, box_with_nose, surface_chamfer
+from _lift_helpers import asset_from_trimesh, box_with_nose
+from _unseen_assets import chamfer_fraction, file_mesh, normals_agree
 from dreamedit3d_core.cameras import MVCameras
 from dreamedit3d_core.lifting import export_mesh, lift_to_mesh
 from dreamedit3d_core.lifting.export import in_output_frame
@@ -24,14 +25,6 @@ ASSETS = {
     "spot.obj": {"texture": "spot_texture.png"},
     "lee_perry_smith_head.glb": {"texture": "lee_perry_smith_color.jpg", "texture_flip_y": True},
 }
-
-
-def _file_mesh(path):
-    """The file's triangles in its own world coordinates, read by trimesh alone (scene graph applied)."""
-    import trimesh
-
-    scene = trimesh.load(str(path), force="scene", process=False)
-    return trimesh.util.concatenate([g for g in scene.dump() if isinstance(g, trimesh.Trimesh)])
 
 
 @pytest.mark.assets
@@ -50,13 +43,13 @@ def test_keep_source_round_trip_lands_on_the_source_files_vertices(shared_assets
                         frame=views.source_frame)
     path = export_mesh(mesh, tmp_path / "edit.glb")
     written = trimesh.load(path, force="mesh", process=False)
-    reference = _file_mesh(shared_assets / name)
+    reference = file_mesh(shared_assets / name)
     diagonal = float(np.linalg.norm(reference.bounds[1] - reference.bounds[0]))
     # every written vertex is a vertex of the file (in its own units), and the surfaces agree
     nearest = cKDTree(np.asarray(reference.vertices)).query(np.asarray(written.vertices))[0]
     assert nearest.max() <= 1e-5 * diagonal, f"{name}: a written vertex is {nearest.max() / diagonal:.2e} diagonals off"
-    c, _, _ = surface_chamfer(written.vertices, written.faces, reference.vertices, reference.faces, samples=5000)
-    assert c <= 0.005 * diagonal, f"{name}: Chamfer {c / diagonal:.2%} of the diagonal in the source's coordinates"
+    c = chamfer_fraction(written, reference)
+    assert c <= 0.005, f"{name}: Chamfer {c:.2%} of the diagonal in the source's coordinates"
     # the winding stays outward (a mirroring frame reverses it): signed volume keeps the file's sign
     assert np.sign(written.volume) == np.sign(reference.volume) or abs(reference.volume) < 1e-9 * diagonal ** 3
 
@@ -109,7 +102,6 @@ def test_source_guided_export_sits_on_the_source_file(shared_assets, name, tmp_p
     size and axes (bounding box within 3 % of its diagonal, surfaces within 2 %) and faces outward."""
     import trimesh
 
-    from _unseen_assets import normals_agree
     from dreamedit3d_core.assets import load_asset
     from dreamedit3d_core.render import render_views
 
@@ -119,9 +111,9 @@ def test_source_guided_export_sits_on_the_source_file(shared_assets, name, tmp_p
     mesh = lift_to_mesh(views.rgb, CAMS, alpha=views.alpha, source=asset, mode="source_guided", grid=32,
                         texture_size=0, face_budget=3000, frame=views.source_frame)
     written = trimesh.load(export_mesh(mesh, tmp_path / "guided.glb"), force="mesh", process=False)
-    reference = _file_mesh(shared_assets / name)
+    reference = file_mesh(shared_assets / name)
     diagonal = float(np.linalg.norm(reference.bounds[1] - reference.bounds[0]))
     np.testing.assert_allclose(written.bounds, reference.bounds, atol=0.03 * diagonal, err_msg=name)
-    c, _, _ = surface_chamfer(written.vertices, written.faces, reference.vertices, reference.faces, samples=3000)
-    assert c <= 0.02 * diagonal, f"{name}: Chamfer {c / diagonal:.2%} of the diagonal in the source's coordinates"
+    c = chamfer_fraction(written, reference)
+    assert c <= 0.02, f"{name}: Chamfer {c:.2%} of the diagonal in the source's coordinates"
     assert normals_agree(written, reference) > 0.9, f"{name}: faces point inward"
