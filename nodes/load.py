@@ -6,7 +6,7 @@ import torch
 
 from ..dreamedit3d_core.errors import ConfigError
 from ..dreamedit3d_core.storage import unique_path
-from ._compat import compute_device, io
+from ._compat import compute_device, io, keeps_models_loaded, load_model, offload_device, register_model
 from .folders import FOLDER_MVDREAM, file_stamp, model_files, model_folder, model_path
 from .paths import name_problem, plain_file_stem
 from .sockets import MVDreamModelSocket
@@ -62,8 +62,17 @@ class MVDreamLoader(io.ComfyNode):
     def execute(cls, ckpt_name, dtype="auto") -> io.NodeOutput:
         from ..dreamedit3d_core.mvdream.checkpoint import load_mvdream
 
-        device = compute_device()
-        model = load_mvdream(model_path(FOLDER_MVDREAM, ckpt_name), device=device, dtype=resolve_dtype(dtype, device))
+        # read onto the offload device, then handed to ComfyUI's model management: it makes room on the GPU first
+        # and may offload the UNet, VAE and text tower later (each is registered on its own); under
+        # --lowvram/--novram they stay offloaded until a node of ours needs them
+        # (read and moved outside inference mode: the training nodes use the frozen UNet and VAE as they are, without
+        # a copy, and inference tensors cannot take part in autograd)
+        with torch.inference_mode(False):
+            model = load_mvdream(model_path(FOLDER_MVDREAM, ckpt_name), device=offload_device(),
+                                 dtype=resolve_dtype(dtype, compute_device()))
+            register_model(model)
+            if keeps_models_loaded():
+                load_model(model)
         return io.NodeOutput(model)
 
 
@@ -92,11 +101,11 @@ class SaveMVDream(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, filename) -> io.NodeOutput:
-        from ..dreamedit3d_core.personalize.finetune import save_finetuned_unet
+        from ..dreamedit3d_core.personalize.finetune import save_finetuned_model
 
         stem = plain_file_stem(filename, ".safetensors", what="filename")
         path = unique_path(model_folder(FOLDER_MVDREAM) / f"{stem}.safetensors")
-        saved = save_finetuned_unet(model, path, overwrite=False)
+        saved = save_finetuned_model(model, path, overwrite=False)
         name = saved.name
         return io.NodeOutput(name, ui={"text": [f"saved models/mvdream/{name}"]})
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import copy
-from contextlib import contextmanager
+import importlib.util
 
 import torch
 
 from ..dreamedit3d_core.errors import ConfigError
+from ..dreamedit3d_core.personalize.autograd import grad_enabled, usable_by_autograd
+from ..dreamedit3d_core.personalize.copies import copy_bytes, model_for_finetuning, model_for_token_training
 from ..dreamedit3d_core.personalize.finetune import MODES as FT_MODES
-from ..dreamedit3d_core.personalize.finetune import FTConfig
+from ..dreamedit3d_core.personalize.finetune import OPTIMIZERS, FTConfig
 from ..dreamedit3d_core.personalize.textual_inversion import MIXED_PRECISION as PRECISIONS
 from ..dreamedit3d_core.personalize.textual_inversion import TIConfig
-from ._compat import advanced, io, managed_load, ui
+from ._compat import advanced, compute_device, free_memory_for, io, model_on_compute_device, ui
 from .folders import FOLDER_TOKENS, embeddings_folder, file_stamp, model_files, model_folder, model_path, output_folder
 from .paths import name_problem, plain_file_stem
 from .progress import ComfyProgress
@@ -23,29 +24,9 @@ CATEGORY = "DreamEdit3D/personalize"
 IF_EXISTS = ("new_version", "overwrite", "error")
 
 
-@contextmanager
-def training_mode():
-    """ComfyUI runs nodes under torch.inference_mode(); training needs autograd back."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
-
-
-def clone_model(model):
-    """A private copy, so training never changes the model object other nodes (and ComfyUI's cache) hold."""
-    with torch.inference_mode(False):
-        return copy.deepcopy(model)
-
-
-def clone_tensors(obj):
-    """Copy of a frozen dataclass with every tensor cloned outside inference mode (inference tensors can't be saved
-    for backward)."""
-    from dataclasses import fields, is_dataclass, replace
-
-    if obj is None or not is_dataclass(obj):
-        return obj
-    with torch.inference_mode(False):
-        changes = {f.name: getattr(obj, f.name).clone() for f in fields(obj) if isinstance(getattr(obj, f.name), torch.Tensor)}
-        return replace(obj, **changes)
+# nodes/token_report.py imports these two names from here; they are the core's helpers (one home for the idea)
+training_mode = grad_enabled  # ComfyUI runs nodes under torch.inference_mode(); training needs autograd back
+clone_tensors = usable_by_autograd  # a frozen dataclass with its inference tensors made usable by autograd
 
 
 def train_dir(run_name: str):
@@ -138,11 +119,15 @@ class MultiViewTextualInversion(io.ComfyNode):
                              checkpoint_every=int(checkpoint_every), preview_every=int(preview_every))
         folder = train_dir(run_name) / "phase1"
         progress = ComfyProgress(int(steps), cls.hidden.unique_id)
-        with training_mode():
-            trained = clone_model(model)
-            patcher = managed_load(trained.unet)  # noqa: F841  (ComfyUI makes room; kept alive while training)
-            tokens = ti.train_textual_inversion(trained, clone_tensors(views.render), clone_tensors(masks), config, progress,
-                                                resume_from=resume_file(folder, "phase1", resume), checkpoint_dir=folder)
+        with grad_enabled():
+            # the input model stays as ComfyUI cached it: phase 1 changes only the text tower (new token rows) and
+            # the tokenizer, so only those are copied; the UNet and VAE are the input's own modules
+            free_memory_for(copy_bytes(model, "token"), compute_device())  # ComfyUI makes room for the copy
+            trained = model_for_token_training(model)
+            with model_on_compute_device(trained, exclusive=True):
+                tokens = ti.train_textual_inversion(trained, usable_by_autograd(views.render), usable_by_autograd(masks),
+                                                    config, progress, resume_from=resume_file(folder, "phase1", resume),
+                                                    checkpoint_dir=folder)
         return io.NodeOutput(trained, tokens, ui=_training_ui(progress, cls, views.render.num_views))
 
 
@@ -162,15 +147,15 @@ class MVFineTune(io.ComfyNode):
                 *_common_inputs(FTConfig()),
                 advanced(io.Float.Input("token_learning_rate", default=FTConfig().token_lr, min=0.0, max=1.0, step=1e-6, round=False,
                                         tooltip="Learning rate of the tokens during phase 2.")),
-                io.Combo.Input("mode", options=_choices(FT_MODES), default="full",
-                               tooltip="full: every UNet weight; lora: a low-rank delta (small GPUs). LoRA wants a much higher "
-                                       "learning_rate than full fine-tuning: about 1e-4 instead of 2e-6."),
+                io.Combo.Input("mode", options=_choices(FT_MODES), default="full", tooltip=_tooltip("mode")),
                 advanced(io.Int.Input("lora_rank", default=8, min=1, max=256, tooltip="LoRA rank (mode lora).")),
-                advanced(io.Boolean.Input("train_text_encoder", default=False, tooltip="Also fine-tune the text encoder.")),
+                advanced(io.Boolean.Input("train_text_encoder", default=False, tooltip=_tooltip("train_text_encoder"))),
                 advanced(io.Boolean.Input("gradient_checkpointing", default=False,
-                                          tooltip="Trade compute for memory (needed for full fine-tuning on 24 GB).")),
+                                          tooltip=_tooltip("gradient_checkpointing"))),
                 advanced(io.Combo.Input("mixed_precision", options=_choices(PRECISIONS), default="no",
-                                        tooltip="Autocast dtype on GPU with fp32 master weights.")),
+                                        tooltip=_tooltip("mixed_precision"))),
+                advanced(io.Combo.Input("optimizer", options=optimizer_choices(), default="adamw", optional=True,
+                                        tooltip=_tooltip("optimizer"))),
             ],
             outputs=[
                 MVDreamModelSocket.Output("out_model", display_name="model", tooltip="The fine-tuned model."),
@@ -180,36 +165,97 @@ class MVFineTune(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, run_name=None):
-        return name_problem(run_name, what="run_name")
+    def validate_inputs(cls, run_name=None, optimizer=None):
+        name = name_problem(run_name, what="run_name")
+        return name if name is not True else (optimizer_problem(optimizer) or True)
 
     @classmethod
     def execute(cls, model, views, tokens, steps, learning_rate, attention_loss_weight, seed, run_name, resume,
                 checkpoint_every, preview_every, token_learning_rate, mode, lora_rank, train_text_encoder,
-                gradient_checkpointing, mixed_precision) -> io.NodeOutput:
+                gradient_checkpointing, mixed_precision, optimizer="adamw") -> io.NodeOutput:
         from ..dreamedit3d_core.personalize import finetune as ft
 
+        problem = optimizer_problem(optimizer)
+        if problem:
+            raise ConfigError(problem)
         masks = views.require_masks("MVFineTune")
         config = ft.FTConfig(
             steps=int(steps), lr=float(learning_rate), token_lr=float(token_learning_rate),
             attention_loss_weight=float(attention_loss_weight), seed=int(seed), mode=mode, lora_rank=int(lora_rank),
             lora_alpha=float(lora_rank), train_text_encoder=bool(train_text_encoder),
-            gradient_checkpointing=bool(gradient_checkpointing), mixed_precision=mixed_precision,
+            gradient_checkpointing=bool(gradient_checkpointing), mixed_precision=mixed_precision, optimizer=optimizer,
             checkpoint_every=int(checkpoint_every), preview_every=int(preview_every))
         folder = train_dir(run_name) / "phase2"
         progress = ComfyProgress(int(steps), cls.hidden.unique_id)
-        with training_mode():
-            copy_ = clone_model(model)
-            if mode == "full" or train_text_encoder:
-                # the loader's "auto" dtype is fp16 on CUDA, but trained weights need fp32 masters (finetune() refuses
-                # others: fp16 cannot hold 2e-6 steps, and mixed_precision autocasts anyway). The copy is private, so
-                # it is upcast here; the fine-tuned model stays fp32 (fp16 would round its small updates away).
-                copy_.to(dtype=torch.float32)
-            patcher = managed_load(copy_.unet)  # noqa: F841  (ComfyUI makes room; kept alive while training)
-            trained, tokens = ft.finetune(copy_, clone_tensors(views.render), clone_tensors(masks),
-                                          clone_tensors(tokens), config, progress,
-                                          resume_from=resume_file(folder, "phase2", resume), checkpoint_dir=folder)
+        with grad_enabled():
+            # phase 2 changes the UNet and the text tower's token rows (and the whole text tower when it trains): only
+            # those are copied, trained weights as float32 masters (the loader's "auto" dtype is fp16 on CUDA; fp16
+            # cannot hold 2e-6 steps and mixed_precision autocasts anyway); the VAE is the input's own module
+            free_memory_for(copy_bytes(model, "finetune", mode, bool(train_text_encoder)), compute_device())
+            copy_ = model_for_finetuning(model, mode, bool(train_text_encoder))
+            with model_on_compute_device(copy_, exclusive=True):
+                trained, tokens = ft.finetune(copy_, usable_by_autograd(views.render), usable_by_autograd(masks),
+                                              usable_by_autograd(tokens), config, progress,
+                                              resume_from=resume_file(folder, "phase2", resume), checkpoint_dir=folder)
         return io.NodeOutput(trained, tokens, ui=_training_ui(progress, cls, views.render.num_views))
+
+
+#: GiB, estimated peaks of MVFineTune in the node chain (loader "auto" -> TI -> MVFineTune, 4 views x 256 px) from
+#: ``python -m bench.bench_memory`` (bench/RESULTS.md "GPU memory"); the tooltips quote them so each memory option
+#: says what it costs or saves. Empty until a bench run fills it: the tooltips then quote no figure.
+MEMORY: dict = {}
+
+
+def _tooltip(name: str) -> str:
+    """MVFineTune's tooltip for the memory-relevant input ``name``, with the bench's figures where measured."""
+    gib = {k: f"{v:.1f} GiB" for k, v in MEMORY.items()}
+    if name == "mode":
+        text = ("full: every UNet weight trains (float32 master weights, gradients and AdamW states); lora: a low-rank "
+                "delta on the loaded weights (small GPUs). LoRA wants a much higher learning_rate than full "
+                "fine-tuning: about 1e-4 instead of 2e-6.")
+        if "full" in gib and "lora" in gib:
+            text += f" Estimated peak at 256 px: full {gib['full']}, lora {gib['lora']}."
+        return text
+    if name == "train_text_encoder":
+        text = "Also fine-tune the text tower (float32 weights, gradients and AdamW states for it too)."
+        if "full_text_encoder" in gib and "full" in gib:
+            text += f" Full fine-tuning's estimated peak: {gib['full']} -> {gib['full_text_encoder']}."
+        return text
+    if name == "gradient_checkpointing":
+        text = "Recompute UNet activations in the backward pass (slower) to hold fewer of them."
+        if {"full", "full_checkpointing", "lora", "lora_checkpointing"} <= set(gib):
+            text += (f" Estimated peak at 256 px: full {gib['full']} -> {gib['full_checkpointing']}, lora "
+                     f"{gib['lora']} -> {gib['lora_checkpointing']} (full fine-tuning's peak is the optimizer step: "
+                     "weights, gradients and AdamW states, which checkpointing does not lower).")
+        return text
+    if name == "mixed_precision":
+        return "Autocast dtype on GPU with float32 master weights (faster matmuls, smaller activations)."
+    if name == "optimizer":
+        text = ("adamw: PyTorch AdamW (fused on CUDA), two float32 states per trained weight (6.4 GiB for the full "
+                "UNet). adamw8bit (offered when bitsandbytes is installed): 8-bit states, about 1.6 GiB.")
+        if "full" in gib and "full_8bit" in gib:
+            text += f" Full fine-tuning's estimated peak: {gib['full']} with adamw, {gib['full_8bit']} with adamw8bit."
+        return text
+    raise KeyError(name)
+
+
+def bitsandbytes_installed() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def optimizer_choices() -> list:
+    """The optimizers MVFineTune offers: AdamW, and 8-bit AdamW where bitsandbytes is importable."""
+    return [o for o in _choices(OPTIMIZERS) if o != "adamw8bit" or bitsandbytes_installed()]
+
+
+def optimizer_problem(optimizer) -> str:
+    """Why ``optimizer`` cannot be used here ('' when it can); None means the default."""
+    if optimizer is None or optimizer in optimizer_choices():
+        return ""
+    if optimizer == "adamw8bit":
+        return ("optimizer 'adamw8bit' needs bitsandbytes, which is not installed: pip install bitsandbytes in "
+                "ComfyUI's Python, or choose adamw")
+    return f"optimizer {optimizer!r} is not one of {optimizer_choices()}"
 
 
 def _choices(options) -> list:
