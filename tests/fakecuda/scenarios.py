@@ -116,7 +116,7 @@ def selfcheck_legal(sim):
 
 # ------------------------------------------------------------------------------------------------ core stages
 def _tiny_on_cuda(dtype: torch.dtype):
-    from dreamedit3d_core.tiny import load_tiny_mvdream
+    from dreamedit3d_core.testing.tiny import load_tiny_mvdream
 
     model = load_tiny_mvdream(seed=0, device=CUDA, dtype=dtype)
     expect_on_cuda("loaded UNet weight", next(model.unet.parameters()))
@@ -181,7 +181,7 @@ def _core_phase2(sim, dtype, mode, mixed_precision, checkpointing=False):
 
 def _core_render_masks_lift(sim, dtype):
     from dreamedit3d_core.assets import load_asset
-    from dreamedit3d_core.examples import write_example_asset
+    from dreamedit3d_core.testing.examples import write_example_asset
     from dreamedit3d_core.lifting import lift_to_mesh
     from dreamedit3d_core.masks import masks_from_parts
     from dreamedit3d_core.render import render_views
@@ -257,9 +257,10 @@ def _host():
     return _HOST
 
 
-def run_workflow(graph: dict) -> dict:
+def run_workflow(graph: dict, after_node=None) -> dict:
     """Run an API-format graph node by node in dependency order, as ComfyUI's executor does: each node under
-    ``torch.inference_mode()``, every output kept (ComfyUI's cache). Returns {node id: outputs tuple}."""
+    ``torch.inference_mode()``, every output kept (ComfyUI's cache). ``after_node(node id, class_type, outputs)`` is
+    called as each node finishes (ComfyUI may offload a model later). Returns {node id: outputs tuple}."""
     host = _host()
     mapping = {**host["comfy_nodes"].NODE_CLASS_MAPPINGS, **host["pack"].NODES}
     from _comfy_pack import node as v3_node
@@ -290,6 +291,8 @@ def run_workflow(graph: dict) -> dict:
                 result = getattr(cls(), cls.FUNCTION)(**kwargs)
                 result = result.get("result", ()) if isinstance(result, dict) else tuple(result or ())
         done[nid] = result
+        if after_node is not None:
+            after_node(nid, graph[nid]["class_type"], result)
         pending.remove(nid)
     return done
 
@@ -300,24 +303,29 @@ def _workflow(name: str, dtype_name: str) -> dict:
     for spec in graph.values():
         if spec["class_type"] == "DreamEdit3D_MVDreamLoader":
             spec["inputs"]["dtype"] = dtype_name
-    done = run_workflow(graph)
-    found = {}
     want_dtype = {"auto": torch.float16, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype_name]
-    for nid, spec in graph.items():
-        kind = spec["class_type"]
+
+    def check_model(nid, kind, outputs):
+        # as each node finishes: its model's parts are registered with ComfyUI, which may offload them later (a
+        # training node unloads every other model before it trains)
         if kind == "DreamEdit3D_MVDreamLoader":
-            weight = next(done[nid][0].unet.parameters())
+            weight = next(outputs[0].unet.parameters())
             expect_on_cuda("loaded model weight", weight)
             if weight.dtype != want_dtype:
                 raise AssertionError(f"MVDreamLoader dtype {dtype_name!r} on CUDA gave {weight.dtype}, expected {want_dtype}")
+        if kind in ("DreamEdit3D_MultiViewTextualInversion", "DreamEdit3D_MVFineTune"):
+            expect_on_cuda(f"{kind} model weight", next(outputs[0].unet.parameters()))
+
+    done = run_workflow(graph, after_node=check_model)
+    found = {}
+    for nid, spec in graph.items():
+        kind = spec["class_type"]
         if kind == "DreamEdit3D_MVSample":
             latent = done[nid][0]["samples"]
             if latent.device != host["mm"].intermediate_device():
                 raise AssertionError(f"MVSample LATENT on {latent.device}, ComfyUI's intermediate device is "
                                      f"{host['mm'].intermediate_device()}")
             found[f"{nid}:latent_device"] = str(latent.device)
-        if kind in ("DreamEdit3D_MultiViewTextualInversion", "DreamEdit3D_MVFineTune"):
-            expect_on_cuda(f"{kind} model weight", next(done[nid][0].unet.parameters()))
     return found
 
 
