@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from ..errors import Interrupted, TrainingError
-from ..progress import Progress
+from ..progress import ConsoleProgress, Progress  # ConsoleProgress re-exported in __all__
 from ..storage import atomic_write, unique_path
 from ..types import ConfigDict  # noqa: F401  (re-exported: batch/plan.py imports it from here)
 
@@ -230,31 +230,6 @@ class _Saver:
         if previous is not None and previous != path and previous.exists():
             previous.unlink()
         return path
-
-
-class ConsoleProgress:
-    """The library's default training progress: a tqdm bar on stderr with the loss, it/s and the ETA."""
-
-    def __init__(self, description: str = "training"):
-        self.description = description
-        self._bar = None
-
-    def update(self, step: int, total: int, preview: Optional[Any] = None, **info: Any) -> None:
-        if self._bar is None:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, initial=step - 1, desc=self.description, unit="step", dynamic_ncols=True)
-        self._bar.update(step - self._bar.n)
-        if "loss" in info:
-            self._bar.set_postfix(loss=f"{info['loss']:.4g}", refresh=False)
-
-    def check_interrupt(self) -> None:
-        return None
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 def run_training(
