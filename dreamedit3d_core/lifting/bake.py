@@ -59,6 +59,9 @@ class ViewSet:
     weight: float = 1.0
     alpha: Optional[torch.Tensor] = None
     background: Optional[Union[Sequence[float], torch.Tensor]] = None
+    #: True when ``depth`` is another surface's (a prior's: the source's): a sample counts as seen only ON that surface,
+    #: not in front of it (new geometry in front of the source must not take the colour of what it hides).
+    on_surface_only: bool = False
 
 
 def render_fragments(verts: torch.Tensor, faces: torch.Tensor, cameras: MVCameras, height: int, width: int) -> Fragments:
@@ -118,6 +121,8 @@ def _project_chunk(points: torch.Tensor, normals: torch.Tensor, view_sets: Seque
         d_surf = sample_images(vs.depth[:, None].to(torch.float32), pix, depth, mode="nearest")[..., 0]
         px_size = depth / vs.cameras.focal_px(h)
         visible = (d_surf > 0) & (depth <= d_surf + 0.01 + 3.0 * px_size)
+        if vs.on_surface_only:
+            visible = visible & (depth >= d_surf - 0.01 - 3.0 * px_size)
         cam_pos = vs.cameras.c2w()[:, :3, 3].to(points.device)
         to_cam = F.normalize(cam_pos[:, None] - points[None], dim=-1)
         cos = (to_cam * normals[None]).sum(-1).clamp(min=0.0)
@@ -252,33 +257,63 @@ def source_surface_colors(source, face_ids: torch.Tensor, bary: torch.Tensor) ->
 
 
 def keep_source_texture(source, face_ids: torch.Tensor, bary: torch.Tensor, colors: torch.Tensor, seen: torch.Tensor,
-                        tolerance: float = KEEP_TEXTURE_TOLERANCE, agreement: float = KEEP_TEXTURE_AGREEMENT
-                        ) -> tuple[torch.Tensor, torch.Tensor, int]:
+                        tolerance: float = KEEP_TEXTURE_TOLERANCE, agreement: float = KEEP_TEXTURE_AGREEMENT,
+                        points: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per component (source part), the source's own texture where the views agree with it, the views' colour elsewhere.
 
     A part is kept when at least ``agreement`` of its texels the views see are within ``tolerance`` (max over channels)
-    of the source's colour, or when no view sees it; its texels then all take the source's colour (seen or not), so
-    unchanged parts keep their full-resolution texture from every angle instead of a four-view re-bake. Inside a kept
-    part, seen texels that differ by more than ``KEEP_TEXTURE_CHANGED`` still take the views' colour (a recoloured
-    region of a single-part asset).
+    of the source's colour, or when no view sees it; its texels then take the source's colour, so unchanged parts keep
+    their full-resolution texture from every angle instead of a four-view re-bake. Inside a kept part, seen texels that
+    differ by more than ``KEEP_TEXTURE_CHANGED`` take the views' colour (a recoloured region of a single-part asset); in
+    a part that is not kept, seen texels within ``tolerance`` still take the source's (what the edit left as it was).
+    With ``points``, a texel no view sees follows its nearest seen texel of the same part: the source's colour when
+    that one kept it, else the views' fill (so an unseen top of a recoloured region is not left in the old colour).
 
     Args:
-        face_ids: int64 [K] source face of each surface sample (the mesh is the source's, faces in its order);
-        bary: [K, 3]; colors: float [K, 3] the views' colour; seen: bool [K] whether a view sees the sample.
+        face_ids: int64 [K] source face of each surface sample, -1 for samples on new faces (these keep the views'
+            colour); bary: [K, 3]; colors: float [K, 3] the views' colour; seen: bool [K] whether a view sees it;
+        points: float [K, 3] world positions of the samples, or None.
 
     Returns:
-        (colours float32 [K, 3], seen bool [K] with kept samples marked seen, number of parts kept).
+        (colours float32 [K, 3], seen bool [K] with samples given the source's colour marked seen, number of parts kept).
     """
-    src = source_surface_colors(source, face_ids, bary).to(colors.device)
-    part = source.part_ids.to(face_ids.device)[face_ids]
+    from_source = face_ids >= 0
+    fid = face_ids.clamp(min=0)
+    src = source_surface_colors(source, fid, bary).to(colors.device)
+    part = source.part_ids.to(face_ids.device)[fid]
     diff = (colors - src).abs().amax(-1)
-    close = (diff <= tolerance) & seen
+    seen_src = seen & from_source
+    close = (diff <= tolerance) & seen_src
     n_parts = source.num_parts
-    seen_count = torch.bincount(part[seen], minlength=n_parts)
+    seen_count = torch.bincount(part[seen_src], minlength=n_parts)
     close_count = torch.bincount(part[close], minlength=n_parts)
-    kept_part = (close_count >= agreement * seen_count) | (seen_count == 0)
-    keep = kept_part.to(part.device)[part] & ~(seen & (diff > KEEP_TEXTURE_CHANGED))
+    kept_part = ((close_count >= agreement * seen_count) | (seen_count == 0)).to(part.device)
+    keep_seen = seen_src & torch.where(kept_part[part], diff <= KEEP_TEXTURE_CHANGED, close)
+    keep = keep_seen | (from_source & ~seen & kept_part[part])
+    unseen = from_source & ~seen & (seen_count[part] > 0)
+    if points is not None and bool(unseen.any()):
+        keep = keep & ~unseen | (unseen & _nearest_seen_kept(points, part, seen_src, keep_seen, unseen))
     return torch.where(keep[:, None], src, colors), seen | keep, int(kept_part.sum())
+
+
+def _nearest_seen_kept(points: torch.Tensor, part: torch.Tensor, seen: torch.Tensor, kept: torch.Tensor,
+                       query: torch.Tensor) -> torch.Tensor:
+    """bool [K]: for the ``query`` samples, whether their nearest ``seen`` sample of the same part is ``kept``."""
+    from scipy.spatial import cKDTree
+
+    src = seen.nonzero().squeeze(1)
+    if src.numel() > MAX_FILL_SOURCES:
+        src = src[torch.linspace(0, src.numel() - 1, MAX_FILL_SOURCES, device=src.device).long()]
+    dst = query.nonzero().squeeze(1)
+    # parts far apart in a fourth coordinate: the nearest seen sample is always one of the same part
+    def lifted(idx):
+        p = points[idx].cpu().double()
+        return torch.cat([p, part[idx].cpu().double()[:, None] * 1e3], 1).numpy()
+
+    _, near = cKDTree(lifted(src)).query(lifted(dst), workers=-1)
+    out = torch.zeros_like(query)
+    out[dst] = kept[src[torch.from_numpy(near).to(src.device)]]
+    return out
 
 
 def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor, uv: torch.Tensor,
@@ -293,8 +328,8 @@ def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor
         fallback_colors: float [N, 3] per-vertex colours (already filled where no view sees them); unseen texels take
             their interpolation. None: unseen texels take the nearest seen texel in 3D instead (slower).
         prior_sets: views of the source used only where no view in ``view_sets`` sees a texel.
-        source: (the source asset, int64 [M] the source face of each face) when the mesh IS the source's: its own
-            texture is kept for the components the views agree with (:func:`keep_source_texture`).
+        source: (the source asset, int64 [M] the source face of each face, -1 for a new face) when the mesh is (partly)
+            the source's: its own texture is kept where the views agree with it (:func:`keep_source_texture`).
 
     Returns:
         (texture float32 [T, T, 3] in 0..1, row 0 at the top (v = 1); stats with ``unseen_texel_fraction``).
@@ -311,7 +346,7 @@ def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor
     if source is not None:
         asset, source_faces = source
         colors, seen, kept_parts = keep_source_texture(asset, source_faces[frags.face_id[0][covered]],
-                                                       frags.bary[0][covered], colors, seen)
+                                                       frags.bary[0][covered], colors, seen, points=pos)
     if check_interrupt is not None:
         check_interrupt()
     if fallback_colors is not None:

@@ -20,8 +20,9 @@ from ..cameras import MVCameras
 from ..errors import ConfigError, LiftError
 from ..geometry import SourceFrame
 from ..progress import Progress, as_progress
-from ..types import LiftedMesh, MeshAsset
+from ..types import ComponentMasks, LiftedMesh, MeshAsset
 from . import bake, hull, surface
+from . import components as component_lift
 from .views import (AUTO_BACKGROUND, DEFAULT_KEY_THRESHOLD, background_rows, check_masks, check_views,
                     describe_unkeyable, key_background, key_views_auto, unkeyable_views)
 
@@ -36,6 +37,9 @@ class LiftMode(str, Enum):
     SOURCE_GUIDED = "source_guided"
     #: The source mesh exactly, re-textured from the views (appearance edits).
     KEEP_SOURCE = "keep_source"
+    #: The source's components the edit does not touch keep their exact faces and texture; smooth new geometry only
+    #: where the edited silhouettes grow past the source's; parts they no longer show are removed (``components``).
+    COMPONENT_AWARE = "component_aware"
 
 
 MODES = tuple(m.value for m in LiftMode)
@@ -105,11 +109,11 @@ def as_lift_mode(mode) -> LiftMode:
 
 
 def best_mode(has_source: bool, reconstructor: Optional[str] = None) -> tuple:
-    """What a lift should use when the caller does not choose, as (mode, reconstructor name or None): source-guided
+    """What a lift should use when the caller does not choose, as (mode, reconstructor name or None): component-aware
     geometry when the views come from a source asset; else ``reconstructor`` when given; else the first reconstructor
     registered with :func:`register_reconstructor`; else the visual hull, a preview-quality block-out."""
     if has_source:
-        return LiftMode.SOURCE_GUIDED, None
+        return LiftMode.COMPONENT_AWARE, None
     if reconstructor is not None:
         return LiftMode.HULL, reconstructor
     registered = list_reconstructors()
@@ -236,7 +240,7 @@ def _source_prior_views(source: MeshAsset, cameras: MVCameras, size: int, backgr
         cams = MVCameras(elevation_deg=elev, azimuth_deg=azimuths, fov_deg=cameras.fov_deg, radius=cameras.radius)
         r = render_views(source, cams, resolution=size, background=tuple(background), ssaa=1)
         views.append(bake.ViewSet(r.rgb, bake.feathered_mask(r.alpha, 1, 0), cams, r.depth[:, 0], alpha=r.alpha,
-                                   background=tuple(background)))
+                                   background=tuple(background), on_surface_only=True))
     return views
 
 
@@ -257,7 +261,8 @@ class _LiftState:
     background: Optional[torch.Tensor] = None  # float32 [V, 3]: each view's background colour
     verts: Optional[np.ndarray] = None
     faces: Optional[np.ndarray] = None
-    source_faces: Optional[np.ndarray] = None  # int64 [M]: the source face each face is, when the mesh is the source's
+    source_faces: Optional[np.ndarray] = None  # int64 [M]: the source face each face is (-1: a new face), or None
+    parts: dict = field(default_factory=dict)  # component-aware options: keep, names, prompt, masks
     stats: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -304,7 +309,32 @@ def _silhouettes(st: _LiftState, alpha, background, key_threshold) -> None:
     check_masks(st.alpha, keyed=True, background=st.background, views=[i for i in range(v) if i not in bad])
 
 
-def _geometry(st: _LiftState, mode: LiftMode, grid: int, reconstructor: Optional[str]) -> None:
+def _component_aware(st: _LiftState, grid: int, face_budget: int) -> dict:
+    """Stage 2 for "component_aware": the kept components' source faces exactly and new geometry where the edit
+    changed the shape (``component_lift.component_aware_geometry``); the source as it is when nothing changed shape."""
+    opts = st.parts
+    policy = component_lift.as_keep_policy(opts.get("keep", component_lift.KeepPolicy.ALL_BUT_EDITED))
+    comps = component_lift.source_components(st.source, st.cameras, opts.get("masks"))
+    h, w = st.alpha.shape[-2:]
+    agree, change = silhouettes_agree(st.alpha, hull.source_silhouettes(st.source, st.cameras, h, w))
+    # unchanged silhouettes carve nothing (a low-poly part's outline a keyed pixel off is not a removal)
+    decision = component_lift.decide_kept_faces(st.source, comps, st.alpha, st.cameras, policy, opts.get("names", ()),
+                                                opts.get("prompt"), carve=not agree)
+    info = {"silhouette_change": change, "keep": policy.value, "components_kept": list(decision.kept),
+            "components_edited": list(decision.edited), "components_removed": list(decision.removed),
+            "components_trimmed": list(decision.trimmed)}
+    if agree and policy == component_lift.KeepPolicy.ALL_BUT_EDITED:
+        verts = st.source.vertices.detach().cpu().double().numpy()
+        faces = st.source.faces.detach().cpu().numpy().astype(np.int64)
+        st.verts, st.faces, st.source_faces = surface.drop_unused_vertices(verts, faces, return_face_index=True)
+        return {**info, "geometry": "source", "added_volume_fraction": 0.0, "kept_faces": int(len(st.faces)),
+                "new_faces": 0}
+    st.verts, st.faces, st.source_faces, more = component_lift.component_aware_geometry(
+        st.alpha, st.cameras, st.source, decision.kept_faces, grid, face_budget, st.check, decision.rebuilt_faces())
+    return {**info, **more, "geometry": "component_aware"}
+
+
+def _geometry(st: _LiftState, mode: LiftMode, grid: int, reconstructor: Optional[str], face_budget: int = 0) -> None:
     """Stage 2: raw geometry (vertices float64 [N, 3], faces int64 [M, 3]) in our world frame."""
     if mode == LiftMode.KEEP_SOURCE:
         verts = st.source.vertices.detach().cpu().double().numpy()
@@ -319,6 +349,8 @@ def _geometry(st: _LiftState, mode: LiftMode, grid: int, reconstructor: Optional
         return
     if mode == LiftMode.HULL:
         st.verts, st.faces, info = _hull_geometry(st.alpha, st.cameras, grid, st.check)
+    elif mode == LiftMode.COMPONENT_AWARE:
+        info = _component_aware(st, grid, face_budget)
     else:
         st.verts, st.faces, info = _source_guided_geometry(st.alpha, st.cameras, st.source, grid, st.check)
         st.source_faces = info.pop("source_faces", None)
@@ -326,8 +358,9 @@ def _geometry(st: _LiftState, mode: LiftMode, grid: int, reconstructor: Optional
 
 
 def _cleanup(st: _LiftState, mode: LiftMode, face_budget: int, reconstructor: Optional[str]) -> None:
-    """Stage 3: smoothing and decimation (the source keeps its exact geometry; a reconstructor's mesh is not smoothed)."""
-    if mode != LiftMode.KEEP_SOURCE and st.stats.get("geometry") != "source":
+    """Stage 3: smoothing and decimation (the source keeps its exact geometry, and so do the component-aware lift's kept
+    faces, whose new part was smoothed on its own; a reconstructor's mesh is not smoothed)."""
+    if mode not in (LiftMode.KEEP_SOURCE, LiftMode.COMPONENT_AWARE) and st.stats.get("geometry") != "source":
         iterations = 0 if reconstructor is not None else surface.TAUBIN_ITERATIONS
         st.verts, st.faces = surface.smooth_and_decimate(st.verts, st.faces, int(face_budget), iterations,
                                                          check_interrupt=st.check)
@@ -403,6 +436,10 @@ def lift_to_mesh(
     reconstructor: Optional[str] = None,
     key_threshold: float = DEFAULT_KEY_THRESHOLD,
     frame: Optional[SourceFrame] = None,
+    keep: Union[str, component_lift.KeepPolicy] = "all_but_edited",
+    components: Union[str, Sequence[str]] = (),
+    prompt: Optional[str] = None,
+    component_masks: Optional[ComponentMasks] = None,
 ) -> LiftedMesh:
     """Lift the views of one object to a textured triangle mesh.
 
@@ -418,7 +455,8 @@ def lift_to_mesh(
         source: the asset the views were edited from; needed by "source_guided" and "keep_source", used as colour prior.
         mode: a :class:`LiftMode` or its value: "hull" (silhouette visual hull: a preview-quality block-out),
             "source_guided" (source solid where the edited silhouettes still cover it, plus the edited hull where they
-            grow past the source) or "keep_source" (the source mesh exactly, re-textured).
+            grow past the source), "keep_source" (the source mesh exactly, re-textured) or "component_aware" (the
+            components the edit does not touch exactly, smooth new geometry where the silhouettes grow; see ``keep``).
         grid: voxels along the object's longest side (16..512).
         texture_size: side of the square texture; 0 bakes vertex colours only.
         face_budget: decimate to at most this many faces (0: none). "keep_source" never decimates.
@@ -428,6 +466,14 @@ def lift_to_mesh(
         reconstructor: name of a model registered with :func:`register_reconstructor` to use instead of the hull.
         key_threshold: colour distance from the background that counts as object when keying (raised per view for noisy
             backgrounds in "auto").
+        keep: "component_aware" only: which of the source's components keep their exact faces and texture:
+            "all_but_edited" (default: all but those ``components`` or the ``prompt`` edits, and parts the edited
+            silhouettes no longer show), "listed" (only ``components``) or "none".
+        components: component names (a list, or text separated by commas/spaces; ``<hat>`` works too): the
+            edited ones for "all_but_edited", the kept ones for "listed".
+        prompt: the edit prompt: when it uses some components' ``<token>``, those it leaves out count as edited.
+        component_masks: ComponentMask's masks in these views: their names are the components (default: the source's
+            parts).
         frame: the frame files are written in (``MultiViewRender.source_frame``: the rendered asset's own coordinates);
             default the source's, or glTF's +Y up / front +Z at unit size without a source.
 
@@ -453,7 +499,9 @@ def lift_to_mesh(
     mode = as_lift_mode(mode)
     device = torch.device(device) if device is not None else rgb.device
     st = _LiftState(rgb=rgb.to(device=device, dtype=torch.float32).clamp(0.0, 1.0), cameras=cameras, device=device,
-                    progress=prog, source=None if source is None else source.to(device))
+                    progress=prog, source=None if source is None else source.to(device),
+                    parts={"keep": component_lift.as_keep_policy(keep), "names": component_lift.split_names(components),
+                           "prompt": prompt, "masks": component_masks})
     st.stats.update(mode=mode.value, grid=int(grid), texture_size=int(texture_size))
     times = {}
     t0 = time.perf_counter()
@@ -468,7 +516,7 @@ def lift_to_mesh(
         return result
 
     stage(1, "silhouettes", None, _silhouettes, alpha, background, key_threshold)
-    stage(2, "geometry", "geometry_s", _geometry, mode, grid, reconstructor)
+    stage(2, "geometry", "geometry_s", _geometry, mode, grid, reconstructor, face_budget)
     stage(3, "cleanup", "cleanup_s", _cleanup, mode, face_budget, reconstructor)
     mesh = stage(4, "texture", "texture_s", _colour, texture_size)
     stage(5, "done", "refine_s", lambda s: _refine(s, mesh, texture_size, refine_steps) if refine_steps else None)

@@ -89,7 +89,7 @@ def test_untouched_components_keep_the_source_texture_and_the_recoloured_one_tak
     print("untouched texels equal to the source texture", exact, "recoloured texels blue", blue)
     assert exact >= 0.95 and blue >= 0.8, (exact, blue)
     # from held-out cameras the kept texture beats a four-view re-bake of the same views
-    monkeypatch.setattr(bake, "keep_source_texture", lambda src, f, b, colors, seen: (colors, seen, 0))  # plain bake
+    monkeypatch.setattr(bake, "keep_source_texture", lambda src, f, b, colors, seen, **kw: (colors, seen, 0))  # plain bake
     rebaked = lift_to_mesh(views.rgb, CAMS, **kw)
     assert rebaked.stats["source_texture_parts"] == 0
     from _lift_helpers import masked_psnr
