@@ -446,7 +446,7 @@ def load_asset(
     data = _read_asset_bytes(path)
     suffix = path.suffix.lower()
     if suffix in (".glb", ".gltf"):
-        named_nodes, uv_transforms = _gltf_layout(data, path, max_texture_pixels)
+        named_nodes, uv_transforms, data = _gltf_layout(data, path, max_texture_pixels)
         trimesh_options, has_materials = {}, True
     elif suffix == ".obj":
         named_nodes, trimesh_options, has_materials = _obj_layout(data)
@@ -476,8 +476,84 @@ def _read_asset_bytes(path: Path) -> bytes:
     return data
 
 
-def _gltf_layout(data: bytes, path: Path, max_texture_pixels: int) -> tuple[dict, dict]:
-    """Check a GLB/glTF's JSON before trimesh sees it; return (named node -> index in file order, UV transforms)."""
+#: glTF integer component types a ``normalized`` accessor maps to [-1, 1] / [0, 1]: (numpy type, divisor).
+_NORMALIZED_TYPES = {5120: (np.int8, 127.0), 5121: (np.uint8, 255.0), 5122: (np.int16, 32767.0),
+                     5123: (np.uint16, 65535.0)}
+_ACCESSOR_WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
+
+
+def _buffer_bytes(tree: dict, binary: bytes, index: int, path: Path) -> bytes:
+    """The bytes of glTF buffer ``index``: the GLB's BIN chunk, a data: URI, or a file in the asset's folder."""
+    import base64
+
+    uri = (tree["buffers"][index] or {}).get("uri")
+    if not uri:
+        return binary
+    if uri.startswith("data:"):
+        return base64.b64decode(uri.split(",", 1)[1])
+    return _inside(path.parent, uri, path, f"buffer {index} URI").read_bytes()
+
+
+def _dequantised(tree: dict, binary: bytes, path: Path) -> bool:
+    """Rewrite ``tree`` so normalized integer POSITION and TEXCOORD accessors (KHR_mesh_quantization, e.g. gltfpack
+    with normalized positions or texture coordinates) become float32 ones in an added data: buffer; True if any did.
+
+    trimesh reads such accessors as raw integers (positions 65535 times too large, UVs far outside 0..1); glTF maps them
+    to [0, 1] (unsigned) or [-1, 1] (signed) as ``max(c / (2^(bits-1) - 1), -1)``.
+    """
+    wanted = {index for mesh in tree.get("meshes", []) or [] for prim in (mesh or {}).get("primitives", []) or []
+              for name, index in ((prim or {}).get("attributes") or {}).items()
+              if name == "POSITION" or name.startswith("TEXCOORD_")}
+    blob = bytearray()
+    try:
+        for index in sorted(wanted):
+            acc = tree["accessors"][index]
+            if not acc.get("normalized") or acc.get("componentType") not in _NORMALIZED_TYPES or "bufferView" not in acc \
+                    or acc.get("sparse"):
+                continue
+            kind, divisor = _NORMALIZED_TYPES[acc["componentType"]]
+            width, count = _ACCESSOR_WIDTH[acc["type"]], int(acc["count"])
+            view = tree["bufferViews"][acc["bufferView"]]
+            raw = _buffer_bytes(tree, binary, int(view.get("buffer", 0)), path)
+            start = int(view.get("byteOffset", 0)) + int(acc.get("byteOffset", 0))
+            item = np.dtype(kind).itemsize * width
+            stride = int(view.get("byteStride", 0)) or item
+            rows = np.frombuffer(raw, np.uint8, count=(count - 1) * stride + item if count else 0, offset=start)
+            rows = np.lib.stride_tricks.as_strided(rows, (count, item), (stride, 1)) if count else rows.reshape(0, item)
+            values = np.maximum(np.ascontiguousarray(rows).view(kind).reshape(count, width) / divisor, -1.0)
+            values = values.astype(np.float32)
+            acc.update(componentType=5126, bufferView=len(tree["bufferViews"]), byteOffset=0)
+            acc.pop("normalized")
+            if acc["type"] == "VEC3" and count:
+                acc.update(min=values.min(0).tolist(), max=values.max(0).tolist())
+            tree["bufferViews"].append({"buffer": len(tree["buffers"]), "byteOffset": len(blob),
+                                        "byteLength": values.nbytes})
+            blob += values.tobytes()
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise _fail(path, f"is corrupt: a quantized accessor cannot be read ({type(exc).__name__}: {exc})") from None
+    if not blob:
+        return False
+    import base64
+
+    tree["buffers"].append({"byteLength": len(blob),
+                            "uri": "data:application/octet-stream;base64," + base64.b64encode(bytes(blob)).decode()})
+    return True
+
+
+def _pack_glb(tree: dict, binary: bytes) -> bytes:
+    """A GLB container of ``tree`` (JSON) and ``binary`` (its BIN chunk, omitted when empty)."""
+    text = json.dumps(tree).encode("utf-8")
+    text += b" " * (-len(text) % 4)
+    chunks = struct.pack("<I4s", len(text), b"JSON") + text
+    if binary:
+        binary = binary + b"\0" * (-len(binary) % 4)
+        chunks += struct.pack("<I4s", len(binary), b"BIN\x00") + binary
+    return struct.pack("<4sII", b"glTF", 2, 12 + len(chunks)) + chunks
+
+
+def _gltf_layout(data: bytes, path: Path, max_texture_pixels: int) -> tuple[dict, dict, bytes]:
+    """Check a GLB/glTF's JSON before trimesh sees it; return (named node -> index in file order, UV transforms, the
+    file's bytes for trimesh: rewritten when normalized integer accessors had to be dequantised)."""
     if path.suffix.lower() == ".glb":
         tree, binary = split_glb(data, path)
     else:
@@ -492,7 +568,9 @@ def _gltf_layout(data: bytes, path: Path, max_texture_pixels: int) -> tuple[dict
             named_nodes[node["name"]] = i
     if not tree.get("meshes"):
         raise _fail(path, "contains no meshes")
-    return named_nodes, _texture_transforms(tree)
+    if _dequantised(tree, binary, path):
+        data = _pack_glb(tree, binary) if path.suffix.lower() == ".glb" else json.dumps(tree).encode("utf-8")
+    return named_nodes, _texture_transforms(tree), data
 
 
 def _obj_layout(data: bytes) -> tuple[dict, dict, bool]:

@@ -29,7 +29,9 @@ def write_gltf(path, meshes: list, nodes: list, roots: list, materials: list, se
 
     meshes: dicts with ``vertices`` [N, 3], ``faces`` [M, 3], optional ``colors`` [N, 3] (COLOR_0) and ``material``
     (index into ``materials``, a list of RGB base colours); or, instead of ``vertices``, ``positions_of``: the index of
-    an earlier mesh whose POSITION accessor this one shares (its faces index into that mesh's vertices). nodes: glTF node dicts (``mesh``, ``children``,
+    an earlier mesh whose POSITION accessor this one shares (its faces index into that mesh's vertices); optional
+    ``uv`` [N, 2] (TEXCOORD_0); ``normalized``: True stores the positions (in [0, 1]) and UVs as normalized unsigned
+    shorts (KHR_mesh_quantization, as gltfpack writes them; positions padded to 8-byte vertices), read as c / 65535. nodes: glTF node dicts (``mesh``, ``children``,
     ``translation``, ``rotation``, ``scale``, ``matrix``, ``name``) as written. roots: the scene's root node indices.
     """
     blob, views, accessors, gl_meshes = bytearray(), [], [], []
@@ -50,9 +52,21 @@ def write_gltf(path, meshes: list, nodes: list, roots: list, materials: list, se
     for mesh in meshes:
         if "positions_of" in mesh:
             positions.append(positions[mesh["positions_of"]])
+        elif mesh.get("normalized"):
+            q = np.round(np.asarray(mesh["vertices"], np.float64) * 65535).astype(np.uint16)
+            positions.append(add(np.concatenate([q, np.zeros((len(q), 1), np.uint16)], 1), 5123, "VEC4", 34962))
+            views[-1]["byteStride"] = 8
+            accessors[-1].update(type="VEC3", normalized=True, min=q.min(0).tolist(), max=q.max(0).tolist())
         else:
             positions.append(add(np.asarray(mesh["vertices"], np.float32), 5126, "VEC3", 34962, True))
         attributes = {"POSITION": positions[-1]}
+        if mesh.get("uv") is not None:
+            if mesh.get("normalized"):
+                uv = np.round(np.asarray(mesh["uv"], np.float64) * 65535).astype(np.uint16)
+                attributes["TEXCOORD_0"] = add(uv, 5123, "VEC2", 34962)
+                accessors[-1]["normalized"] = True
+            else:
+                attributes["TEXCOORD_0"] = add(np.asarray(mesh["uv"], np.float32), 5126, "VEC2", 34962)
         if mesh.get("colors") is not None:
             attributes["COLOR_0"] = add(np.asarray(mesh["colors"], np.float32), 5126, "VEC3", 34962)
         primitive = {"attributes": attributes,

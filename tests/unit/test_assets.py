@@ -459,3 +459,29 @@ def test_meshes_sharing_one_position_accessor_bring_only_their_own_vertices(tmp_
     from scipy.spatial import cKDTree
 
     assert cKDTree(used).query(back)[0].max() < 1e-6
+
+
+def test_normalized_integer_positions_and_uvs_are_dequantised(tmp_path):
+    """KHR_mesh_quantization: normalized unsigned-short POSITION and TEXCOORD_0 mean c / 65535 (glTF 2.0 spec, as
+    Blender and three.js read them; trimesh reads the raw integers). The node's scale and offset place the unit cube."""
+    from _unseen_assets import write_gltf
+
+    box = trimesh.creation.box(extents=(0.5, 0.8, 1.0))
+    unit = (np.asarray(box.vertices) - box.bounds[0]) / 1.0  # within [0, 1]: what the quantized accessor holds
+    uv = np.stack([unit[:, 0], unit[:, 2]], 1) * 0.9 + 0.05
+    nodes = [{"name": "quantized", "mesh": 0, "scale": [40.0, 40.0, 40.0], "translation": [-20.0, 5.0, 300.0]}]
+    path = write_gltf(tmp_path / "quantized.glb", [dict(name="q", vertices=unit, faces=box.faces, uv=uv, material=0,
+                                                        normalized=True)], nodes, [0], [(1.0, 1.0, 1.0)])
+    asset = load_asset(path)
+    expected = np.round(unit * 65535) / 65535 * 40.0 + (-20.0, 5.0, 300.0)
+    got = asset.source_frame.to_source_frame(asset.vertices.double()).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)  # float32 internal vertices of a 40-unit box
+    stored = np.round(uv * 65535) / 65535
+    np.testing.assert_allclose(asset.uv.numpy(), np.stack([stored[:, 0], 1.0 - stored[:, 1]], 1), atol=1e-6)  # v up
+    # the same file with float accessors loads the same
+    plain = load_asset(write_gltf(tmp_path / "plain.glb", [dict(name="q", vertices=np.round(unit * 65535) / 65535,
+                                                                faces=box.faces, uv=np.round(uv * 65535) / 65535,
+                                                                material=0)], nodes, [0], [(1.0, 1.0, 1.0)]))
+    torch.testing.assert_close(asset.source_frame.to_internal, plain.source_frame.to_internal, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(asset.vertices, plain.vertices, rtol=0, atol=1e-6)
+    torch.testing.assert_close(asset.uv, plain.uv, rtol=0, atol=1e-6)
