@@ -19,7 +19,8 @@ Conventions:
   (no sRGB/linear conversion); alpha channels are ignored. A part without material gets :data:`DEFAULT_BASE_COLOR`.
 * Scene graph: every node's world transform is applied to its mesh (an instanced mesh becomes one part per node); a
   node that mirrors (negative determinant) has its triangles' winding reversed, as glTF specifies, so faces stay
-  outward; each part keeps only the vertices its faces use.
+  outward; each part keeps only the vertices its faces use. Normalized integer positions and UVs (KHR_mesh_quantization)
+  are dequantised as glTF specifies.
 * Parts: one per scene-graph node instance (glTF), per OBJ ``o``/``g`` group, or the whole file (PLY). Names are the glTF node
   names; unnamed glTF nodes use the material name of their primitive or the mesh name; duplicates get ``_1``, ``_2`` suffixes
   (unique without regard to case, since components match names case-insensitively).
