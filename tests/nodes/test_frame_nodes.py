@@ -1,7 +1,7 @@
 """LiftToMesh's outputs in the source file's own coordinates, through the nodes (issue 13 item 1), in-process.
 
 OrthoRender of files the project has never seen (a Z-up OBJ read with its axes; a GLB with nested, instanced and mirrored
-nodes) -> LiftToMesh (keep_source) -> its GLB, its core MESH, and ComfyUI's own SaveGLB of that MESH all land on the
+nodes; a Z-up vehicle in centimetres with many parts) -> LiftToMesh (keep_source) -> its GLB, its core MESH, and ComfyUI's own SaveGLB of that MESH all land on the
 file's vertices as trimesh reads the file; the MESH fed back into OrthoRender renders the same four views.
 """
 
@@ -15,7 +15,7 @@ from _unseen_assets import BUILDERS, bbox_diagonal, file_mesh, normals_agree
 
 pytestmark = pytest.mark.nodes
 
-CASES = ("z_up.obj", "nested_instanced.glb")
+CASES = ("z_up.obj", "nested_instanced.glb", "vehicle.glb")
 
 
 def run(pack, node_id, hidden=None, **inputs):
