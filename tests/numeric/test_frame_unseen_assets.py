@@ -113,12 +113,16 @@ def test_source_guided_exports_sit_on_the_file(unseen, name, tmp_path):
                         texture_size=0, face_budget=3000, frame=views.source_frame)
     reference = file_mesh(path)
     diagonal = bbox_diagonal(reference)
-    written = read_back(export_mesh(mesh, tmp_path / "guided.glb"))
+    exported = export_mesh(mesh, tmp_path / "guided.glb")
+    written = read_back(exported)
     # the same place, size and orientation: bounding box corners within 3 % of the diagonal, surfaces close
     np.testing.assert_allclose(written.bounds, reference.bounds, atol=0.03 * diagonal, err_msg=name)
     c = chamfer_fraction(written, reference)
     assert c <= 0.02, f"{name}: Chamfer {c:.2%} of the diagonal"
     assert normals_agree(written, reference) > 0.9, f"{name}: faces point inward"
+    # loaded again with the file's axes, it is seen from the same four cameras as the source
+    seen = render_views(load_asset(exported, **options), CAMS, resolution=RES, lighting="unlit")
+    assert min(silhouette_iou(seen.alpha, views.alpha)) >= 0.9, f"{name}: IoU {silhouette_iou(seen.alpha, views.alpha)}"
 
 
 def test_the_core_mesh_is_in_the_files_coordinates_and_renders_the_same_views_again(unseen):
