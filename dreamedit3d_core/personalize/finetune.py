@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import warnings
+from enum import Enum
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -40,7 +41,18 @@ from .train import CheckpointPolicy, PersonalizationResult, StepOutput, frozen, 
 
 ADAPTER_NAME = "dreamedit3d"
 LORA_FORMAT = "dreamedit3d.unet-lora"
-MODES = ("full", "lora")
+
+
+class FinetuneMode(str, Enum):
+    """What phase 2 trains (a ``str`` Enum: the plain strings are accepted everywhere; configs keep the plain string)."""
+
+    #: every UNet weight (float32 master weights)
+    FULL = "full"
+    #: a peft LoRA adapter on the UNet's attention projections, over the loaded weights
+    LORA = "lora"
+
+
+MODES = tuple(m.value for m in FinetuneMode)
 OPTIMIZERS = ("adamw", "adamw8bit")
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -95,6 +107,7 @@ class FTConfig(ObjectiveConfig):
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        object.__setattr__(self, "mode", FinetuneMode(self.mode).value)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.mode == "lora" and self.lora_rank < 1:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from enum import Enum
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -34,7 +35,16 @@ from .losses import (ATTENTION_NORMALISATIONS, attention_alignment_loss, average
                      masked_diffusion_loss)
 from .train import StepOutput
 
-MIXED_PRECISION = ("no", "bf16", "fp16")
+class MixedPrecision(str, Enum):
+    """The autocast dtype of training on a GPU, over float32 master weights (a ``str`` Enum: the plain strings are
+    accepted everywhere; configs keep the plain string)."""
+
+    NO = "no"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+MIXED_PRECISION = tuple(m.value for m in MixedPrecision)
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,7 @@ class ObjectiveConfig(ConfigDict):
                               f"{self.attention_normalisation!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        object.__setattr__(self, "mixed_precision", MixedPrecision(self.mixed_precision).value)
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise ConfigError(f"resolution must be a multiple of 8, got {self.resolution}")
 
