@@ -134,8 +134,12 @@ def _closest_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.nda
 
 
 def point_to_mesh_distance(points, vertices, faces, candidates: int = 48) -> np.ndarray:
-    """Distance of each point [P, 3] to the surface of a triangle mesh: exact over the ``candidates`` triangles whose
-    centroids are nearest plus those around the nearest vertex (a close upper bound otherwise)."""
+    """Exact distance of each point [P, 3] to the surface of a triangle mesh.
+
+    A close upper bound first (the ``candidates`` triangles whose centroids are nearest, and those around the nearest
+    vertex); then every triangle whose bounding box reaches within that bound of the point (an R-tree over the
+    triangles' boxes), so a big triangle among many small ones is never missed.
+    """
     from scipy.spatial import cKDTree
 
     v = np.asarray(vertices, np.float64)
@@ -155,12 +159,37 @@ def point_to_mesh_distance(points, vertices, faces, candidates: int = 48) -> np.
         has = starts[nv] + i < starts[nv + 1]
         ring[has, i] = order[starts[nv[has]] + i] // 3
     cand = np.concatenate([near, np.where(ring >= 0, ring, near[:, :1])], 1)
-    out = np.empty(len(p))
+    bound = np.empty(len(p))
     for s in range(0, len(p), 4096):
         t = tri[cand[s:s + 4096]]  # [B, C, 3, 3]
         q = p[s:s + 4096, None, :]
         closest = _closest_on_triangles(q, t[..., 0, :], t[..., 1, :], t[..., 2, :])
-        out[s:s + 4096] = np.linalg.norm(closest - q, axis=-1).min(1)
+        bound[s:s + 4096] = np.linalg.norm(closest - q, axis=-1).min(1)
+    return _within_bound(p, tri, bound)
+
+
+def _within_bound(p: np.ndarray, tri: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """The exact distance of each point to the triangles, given an upper bound of it: only triangles whose bounding box
+    lies within ``bound`` of the point can be nearer, and an R-tree over the boxes finds them all."""
+    import rtree
+
+    lo, hi = tri.min(1), tri.max(1)
+    props = rtree.index.Property()
+    props.dimension = 3
+    index = rtree.index.Index(((i, (*lo[i], *hi[i]), None) for i in range(len(tri))), properties=props)
+    reach = bound * (1 + 1e-9) + 1e-12
+    found = [np.fromiter(index.intersection((*(q - r), *(q + r))), np.int64) for q, r in zip(p, reach)]
+    counts = np.array([len(c) for c in found])
+    out = bound.copy()
+    if counts.sum() == 0:
+        return out
+    owner = np.repeat(np.arange(len(p)), counts)
+    tris = np.concatenate(found)
+    dist = np.empty(len(tris))
+    for s in range(0, len(tris), 65536):
+        t, q = tri[tris[s:s + 65536]], p[owner[s:s + 65536]]
+        dist[s:s + 65536] = np.linalg.norm(_closest_on_triangles(q, t[:, 0], t[:, 1], t[:, 2]) - q, axis=-1)
+    np.minimum.at(out, owner, dist)
     return out
 
 

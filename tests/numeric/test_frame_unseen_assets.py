@@ -142,11 +142,6 @@ def test_the_core_mesh_is_in_the_files_coordinates_and_renders_the_same_views_ag
     assert min(silhouette_iou(seen.alpha, views.alpha)) >= 0.99
 
 
-@pytest.mark.xfail(strict=True, reason="tests/_lift_helpers.point_to_mesh_distance looks only at the 48 triangles with the "
-                   "nearest centroids and the nearest vertex's ring: a point on a big triangle among many small ones gets a "
-                   "distance to a small one (vehicle.glb against itself: 0.64 % of the diagonal; the benchmark's Chamfer "
-                   "and F-score use it). Fix there: split the receiving mesh's long triangles first, as "
-                   "_unseen_assets.chamfer_fraction does")
 def test_the_surface_chamfer_of_a_mesh_with_itself_is_zero(unseen):
     path = unseen["vehicle.glb"][0]
     reference = file_mesh(path)
