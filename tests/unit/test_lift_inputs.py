@@ -114,7 +114,7 @@ def test_key_background_fills_white_details_inside_the_object():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(mode="carve"), r"unknown lift mode 'carve'; valid modes are \['hull', 'source_guided', 'keep_source'\]"),
+        (dict(mode="carve"), r"unknown lift mode 'carve'; valid modes are \['hull', 'source_guided', 'keep_source', 'component_aware'\]"),
         (dict(mode="source_guided"), "needs the source asset"),
         (dict(grid=8), "grid must be within 16..512"),
         (dict(texture_size=32), "texture_size must be 0"),
