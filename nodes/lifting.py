@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..dreamedit3d_core.errors import CheckpointError, ConfigError, ShapeError
+from ..dreamedit3d_core.lifting.components import KEEP_POLICIES, KeepPolicy
 from ..dreamedit3d_core.lifting.pipeline import MODES, LiftMode
 from ._compat import compute_device, free_memory_for, io
-from .folders import FOLDER_LGM, file_stamp, model_files, model_path, output_relative, save_target
+from .folders import FOLDER_LGM, model_files, model_path, model_stamp, output_relative, save_target
 from .progress import ComfyProgress
 from .provenance import image_record
-from .sockets import MVViewsSocket, core_mesh_batch, from_comfy_image
+from .sockets import MVSamplesSocket, MVViewsSocket, core_mesh_batch, from_comfy_image
 
 CATEGORY = "DreamEdit3D/lift"
 #: The node's choices: "auto" picks the best mode available (see ``best_mode``), then the core's modes.
@@ -100,7 +101,8 @@ def lift_plan(mode: str, has_source: bool, lgm_chosen: bool) -> tuple:
     """The node's (mode, reconstructor name or None) for its ``mode`` widget and whether an LGM file is chosen.
 
     LGM replaces the silhouettes' geometry, so it serves "auto" without a source and "hull"; "auto" with a source keeps
-    the source-guided geometry. Asked for with "source_guided" or "keep_source", it is refused rather than ignored.
+    the source's components (component-aware). Asked for with a mode that keeps the source's geometry
+    ("component_aware", "source_guided", "keep_source"), it is refused rather than ignored.
     """
     if mode == "auto":
         return best_mode(has_source, lgm_chosen)
@@ -150,21 +152,25 @@ class LiftToMesh(io.ComfyNode):
             node_id="DreamEdit3D_LiftToMesh",
             display_name="Lift Views to Mesh (DreamEdit3D)",
             category=CATEGORY,
-            description="Builds a textured mesh from the four views with their exact cameras: source-guided geometry "
-                        "(the source where the edit keeps it) or, with no source, a visual hull block-out; or re-textures "
-                        "the source mesh. Writes a GLB with texture and provenance into the output folder, in the source "
+            description="Builds a textured mesh from the four views with their exact cameras: component-aware geometry "
+                        "(the source's components the edit does not touch exactly, with their own texture; new geometry "
+                        "only where the edit changed the shape) or, with no source, a visual hull block-out (or LGM's "
+                        "geometry); or re-textures the source mesh. Writes a GLB with texture and provenance into the output folder, in the source "
                         "asset's own coordinates (glTF's +Y up, front +Z without one).",
             is_output_node=True,
             inputs=[
                 io.Image.Input("images", tooltip="The four views [4,H,W,3] of an edit, or N*4 views of N edits (MVSample's "
                                            "IMAGE for a several-line prompt): one GLB per edit."),
                 MVViewsSocket.Input("views", tooltip="The views the edit started from: their cameras (and the source "
-                                                     "asset for source_guided/keep_source)."),
+                                                     "asset, and ComponentMask's masks when it made them)."),
                 io.Combo.Input("mode", options=list(NODE_MODES), default="auto",
-                               tooltip="auto: source_guided when the views come from an asset, else the LGM file "
+                               tooltip="auto: component_aware when the views come from an asset, else the LGM file "
                                        "chosen as reconstructor (or a reconstruction model registered in Python), "
                                        "else hull. "
-                                       "source_guided: the source's geometry where the edit keeps it, new geometry "
+                                       "component_aware: the source's components the edit does not touch keep their "
+                                       "exact faces and texture (see keep), smooth new geometry where the silhouettes "
+                                       "grow, parts the views no longer show removed; "
+                                       "source_guided: the source's solid where the edit keeps it, new geometry "
                                        "where the silhouettes grow; keep_source: the source mesh exactly, re-textured "
                                        "(appearance edits; uses the source silhouettes unless alpha is given); hull: "
                                        "a preview-quality block-out from four silhouettes (slabs and facets from the "
@@ -186,6 +192,20 @@ class LiftToMesh(io.ComfyNode):
                                          "white or grey MVDream was trained with, never exactly the render's); off: "
                                          "key exactly the `background` grey."),
                 reconstructor_input(),
+                io.Combo.Input("keep", options=list(KEEP_POLICIES), default=KeepPolicy.ALL_BUT_EDITED.value,
+                               optional=True,
+                               tooltip="component_aware (and auto with an asset): which of the source's components keep "
+                                       "their exact geometry and texture. all_but_edited: every one but those named in "
+                                       "components, those the edit prompt leaves out when it uses some components' "
+                                       "<tokens>, and those the views no longer show; listed: only those named in "
+                                       "components; none: rebuild the whole object from the source and the views."),
+                io.String.Input("components", default="", optional=True,
+                                tooltip="Component names, separated by commas (<hat> works too): the edited ones for "
+                                        "keep all_but_edited, the kept ones for keep listed. The names are "
+                                        "ComponentMask's when the views carry its masks, else the asset's parts."),
+                MVSamplesSocket.Input("samples", optional=True,
+                                      tooltip="MVSample's samples: their recorded prompt tells which components the "
+                                              "edit touches (by default read from the images MVSample made)."),
             ],
             outputs=[
                 io.Mesh.Output("out_mesh", display_name="mesh",
@@ -201,6 +221,8 @@ class LiftToMesh(io.ComfyNode):
     def validate_inputs(cls, **kw):
         if kw.get("mode") is not None and kw["mode"] not in NODE_MODES:
             return f"mode {kw['mode']!r} is not one of {list(NODE_MODES)}"
+        if kw.get("keep") is not None and kw["keep"] not in KEEP_POLICIES:
+            return f"keep {kw['keep']!r} is not one of {list(KEEP_POLICIES)}"
         chosen = kw.get("reconstructor")
         if isinstance(chosen, str):
             return reconstructor_problem(chosen) or True
@@ -209,17 +231,13 @@ class LiftToMesh(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, reconstructor=None, **_):
         # LGM weights overwritten under the same name lift again
-        if not reconstructor or reconstructor == NO_RECONSTRUCTOR:
-            return ""
-        try:
-            return file_stamp(model_path(FOLDER_LGM, reconstructor))
-        except (CheckpointError, KeyError):
-            return "missing"
+        return model_stamp(FOLDER_LGM, reconstructor, none=(NO_RECONSTRUCTOR,))
 
     @classmethod
     def execute(cls, images, views, mode="auto", grid=128, texture_size=1024, face_budget=50000, background=1.0,
                 filename_prefix="dreamedit3d/edit", alpha=None, also_obj=False, detect_background=True,
-                reconstructor=NO_RECONSTRUCTOR) -> io.NodeOutput:
+                reconstructor=NO_RECONSTRUCTOR, keep=KeepPolicy.ALL_BUT_EDITED.value, components="",
+                samples=None) -> io.NodeOutput:
         from ..dreamedit3d_core.lifting import export_mesh, lift_alpha, lift_to_mesh
         from ..dreamedit3d_core.lifting.export import in_output_frame
         from ..dreamedit3d_core.provenance import glb_extras, item_record
@@ -240,7 +258,7 @@ class LiftToMesh(io.ComfyNode):
         if alpha_all is not None and alpha_all.shape[0] not in (num_views, edits * num_views):
             raise ShapeError(f"alpha has {alpha_all.shape[0]} masks; give {num_views} (shared) or {edits * num_views} "
                              "(one per view of every edit)")
-        record = image_record(images, cls.hidden.prompt)
+        record = image_record(images, cls.hidden.prompt, samples)
         folder, stem, counter, subfolder = save_target(filename_prefix)
         progress = ComfyProgress(1, cls.hidden.unique_id)
         meshes, paths, items = [], [], []
@@ -253,14 +271,17 @@ class LiftToMesh(io.ComfyNode):
                 else:
                     # keep_source: the geometry is the source's, so its own silhouettes are the right ones
                     alpha_views = lift_alpha(mode, views.render.alpha.float().to(device))
+                edit_record = item_record(record, n, num_views)
                 lifted = lift_to_mesh(rgb, views.render.cameras, alpha=alpha_views,
                                       background="auto" if detect_background else (float(background),) * 3,
                                       source=views.asset, mode=mode, grid=int(grid), texture_size=int(texture_size),
                                       face_budget=int(face_budget), progress=progress, device=device,
-                                      reconstructor=reconstructor_name, frame=views.render.source_frame).to("cpu")
+                                      reconstructor=reconstructor_name, frame=views.render.source_frame,
+                                      keep=keep or KeepPolicy.ALL_BUT_EDITED.value, components=components or "",
+                                      prompt=edit_record.get("prompt"), component_masks=views.masks).to("cpu")
                 # files and the core MESH in the source asset's own coordinates (the frame the views carry)
                 lifted = in_output_frame(lifted)
-                extras = glb_extras(item_record(record, n, num_views), generator="DreamEdit3D",
+                extras = glb_extras(edit_record, generator="DreamEdit3D",
                                     workflow=record.get("workflow", {}))
                 path = export_mesh(lifted, folder / f"{stem}_{counter + n:05d}_.glb", fmt="glb", extras=extras)
                 if also_obj:

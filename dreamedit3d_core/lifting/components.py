@@ -76,11 +76,20 @@ class Components:
     face_component: torch.Tensor
 
     def index(self, name: str) -> Optional[int]:
-        """The component called ``name`` (case-insensitive, angle brackets ignored), or None."""
+        """The component called ``name`` (case-insensitive, angle brackets ignored) or whose learned token it is
+        (``<hat_brim>`` for "Hat Brim", as personalisation names them), or None."""
+        from ..tokens import token_for_component
+
         key = name.strip().strip("<>").lower()
         for i, n in enumerate(self.names):
             if n.lower() == key:
                 return i
+        for i, n in enumerate(self.names):
+            try:
+                if token_for_component(n) == f"<{key}>":
+                    return i
+            except ValueError:  # a name with no letters or digits has no token
+                continue
         return None
 
 

@@ -148,8 +148,9 @@ def _check_options(mode, source, grid, texture_size, face_budget, refine_steps, 
     if reconstructor is not None:
         if reconstructor not in _RECONSTRUCTORS:
             raise ConfigError(f"unknown reconstructor {reconstructor!r}; registered: {list(list_reconstructors())}")
-        if mode == "keep_source":
-            raise ConfigError("mode 'keep_source' keeps the source geometry; it cannot use a reconstructor")
+        if mode in ("keep_source", "component_aware"):
+            raise ConfigError(f"mode {mode.value!r} keeps the source geometry; it cannot use a reconstructor (use "
+                              "'hull' or 'source_guided' with one)")
 
 
 def _accepts_progress(fn: Callable) -> bool:
@@ -452,7 +453,7 @@ def lift_to_mesh(
             it (MVDream samples on the white or grey it was trained with); views without a flat background take the
             source's silhouettes when a source is given, else raise. Or an RGB triple in 0..1 (or [V, 3] rows): keyed
             exactly. Either way it is un-mixed from antialiased silhouette pixels (where alpha is soft) when baking.
-        source: the asset the views were edited from; needed by "source_guided" and "keep_source", used as colour prior.
+        source: the asset the views were edited from; needed by every mode but "hull", used as colour prior.
         mode: a :class:`LiftMode` or its value: "hull" (silhouette visual hull: a preview-quality block-out),
             "source_guided" (source solid where the edited silhouettes still cover it, plus the edited hull where they
             grow past the source), "keep_source" (the source mesh exactly, re-textured) or "component_aware" (the

@@ -161,3 +161,12 @@ def test_a_listed_keep_rebuilds_the_other_components_from_the_views(kenney):
 def test_best_mode_with_a_source_is_component_aware():
     assert best_mode(True) == ("component_aware", None)
     assert best_mode(False) == ("hull", None)
+
+
+def test_components_are_found_by_name_or_by_their_learned_token():
+    comps = component_lift.Components(("Hat Brim", "body"), torch.zeros(1, dtype=torch.int64))
+    assert comps.index("hat brim") == 0 and comps.index("<hat_brim>") == 0 and comps.index("<BODY>") == 1
+    assert comps.index("<hat>") is None
+    assert component_lift.edited_by_prompt("a <body> wearing a crown", comps) == ("Hat Brim",)
+    assert component_lift.edited_by_prompt("a robot", comps) == ()
+    assert component_lift.split_names("<hat>, body;  ear ") == ("hat", "body", "ear")
