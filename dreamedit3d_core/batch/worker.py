@@ -13,7 +13,6 @@ personalisation is followed by its token evidence (:mod:`.evidence`) unless the 
 
 from __future__ import annotations
 
-import copy
 import os
 import socket
 import time
@@ -246,6 +245,7 @@ class BatchWorker:
     def _learn_tokens(self, folder: str, render, masks, train_dir, hook, steps_run: dict, resumed_from: dict) -> tuple:
         """Phase 1 (textual inversion) of one asset, resumed from its last training checkpoint; the saved tokens of an
         earlier attempt when phase 1 finished then. Returns (tokens, their file's output-relative path)."""
+        from ..personalize.copies import model_for_token_training
         from ..personalize.textual_inversion import TIConfig, train_textual_inversion
         from ..personalize.train import latest_checkpoint
         from ..tokens import load_tokens, save_tokens
@@ -256,7 +256,7 @@ class BatchWorker:
             steps_run["textual_inversion"] = 0
             _drop_training_states(train_dir, "phase1")  # (if that attempt was killed before it removed them)
             return load_tokens(local), tokens_rel
-        model = copy.deepcopy(self.base)
+        model = model_for_token_training(self.base)  # its own text tower; the base's UNet and VAE, frozen, shared
         resume = latest_checkpoint(train_dir, "phase1")
         config = TIConfig(steps=s.ti_steps, lr=s.ti_lr, seed=s.seed, resolution=s.resolution,
                           checkpoint_every=s.checkpoint_every, mixed_precision=s.mixed_precision)
@@ -276,12 +276,15 @@ class BatchWorker:
                   resumed_from: dict) -> tuple:
         """Phase 2 (fine-tuning, LoRA or full) of one asset from the base and the phase-1 tokens, resumed from its last
         training checkpoint; saves and publishes the tokens and the weights. Returns (tokens, [their files' paths])."""
+        from ..personalize.copies import model_for_finetuning
         from ..personalize.finetune import FTConfig, finetune, save_finetuned_model, save_unet_lora
         from ..personalize.train import latest_checkpoint
         from ..tokens import save_tokens
 
         s = self.settings
-        model = copy.deepcopy(self.base)  # phase 2 starts from the base + the saved phase-1 tokens, however phase 1 ended
+        # phase 2 starts from the base + the saved phase-1 tokens, however phase 1 ended; its own UNet (float32 masters
+        # for full fine-tuning) and text tower, the base's VAE shared
+        model = model_for_finetuning(self.base, s.ft_mode)
         resume = latest_checkpoint(train_dir, "phase2")
         config = FTConfig(steps=s.ft_steps, lr=s.finetune_lr, mode=s.ft_mode, lora_rank=s.lora_rank,
                           lora_alpha=float(s.lora_rank), seed=s.seed, resolution=s.resolution,
@@ -312,6 +315,7 @@ class BatchWorker:
     def _load_personalized(self, parent: dict):
         """Base + the personalisation's saved tokens and weights (+ its render), cached for the asset's next edit."""
         from ..mvdream.checkpoint import load_mvdream
+        from ..personalize.copies import model_for_finetuning
         from ..personalize.finetune import load_unet_lora
         from ..tokens import apply_tokens, load_tokens
 
@@ -323,7 +327,7 @@ class BatchWorker:
         folder = parent["folder"]
         tokens = load_tokens(self.store.fetch(f"{folder}/{TOKENS}"))
         if self.settings.ft_mode == "lora":
-            model = copy.deepcopy(self.base)
+            model = model_for_finetuning(self.base, "lora")  # the adapter goes on its own UNet; the VAE is shared
             load_unet_lora(model, self.store.fetch(f"{folder}/{LORA}"))
         else:
             model = load_mvdream(self.store.fetch(f"{folder}/{FULL_UNET}"), device=self.device)
