@@ -318,7 +318,8 @@ class LiftedMesh(StageData):
     """A textured triangle mesh produced by lifting.
 
     Attributes:
-        vertices: float32 [N, 3]; faces: int64 [M, 3];
+        vertices: float32 [N, 3] in the lift's internal frame; float64 once moved into the source file's own frame
+            (``lifting.export.in_output_frame``: files far from the origin keep their precision); faces: int64 [M, 3];
         uv: float32 [N, 2] (v = 0 at the texture's bottom) or None;
         texture: float32 [T, T, 3] in 0..1 or None;
         vertex_colors: float32 [N, 3] in 0..1 or None;
