@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import gc
 import json
 import os
@@ -213,7 +212,7 @@ def estimating(device_type: str = "cuda", resident=()):
 def meta_state_dict(unet=None, vae=None, text=None) -> "OrderedDict[str, torch.Tensor]":
     """A released-layout state dict on the meta device (schedule buffers with their real values)."""
     from dreamedit3d_core.schedule import schedule_buffers
-    from dreamedit3d_core.tiny import SD21_TEXT, SD21_UNET, SD21_VAE, released_layout
+    from dreamedit3d_core.testing.tiny import SD21_TEXT, SD21_UNET, SD21_VAE, released_layout
 
     layout = released_layout(unet or SD21_UNET, vae or SD21_VAE, text or SD21_TEXT)
     buffers = schedule_buffers()
@@ -363,8 +362,56 @@ def _tokens_for(model, small_render, small_masks):
                                                                               checkpoint_every=10 ** 6))
 
 
+class EmulatedAdamW8bit(torch.optim.Optimizer):
+    """The memory of bitsandbytes' AdamW8bit on fake tensors (bitsandbytes has no CPU or fake-tensor path): two uint8
+    states per weight plus one float32 absmax per 256-value block each, 32-bit states for tensors under 4096 values
+    (its ``min_8bit_size``); its fused kernel updates in place, so the step allocates nothing else. Not its numerics."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    if p.numel() < 4096:
+                        state["state1"] = torch.zeros_like(p, dtype=torch.float32)
+                        state["state2"] = torch.zeros_like(p, dtype=torch.float32)
+                    else:
+                        blocks = -(-p.numel() // 256)
+                        state["state1"] = torch.zeros(p.shape, dtype=torch.uint8, device=p.device)
+                        state["state2"] = torch.zeros(p.shape, dtype=torch.uint8, device=p.device)
+                        state["absmax1"] = torch.zeros(blocks, dtype=torch.float32, device=p.device)
+                        state["absmax2"] = torch.zeros(blocks, dtype=torch.float32, device=p.device)
+                p.add_(p.grad, alpha=-group["lr"])  # in place, as the fused kernel writes the weight
+        return None
+
+
+@contextlib.contextmanager
+def emulated_bitsandbytes(active: bool):
+    """``import bitsandbytes`` answers :class:`EmulatedAdamW8bit` as ``bnb.optim.AdamW8bit`` (when ``active``)."""
+    import types
+
+    if not active:
+        yield
+        return
+    saved = sys.modules.get("bitsandbytes")
+    sys.modules["bitsandbytes"] = types.SimpleNamespace(optim=types.SimpleNamespace(AdamW8bit=EmulatedAdamW8bit))
+    try:
+        yield
+    finally:
+        if saved is None:
+            sys.modules.pop("bitsandbytes", None)
+        else:
+            sys.modules["bitsandbytes"] = saved
+
+
 def stage_phase2(mode, model, ft_mode: str, mixed_precision: str, checkpointing: bool = False, optimizer: str = "adamw",
-                 resident_extra=()):
+                 resident_extra=(), train_text_encoder: bool = False):
     """One phase-2 step (fine-tuning, tokens still learning), optimizer states created as in the first step."""
     from dreamedit3d_core.personalize.finetune import FTConfig, finetune
 
@@ -374,27 +421,30 @@ def stage_phase2(mode, model, ft_mode: str, mixed_precision: str, checkpointing:
         tokens = _tokens_for(model, *small)
         gc.collect()
         config = FTConfig(steps=1, mode=ft_mode, mixed_precision=mixed_precision, gradient_checkpointing=checkpointing,
-                          optimizer=optimizer, resolution=RESOLUTION, checkpoint_every=10 ** 6)
-        with estimating(resident=model_tensors(model) + list(resident_extra)) as est:
+                          optimizer=optimizer, train_text_encoder=train_text_encoder, resolution=RESOLUTION,
+                          checkpoint_every=10 ** 6)
+        with emulated_bitsandbytes(optimizer == "adamw8bit"), \
+                estimating(resident=model_tensors(model) + list(resident_extra)) as est:
             trained, _ = finetune(model, render, masks, tokens, config)
             est["trained"] = trained
     return est
 
 
-def stage_node_chain_finetune(mode, model_fp16, ft_mode: str = "full", mixed_precision: str = "bf16"):
-    """MVFineTune as ComfyUI runs it after the loader (dtype auto = fp16 on CUDA) and the TI node, replaying the nodes'
-    own memory operations: ComfyUI caches every node output, so the loader's model and TI's private copy
-    (nodes/personalize.py clone_model, copy.deepcopy) stay resident; MVFineTune deep-copies again and, for full
-    fine-tuning, upcasts its copy to fp32 (``copy_.to(dtype=torch.float32)``) before training through the core."""
-    # copy.deepcopy of a fake model trips over its meta bookkeeping tensors; a deep copy allocates exactly one more
-    # set of weights, which is what a second load of the same model in the same dtype on the same device allocates
-    ti_out = load_full_size(mode, model_fp16.dtype)  # TI node: clone_model(model) (its added token rows are ~KBs)
-    ft_copy = load_full_size(mode, model_fp16.dtype)  # MVFineTune: clone_model(model)
-    if ft_mode == "full":
-        with mode:
-            ft_copy.to(dtype=torch.float32)  # MVFineTune: copy_.to(dtype=torch.float32)
-    est = stage_phase2(mode, ft_copy, ft_mode, mixed_precision, resident_extra=model_tensors(model_fp16) + model_tensors(ti_out))
-    return est
+def stage_node_chain_finetune(mode, model_fp16, ft_mode: str = "full", mixed_precision: str = "bf16",
+                              checkpointing: bool = False, optimizer: str = "adamw", train_text_encoder: bool = False):
+    """MVFineTune as ComfyUI runs it after the loader (dtype auto = fp16 on CUDA) and the TI node, with the nodes' own
+    copies (``dreamedit3d_core.personalize.copies``, which nodes/personalize.py calls): TI's output has its own text
+    tower and shares the loader's UNet and VAE; MVFineTune's model has its own UNet (float32 masters for full
+    fine-tuning) and text tower and shares the VAE. Every part is registered with ComfyUI (nodes/_compat.py), and
+    MVFineTune loads its model ``exclusive``: ComfyUI unloads every other model from the GPU first (the loader's UNet
+    and text tower, TI's text tower), so what is resident while it trains is its own model's parts only."""
+    from dreamedit3d_core.personalize.copies import model_for_finetuning, model_for_token_training
+
+    with mode:
+        ti_out = model_for_token_training(model_fp16)
+        ft_model = model_for_finetuning(ti_out, ft_mode, train_text_encoder)
+    return stage_phase2(mode, ft_model, ft_mode, mixed_precision, checkpointing, optimizer,
+                        train_text_encoder=train_text_encoder)
 
 
 def stage_core_chain_finetune(mode, model, ft_mode: str = "full", mixed_precision: str = "bf16"):
@@ -408,7 +458,7 @@ def stage_core_chain_finetune(mode, model, ft_mode: str = "full", mixed_precisio
 # ------------------------------------------------------------------------------------------------ validation
 def medium_archs():
     """A medium MVDream (UNet width 128, 4 views, real text width) for the CPU validation run."""
-    from dreamedit3d_core.tiny import TINY_TEXT, TINY_VAE, UNetArch
+    from dreamedit3d_core.testing.tiny import TINY_TEXT, TINY_VAE, UNetArch
 
     return (UNetArch(128, (1, 2, 4, 4), 2, (True, True, True, False), 1, 128, True, 16), TINY_VAE, TINY_TEXT)
 
@@ -470,7 +520,7 @@ def estimate_cpu(train: bool) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ main
-TARGETS = {"sampling": 4.0, "lora": 6.0, "full": 16.0}
+TARGETS = {"sampling": 4.0, "lora": 6.0, "full": 16.0, "full_8bit": 11.0}
 
 
 def stage_table() -> list:
@@ -489,8 +539,16 @@ def stage_table() -> list:
         ("phase 2 full step + gradient checkpointing (core)", f32, stage_phase2, ("full", "bf16", True), TARGETS["full"]),
         ("node chain: loader(auto) -> TI -> MVFineTune full, bf16", f16, stage_node_chain_finetune, ("full", "bf16"),
          TARGETS["full"]),
+        ("node chain: MVFineTune full, bf16, adamw8bit (emulated)", f16, stage_node_chain_finetune,
+         ("full", "bf16", False, "adamw8bit"), TARGETS["full_8bit"]),
+        ("node chain: MVFineTune full, bf16 + gradient checkpointing", f16, stage_node_chain_finetune,
+         ("full", "bf16", True), TARGETS["full"]),
+        ("node chain: MVFineTune full, bf16 + train_text_encoder", f16, stage_node_chain_finetune,
+         ("full", "bf16", False, "adamw", True), None),
         ("node chain: loader(auto) -> TI -> MVFineTune LoRA, fp16", f16, stage_node_chain_finetune, ("lora", "fp16"),
          TARGETS["lora"]),
+        ("node chain: MVFineTune LoRA, fp16 + gradient checkpointing", f16, stage_node_chain_finetune,
+         ("lora", "fp16", True), TARGETS["lora"]),
     ]
 
 
