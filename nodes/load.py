@@ -7,7 +7,7 @@ import torch
 from ..dreamedit3d_core.errors import ConfigError
 from ..dreamedit3d_core.storage import unique_path
 from ._compat import compute_device, io, keeps_models_loaded, load_model, offload_device, register_model
-from .folders import FOLDER_MVDREAM, file_stamp, model_files, model_folder, model_path
+from .folders import FOLDER_MVDREAM, model_files, model_folder, model_path, model_stamp
 from .paths import name_problem, plain_file_stem
 from .sockets import MVDreamModelSocket
 
@@ -53,10 +53,7 @@ class MVDreamLoader(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, ckpt_name=None, **_):
         # a checkpoint overwritten under the same name loads again
-        try:
-            return file_stamp(model_path(FOLDER_MVDREAM, ckpt_name))
-        except ValueError:  # not there: validation reports it
-            return "missing"
+        return model_stamp(FOLDER_MVDREAM, ckpt_name)
 
     @classmethod
     def execute(cls, ckpt_name, dtype="auto") -> io.NodeOutput:

@@ -14,7 +14,8 @@ from ..dreamedit3d_core.personalize.finetune import OPTIMIZERS, FTConfig
 from ..dreamedit3d_core.personalize.textual_inversion import MIXED_PRECISION as PRECISIONS
 from ..dreamedit3d_core.personalize.textual_inversion import TIConfig
 from ._compat import advanced, compute_device, free_memory_for, io, model_on_compute_device, ui
-from .folders import FOLDER_TOKENS, embeddings_folder, file_stamp, model_files, model_folder, model_path, output_folder
+from .folders import (FOLDER_TOKENS, embeddings_folder, model_files, model_folder, model_path, model_stamp,
+                      output_folder)
 from .paths import name_problem, plain_file_stem
 from .progress import ComfyProgress
 from .sockets import MVDreamModelSocket, MVTokensSocket, MVViewsSocket
@@ -394,10 +395,7 @@ class LoadTokens(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, tokens_name=None, **_):
         # a token file overwritten under the same name (SaveTokens' if_exists: overwrite) loads again
-        try:
-            return file_stamp(model_path(FOLDER_TOKENS, tokens_name))
-        except ValueError:
-            return "missing"
+        return model_stamp(FOLDER_TOKENS, tokens_name)
 
     @classmethod
     def execute(cls, tokens_name) -> io.NodeOutput:
