@@ -179,7 +179,7 @@ def novel_suite(args) -> list:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    modes = args.modes if args.modes != ["hull", "keep_source"] else ["hull", "source_guided", "keep_source"]
+    modes = args.modes if args.modes != ["hull", "keep_source"] else ["hull", "source_guided", "component_aware", "keep_source"]
     print(_header(device, args.threads))
     print(f"# suite=novel grid={args.grid} texture={args.texture} face_budget={args.faces} views=4x{args.res}px "
           f"novel views=13 at {args.res}px")

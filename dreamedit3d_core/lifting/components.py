@@ -451,6 +451,9 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
         stats["new_faces"] = 0
         return kv, kf, kept_source_faces, stats
     new = hull.gaussian_smooth(new, NEW_PART_SIGMA)
+    if not bool((new > hull.ISO_LEVEL).any()):  # a sliver the smoothing took away: nothing to add
+        stats["new_faces"] = 0
+        return kv, kf, kept_source_faces, stats
     # reach a few voxels into the kept solid next to the new material: the joint overlaps, it never cracks
     reach_in = torch.minimum(F.max_pool3d(new[None, None], 2 * OVERLAP_VOXELS + 1, stride=1,
                                           padding=OVERLAP_VOXELS)[0, 0], kept_solid)
