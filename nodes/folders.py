@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 from ..dreamedit3d_core.errors import CheckpointError
 from . import paths
@@ -92,6 +92,22 @@ def optional_model_choices(kind: str, none: str = NONE_CHOICE) -> list[str]:
         return [none] + model_files(kind)
     except KeyError:
         return [none]
+
+
+def model_choice_problem(kind: str, name, what: str, none: Iterable[str] = (NONE_CHOICE,)) -> Optional[str]:
+    """Why ``name`` is not a file of the ``kind`` model folders, as one line naming the files there, or None when it
+    is one, is one of ``none``, or is not given (a linked input). ComfyUI 0.3.75 does not check V3 combo values, so
+    the nodes' ``validate_inputs`` ask this before the graph runs."""
+    if name is None or name in tuple(none):
+        return None
+    try:
+        files = model_files(kind)
+    except KeyError:  # a folder kind this host does not register
+        files = []
+    if name in files:
+        return None
+    have = ", ".join(files[:12]) or "none"
+    return f"{what} {name!r} is not in models/{kind} (files there: {have}); put it there and refresh"
 
 
 def stamp_of(resolve: Callable[[], Path]) -> str:

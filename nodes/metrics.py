@@ -6,7 +6,8 @@ from typing import Optional
 
 from ..dreamedit3d_core.errors import ConfigError
 from ._compat import compute_device, free_memory_for, io, ui
-from .folders import FOLDER_CLIP_VISION, FOLDER_DINO, NONE_CHOICE, model_path, model_stamp, optional_model_choices
+from .folders import (FOLDER_CLIP_VISION, FOLDER_DINO, NONE_CHOICE, model_choice_problem, model_path, model_stamp,
+                      optional_model_choices)
 from .sockets import MVViewsSocket, from_comfy_image, to_comfy_image
 
 CATEGORY = "DreamEdit3D/evaluate"
@@ -29,10 +30,9 @@ def metric_model_inputs(clip_tooltip: str, dino_tooltip: str, optional: bool = F
 
 def metric_model_problem(clip_model, dino_model) -> Optional[str]:
     """Why a chosen CLIP or DINO file cannot be used (not in its folder), or None; (none) and linked inputs pass."""
-    for (input_id, kind), value in zip(METRIC_MODEL_INPUTS, (clip_model, dino_model)):
-        if value not in (NONE, None) and value not in optional_model_choices(kind):  # 0.3.75 does not check V3 combos
-            return f"{input_id} {value!r} is not in models/{kind}: put the model there and refresh"
-    return None
+    problems = (model_choice_problem(kind, value, input_id)
+                for (input_id, kind), value in zip(METRIC_MODEL_INPUTS, (clip_model, dino_model)))
+    return next((p for p in problems if p), None)
 
 
 def metric_models_stamp(clip_model, dino_model) -> str:
