@@ -165,7 +165,8 @@ def test_rarely_changed_training_inputs_are_advanced(pack):
     schema = pack.NODES["DreamEdit3D_MVFineTune"].define_schema()
     widgets = [i for i in schema.inputs if i.id not in ("model", "views", "tokens")]
     folded = {i.id for i in widgets if advanced(i)}
-    assert len(widgets) == 14 and len(folded) >= 8
+    assert len(widgets) == 15 and len(folded) >= 9  # the 15th: the optimizer (adamw / adamw8bit), folded
+    assert "optimizer" in folded
     assert {"steps", "learning_rate", "mode", "seed", "run_name"}.isdisjoint(folded)  # what users set every time
     info = pack.NODES["DreamEdit3D_MVFineTune"].INPUT_TYPES()["required"]
     assert info["lora_rank"][1].get("advanced") is True  # reaches /object_info for the frontend
