@@ -7,9 +7,11 @@ line the layer names), the number of aten ops that ran on the simulated device a
 the CPU (CPU-only half-precision gaps). Cases:
 
 - ``selfcheck_*``: bugs injected on purpose must be caught with their line; legal patterns must pass.
-- ``core_*``: every core stage with tensors on ``cuda`` in float16 and bfloat16 (tiny seeded model).
+- ``core_*``: every core stage with tensors on ``cuda`` in float16 and bfloat16 (tiny seeded model); the LGM
+  reconstructor (``core_lgm_lift_*``: a tiny file in the released layout loaded in float16, bfloat16 and float32).
 - ``nodes_*``: the full-edit and batch workflows (tests/workflows, adapted by prepare_host) run node by node as
-  ComfyUI runs them (inference mode, outputs cached), with ComfyUI's model management seeing the simulated GPU.
+  ComfyUI runs them (inference mode, outputs cached), with ComfyUI's model management seeing the simulated GPU;
+  ``nodes_lift_lgm_*``: OrthoRender -> LiftToMesh with an LGM file from models/lgm.
 """
 
 from __future__ import annotations
@@ -304,10 +306,25 @@ def _workflow(name: str, dtype_name: str) -> dict:
         if spec["class_type"] == "DreamEdit3D_MVDreamLoader":
             spec["inputs"]["dtype"] = dtype_name
     want_dtype = {"auto": torch.float16, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype_name]
+    models = []  # every MVDream model a node has output so far (ComfyUI's cache holds them all)
 
     def check_model(nid, kind, outputs):
         # as each node finishes: its model's parts are registered with ComfyUI, which may offload them later (a
         # training node unloads every other model before it trains)
+        models.extend(o for o in outputs if hasattr(o, "comfy_patchers"))
+        if kind == "DreamEdit3D_MVFineTune":
+            # issue 16: after fine-tuning only the personalized model is on the GPU; every other part ComfyUI knows
+            # (the loader's UNet and text tower, TI's text tower) was offloaded, whole
+            ours = {id(m) for m in (outputs[0].unet, outputs[0].vae, outputs[0].text_encoder)}
+            for model in models:
+                for part in ("unet", "vae", "text_encoder"):
+                    module = getattr(model, part)
+                    if id(module) in ours:
+                        continue
+                    devices = {p.device.type for p in module.parameters()}
+                    if devices != {"cpu"}:
+                        raise AssertionError(f"after MVFineTune an earlier model's {part} is on {sorted(devices)}: only "
+                                             "the fine-tuned model should stay on the GPU")
         if kind == "DreamEdit3D_MVDreamLoader":
             weight = next(outputs[0].unet.parameters())
             expect_on_cuda("loaded model weight", weight)
@@ -359,6 +376,178 @@ def selfcheck_node_bug(sim):
     finally:
         sampler_bridge.run_comfy_sampler = original
     return {"message": msg}
+
+
+# ------------------------------------------------------------------------------------------------ LGM reconstructor
+#: the LGM network's dtypes on CUDA (float16 is "auto"; bfloat16 and float32 chosen)
+LGM_DTYPES = {**DTYPES, "fp32": torch.float32}
+#: the coarsest grid lift_to_mesh takes: the tiny network's random Gaussians are wide (windows of up to 32 voxels at
+#: grid 32), and the density grid's cost grows with the cube of the grid
+LGM_GRID = 16
+
+
+def _tiny_lgm_file(folder: Path) -> Path:
+    """A tiny LGM file in the released key layout and dtype (float16), written as host work outside the simulation."""
+    from dreamedit3d_core.lifting.lgm import RELEASED_FILE, save_lgm
+    from dreamedit3d_core.testing.lgm import tiny_lgm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch._C._DisableTorchDispatch():
+        return save_lgm(tiny_lgm(0), folder / RELEASED_FILE, dtype=torch.float16, overwrite=True)
+
+
+class _CountingProgress:
+    """Counts ``check_interrupt`` polls (one per density chunk) and keeps the last update."""
+
+    def __init__(self):
+        self.polls, self.last = 0, None
+
+    def check_interrupt(self):
+        self.polls += 1
+
+    def update(self, done, total, preview=None, stage=""):
+        self.last = (done, total, stage)
+
+
+def _core_lgm_lift(sim, dtype):
+    """A tiny LGM file loaded onto cuda in ``dtype``, registered as a reconstructor: four views at the tiny network's
+    input size -> forward -> Gaussians -> density grid in chunks -> mesh -> bake, through ``lift_to_mesh``."""
+    import numpy as np
+
+    from dreamedit3d_core.assets import load_asset
+    from dreamedit3d_core.lifting import bake, export_mesh, lift_to_mesh
+    from dreamedit3d_core.lifting.lgm import (bake_vertex_colors_with_gaussians, density_grid, fit_gaussian_grid,
+                                              register_lgm)
+    from dreamedit3d_core.lifting.pipeline import unregister_reconstructor
+    from dreamedit3d_core.render import render_views
+    from dreamedit3d_core.testing.examples import write_example_asset
+    from dreamedit3d_core.testing.lgm import LGM_TINY
+
+    folder = Path(tempfile.mkdtemp(prefix="fakecuda_lgm_"))
+    path = _tiny_lgm_file(folder)
+    with torch._C._DisableTorchDispatch():
+        write_example_asset(folder / "toy.glb")
+    render = render_views(load_asset(folder / "toy.glb"), resolution=LGM_TINY.input_size, device=CUDA)
+    name = f"lgm_fakecuda_{str(dtype).split('.')[-1]}"
+    rec = register_lgm(path, name=name, overwrite=True, dtype=dtype)
+    try:
+        mesh = lift_to_mesh(render.rgb.to(dtype), render.cameras, alpha=render.alpha.to(dtype), mode="hull",
+                            reconstructor=name, grid=LGM_GRID, texture_size=64, face_budget=0, device=CUDA)
+    finally:
+        unregister_reconstructor(name)
+    weight = next(rec.network(CUDA).parameters())
+    expect_on_cuda("LGM weight", weight)
+    if weight.dtype != dtype:
+        raise AssertionError(f"LGM loaded as {weight.dtype}, asked for {dtype}")
+    if mesh.stats.get("reconstructor") != name:
+        raise AssertionError(f"lift_to_mesh did not use the LGM reconstructor: stats {mesh.stats.get('reconstructor')!r}")
+    for field in ("vertices", "faces", "uv", "texture", "vertex_colors"):
+        expect_on_cuda(f"lifted mesh {field}", getattr(mesh, field))
+    g = rec.last_gaussians
+    for field in ("means", "opacity", "scales", "axes", "colors"):
+        expect_on_cuda(f"Gaussians {field}", getattr(g, field))
+        if getattr(g, field).dtype != torch.float32:
+            raise AssertionError(f"Gaussians {field} are {getattr(g, field).dtype}, expected float32 whatever the network's dtype")
+    # the density grid in several chunks on the device equals the one-chunk grid
+    grid = fit_gaussian_grid(g, LGM_GRID)
+    whole, _, _ = density_grid(g, grid)
+    counter = _CountingProgress()
+    chunked, thickness, _ = density_grid(g, grid, evals_per_chunk=1 << 12, progress=counter)
+    for what, t in (("density", chunked), ("thickness", thickness)):
+        expect_on_cuda(what, t)
+    if counter.polls < 2:
+        raise AssertionError(f"the density grid ran in {counter.polls} chunk(s), expected several")
+    if not torch.allclose(chunked, whole, rtol=1e-5, atol=1e-6 * float(whole.max())):
+        raise AssertionError(f"chunked density differs from the one-chunk density by {float((chunked - whole).abs().max())}")
+    # the reconstructor itself hands back host arrays (register_reconstructor's contract)
+    verts, faces = rec(render.rgb, render.alpha, render.cameras, grid=LGM_GRID, device=CUDA)
+    if not (isinstance(verts, np.ndarray) and isinstance(faces, np.ndarray) and len(faces)):
+        raise AssertionError(f"the reconstructor returned {type(verts).__name__}/{type(faces).__name__}, expected numpy")
+    # bake with the Gaussians' colours where no view sees the surface, on the device
+    v, f = mesh.vertices, mesh.faces
+    frags = bake.render_fragments(v, f, render.cameras, render.rgb.shape[-2], render.rgb.shape[-1])
+    view_sets = [bake.ViewSet(render.rgb, bake.feathered_mask(render.alpha, 1, 1), render.cameras, frags.depth)]
+    colors, _ = bake_vertex_colors_with_gaussians(v, bake.vertex_normals(v, f), view_sets, g)
+    expect_on_cuda("vertex colours baked with the Gaussians", colors)
+    # exported: the mesh on the CPU, written as a GLB
+    host = mesh.to("cpu")
+    if host.vertices.device.type != "cpu" or host.texture.device.type != "cpu":
+        raise AssertionError("LiftedMesh.to('cpu') left tensors on the device")
+    out = export_mesh(host, folder / "lgm.glb")
+    # offloaded between runs: nothing of the reconstructor stays on the GPU; the next call loads it back in dtype
+    rec.offload()
+    left = [k for k, t in rec.held_tensors() if t.device.type == "cuda"]
+    if left:
+        raise AssertionError(f"after offload() the reconstructor still holds CUDA tensors: {left[:4]}")
+    back = next(rec.network(CUDA).parameters())
+    expect_on_cuda("LGM weight loaded back", back)
+    if back.dtype != dtype:
+        raise AssertionError(f"LGM came back as {back.dtype}, expected {dtype}")
+    return {"faces": int(f.shape[0]), "gaussians": g.num, "chunks": counter.polls, "glb_bytes": out.stat().st_size,
+            "dtype": str(dtype)}
+
+
+for _name, _dtype in LGM_DTYPES.items():
+    case(f"core_lgm_lift_{_name}")(lambda sim, d=_dtype: _core_lgm_lift(sim, d))
+
+
+@case("nodes_lift_lgm_fp16_auto")
+def nodes_lift_lgm(sim):
+    """OrthoRender -> LiftToMesh with a tiny LGM file from models/lgm (hull mode, the network in its "auto" dtype:
+    float16 on CUDA), as ComfyUI runs them: the network runs on the device, the node's MESH comes back on the CPU, a
+    GLB is written, and afterwards nothing of the reconstructor stays on the GPU."""
+    host = _host()
+    import folder_paths
+
+    import importlib
+
+    # the node runs the pack's own copy of the core (imported under the pack's package name)
+    lgm = importlib.import_module(host["pack"].__name__ + ".dreamedit3d_core.lifting.lgm")
+    LGMReconstructor, RELEASED_FILE = lgm.LGMReconstructor, lgm.RELEASED_FILE
+    lgm_root = host["base"] / "models" / "lgm"
+    path = _tiny_lgm_file(lgm_root / "tiny")
+    folder_paths.add_model_folder_path("lgm", str(lgm_root), is_default=True)
+    folder_paths.filename_list_cache.pop("lgm", None)
+    seen = []
+    original = LGMReconstructor.gaussians
+
+    def recording(self, rgb, cameras, alpha=None, device=None):
+        g = original(self, rgb, cameras, alpha, device)
+        w = next(self.network(device if device is not None else rgb.device).parameters())
+        seen.append((str(w.device), w.dtype, str(g.means.device)))
+        return g
+
+    graph = {
+        "1": {"class_type": "DreamEdit3D_OrthoRender",
+              "inputs": {"asset": "dreamedit3d/kenney_character.glb", "resolution": 64, "elevation_deg": 15.0,
+                         "fov_deg": 40.0, "background": 1.0, "lighting": "ambient_diffuse", "front_axis": "+z",
+                         "up_axis": "+y"}},
+        "2": {"class_type": "DreamEdit3D_LiftToMesh",
+              "inputs": {"images": ["1", 0], "views": ["1", 4], "mode": "hull", "grid": LGM_GRID, "texture_size": 64,
+                         "face_budget": 2000, "background": 1.0, "filename_prefix": "dreamedit3d/lgm_fakecuda",
+                         "also_obj": False, "detect_background": True, "reconstructor": f"tiny/{RELEASED_FILE}",
+                         "keep": "all_but_edited", "components": ""}},
+    }
+    LGMReconstructor.gaussians = recording
+    try:
+        done = run_workflow(graph)
+    finally:
+        LGMReconstructor.gaussians = original
+    if seen != [("cuda:0", torch.float16, "cuda:0")]:
+        raise AssertionError(f"LGM ran as (weights device, dtype, Gaussians device) {seen}, expected once on cuda:0 in float16")
+    mesh, glb = done["2"][0], done["2"][1]
+    for field in ("vertices", "faces"):
+        t = getattr(mesh, field)
+        if t.device.type != "cpu":
+            raise AssertionError(f"LiftToMesh MESH {field} on {t.device}, expected the CPU (node outputs are host data)")
+    glb_path = Path(folder_paths.get_output_directory()) / glb
+    if not glb_path.is_file():
+        raise AssertionError(f"LiftToMesh wrote no GLB at {glb_path}")
+    rec = lgm.cached_lgm_reconstructor(path)
+    left = [k for k, t in rec.held_tensors() if t.device.type == "cuda"]
+    if left:
+        raise AssertionError(f"after LiftToMesh the LGM reconstructor still holds CUDA tensors: {left[:4]}")
+    return {"faces": int(mesh.faces.shape[1]), "glb": glb, "ran": [list(map(str, s)) for s in seen]}
 
 
 # ------------------------------------------------------------------------------------------------ main

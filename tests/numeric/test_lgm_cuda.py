@@ -47,3 +47,22 @@ def test_density_grid_on_cuda_matches_cpu(cuda):
     assert (gpu.cpu() - cpu).abs().max() <= 1e-4 * cpu.max()
     seen = cpu > 1e-3
     assert torch.allclose(gpu_thick.cpu()[seen], cpu_thick[seen], rtol=1e-4)
+
+
+def test_offload_leaves_no_tensor_of_the_reconstructor_on_the_gpu(cuda, tmp_path):
+    # the LiftToMesh node offloads after each run (nodes/lifting.lgm_for_this_run): the Gaussians of the last call
+    # stayed on the GPU before offload() moved them too (caught by tests/fakecuda core_lgm_lift_*)
+    from dreamedit3d_core.cameras import MVCameras
+    from dreamedit3d_core.lifting.lgm import LGMReconstructor
+
+    path = save_lgm(tiny_lgm(1), tmp_path / "tiny.safetensors", dtype=torch.float16)
+    rec = LGMReconstructor(path)
+    cams = MVCameras.mvdream_default()
+    rgb = torch.full((4, 3, 64, 64), 1.0)
+    rgb[:, :, 16:48, 16:48] = 0.3
+    g = rec.gaussians(rgb, cams, device=cuda)
+    rec.last_gaussians = g
+    assert g.means.device.type == "cuda" and next(rec.network(cuda).parameters()).dtype == torch.float16
+    rec.offload()
+    assert [k for k, t in rec.held_tensors() if t.device.type != "cpu"] == []
+    assert next(rec.network(cuda).parameters()).device.type == "cuda"  # loaded back on the next call

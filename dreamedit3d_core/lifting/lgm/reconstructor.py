@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -50,9 +51,21 @@ class LGMReconstructor:
         self.last_stats: dict = {}
 
     def offload(self) -> None:
-        """Move the loaded network to the CPU (frees its GPU memory; the next call moves it back)."""
+        """Move the loaded network and ``last_gaussians`` to the CPU (frees their GPU memory; the next call moves the
+        network back): between runs the reconstructor holds nothing on a GPU outside ComfyUI's model management."""
         if self._network is not None:
             self._network = self._network.to("cpu", torch.float32)
+        if self.last_gaussians is not None:
+            self.last_gaussians = self.last_gaussians.to("cpu")
+
+    def held_tensors(self) -> list:
+        """(name, tensor) of everything this reconstructor keeps between calls: the loaded network's weights and
+        ``last_gaussians`` (where they live tells what it holds on a GPU)."""
+        held = list(self._network.state_dict().items()) if self._network is not None else []
+        if self.last_gaussians is not None:
+            held += [(f"last_gaussians.{f.name}", getattr(self.last_gaussians, f.name))
+                     for f in dataclasses.fields(self.last_gaussians)]
+        return held
 
     def network(self, device=None) -> LGMNetwork:
         """The loaded network on ``device`` (loaded once, moved when the device changes)."""
