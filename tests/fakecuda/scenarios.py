@@ -379,8 +379,6 @@ def selfcheck_node_bug(sim):
 
 
 # ------------------------------------------------------------------------------------------------ LGM reconstructor
-#: the LGM network's dtypes on CUDA (float16 is "auto"; bfloat16 and float32 chosen)
-LGM_DTYPES = {**DTYPES, "fp32": torch.float32}
 #: the coarsest grid lift_to_mesh takes: the tiny network's random Gaussians are wide (windows of up to 32 voxels at
 #: grid 32), and the density grid's cost grows with the cube of the grid
 LGM_GRID = 16
@@ -409,9 +407,10 @@ class _CountingProgress:
         self.last = (done, total, stage)
 
 
-def _core_lgm_lift(sim, dtype):
-    """A tiny LGM file loaded onto cuda in ``dtype``, registered as a reconstructor: four views at the tiny network's
-    input size -> forward -> Gaussians -> density grid in chunks -> mesh -> bake, through ``lift_to_mesh``."""
+def _core_lgm_lift(sim, dtype, **options):
+    """A tiny LGM file loaded onto cuda in ``dtype``, registered as a reconstructor (with ``options`` for
+    LGMReconstructor): four views at the tiny network's input size -> forward -> Gaussians -> density grid in chunks ->
+    mesh -> bake, through ``lift_to_mesh``."""
     import numpy as np
 
     from dreamedit3d_core.assets import load_asset
@@ -429,7 +428,7 @@ def _core_lgm_lift(sim, dtype):
         write_example_asset(folder / "toy.glb")
     render = render_views(load_asset(folder / "toy.glb"), resolution=LGM_TINY.input_size, device=CUDA)
     name = f"lgm_fakecuda_{str(dtype).split('.')[-1]}"
-    rec = register_lgm(path, name=name, overwrite=True, dtype=dtype)
+    rec = register_lgm(path, name=name, overwrite=True, dtype=dtype, **options)
     try:
         mesh = lift_to_mesh(render.rgb.to(dtype), render.cameras, alpha=render.alpha.to(dtype), mode="hull",
                             reconstructor=name, grid=LGM_GRID, texture_size=64, face_budget=0, device=CUDA)
@@ -437,6 +436,8 @@ def _core_lgm_lift(sim, dtype):
         unregister_reconstructor(name)
     weight = next(rec.network(CUDA).parameters())
     expect_on_cuda("LGM weight", weight)
+    if rec.network(CUDA).rotation_normalization.value != options.get("rotation_normalization", "per_gaussian"):
+        raise AssertionError(f"LGM loaded with {rec.network(CUDA).rotation_normalization}, options {options}")
     if weight.dtype != dtype:
         raise AssertionError(f"LGM loaded as {weight.dtype}, asked for {dtype}")
     if mesh.stats.get("reconstructor") != name:
@@ -484,11 +485,14 @@ def _core_lgm_lift(sim, dtype):
     if back.dtype != dtype:
         raise AssertionError(f"LGM came back as {back.dtype}, expected {dtype}")
     return {"faces": int(f.shape[0]), "gaussians": g.num, "chunks": counter.polls, "glb_bytes": out.stat().st_size,
-            "dtype": str(dtype)}
+            "dtype": str(dtype), **options}
 
 
-for _name, _dtype in LGM_DTYPES.items():
+for _name, _dtype in DTYPES.items():
     case(f"core_lgm_lift_{_name}")(lambda sim, d=_dtype: _core_lgm_lift(sim, d))
+# float32 on CUDA, with the other frame and the older weights' rotation normalisation (their own device paths)
+case("core_lgm_lift_fp32_world_frame_across_gaussians")(
+    lambda sim: _core_lgm_lift(sim, torch.float32, frame="world", rotation_normalization="across_gaussians"))
 
 
 @case("nodes_lift_lgm_fp16_auto")
