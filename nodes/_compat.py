@@ -24,6 +24,7 @@ import folder_paths  # noqa: F401  (re-exported for nodes/folders.py)
 from comfy_api.latest import io, ui  # noqa: F401  (re-exported for the node modules)
 
 from ..dreamedit3d_core.errors import CheckpointError, ConfigError
+from ..dreamedit3d_core.personalize.autograd import MODEL_PARTS  # the parts of an MVDreamModel, each registered on its own
 
 try:  # the V3 extension entry point (comfy_entrypoint); hosts without it register NODE_CLASS_MAPPINGS only
     from comfy_api.latest import ComfyExtension
@@ -77,8 +78,6 @@ class _Holder(torch.nn.Module):
         self.device = device
 
 
-#: the parts of an MVDreamModel, each registered with ComfyUI's model management on its own
-MODEL_PARTS = ("unet", "vae", "text_encoder")
 #: where ComfyUI offloads each part (its own choice for UNets, VAEs and text encoders)
 _OFFLOAD = {"unet": "unet_offload_device", "vae": "vae_offload_device", "text_encoder": "text_encoder_offload_device"}
 #: the attribute of a module naming its patcher (a weak reference: the module must not keep its patcher alive)

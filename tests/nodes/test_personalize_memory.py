@@ -139,12 +139,13 @@ def test_lora_node_shares_the_vae_and_copies_the_unet_in_its_loaded_dtype(pack, 
     assert added <= budget + (1 << 20), (added, budget)
 
 
-def test_novram_leaves_nothing_of_the_training_node_loaded(pack, scene, monkeypatch):
-    """Under --novram our modules (which cannot stream their weights) are loaded for the node's work only."""
+@pytest.mark.parametrize("state", ["NO_VRAM", "LOW_VRAM"])
+def test_novram_and_lowvram_leave_nothing_of_the_training_node_loaded(pack, scene, monkeypatch, state):
+    """Under --novram/--lowvram our modules (which cannot stream their weights) are loaded for the node's work only."""
     import comfy.model_management as mm
 
     model, views = scene
-    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
+    monkeypatch.setattr(mm, "vram_state", getattr(mm.VRAMState, state))
     ti_model, _ = run_ti(pack, model, views, "memory-novram")
     ours = {id(p) for p in ti_model.comfy_patchers.values()}
     assert not ours & {id(lm.model) for lm in mm.current_loaded_models}
