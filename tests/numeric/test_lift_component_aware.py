@@ -210,3 +210,36 @@ def test_a_low_poly_asset_keyed_at_low_resolution_loses_no_component(tmp_path):
                             texture_size=0)
         assert mesh.stats["components_removed"] == [] and mesh.stats["components_trimmed"] == [], (res, mesh.stats)
         assert mesh.stats["kept_faces"] == asset.faces.shape[0]
+
+
+def test_a_lift_of_source_faces_keeps_the_source_texture_layout_and_rebakes_only_what_changed(shared_assets):
+    from lift_eval import RECOLOR, make_edit
+
+    from dreamedit3d_core.assets import load_asset
+    from dreamedit3d_core.lifting.bake import rasterize_texture
+
+    fox = load_asset(shared_assets / "Fox.gltf")  # one 1024² texture over non-overlapping UVs
+    image = fox.textures[0]
+    none = lift_to_mesh(_views(fox).rgb, CAMS, source=fox, mode="component_aware", grid=64, texture_size=256)
+    assert none.stats["texture_layout"] == "source" and none.texture.shape == image.shape
+    assert torch.equal(none.uv, fox.uv) and torch.equal(none.faces, fox.faces)
+    same = float(((none.texture - image).abs().amax(-1) <= 1e-4).float().mean())
+    edit = make_edit(fox, "recolor")  # the top fifth turned blue
+    recoloured = lift_to_mesh(_views(edit.asset).rgb, CAMS, source=fox, mode="component_aware", grid=64,
+                              texture_size=256)
+    assert recoloured.stats["texture_layout"] == "source"
+    frags = rasterize_texture(fox.uv, fox.faces, image.shape[0])
+    blue_face = (edit.asset.face_base_color == torch.tensor(RECOLOR)).all(-1)
+    covered = frags.face_id[0] >= 0
+    on_blue = covered & blue_face[frags.face_id[0].clamp(min=0)]
+    blue = float(((recoloured.texture[on_blue] - torch.tensor(RECOLOR)).abs().amax(-1) < 0.15).float().mean())
+    untouched = covered & ~on_blue
+    kept = float(((recoloured.texture[untouched] - image[untouched]).abs().amax(-1) <= 1e-4).float().mean())
+    print("no edit: texels equal to the source's", same, "recolour: blue", blue, "untouched texels kept", kept)
+    assert same >= 0.97 and blue >= 0.8 and kept >= 0.9, (same, blue, kept)  # measured 0.974, 0.883, 0.923
+    # a palette texture (kenney: each face's UVs on one swatch, shared) gets a new atlas
+    from dreamedit3d_core.assets import load_asset as load
+
+    kenney = load(shared_assets / "kenney_character.glb")
+    mesh = lift_to_mesh(_views(kenney).rgb, CAMS, source=kenney, mode="component_aware", grid=64, texture_size=256)
+    assert mesh.stats["texture_layout"] == "atlas" and mesh.texture.shape[0] == 256
