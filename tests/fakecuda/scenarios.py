@@ -4,7 +4,8 @@ Started by tests/fakecuda/test_fakecuda.py as ``python tests/fakecuda/scenarios.
 in a subprocess whose environment preloads the CUDA runtime stub (``simcuda.simulated_cuda_env()``). Each case runs
 inside ``simulated_cuda()`` and its own checks; the result file holds, per case, ``ok``, the error (with the source
 line the layer names), the number of aten ops that ran on the simulated device and the ops recomputed in float32 on
-the CPU (CPU-only half-precision gaps). Cases:
+the CPU (CPU-only half-precision gaps; ``float16_upcasts``: float16 convolutions computed in float32, the CPU's float16
+kernel being slow). Cases:
 
 - ``selfcheck_*``: bugs injected on purpose must be caught with their line; legal patterns must pass.
 - ``core_*``: every core stage with tensors on ``cuda`` in float16 and bfloat16 (tiny seeded model); the LGM
@@ -69,6 +70,7 @@ def selfcheck_injected(sim):
     x = torch.randn(2, 8, device="cuda")
     w = torch.randn(8, 8, device="cuda")
     cpu_mask = torch.ones(2, 8)
+    x16_img = torch.randn(1, 3, 8, 8, device="cuda", dtype=torch.float16)
     msgs = [
         expect_caught("CPU mask times CUDA noise", lambda: x * cpu_mask, "x * cpu_mask"),
         expect_caught("fp16 @ fp32 matmul", lambda: x.half() @ w, "x.half() @ w"),
@@ -78,6 +80,10 @@ def selfcheck_injected(sim):
         expect_caught("CPU tensor as a CUDA conv weight",
                       lambda: torch.nn.functional.conv2d(torch.randn(1, 3, 8, 8, device="cuda"), torch.randn(4, 3, 3, 3)),
                       "conv2d"),
+        # float16 convolutions are computed in float32 on the CPU (simcuda.CPU_SLOW_FLOAT16_OPS): a float32 weight
+        # under a float16 input must still fail as on the GPU
+        expect_caught("fp16 conv with an fp32 weight",
+                      lambda: torch.nn.functional.conv2d(x16_img, torch.randn(4, 3, 3, 3, device="cuda")), "x16_img"),
     ]
     return {"messages": msgs}
 
@@ -567,6 +573,7 @@ def run_case(name: str) -> dict:
         result["traceback"] = traceback.format_exc()[-4000:]
     result["ops"] = sim.ops if "sim" in locals() else 0
     result["half_fallbacks"] = dict(sim.half_fallbacks) if "sim" in locals() else {}
+    result["float16_upcasts"] = dict(sim.float16_upcasts) if "sim" in locals() else {}
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
 

@@ -48,6 +48,12 @@ THIS_FILE = os.path.abspath(__file__)
 TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 # CPU kernels that refuse half precision where the CUDA kernel accepts it; recomputed in float32 (see module doc)
 CPU_ONLY_REFUSALS = ("not implemented for 'Half'", "not implemented for 'BFloat16'")
+#: ops whose CPU float16 kernel is a slow reference implementation (a float16 convolution ran ~40x slower than float32
+#: on the CI machine's CPU); when every floating argument is float16 their values are computed in float32 and cast
+#: back, as the GPU accumulates them. Arguments of mixed dtypes still run as given, so their dtype errors surface.
+#: (Under inference mode the convolutions reach the simulation as aten::conv2d etc., not decomposed.)
+CPU_SLOW_FLOAT16_OPS = ("aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::convolution", "aten::_convolution",
+                        "aten::convolution_backward")
 
 
 class SimulatedCudaError(RuntimeError):
@@ -201,7 +207,8 @@ class SimulatedCuda(TorchDispatchMode):
     """Run the code under test as if ``cuda:0`` existed (see the module doc). Use as a context manager.
 
     ``ops`` counts the aten ops run on the simulated device; ``half_fallbacks`` lists ops recomputed in float32 on the
-    CPU because only the CPU lacked a half kernel.
+    CPU because only the CPU lacked a half kernel; ``float16_upcasts`` those computed in float32 because the CPU's
+    float16 kernel is slow (:data:`CPU_SLOW_FLOAT16_OPS`).
     """
 
     active: Optional["SimulatedCuda"] = None
@@ -217,6 +224,7 @@ class SimulatedCuda(TorchDispatchMode):
         self.skip_paths = tuple(os.path.abspath(p) for p in skip_paths)
         self.ops = 0
         self.half_fallbacks: dict = {}
+        self.float16_upcasts: dict = {}
         self._cpu_generators: dict = {}
         self._device_cache: dict = {}
         self._stack = ExitStack()
@@ -335,9 +343,13 @@ class SimulatedCuda(TorchDispatchMode):
         # 3. values on the CPU
         real_flat = [self._real_arg(a) for a in flat]
         real_args, real_kwargs = tree_unflatten(real_flat, spec)
+        fake_out = self._fake_run(func, flat, spec) if self._slow_in_float16(func, real_flat) else None
         try:
-            with torch._C._DisableAutocast():
-                out = func(*real_args, **real_kwargs)
+            if fake_out is not None:
+                out = self._run_in_float32(func, real_args, real_kwargs, fake_out, self.float16_upcasts)
+            else:
+                with torch._C._DisableAutocast():
+                    out = func(*real_args, **real_kwargs)
         except RuntimeError as err:
             if not any(s in str(err) for s in CPU_ONLY_REFUSALS):
                 raise self._fail(f"{func}: {err}", err) from None
@@ -361,11 +373,21 @@ class SimulatedCuda(TorchDispatchMode):
     def _inputs_on_cuda(flat) -> bool:
         return any(isinstance(a, SimCudaTensor) or _is_cuda_device(a) for a in flat)
 
-    def _run_in_float32(self, func, real_args, real_kwargs, fake_out):
-        """The op in float32 on the CPU (no half kernel there; the fake run showed CUDA has one), outputs cast back to
-        the dtypes CUDA gives and arguments the op writes updated in place."""
+    @staticmethod
+    def _slow_in_float16(func, real_flat) -> bool:
+        """Whether ``func`` is one of :data:`CPU_SLOW_FLOAT16_OPS` with float16 as its only floating dtype."""
+        if func._schema.name not in CPU_SLOW_FLOAT16_OPS:
+            return False
+        dtypes = {a.dtype for a in real_flat if isinstance(a, torch.Tensor) and a.is_floating_point()}
+        return dtypes == {torch.float16}
+
+    def _run_in_float32(self, func, real_args, real_kwargs, fake_out, tally=None):
+        """The op in float32 on the CPU (no half kernel there, or a slow one; the fake run showed CUDA has one),
+        outputs cast back to the dtypes CUDA gives and arguments the op writes updated in place; counted in ``tally``
+        (default ``half_fallbacks``)."""
         name = str(func)
-        self.half_fallbacks[name] = self.half_fallbacks.get(name, 0) + 1
+        tally = self.half_fallbacks if tally is None else tally
+        tally[name] = tally.get(name, 0) + 1
         flat, spec = tree_flatten((real_args, real_kwargs))
         halves = (torch.float16, torch.bfloat16)
         up = [a.float() if isinstance(a, torch.Tensor) and a.dtype in halves else a for a in flat]

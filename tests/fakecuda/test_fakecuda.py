@@ -78,11 +78,12 @@ def test_injected_bugs_are_caught_with_their_line_and_legal_patterns_pass(scenar
     if not (selected("selfcheck_injected_bugs_are_caught") and selected("selfcheck_node_bug_is_caught")):
         pytest.skip(f"not in DREAMEDIT3D_FAKECUDA_CASES={','.join(SELECTED)}")
     msgs = scenario_results["selfcheck_injected_bugs_are_caught"]["details"]["messages"]
-    assert len(msgs) == 5
+    assert len(msgs) == 6
     assert "same device" in msgs[0] and "x * cpu_mask" in msgs[0]
     assert "same dtype" in msgs[1] and "x.half() @ w" in msgs[1]
     assert "numpy" in msgs[2] and "x.numpy()" in msgs[2]
     assert "generator" in msgs[3]
     assert "conv2d" in msgs[4] and "different from other tensors" in msgs[4]
+    assert "conv2d" in msgs[5] and "expected scalar type Half but found Float" in msgs[5]
     node_msg = scenario_results["selfcheck_node_bug_is_caught"]["details"]["message"]
     assert "same device" in node_msg and "noise * torch.ones" in node_msg
