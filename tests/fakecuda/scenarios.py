@@ -486,6 +486,9 @@ def _core_lgm_lift(sim, dtype, **options):
     left = [k for k, t in rec.held_tensors() if t.device.type == "cuda"]
     if left:
         raise AssertionError(f"after offload() the reconstructor still holds CUDA tensors: {left[:4]}")
+    offloaded = {t.dtype for k, t in rec.held_tensors() if not k.startswith("last_gaussians.")}
+    if offloaded != {dtype}:
+        raise AssertionError(f"offload() changed the network's dtype to {offloaded}, expected it kept as {dtype}")
     back = next(rec.network(CUDA).parameters())
     expect_on_cuda("LGM weight loaded back", back)
     if back.dtype != dtype:

@@ -52,9 +52,12 @@ class LGMReconstructor:
 
     def offload(self) -> None:
         """Move the loaded network and ``last_gaussians`` to the CPU (frees their GPU memory; the next call moves the
-        network back): between runs the reconstructor holds nothing on a GPU outside ComfyUI's model management."""
+        network back): between runs the reconstructor holds nothing on a GPU outside ComfyUI's model management.
+
+        The network keeps its dtype: the released float16 weights take 0.83 GB of host memory rather than 1.66 GB as
+        a float32 copy, and come back to the GPU unchanged (a CPU call converts them to float32 then)."""
         if self._network is not None:
-            self._network = self._network.to("cpu", torch.float32)
+            self._network = self._network.to("cpu")
         if self.last_gaussians is not None:
             self.last_gaussians = self.last_gaussians.to("cpu")
 
