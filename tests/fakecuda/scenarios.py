@@ -493,6 +493,7 @@ def _core_lgm_lift(sim, dtype, **options):
     expect_on_cuda("LGM weight loaded back", back)
     if back.dtype != dtype:
         raise AssertionError(f"LGM came back as {back.dtype}, expected {dtype}")
+    rec.offload()  # the reconstructor cache outlives the case: leave no simulated CUDA tensor in it
     return {"faces": int(f.shape[0]), "gaussians": g.num, "chunks": counter.polls, "glb_bytes": out.stat().st_size,
             "dtype": str(dtype), **options}
 
@@ -503,6 +504,24 @@ for _name, _dtype in DTYPES.items():
 case("core_lgm_lift_fp32_world_frame_across_gaussians")(
     lambda sim: _core_lgm_lift(sim, torch.float32, frame="world", rotation_normalization="across_gaussians"))
 
+
+@case("selfcheck_lgm_bug_is_caught")
+def selfcheck_lgm_bug(sim):
+    """The LGM case fails on a device bug injected into LGM's input (the Plücker rays left on the CPU beside the CUDA
+    views), naming the product's line."""
+    from dreamedit3d_core.lifting.lgm import rays
+
+    original = rays.plucker_rays
+    rays.plucker_rays = lambda *args, **kwargs: original(*args, **kwargs).cpu()  # the injected bug
+    try:
+        _core_lgm_lift(sim, torch.float16)
+    except SimulatedCudaError as err:
+        if "same device" not in str(err) or "rays.py:" not in str(err) or "torch.cat" not in str(err):
+            raise AssertionError(f"LGM device bug caught, but the message does not name rays.py's line: {err}") from None
+        return {"message": str(err)}
+    finally:
+        rays.plucker_rays = original
+    raise AssertionError("LGM device bug (CPU rays beside CUDA views) was NOT caught")
 
 @case("nodes_lift_lgm_fp16_auto")
 def nodes_lift_lgm(sim):
