@@ -100,18 +100,19 @@ def best_mode(has_source: bool, lgm_chosen: bool = False) -> tuple:
 def lift_plan(mode: str, has_source: bool, lgm_chosen: bool) -> tuple:
     """The node's (mode, reconstructor name or None) for its ``mode`` widget and whether an LGM file is chosen.
 
-    LGM replaces the silhouettes' geometry, so it serves "auto" without a source and "hull"; "auto" with a source keeps
-    the source's components (component-aware). Asked for with a mode that keeps the source's geometry
-    ("component_aware", "source_guided", "keep_source"), it is refused rather than ignored.
+    LGM replaces the silhouettes' geometry, so it serves "auto" without a source and "hull"; "auto" with a source and
+    "component_aware" keep the source's components and let LGM shape only the new parts. Asked for with a mode that
+    keeps all of the source's geometry ("source_guided", "keep_source"), it is refused rather than ignored.
     """
     if mode == "auto":
         return best_mode(has_source, lgm_chosen)
     mode = LiftMode(mode)
-    if mode == LiftMode.HULL:
+    if mode in (LiftMode.HULL, LiftMode.COMPONENT_AWARE):
         return mode, (LGM_NAME if lgm_chosen else None)
     if lgm_chosen:
         raise ConfigError(f"mode {mode.value!r} keeps the source's geometry, and LGM would replace all of it: set "
-                          f"reconstructor to {NO_RECONSTRUCTOR!r}, or use mode 'auto' or 'hull' with LGM")
+                          f"reconstructor to {NO_RECONSTRUCTOR!r}, or use mode 'auto', 'component_aware' (LGM shapes "
+                          "the new parts only) or 'hull' with LGM")
     return mode, None
 
 

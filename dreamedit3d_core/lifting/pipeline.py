@@ -110,10 +110,11 @@ def as_lift_mode(mode) -> LiftMode:
 
 def best_mode(has_source: bool, reconstructor: Optional[str] = None) -> tuple:
     """What a lift should use when the caller does not choose, as (mode, reconstructor name or None): component-aware
-    geometry when the views come from a source asset; else ``reconstructor`` when given; else the first reconstructor
-    registered with :func:`register_reconstructor`; else the visual hull, a preview-quality block-out."""
+    geometry when the views come from a source asset (with ``reconstructor``, when given, shaping the new parts only);
+    else ``reconstructor`` when given; else the first reconstructor registered with :func:`register_reconstructor`;
+    else the visual hull, a preview-quality block-out."""
     if has_source:
-        return LiftMode.COMPONENT_AWARE, None
+        return LiftMode.COMPONENT_AWARE, reconstructor
     if reconstructor is not None:
         return LiftMode.HULL, reconstructor
     registered = list_reconstructors()
@@ -148,9 +149,9 @@ def _check_options(mode, source, grid, texture_size, face_budget, refine_steps, 
     if reconstructor is not None:
         if reconstructor not in _RECONSTRUCTORS:
             raise ConfigError(f"unknown reconstructor {reconstructor!r}; registered: {list(list_reconstructors())}")
-        if mode in ("keep_source", "component_aware"):
+        if mode in ("keep_source", "source_guided"):
             raise ConfigError(f"mode {mode.value!r} keeps the source geometry; it cannot use a reconstructor (use "
-                              "'hull' or 'source_guided' with one)")
+                              "'hull', or 'component_aware' where it shapes the new parts only)")
 
 
 def _accepts_progress(fn: Callable) -> bool:
@@ -310,9 +311,11 @@ def _silhouettes(st: _LiftState, alpha, background, key_threshold) -> None:
     check_masks(st.alpha, keyed=True, background=st.background, views=[i for i in range(v) if i not in bad])
 
 
-def _component_aware(st: _LiftState, grid: int, face_budget: int) -> dict:
+def _component_aware(st: _LiftState, grid: int, face_budget: int, reconstructor: Optional[str] = None) -> dict:
     """Stage 2 for "component_aware": the kept components' source faces exactly and new geometry where the edit
-    changed the shape (``component_lift.component_aware_geometry``); the source as it is when nothing changed shape."""
+    changed the shape (``component_lift.component_aware_geometry``); the source as it is when nothing changed shape.
+    With a ``reconstructor``, its mesh of the edited views shapes the new material (inside the edited hull's change
+    region only); the kept components stay the source's faces."""
     opts = st.parts
     policy = component_lift.as_keep_policy(opts.get("keep", component_lift.KeepPolicy.ALL_BUT_EDITED))
     comps = component_lift.source_components(st.source, st.cameras, opts.get("masks"))
@@ -330,8 +333,13 @@ def _component_aware(st: _LiftState, grid: int, face_budget: int) -> dict:
         st.verts, st.faces, st.source_faces = surface.drop_unused_vertices(verts, faces, return_face_index=True)
         return {**info, "geometry": "source", "added_volume_fraction": 0.0, "kept_faces": int(len(st.faces)),
                 "new_faces": 0}
+    shaped_by = None
+    if reconstructor is not None:
+        shaped_by = _run_reconstructor(reconstructor, st.rgb, st.alpha, st.cameras, grid, st.device, st.progress)
+        info.update(reconstructor=reconstructor, added_from="reconstructor")
     st.verts, st.faces, st.source_faces, more = component_lift.component_aware_geometry(
-        st.alpha, st.cameras, st.source, decision.kept_faces, grid, face_budget, st.check, decision.rebuilt_faces())
+        st.alpha, st.cameras, st.source, decision.kept_faces, grid, face_budget, st.check, decision.rebuilt_faces(),
+        shaped_by=shaped_by)
     return {**info, **more, "geometry": "component_aware"}
 
 
@@ -343,6 +351,9 @@ def _geometry(st: _LiftState, mode: LiftMode, grid: int, reconstructor: Optional
         st.verts, st.faces, st.source_faces = surface.drop_unused_vertices(verts, faces, return_face_index=True)
         st.stats["geometry"] = "source"
         return
+    if mode == LiftMode.COMPONENT_AWARE:
+        st.stats.update(_component_aware(st, grid, face_budget, reconstructor))
+        return
     if reconstructor is not None:
         st.verts, st.faces = _run_reconstructor(reconstructor, st.rgb, st.alpha, st.cameras, grid, st.device,
                                                 st.progress)
@@ -350,8 +361,6 @@ def _geometry(st: _LiftState, mode: LiftMode, grid: int, reconstructor: Optional
         return
     if mode == LiftMode.HULL:
         st.verts, st.faces, info = _hull_geometry(st.alpha, st.cameras, grid, st.check)
-    elif mode == LiftMode.COMPONENT_AWARE:
-        info = _component_aware(st, grid, face_budget)
     else:
         st.verts, st.faces, info = _source_guided_geometry(st.alpha, st.cameras, st.source, grid, st.check)
         st.source_faces = info.pop("source_faces", None)

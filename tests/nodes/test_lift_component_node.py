@@ -98,9 +98,11 @@ def test_the_prompt_from_the_samples_names_what_the_edit_touches(pack, rendered)
     assert faces_of(told) != faces_of(plain)
 
 
-def test_a_reconstructor_is_refused_with_component_aware(pack, rendered):
+def test_a_reconstructor_shapes_component_aware_new_parts_and_is_refused_by_whole_source_modes(pack, rendered):
     from dreamedit3d_pack.dreamedit3d_core.errors import ConfigError
     from dreamedit3d_pack.nodes.lifting import lift_plan
 
-    with pytest.raises(ConfigError, match="reconstructor to 'none'"):
-        lift_plan("component_aware", True, True)
+    assert lift_plan("component_aware", True, True) == ("component_aware", "lgm")
+    for mode in ("source_guided", "keep_source"):
+        with pytest.raises(ConfigError, match="reconstructor to 'none'"):
+            lift_plan(mode, True, True)

@@ -137,9 +137,10 @@ def test_auto_without_a_source_uses_the_chosen_lgm_file(pack, lgm_folder, render
     no_source = dataclasses.replace(rendered["views"], asset=None)
     out = lift(pack, rendered, views=no_source, mode="auto", reconstructor=LGM_FILE, texture_size=0)
     assert rec.last_gaussians is not None and out.ui["3d"]
-    # with a source, auto keeps the source's components (component-aware); an explicit source mode with LGM is
-    # refused, not ignored
-    assert best_mode(True, True) == ("component_aware", None)
+    # with a source, auto keeps the source's components (component-aware) and LGM shapes only the new parts; a mode
+    # that keeps all of the source's geometry with LGM is refused, not ignored
+    assert best_mode(True, True) == ("component_aware", "lgm")
+    assert best_mode(True, False) == ("component_aware", None)
     assert lift_plan("hull", True, False) == ("hull", None)
     from dreamedit3d_pack.dreamedit3d_core.errors import ConfigError
 
