@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._compat import io
+from ._compat import io, model_on_compute_device
 from .sockets import MVConditioningSocket, MVDreamModelSocket, MVTokensSocket, MVViewsSocket
 
 CATEGORY = "DreamEdit3D/sample"
@@ -43,7 +43,8 @@ class ComposePrompt(io.ComfyNode):
                 views=None) -> io.NodeOutput:
         from ..dreamedit3d_core.prompts import compose_prompt
 
-        cond = compose_prompt(model, prompt, negative_prompt=negative_prompt, tokens=tokens,
-                              add_mvdream_suffix=bool(mvdream_suffix), add_quality_suffix=bool(quality_suffix),
-                              cameras=None if views is None else views.render.cameras)
+        with model_on_compute_device(model, ("text_encoder",)):  # ComfyUI may have offloaded it since the loader
+            cond = compose_prompt(model, prompt, negative_prompt=negative_prompt, tokens=tokens,
+                                  add_mvdream_suffix=bool(mvdream_suffix), add_quality_suffix=bool(quality_suffix),
+                                  cameras=None if views is None else views.render.cameras)
         return io.NodeOutput(cond, ui={"text": list(cond.prompts)})

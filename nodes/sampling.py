@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..dreamedit3d_core.errors import ShapeError
-from ._compat import (calculate_sigmas, compute_device, intermediate_device, io, make_model_sampling, managed_load,
-                      scheduler_names, throw_if_interrupted, ui)
+from ._compat import (calculate_sigmas, compute_device, intermediate_device, io, make_model_sampling,
+                      model_on_compute_device, scheduler_names, throw_if_interrupted, ui)
 from .progress import ComfyProgress, latent_preview_rgb
 from .sockets import MVConditioningSocket, MVDreamModelSocket, MVSamples, MVSamplesSocket, to_comfy_image
 
@@ -105,13 +105,14 @@ class MVSample(io.ComfyNode):
             throw_if_interrupted()
             progress.update(step + 1, total_steps, preview=latent_preview_rgb(x0))
 
-        patcher = managed_load(model.unet)  # noqa: F841  (kept alive while sampling)
-        # the latent shape, the seed's noise and the SIGMAS check are the core's and the bridge's, not redone here
-        latents, seed = sampler_bridge.sample_with_comfy(
-            model, conditioning, sampler, sigmas, float(cfg), make_model_sampling(model.alphas_cumprod),
-            compute_device(), seed=int(seed), noise=noise, latent=latent, resolution=int(resolution),
-            callback=callback)
-        images = to_comfy_image(decode_views(model, latents, views))
+        # the UNet and the VAE on the compute device through ComfyUI (it may have offloaded either since the loader)
+        with model_on_compute_device(model, ("unet", "vae")):
+            # the latent shape, the seed's noise and the SIGMAS check are the core's and the bridge's, not redone here
+            latents, seed = sampler_bridge.sample_with_comfy(
+                model, conditioning, sampler, sigmas, float(cfg), make_model_sampling(model.alphas_cumprod),
+                compute_device(), seed=int(seed), noise=noise, latent=latent, resolution=int(resolution),
+                callback=callback)
+            images = to_comfy_image(decode_views(model, latents, views))
         # what made these views travels with them: on the IMAGE itself and on MV_SAMPLES (nodes/provenance.py)
         record = provenance.sample_record(
             conditioning, model, int(seed), provenance.sampler_name(sampler, cls.hidden.prompt, cls.hidden.unique_id),

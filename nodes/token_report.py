@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 from ..dreamedit3d_core.errors import ConfigError
-from ._compat import compute_device, io, managed_load, ui
+from ._compat import compute_device, io, model_on_compute_device, ui
 from .metrics import NONE, load_metric_models, metric_model_inputs, metric_model_problem, metric_models_stamp
 from .personalize import parse_init_words, training_mode
 from .sockets import MVDreamModelSocket, MVTokensSocket, MVViewsSocket, to_comfy_image
@@ -94,19 +96,23 @@ class TokenReport(io.ComfyNode):
         words = parse_init_words(init_words or "", masks.names)
         clip, dino = load_metric_models(clip_model, dino_model, compute_device()) if measure_images else (None, None)
         render, masks = clone_tensors(views.render), clone_tensors(masks)
-        patcher = managed_load(model.unet)  # noqa: F841  (ComfyUI makes room; kept alive while measuring)
-        ref_patcher = managed_load(base_model.unet) if base_model is not None else None  # noqa: F841
-        report = tr.token_report(model, tokens, render, masks, config, reference_model=base_model,
-                                 reference_words=words, clip=clip, dino=dino)
-        table = report.table
-        if ablation:
-            with training_mode():
-                table["ablation"] = tr.compare_attention_loss(
-                    base_model, render, masks,
-                    TIConfig(steps=int(ablation_steps), lr=float(ablation_learning_rate),
-                             attention_loss_weight=float(attention_loss_weight), tokens=tuple(report.table["tokens"]),
-                             init_words=words, seed=int(seed)),
-                    config)
+        with ExitStack() as loaded:
+            # every part of both models on the compute device through ComfyUI (the report encodes prompts, samples
+            # and decodes; the ablation trains tokens on the base model)
+            for each in (model, base_model):
+                if each is not None:
+                    loaded.enter_context(model_on_compute_device(each))
+            report = tr.token_report(model, tokens, render, masks, config, reference_model=base_model,
+                                     reference_words=words, clip=clip, dino=dino)
+            table = report.table
+            if ablation:
+                with training_mode():
+                    table["ablation"] = tr.compare_attention_loss(
+                        base_model, render, masks,
+                        TIConfig(steps=int(ablation_steps), lr=float(ablation_learning_rate),
+                                 attention_loss_weight=float(attention_loss_weight),
+                                 tokens=tuple(report.table["tokens"]), init_words=words, seed=int(seed)),
+                        config)
         heat = to_comfy_image(report.heatmap[None])
         verdicts = "\n".join(report.verdicts)
         # the heat map as a preview and the verdicts as text on the node
