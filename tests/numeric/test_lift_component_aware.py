@@ -74,6 +74,19 @@ def test_a_no_edit_lift_is_the_source_exactly(name, request):
     assert _lifted_triangles(mesh, len(mesh.faces)) == _source_triangles(asset)
 
 
+def _added_ball_samples(edited, source) -> tuple:
+    """(points around the ADD edit's ball [P, 3], inside the source's solid, inside the added part = ball minus the
+    source): the ground truth an added-part IoU is measured on (independent winding-number inside test)."""
+    from _lift_helpers import inside_mesh
+
+    ball = edited.vertices[edited.faces[edited.part_ids == edited.num_parts - 1].reshape(-1)].double().numpy()
+    centre = ball.mean(0)
+    radius = np.linalg.norm(ball - centre, axis=1).max()
+    pts = centre + np.random.default_rng(0).uniform(-1.3 * radius, 1.3 * radius, (6000, 3))
+    in_source = inside_mesh(source.vertices.numpy(), source.faces.numpy(), pts)
+    return pts, in_source, (np.linalg.norm(pts - centre, axis=1) <= radius) & ~in_source
+
+
 @pytest.mark.parametrize("name", ["kenney", "spot"])
 def test_an_added_part_is_recovered_and_joined_while_the_rest_keeps_its_exact_faces(name, request):
     from lift_eval import make_edit
@@ -90,13 +103,7 @@ def test_an_added_part_is_recovered_and_joined_while_the_rest_keeps_its_exact_fa
     assert s["kept_faces"] == asset.faces.shape[0] and s["new_faces"] > 0
     assert _lifted_triangles(mesh, s["kept_faces"]) == _source_triangles(asset)
     # the added part's volume (ball minus the source's solid), sampled around the ball, against the lift's
-    e = edit.asset
-    ball = e.vertices[e.faces[e.part_ids == e.num_parts - 1].reshape(-1)].double().numpy()
-    centre = ball.mean(0)
-    radius = np.linalg.norm(ball - centre, axis=1).max()
-    pts = centre + np.random.default_rng(0).uniform(-1.3 * radius, 1.3 * radius, (6000, 3))
-    in_source = inside_mesh(asset.vertices.numpy(), asset.faces.numpy(), pts)
-    truth = (np.linalg.norm(pts - centre, axis=1) <= radius) & ~in_source
+    pts, in_source, truth = _added_ball_samples(edit.asset, asset)
     got = inside_mesh(mesh.vertices.numpy(), mesh.faces.numpy(), pts) & ~in_source
     iou = (truth & got).sum() / (truth | got).sum()
     print(name, "added-part IoU", iou, "new faces", s["new_faces"])
@@ -257,12 +264,7 @@ def test_a_reconstructor_shapes_only_the_new_part_and_the_kept_faces_stay_the_so
 
     edit = make_edit(kenney, "add")
     e = edit.asset
-    ball = e.vertices[e.faces[e.part_ids == e.num_parts - 1].reshape(-1)].double().numpy()
-    centre = ball.mean(0)
-    radius = np.linalg.norm(ball - centre, axis=1).max()
-    pts = centre + np.random.default_rng(0).uniform(-1.3 * radius, 1.3 * radius, (6000, 3))
-    in_source = inside_mesh(kenney.vertices.numpy(), kenney.faces.numpy(), pts)
-    truth = (np.linalg.norm(pts - centre, axis=1) <= radius) & ~in_source
+    pts, in_source, truth = _added_ball_samples(e, kenney)
     calls = []
 
     def ground_truth(rgb, alpha, cameras, grid, device):
