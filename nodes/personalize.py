@@ -25,11 +25,6 @@ CATEGORY = "DreamEdit3D/personalize"
 IF_EXISTS = ("new_version", "overwrite", "error")
 
 
-# nodes/token_report.py imports these two names from here; they are the core's helpers (one home for the idea)
-training_mode = grad_enabled  # ComfyUI runs nodes under torch.inference_mode(); training needs autograd back
-clone_tensors = usable_by_autograd  # a frozen dataclass with its inference tensors made usable by autograd
-
-
 def train_dir(run_name: str):
     """Where a run keeps its resumable training state: output/dreamedit3d/train/<run_name>/."""
     return output_folder() / "dreamedit3d" / "train" / plain_file_stem(run_name, what="run_name")
@@ -213,32 +208,24 @@ def _tooltip(name: str) -> str:
     """MVFineTune's tooltip for the memory-relevant input ``name``, with the bench's figures where measured."""
     gib = {k: f"{v:.1f} GiB" for k, v in MEMORY.items()}
     if name == "mode":
-        text = ("full: every UNet weight trains (float32 master weights, gradients and AdamW states); lora: a low-rank "
+        return ("full: every UNet weight trains (float32 master weights, gradients and AdamW states); lora: a low-rank "
                 "delta on the loaded weights (small GPUs). LoRA wants a much higher learning_rate than full "
-                "fine-tuning: about 1e-4 instead of 2e-6.")
-        if "full" in gib and "lora" in gib:
-            text += f" Estimated peak at 4 views x 256 px, mixed precision: full {gib['full']}, lora {gib['lora']}."
-        return text
+                "fine-tuning: about 1e-4 instead of 2e-6. Estimated peak at 4 views x 256 px, mixed precision: "
+                f"full {gib['full']}, lora {gib['lora']}.")
     if name == "train_text_encoder":
-        text = "Also fine-tune the text tower (float32 weights, gradients and AdamW states for it too)."
-        if "full_text_encoder" in gib and "full" in gib:
-            text += f" Full fine-tuning's estimated peak: {gib['full']} -> {gib['full_text_encoder']}."
-        return text
+        return ("Also fine-tune the text tower (float32 weights, gradients and AdamW states for it too). Full "
+                f"fine-tuning's estimated peak: {gib['full']} -> {gib['full_text_encoder']}.")
     if name == "gradient_checkpointing":
-        text = "Recompute UNet activations in the backward pass (slower) to hold fewer of them."
-        if {"full", "full_checkpointing", "lora", "lora_checkpointing"} <= set(gib):
-            text += (f" At 256 px it saves little or nothing (estimated peak: full {gib['full']} -> "
-                     f"{gib['full_checkpointing']}, lora {gib['lora']} -> {gib['lora_checkpointing']}): full "
-                     "fine-tuning's memory is its float32 weights, gradients and optimizer states.")
-        return text
+        return ("Recompute UNet activations in the backward pass (slower) to hold fewer of them. At 256 px it saves "
+                f"little or nothing (estimated peak: full {gib['full']} -> {gib['full_checkpointing']}, lora "
+                f"{gib['lora']} -> {gib['lora_checkpointing']}): full fine-tuning's memory is its float32 weights, "
+                "gradients and optimizer states.")
     if name == "mixed_precision":
         return "Autocast dtype on GPU with float32 master weights (faster matmuls, smaller activations)."
     if name == "optimizer":
-        text = ("adamw: PyTorch AdamW (fused on CUDA), two float32 states per trained weight (6.5 GiB for the full "
-                "UNet). adamw8bit (offered when bitsandbytes is installed): 8-bit states, about 1.6 GiB.")
-        if "full" in gib and "full_8bit" in gib:
-            text += f" Full fine-tuning's estimated peak: {gib['full']} with adamw, {gib['full_8bit']} with adamw8bit."
-        return text
+        return ("adamw: PyTorch AdamW (fused on CUDA), two float32 states per trained weight (6.5 GiB for the full "
+                "UNet). adamw8bit (offered when bitsandbytes is installed): 8-bit states, about 1.6 GiB. Full "
+                f"fine-tuning's estimated peak: {gib['full']} with adamw, {gib['full_8bit']} with adamw8bit.")
     raise KeyError(name)
 
 

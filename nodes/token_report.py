@@ -5,9 +5,10 @@ from __future__ import annotations
 from contextlib import ExitStack
 
 from ..dreamedit3d_core.errors import ConfigError
+from ..dreamedit3d_core.personalize.autograd import grad_enabled, usable_by_autograd
 from ._compat import compute_device, io, model_on_compute_device, ui
 from .metrics import NONE, load_metric_models, metric_model_inputs, metric_model_problem, metric_models_stamp
-from .personalize import parse_init_words, training_mode
+from .personalize import parse_init_words
 from .sockets import MVDreamModelSocket, MVTokensSocket, MVViewsSocket, to_comfy_image
 
 CATEGORY = "DreamEdit3D/evaluate"
@@ -85,7 +86,6 @@ class TokenReport(io.ComfyNode):
                 attention_loss_weight=0.1) -> io.NodeOutput:
         from ..dreamedit3d_core import token_report as tr
         from ..dreamedit3d_core.personalize.textual_inversion import TIConfig
-        from .personalize import clone_tensors
 
         masks = views.require_masks("DreamEdit3D_TokenReport")
         if ablation and base_model is None:
@@ -95,7 +95,7 @@ class TokenReport(io.ComfyNode):
                                       seed=int(seed))
         words = parse_init_words(init_words or "", masks.names)
         clip, dino = load_metric_models(clip_model, dino_model, compute_device()) if measure_images else (None, None)
-        render, masks = clone_tensors(views.render), clone_tensors(masks)
+        render, masks = usable_by_autograd(views.render), usable_by_autograd(masks)
         with ExitStack() as loaded:
             # every part of both models on the compute device through ComfyUI (the report encodes prompts, samples
             # and decodes; the ablation trains tokens on the base model)
@@ -106,7 +106,7 @@ class TokenReport(io.ComfyNode):
                                      reference_words=words, clip=clip, dino=dino)
             table = report.table
             if ablation:
-                with training_mode():
+                with grad_enabled():
                     table["ablation"] = tr.compare_attention_loss(
                         base_model, render, masks,
                         TIConfig(steps=int(ablation_steps), lr=float(ablation_learning_rate),
