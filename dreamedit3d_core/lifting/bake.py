@@ -163,15 +163,22 @@ def colors_with_prior(points: torch.Tensor, normals: torch.Tensor, view_sets: Se
     return torch.where(seen[:, None], colors, p_colors), torch.where(seen, wsum, p_wsum)
 
 
+def _fill_sources(seen: torch.Tensor) -> torch.Tensor:
+    """Indices of the ``seen`` samples a fill looks up, thinned out evenly to ``MAX_FILL_SOURCES`` (the fill is
+    guesswork, it need not be dense)."""
+    src = seen.nonzero().squeeze(1)
+    if src.numel() > MAX_FILL_SOURCES:
+        src = src[torch.linspace(0, src.numel() - 1, MAX_FILL_SOURCES, device=src.device).long()]
+    return src
+
+
 def fill_unseen(points: torch.Tensor, colors: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
     """Colour unseen samples from their nearest seen samples in 3D (inverse-distance mean of a few, via cKDTree)."""
     from scipy.spatial import cKDTree
 
     if bool(seen.all()) or not bool(seen.any()):
         return colors
-    src = seen.nonzero().squeeze(1)
-    if src.numel() > MAX_FILL_SOURCES:  # thin out evenly: the fill is guesswork, it need not be dense
-        src = src[torch.linspace(0, src.numel() - 1, MAX_FILL_SOURCES, device=src.device).long()]
+    src = _fill_sources(seen)
     dst = (~seen).nonzero().squeeze(1)
     tree = cKDTree(points[src].cpu().double().numpy())
     k = min(FILL_NEIGHBOURS, src.numel())
@@ -301,9 +308,7 @@ def _nearest_seen_kept(points: torch.Tensor, part: torch.Tensor, seen: torch.Ten
     """bool [K]: for the ``query`` samples, whether their nearest ``seen`` sample of the same part is ``kept``."""
     from scipy.spatial import cKDTree
 
-    src = seen.nonzero().squeeze(1)
-    if src.numel() > MAX_FILL_SOURCES:
-        src = src[torch.linspace(0, src.numel() - 1, MAX_FILL_SOURCES, device=src.device).long()]
+    src = _fill_sources(seen)
     dst = query.nonzero().squeeze(1)
     # parts far apart in a fourth coordinate: the nearest seen sample is always one of the same part
     def lifted(idx):

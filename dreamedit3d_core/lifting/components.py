@@ -220,34 +220,47 @@ def _core(masks: torch.Tensor) -> torch.Tensor:
     return -F.max_pool2d(-masks, 3, stride=1, padding=1)
 
 
-def lost_points(source: MeshAsset, alpha: torch.Tensor, cameras: MVCameras) -> torch.Tensor:
+def _carve_radius(height: int) -> int:
+    """``CARVE_TOLERANCE_PX`` (at 256 px) in pixels of views ``height`` tall."""
+    return max(1, round(CARVE_TOLERANCE_PX * height / 256))
+
+
+def _source_core(source: MeshAsset, cameras: MVCameras, h: int, w: int, device) -> torch.Tensor:
+    """The source's own silhouettes, eroded by a pixel (float [V, 1, H, W] on ``device``)."""
+    return _core(hull.source_silhouettes(source, cameras, h, w).to(device))
+
+
+def lost_points(source: MeshAsset, alpha: torch.Tensor, cameras: MVCameras,
+                source_core: Optional[torch.Tensor] = None) -> torch.Tensor:
     """bool [M, S]: the points inside each source face (``_FACE_SAMPLES``) the edited silhouettes no longer show: in
     some view inside the source's own silhouette (eroded by a pixel) but outside the edited one (dilated by
     ``CARVE_TOLERANCE_PX`` at 256 px).
 
     Points inside faces, not vertices, and only where the source's render covers them: a low-poly part's corners and
     apexes sit on the outline, which keying and antialiasing move by a pixel, and one uncovered corner must not take
-    every face around it.
+    every face around it. ``source_core``: :func:`_source_core` for these views, when the caller has it.
     """
     h, w = alpha.shape[-2:]
-    r = max(1, round(CARVE_TOLERANCE_PX * h / 256))
+    r = _carve_radius(h)
     edited = F.max_pool2d((alpha > 0.5).to(torch.float32), 2 * r + 1, stride=1, padding=r)
-    src_core = _core(hull.source_silhouettes(source, cameras, h, w).to(alpha.device))
+    src_core = _source_core(source, cameras, h, w, alpha.device) if source_core is None else source_core
     points = _face_points(source)
     flat = points.reshape(-1, 3)
     lost = (_view_coverage(flat, src_core, cameras) & ~_view_coverage(flat, edited, cameras)).any(0)
     return lost.reshape(points.shape[:2])
 
 
-def _exposed_points(source: MeshAsset, component_faces: torch.Tensor, cameras: MVCameras, h: int, w: int,
-                    device) -> torch.Tensor:
+def _exposed_points(source: MeshAsset, component_faces: torch.Tensor, cameras: MVCameras,
+                    source_core: torch.Tensor) -> torch.Tensor:
     """bool [F, S]: the points of the faces ``component_faces`` (bool [M]) that some view shows outside the rest of
     the source (inside the source's eroded silhouette, outside the dilated silhouette of the other faces): the part of
-    a component the views can judge (an arm's stretch inside the torso's outline cannot be seen to go)."""
+    a component the views can judge (an arm's stretch inside the torso's outline cannot be seen to go).
+    ``source_core``: :func:`_source_core` for the views."""
     from ..raster import rasterize_views
 
-    r = max(1, round(CARVE_TOLERANCE_PX * h / 256))
-    src_core = _core(hull.source_silhouettes(source, cameras, h, w).to(device))
+    src_core, device = source_core, source_core.device
+    h, w = src_core.shape[-2:]
+    r = _carve_radius(h)
     others = source.faces.cpu()[~component_faces.cpu()]
     rest = (rasterize_views(source.vertices.to(torch.float32).cpu(), others, cameras, (h, w)).mask[:, None]
             .to(device=device, dtype=torch.float32) if others.shape[0] else torch.zeros_like(src_core))
@@ -314,7 +327,10 @@ def decide_kept_faces(source: MeshAsset, components: Components, alpha: torch.Te
     edited |= {components.index(x) for x in edited_by_prompt(prompt, components)}
     kept_comp = torch.tensor([i not in edited for i in range(n)], dtype=torch.bool)
     faces = source.faces.cpu()
-    lost_pts = lost_points(source, alpha, cameras) if carve else torch.zeros(m, _FACE_SAMPLES.shape[0], dtype=torch.bool)
+    lost_pts = torch.zeros(m, _FACE_SAMPLES.shape[0], dtype=torch.bool)
+    if carve:
+        src_core = _source_core(source, cameras, *alpha.shape[-2:], alpha.device)  # once: each component's test uses it
+        lost_pts = lost_points(source, alpha, cameras, src_core)
     covered = lost_pts.double().mean(1) <= 0.5
     area = _face_areas(source.vertices.cpu(), faces)
     removed = torch.zeros(n, dtype=torch.bool)
@@ -322,7 +338,7 @@ def decide_kept_faces(source: MeshAsset, components: Components, alpha: torch.Te
         if not bool(kept_comp[i]):
             continue
         mine = comp == i
-        exposed = _exposed_points(source, mine, cameras, *alpha.shape[-2:], alpha.device)
+        exposed = _exposed_points(source, mine, cameras, src_core)
         weight = area[mine][:, None] / _FACE_SAMPLES.shape[0]
         seen = float((weight * exposed).sum())
         removed[i] = seen > 0 and float((weight * (exposed & lost_pts[mine])).sum()) > REMOVED_COMPONENT_FRACTION * seen
@@ -428,20 +444,15 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
     Returns:
         (vertices float64 [N, 3], faces int64 [M, 3], source face of each face int64 [M] (-1 for new faces), stats).
     """
-    h, w = alpha.shape[-2:]
     kept_idx = kept_faces.cpu().nonzero().squeeze(1)
     src_faces = source.faces.cpu()
     verts_all = source.vertices.cpu().double().numpy()
     kv, kf, kept_local = surface.drop_unused_vertices(verts_all, src_faces[kept_idx].numpy().astype(np.int64),
                                                       return_face_index=True)
     kept_source_faces = kept_idx.numpy()[kept_local]
-    fine = hull.fit_grid(lambda g: hull.silhouette_occupancy(alpha, cameras, g, check), grid, "visual hull")
-    hull_edited = hull.silhouette_occupancy(alpha, cameras, fine, check)
-    src_sil = hull.source_silhouettes(source, cameras, h, w, dilate_px=max(2, h // 96))
-    hull_source = hull.silhouette_occupancy(src_sil, cameras, fine, check)
-    reach = hull_edited > 0.01
-    solid = hull.mesh_occupancy(source.vertices, source.faces, fine, where=reach, check_interrupt=check).cpu()
-    hull_edited, hull_source = hull_edited.cpu(), hull_source.cpu()
+    both = hull.edited_and_source_solids(alpha, cameras, source, grid, check)
+    fine, reach = both.grid, both.hull_edited > 0.01
+    hull_edited, hull_source, solid = both.hull_edited.cpu(), both.hull_source.cpu(), both.source_solid.cpu()
     check()
     rebuilt_faces = ~kept_faces.cpu() if rebuilt_faces is None else rebuilt_faces.cpu()
     rebuilt_any = bool(rebuilt_faces.any())

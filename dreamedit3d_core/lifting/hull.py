@@ -249,3 +249,27 @@ def source_silhouettes(source: MeshAsset, cameras: MVCameras, height: int, width
 
 __all__ = ["VoxelGrid", "silhouette_occupancy", "mesh_occupancy", "source_guided_occupancy", "fit_grid",
            "keep_main_solids", "gaussian_smooth", "source_silhouettes"]
+
+
+@dataclass(frozen=True)
+class EditedAndSource:
+    """The edited views' visual hull, the source's (from its silhouettes, dilated by a couple of pixels so keying
+    and antialiasing do not read as change) and the source's solid, on one fine grid fitted to the edited hull."""
+
+    grid: VoxelGrid
+    hull_edited: torch.Tensor  # float32 [X, Y, Z] soft occupancies
+    hull_source: torch.Tensor
+    source_solid: torch.Tensor  # evaluated only where the edited hull reaches (0 elsewhere)
+
+
+def edited_and_source_solids(alpha: torch.Tensor, cameras: MVCameras, source: MeshAsset, resolution: int,
+                             check_interrupt: Optional[Callable[[], None]] = None) -> EditedAndSource:
+    """:class:`EditedAndSource` for the edited silhouettes ``alpha`` [V, 1, H, W] of ``source``: what source-guided and
+    component-aware lifting compare to find where the edit changed the shape."""
+    h, w = alpha.shape[-2:]
+    fine = fit_grid(lambda g: silhouette_occupancy(alpha, cameras, g, check_interrupt), resolution, "visual hull")
+    hull_edited = silhouette_occupancy(alpha, cameras, fine, check_interrupt)
+    src_sil = source_silhouettes(source, cameras, h, w, dilate_px=max(2, h // 96))
+    hull_source = silhouette_occupancy(src_sil, cameras, fine, check_interrupt)
+    solid = mesh_occupancy(source.vertices, source.faces, fine, where=hull_edited > 0.01, check_interrupt=check_interrupt)
+    return EditedAndSource(fine, hull_edited, hull_source, solid)

@@ -208,22 +208,25 @@ def silhouettes_agree(alpha: torch.Tensor, source_alpha: torch.Tensor,
     return worst <= fraction, worst
 
 
+def _source_mesh(source: MeshAsset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The source's exact mesh as a lift's geometry: (vertices float64 [N, 3] (those its faces use), faces int64
+    [M, 3], the source face each face is int64 [M])."""
+    verts = source.vertices.detach().cpu().double().numpy()
+    faces = source.faces.detach().cpu().numpy().astype(np.int64)
+    return surface.drop_unused_vertices(verts, faces, return_face_index=True)
+
+
 def _source_guided_geometry(alpha, cameras, source, grid, check) -> tuple[np.ndarray, np.ndarray, dict]:
     """The source's exact mesh when the edited silhouettes agree with it (an appearance edit, or none), else the
     source-guided occupancy surface."""
     h, w = alpha.shape[-2:]
     agree, change = silhouettes_agree(alpha, hull.source_silhouettes(source, cameras, h, w))
     if agree:
-        verts = source.vertices.detach().cpu().double().numpy()
-        faces = source.faces.detach().cpu().numpy().astype(np.int64)
-        verts, faces, kept = surface.drop_unused_vertices(verts, faces, return_face_index=True)
+        verts, faces, kept = _source_mesh(source)
         return verts, faces, {"geometry": "source", "silhouette_change": change, "added_volume_fraction": 0.0,
                               "source_faces": kept}
-    fine = hull.fit_grid(lambda g: hull.silhouette_occupancy(alpha, cameras, g, check), grid, "visual hull")
-    hull_edited = hull.silhouette_occupancy(alpha, cameras, fine, check)
-    src_sil = hull.source_silhouettes(source, cameras, h, w, dilate_px=max(2, h // 96))
-    hull_source = hull.silhouette_occupancy(src_sil, cameras, fine, check)
-    solid = hull.mesh_occupancy(source.vertices, source.faces, fine, where=hull_edited > 0.01, check_interrupt=check)
+    both = hull.edited_and_source_solids(alpha, cameras, source, grid, check)
+    fine, hull_edited, hull_source, solid = both.grid, both.hull_edited, both.hull_source, both.source_solid
     occ = hull.source_guided_occupancy(hull_edited, hull_source, solid)
     occ = hull.keep_main_solids(occ)
     verts, faces = surface.marching_cubes(occ, fine, check)
@@ -328,9 +331,7 @@ def _component_aware(st: _LiftState, grid: int, face_budget: int, reconstructor:
             "components_edited": list(decision.edited), "components_removed": list(decision.removed),
             "components_trimmed": list(decision.trimmed)}
     if agree and policy == component_lift.KeepPolicy.ALL_BUT_EDITED:
-        verts = st.source.vertices.detach().cpu().double().numpy()
-        faces = st.source.faces.detach().cpu().numpy().astype(np.int64)
-        st.verts, st.faces, st.source_faces = surface.drop_unused_vertices(verts, faces, return_face_index=True)
+        st.verts, st.faces, st.source_faces = _source_mesh(st.source)
         return {**info, "geometry": "source", "added_volume_fraction": 0.0, "kept_faces": int(len(st.faces)),
                 "new_faces": 0}
     shaped_by = None
@@ -346,9 +347,7 @@ def _component_aware(st: _LiftState, grid: int, face_budget: int, reconstructor:
 def _geometry(st: _LiftState, mode: LiftMode, grid: int, reconstructor: Optional[str], face_budget: int = 0) -> None:
     """Stage 2: raw geometry (vertices float64 [N, 3], faces int64 [M, 3]) in our world frame."""
     if mode == LiftMode.KEEP_SOURCE:
-        verts = st.source.vertices.detach().cpu().double().numpy()
-        faces = st.source.faces.detach().cpu().numpy().astype(np.int64)
-        st.verts, st.faces, st.source_faces = surface.drop_unused_vertices(verts, faces, return_face_index=True)
+        st.verts, st.faces, st.source_faces = _source_mesh(st.source)
         st.stats["geometry"] = "source"
         return
     if mode == LiftMode.COMPONENT_AWARE:
