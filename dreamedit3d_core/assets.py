@@ -29,6 +29,7 @@ Conventions:
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -162,6 +163,18 @@ def split_glb(data: bytes, path: Path) -> tuple[dict, bytes]:
     return tree, binary
 
 
+def pack_glb(tree: dict, binary: bytes) -> bytes:
+    """A GLB container of ``tree`` (JSON) and ``binary`` (its BIN chunk, omitted when empty): :func:`split_glb`'s
+    inverse."""
+    text = json.dumps(tree).encode("utf-8")
+    text += b" " * (-len(text) % 4)
+    chunks = struct.pack("<I4s", len(text), b"JSON") + text
+    if binary:
+        binary = binary + b"\0" * (-len(binary) % 4)
+        chunks += struct.pack("<I4s", len(binary), b"BIN\x00") + binary
+    return struct.pack("<4sII", b"glTF", 2, 12 + len(chunks)) + chunks
+
+
 def _check_gltf(tree: dict, binary: bytes, path: Path, max_pixels: int) -> None:
     """URIs stay in the folder and exist; every image header is within the pixel limit."""
     if not isinstance(tree, dict):
@@ -191,8 +204,6 @@ def _check_gltf(tree: dict, binary: bytes, path: Path, max_pixels: int) -> None:
     for i, img in enumerate(tree.get("images", []) or []):
         uri = img.get("uri", "") if isinstance(img, dict) else ""
         if uri.startswith("data:") and "," in uri:
-            import base64
-
             try:
                 blob = base64.b64decode(uri.split(",", 1)[1], validate=False)
             except ValueError:
@@ -485,8 +496,6 @@ _ACCESSOR_WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
 
 def _buffer_bytes(tree: dict, binary: bytes, index: int, path: Path) -> bytes:
     """The bytes of glTF buffer ``index``: the GLB's BIN chunk, a data: URI, or a file in the asset's folder."""
-    import base64
-
     uri = (tree["buffers"][index] or {}).get("uri")
     if not uri:
         return binary
@@ -534,22 +543,9 @@ def _dequantised(tree: dict, binary: bytes, path: Path) -> bool:
         raise _fail(path, f"is corrupt: a quantized accessor cannot be read ({type(exc).__name__}: {exc})") from None
     if not blob:
         return False
-    import base64
-
     tree["buffers"].append({"byteLength": len(blob),
                             "uri": "data:application/octet-stream;base64," + base64.b64encode(bytes(blob)).decode()})
     return True
-
-
-def _pack_glb(tree: dict, binary: bytes) -> bytes:
-    """A GLB container of ``tree`` (JSON) and ``binary`` (its BIN chunk, omitted when empty)."""
-    text = json.dumps(tree).encode("utf-8")
-    text += b" " * (-len(text) % 4)
-    chunks = struct.pack("<I4s", len(text), b"JSON") + text
-    if binary:
-        binary = binary + b"\0" * (-len(binary) % 4)
-        chunks += struct.pack("<I4s", len(binary), b"BIN\x00") + binary
-    return struct.pack("<4sII", b"glTF", 2, 12 + len(chunks)) + chunks
 
 
 def _gltf_layout(data: bytes, path: Path, max_texture_pixels: int) -> tuple[dict, dict, bytes]:
@@ -570,7 +566,7 @@ def _gltf_layout(data: bytes, path: Path, max_texture_pixels: int) -> tuple[dict
     if not tree.get("meshes"):
         raise _fail(path, "contains no meshes")
     if _dequantised(tree, binary, path):
-        data = _pack_glb(tree, binary) if path.suffix.lower() == ".glb" else json.dumps(tree).encode("utf-8")
+        data = pack_glb(tree, binary) if path.suffix.lower() == ".glb" else json.dumps(tree).encode("utf-8")
     return named_nodes, _texture_transforms(tree), data
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 
 import numpy as np
+
+from dreamedit3d_core.assets import pack_glb
 
 
 def quaternion(axis, angle) -> list:
@@ -87,12 +88,7 @@ def write_gltf(path, meshes: list, nodes: list, roots: list, materials: list, se
     if separate_bin:
         path.write_text(json.dumps(tree))
         return path
-    text = json.dumps(tree).encode("utf-8")
-    text += b" " * (-len(text) % 4)
-    while len(blob) % 4:
-        blob.append(0)
-    chunks = struct.pack("<I4s", len(text), b"JSON") + text + struct.pack("<I4s", len(blob), b"BIN\x00") + bytes(blob)
-    path.write_bytes(struct.pack("<4sII", b"glTF", 2, 12 + len(chunks)) + chunks)
+    path.write_bytes(pack_glb(tree, bytes(blob)))
     return path
 
 
