@@ -23,8 +23,8 @@ from ..progress import Progress, as_progress
 from ..types import ComponentMasks, LiftedMesh, MeshAsset
 from . import bake, hull, surface
 from . import components as component_lift
-from .views import (AUTO_BACKGROUND, DEFAULT_KEY_THRESHOLD, background_rows, check_masks, check_views,
-                    describe_unkeyable, key_background, key_views_auto, unkeyable_views)
+from .views import (AUTO_BACKGROUND, DEFAULT_KEY_THRESHOLD, add_background_coloured_source, background_rows, check_masks,
+                    check_views, describe_unkeyable, key_background, key_views_auto, unkeyable_views)
 
 
 class LiftMode(str, Enum):
@@ -296,10 +296,12 @@ def _silhouettes(st: _LiftState, alpha, background, key_threshold) -> None:
     if not auto:
         st.alpha = key_background(rgb, st.background, key_threshold)
         st.stats["silhouettes"] = "keyed"
+        _source_coloured_surface(st, key_threshold)
         check_masks(st.alpha, keyed=True, background=st.background)
         return
     st.alpha = keyed_auto
     st.stats["silhouettes"] = "keyed_auto"
+    _source_coloured_surface(st, estimate.thresholds)
     bad = unkeyable_views(estimate)
     if bad and st.source is None:
         raise LiftError(describe_unkeyable(estimate, key_threshold))
@@ -312,6 +314,23 @@ def _silhouettes(st: _LiftState, alpha, background, key_threshold) -> None:
         st.stats["silhouettes"] = "keyed_auto+source"
         st.stats["source_silhouette_views"] = len(bad)
     check_masks(st.alpha, keyed=True, background=st.background, views=[i for i in range(v) if i not in bad])
+
+
+def _source_coloured_surface(st: _LiftState, threshold) -> None:
+    """Put back into keyed silhouettes the source's surface that has the background's colour where the views still show
+    it (``views.add_background_coloured_source``: a white van on white keys as a few dark islands otherwise)."""
+    from ..render import render_views
+
+    v, _, h, w = st.rgb.shape
+    if st.source is None or h != w or h % 8 or h > 1024:  # the render stage makes square views, 8 px multiples
+        return
+    r = render_views(st.source, st.cameras, resolution=h, background=(0.0, 0.0, 0.0), lighting="unlit")
+    colour = r.rgb / r.alpha.clamp(min=1e-6)  # over black: rgb = coverage x colour
+    before = float((st.alpha > 0.5).sum())
+    st.alpha = add_background_coloured_source(st.alpha, st.rgb, st.background, threshold, colour, r.alpha)
+    added = float((st.alpha > 0.5).sum()) - before
+    if added > 0:
+        st.stats["source_coloured_pixels"] = int(added)
 
 
 def _component_aware(st: _LiftState, grid: int, face_budget: int, reconstructor: Optional[str] = None) -> dict:

@@ -254,6 +254,41 @@ def key_views_auto(rgb: torch.Tensor, threshold: float = DEFAULT_KEY_THRESHOLD
     return key_background(clean, estimate.colors, estimate.thresholds, estimate.flood_thresholds), estimate
 
 
+def add_background_coloured_source(alpha: torch.Tensor, rgb: torch.Tensor, background: torch.Tensor, threshold,
+                                   source_color: torch.Tensor, source_alpha: torch.Tensor) -> torch.Tensor:
+    """Keyed silhouettes with the source's background-coloured surface put back where the views still show it.
+
+    A white van on white (or any surface the colour of the background) cannot be keyed: no colour separates it from the
+    background, and the flood fill leaks into it where it touches the outline. The source render knows where such
+    surface is. A pixel that the key left out counts as object when the source covers it and the source's own colour
+    there is, like the view's, within ``threshold`` of the background: the view agrees with the source. Surface the
+    edit really removed is indistinguishable there (background-coloured both ways) and stays; surface of another
+    colour that the edit removed (the view shows background where the source does not) goes.
+
+    Args:
+        alpha: float [V, 1, H, W] keyed silhouettes in {0, 1}.
+        rgb: float [V, 3, H, W] the views (as keyed); background: float [V, 3] their background colours;
+        threshold: the key's colour distance, a float or float [V].
+        source_color: float [V, 3, H, W] the source's unlit colour (any value off its silhouette);
+        source_alpha: float [V, 1, H, W] the source's coverage.
+
+    Returns:
+        float32 [V, 1, H, W] in {0, 1}: the masks, cleaned again like keyed masks.
+    """
+    v = rgb.shape[0]
+    bg = background.to(device=rgb.device, dtype=torch.float32).view(v, 3, 1, 1)
+    thr = torch.as_tensor(threshold, dtype=torch.float32, device=rgb.device).reshape(-1).expand(v).view(v, 1, 1)
+    view_like_bg = (rgb.to(torch.float32) - bg).abs().amax(1) <= thr
+    source_like_bg = (source_color.to(device=rgb.device, dtype=torch.float32) - bg).abs().amax(1) <= thr
+    inside_source = source_alpha.to(rgb.device)[:, 0] > 0.5
+    add = view_like_bg & source_like_bg & inside_source & (alpha[:, 0] <= 0.5)
+    if not bool(add.any()):
+        return alpha
+    merged = ((alpha[:, 0] > 0.5) | add).cpu().numpy()
+    masks = np.stack([_clean_mask(m) for m in merged])
+    return torch.from_numpy(masks).to(device=alpha.device, dtype=torch.float32)[:, None]
+
+
 def unkeyable_views(estimate: BackgroundEstimate) -> list:
     """Indices of the views whose border is not a flat background."""
     return [i for i, flat in enumerate(estimate.is_flat().tolist()) if not flat]
