@@ -43,6 +43,8 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
 ASSETS = ("kenney_character.glb", "cesium_milk_truck.glb", "lee_perry_smith_head.glb", "Fox.gltf", "spot.obj")
+#: The novel suite runs on every shared asset: also thin legs (the spider) and vertex colours without a texture.
+NOVEL_ASSETS = ASSETS + ("spider.obj", "vertex_colors_reference.ply")
 
 
 #: PSNR at or above this means the re-render is identical (an untextured, unlit asset): left out of the means.
@@ -89,7 +91,8 @@ def main(argv=None) -> list:
     ap.add_argument("--faces", type=int, default=50000)
     ap.add_argument("--res", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per scenario (median reported)")
-    ap.add_argument("--assets", nargs="*", default=list(ASSETS))
+    ap.add_argument("--assets", nargs="*", default=None, help="default: the shared assets (the novel suite adds the "
+                    "spider and the vertex-coloured PLY)")
     ap.add_argument("--modes", nargs="*", default=["hull", "keep_source"])
     ap.add_argument("--lighting", nargs="*", default=["unlit", "ambient_diffuse"])
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "assets"))
@@ -99,6 +102,8 @@ def main(argv=None) -> list:
     ap.add_argument("--jitter", action="store_true", help="novel suite: also lift jittered views")
     ap.add_argument("--sheets", default=str(REPO / "bench" / "results"), help="novel suite: contact sheet folder")
     args = ap.parse_args(argv)
+    if args.assets is None:
+        args.assets = list(NOVEL_ASSETS if args.suite == "novel" else ASSETS)
     if args.suite == "novel":
         return novel_suite(args)
 
@@ -164,7 +169,7 @@ def main(argv=None) -> list:
     return rows
 
 
-NOVEL_COLS = ("asset", "edit", "mode", "views", "total_s", "iou_mean", "iou_worst", "psnr_db", "normal_err_deg",
+NOVEL_COLS = ("asset", "edit", "mode", "views", "total_s", "cpu_s", "iou_mean", "iou_worst", "psnr_db", "normal_err_deg",
               "chamfer_pct", "fscore")
 
 
@@ -207,7 +212,7 @@ def novel_suite(args) -> list:
             for label, rgb in variants:
                 sheet_rows, sheet_labels = [gt_views[0]], ["ground truth"]
                 for mode in modes:
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     try:
                         mesh = lift_to_mesh(rgb.to(device), cams, grid=args.grid, texture_size=args.texture,
                                             face_budget=args.faces, device=device,
@@ -215,9 +220,9 @@ def novel_suite(args) -> list:
                     except Exception as err:  # a bench reports a failed lift and goes on
                         print(f"# {name} {edit_name} {mode} {label}: lift failed: {err}")
                         continue
-                    elapsed = time.perf_counter() - t
+                    elapsed, cpu = time.perf_counter() - t, time.process_time() - c
                     metrics, test_views = evaluate(mesh, edit.asset, gt_views, novel, args.res)
-                    row = dict(asset=name, edit=edit_name, mode=mode, views=label, total_s=elapsed, **metrics)
+                    row = dict(asset=name, edit=edit_name, mode=mode, views=label, total_s=elapsed, cpu_s=cpu, **metrics)
                     rows.append(row)
                     print("  ".join(f"{row[c]:>14.3f}" if isinstance(row[c], float) else f"{row[c]!s:>14}"
                                     for c in NOVEL_COLS), flush=True)
@@ -231,7 +236,20 @@ def novel_suite(args) -> list:
     return rows
 
 
+#: Issue 13's targets for the novel suite (clean views): IoU mean / worst, F@1 % mean, PSNR mean for shape edits, PSNR
+#: for no edit and RECOLOUR (every case), seconds per lift (every case).
+TARGETS = {"iou_mean": 0.95, "iou_worst": 0.90, "fscore": 0.90, "psnr_shape_db": 24.0, "psnr_appearance_db": 30.0,
+           "seconds": 10.0}
+SHAPE_EDITS, APPEARANCE_EDITS = ("add", "remove", "scale"), ("recolor", "none")
+
+
 def _novel_summary(rows: list) -> None:
+    def case(r):
+        return f"{Path(r['asset']).stem} {r['edit']}"
+
+    def verdict(ok):
+        return "met" if ok else "MISSED"
+
     for label in ("clean", "jitter"):
         for mode in sorted({r["mode"] for r in rows}):
             sel = [r for r in rows if r["mode"] == mode and r["views"] == label]
@@ -240,11 +258,29 @@ def _novel_summary(rows: list) -> None:
             def mean(k, edits=None):
                 vals = [r[k] for r in sel if edits is None or r["edit"] in edits]
                 return float(np.mean(vals)) if vals else float("nan")
-            print(f"# {label} {mode}: IoU mean {mean('iou_mean'):.3f} worst {min(r['iou_worst'] for r in sel):.3f}  "
-                  f"F@1% {mean('fscore'):.3f}  Chamfer {mean('chamfer_pct'):.2f}% diag  "
-                  f"PSNR add/remove/scale {mean('psnr_db', ('add', 'remove', 'scale')):.1f} dB, "
-                  f"recolor/none {mean('psnr_db', ('recolor', 'none')):.1f} dB  "
-                  f"normal err {mean('normal_err_deg'):.1f} deg  median lift {np.median([r['total_s'] for r in sel]):.1f} s")
+            worst_iou = min(sel, key=lambda r: r["iou_worst"])
+            appearance = [r for r in sel if r["edit"] in APPEARANCE_EDITS]
+            worst_app = min(appearance, key=lambda r: r["psnr_db"]) if appearance else None
+            slowest = max(sel, key=lambda r: r["total_s"])
+            print(f"# {label} {mode}: IoU mean {mean('iou_mean'):.3f} worst {worst_iou['iou_worst']:.3f} "
+                  f"({case(worst_iou)})  F@1% {mean('fscore'):.3f}  Chamfer {mean('chamfer_pct'):.2f}% diag  "
+                  f"normal err {mean('normal_err_deg'):.1f} deg")
+            per_edit = "  ".join(f"{e} {mean('psnr_db', (e,)):.1f}" for e in ("none", "add", "remove", "scale", "recolor"))
+            print(f"#   PSNR dB: add/remove/scale {mean('psnr_db', SHAPE_EDITS):.1f}, recolor/none mean "
+                  f"{mean('psnr_db', APPEARANCE_EDITS):.1f}"
+                  + (f" worst {worst_app['psnr_db']:.1f} ({case(worst_app)})" if worst_app else "") + f"  [{per_edit}]")
+            print(f"#   lift s: median {np.median([r['total_s'] for r in sel]):.1f}, worst {slowest['total_s']:.1f} "
+                  f"({case(slowest)}); CPU s (all threads) median {np.median([r['cpu_s'] for r in sel]):.1f}, worst "
+                  f"{max(r['cpu_s'] for r in sel):.1f}")
+            if label == "clean":
+                print(f"#   issue 13 targets: IoU mean >= {TARGETS['iou_mean']} {verdict(mean('iou_mean') >= TARGETS['iou_mean'])}"
+                      f", worst >= {TARGETS['iou_worst']} {verdict(worst_iou['iou_worst'] >= TARGETS['iou_worst'])}"
+                      f"; F >= {TARGETS['fscore']} {verdict(mean('fscore') >= TARGETS['fscore'])}"
+                      f"; PSNR add/remove/scale >= {TARGETS['psnr_shape_db']:.0f} "
+                      f"{verdict(mean('psnr_db', SHAPE_EDITS) >= TARGETS['psnr_shape_db'])}"
+                      f"; recolor/none >= {TARGETS['psnr_appearance_db']:.0f} in every case "
+                      f"{verdict(worst_app is None or worst_app['psnr_db'] >= TARGETS['psnr_appearance_db'])}"
+                      f"; <= {TARGETS['seconds']:.0f} s every lift {verdict(slowest['total_s'] <= TARGETS['seconds'])}")
 
 
 if __name__ == "__main__":
