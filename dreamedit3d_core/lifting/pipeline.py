@@ -24,7 +24,8 @@ from ..types import ComponentMasks, LiftedMesh, MeshAsset
 from . import bake, hull, surface
 from . import components as component_lift
 from .views import (AUTO_BACKGROUND, DEFAULT_KEY_THRESHOLD, add_background_coloured_source, background_rows, check_masks,
-                    check_views, describe_unkeyable, key_background, key_views_auto, unkeyable_views)
+                    check_views, describe_unkeyable, key_background, key_views_auto, register_to_source, shift_images,
+                    unkeyable_views)
 
 
 class LiftMode(str, Enum):
@@ -296,12 +297,12 @@ def _silhouettes(st: _LiftState, alpha, background, key_threshold) -> None:
     if not auto:
         st.alpha = key_background(rgb, st.background, key_threshold)
         st.stats["silhouettes"] = "keyed"
-        _source_coloured_surface(st, key_threshold)
+        _match_source_render(st, key_threshold)
         check_masks(st.alpha, keyed=True, background=st.background)
         return
     st.alpha = keyed_auto
     st.stats["silhouettes"] = "keyed_auto"
-    _source_coloured_surface(st, estimate.thresholds)
+    _match_source_render(st, estimate.thresholds)
     bad = unkeyable_views(estimate)
     if bad and st.source is None:
         raise LiftError(describe_unkeyable(estimate, key_threshold))
@@ -316,15 +317,23 @@ def _silhouettes(st: _LiftState, alpha, background, key_threshold) -> None:
     check_masks(st.alpha, keyed=True, background=st.background, views=[i for i in range(v) if i not in bad])
 
 
-def _source_coloured_surface(st: _LiftState, threshold) -> None:
-    """Put back into keyed silhouettes the source's surface that has the background's colour where the views still show
-    it (``views.add_background_coloured_source``: a white van on white keys as a few dark islands otherwise)."""
+def _match_source_render(st: _LiftState, threshold) -> None:
+    """Keyed views against a render of the source: each view moved by the whole pixels that register it to the source
+    (``views.register_to_source``: sampled views sit a pixel or two off), then the source's surface that has the
+    background's colour put back where the views still show it (``views.add_background_coloured_source``: a white van
+    on white keys as a few dark islands otherwise)."""
     from ..render import render_views
 
     v, _, h, w = st.rgb.shape
     if st.source is None or h != w or h % 8 or h > 1024:  # the render stage makes square views, 8 px multiples
         return
     r = render_views(st.source, st.cameras, resolution=h, background=(0.0, 0.0, 0.0), lighting="unlit")
+    bg = st.background.to(st.device).view(v, 3, 1, 1)
+    shifts, _ = register_to_source(st.rgb, r.rgb.to(st.device) + (1.0 - r.alpha.to(st.device)) * bg)
+    if bool(shifts.any()):
+        st.rgb = shift_images(st.rgb, shifts, st.background.to(st.device))
+        st.alpha = shift_images(st.alpha, shifts, torch.zeros(v, 1, device=st.device))
+        st.stats["view_shift_px"] = shifts.tolist()
     colour = r.rgb / r.alpha.clamp(min=1e-6)  # over black: rgb = coverage x colour
     before = float((st.alpha > 0.5).sum())
     st.alpha = add_background_coloured_source(st.alpha, st.rgb, st.background, threshold, colour, r.alpha)

@@ -254,6 +254,61 @@ def key_views_auto(rgb: torch.Tensor, threshold: float = DEFAULT_KEY_THRESHOLD
     return key_background(clean, estimate.colors, estimate.thresholds, estimate.flood_thresholds), estimate
 
 
+#: Largest shift, in pixels at 256 px, searched when registering a view to the source's render.
+MAX_REGISTRATION_SHIFT_PX = 3
+#: A shift is taken only when it lowers the view's mean colour difference from the source render by this fraction
+#: (measured: views shifted 1-2 px with +-5 % gain, 0.06-0.12 lower at the true shift; unshifted views: best at 0).
+MIN_REGISTRATION_GAIN = 0.03
+
+
+def shift_images(images: torch.Tensor, shifts: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Each image moved by whole pixels: images float [V, C, H, W], shifts int [V, 2] (dx right, dy down), fill float
+    [V, C] for the uncovered border."""
+    v, c, h, w = images.shape
+    out = fill.to(images.dtype).view(v, c, 1, 1).expand(v, c, h, w).clone()
+    for i, (dx, dy) in enumerate(shifts.tolist()):
+        dx, dy = max(-w + 1, min(w - 1, dx)), max(-h + 1, min(h - 1, dy))
+        out[i, :, max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)] = \
+            images[i, :, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+    return out
+
+
+def register_to_source(rgb: torch.Tensor, source_rgb: torch.Tensor,
+                       max_shift_px: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole-pixel shift that puts each view on the source's render, and how much it lowers the difference.
+
+    Edited views come from a sampler that does not place the object exactly where the source was rendered; comparing
+    them with the source texel by texel (what kept, what changed) then sees a pixel or two of change along every edge.
+    Each view is compared with the source render (both on the view's background) at every shift up to
+    ``max_shift_px`` (default ``MAX_REGISTRATION_SHIFT_PX`` at 256 px, scaled with the view's size) by the mean absolute
+    colour difference; an edit changes part of the image whatever the shift, so the minimum is still where the
+    unchanged parts line up. A view keeps shift 0 unless the best shift lowers the difference by
+    ``MIN_REGISTRATION_GAIN`` of it.
+
+    Args:
+        rgb: float [V, 3, H, W] the views; source_rgb: float [V, 3, H, W] the source render composited on the same
+            backgrounds.
+
+    Returns:
+        (int64 [V, 2] shifts (dx right, dy down) to apply to the views, float [V] best difference / difference at 0).
+    """
+    v, _, h, w = rgb.shape
+    r = max(1, round((MAX_REGISTRATION_SHIFT_PX if max_shift_px is None else max_shift_px) * h / 256))
+    view = median3(rgb.to(torch.float32))
+    src = median3(source_rgb.to(device=rgb.device, dtype=torch.float32))
+    offsets = [(dx, dy) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+    # compare inside the frame both images cover at every offset: the border the shift uncovers is not evidence
+    core_src = src[..., r:h - r, r:w - r]
+    costs = torch.stack([(view[..., r - dy:h - r - dy, r - dx:w - r - dx] - core_src).abs().mean((1, 2, 3))
+                         for dx, dy in offsets], 1)  # [V, offsets]
+    zero = costs[:, offsets.index((0, 0))]
+    best_cost, best = costs.min(1)
+    ratio = best_cost / zero.clamp(min=1e-12)
+    take = ratio <= 1.0 - MIN_REGISTRATION_GAIN
+    shifts = torch.tensor([offsets[int(i)] for i in best], dtype=torch.int64) * take.cpu()[:, None]
+    return shifts, torch.where(take, ratio, torch.ones_like(ratio))
+
+
 def add_background_coloured_source(alpha: torch.Tensor, rgb: torch.Tensor, background: torch.Tensor, threshold,
                                    source_color: torch.Tensor, source_alpha: torch.Tensor) -> torch.Tensor:
     """Keyed silhouettes with the source's background-coloured surface put back where the views still show it.

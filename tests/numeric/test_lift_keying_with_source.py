@@ -1,7 +1,11 @@
-"""Keying views whose object has the background's colour (a white van on white) with the source's help: the surface
-the source has there, background-coloured in both, stays object; what the edit removed in another colour goes."""
+"""Views compared with a render of the source before lifting: views a sampler placed a pixel or two off are registered
+to it, and an object with the background's colour (a white van on white) is keyed with its help: the surface the source
+has there, background-coloured in both, stays object; what the edit removed in another colour goes."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +14,8 @@ import torch
 from dreamedit3d_core.cameras import MVCameras
 from dreamedit3d_core.lifting import lift_to_mesh
 from dreamedit3d_core.lifting.views import add_background_coloured_source, key_views_auto
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 pytestmark = pytest.mark.numeric
 
@@ -80,3 +86,38 @@ def test_a_removed_dark_part_of_a_white_vehicle_is_still_removed(truck):
     body = truck.part_ids == truck.part_names.index("truck")
     assert mesh.faces.shape[0] >= int(body.sum())
     assert np.isfinite(mesh.vertices.numpy()).all()
+
+
+def test_views_a_sampler_placed_a_pixel_or_two_off_are_registered_to_the_source(shared_assets):
+    from dreamedit3d_core.assets import load_asset
+    from dreamedit3d_core.lifting.views import register_to_source, shift_images
+
+    from lift_eval import make_edit
+
+    kenney = load_asset(shared_assets / "kenney_character.glb")
+    source = _views(kenney).rgb
+    applied = torch.tensor([[2, -2], [-1, 0], [0, 1], [3, 3]])
+    for edit in ("none", "add", "scale"):
+        views = _views(make_edit(kenney, edit).asset).rgb
+        shifts, _ = register_to_source(views, source)
+        assert not bool(shifts.any()), (edit, shifts)  # views rendered where the source was: nothing moves
+        moved = shift_images(views, applied, torch.ones(4, 3))
+        shifts, ratio = register_to_source(moved, source)
+        assert torch.equal(shifts, -applied), (edit, shifts)
+        assert bool((ratio < 1).all())
+
+
+def test_a_lift_of_shifted_views_keeps_the_source_and_its_texture(shared_assets):
+    from dreamedit3d_core.assets import load_asset
+    from dreamedit3d_core.lifting.views import shift_images
+
+    kenney = load_asset(shared_assets / "kenney_character.glb")
+    views = _views(kenney).rgb
+    applied = torch.tensor([[2, -2], [2, 2], [-1, 1], [-1, -1]])
+    clean = lift_to_mesh(views, CAMS, source=kenney, mode="component_aware", grid=64, texture_size=256)
+    shifted = lift_to_mesh(shift_images(views, applied, torch.ones(4, 3)), CAMS, source=kenney,
+                           mode="component_aware", grid=64, texture_size=256)
+    assert shifted.stats["view_shift_px"] == (-applied).tolist()
+    assert shifted.stats["geometry"] == "source" and shifted.faces.shape == kenney.faces.shape
+    # the same texture as from the unshifted views (the border a shift uncovers is background, off the object)
+    assert (shifted.texture - clean.texture).abs().max() < 1e-5
