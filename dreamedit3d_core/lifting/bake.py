@@ -9,7 +9,7 @@ sample in 3D; texels outside the charts are padded from their neighbours so filt
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -28,6 +28,10 @@ MIN_WEIGHT = 1e-8
 MAX_FILL_SOURCES = 50_000
 #: Nearest seen samples averaged (inverse distance) to colour an unseen one.
 FILL_NEIGHBOURS = 4
+#: Seen samples whose views' weight sum is at least this (seen fairly squarely, inside a silhouette's feathered core)
+#: are the ones unseen samples are filled from where a part has them: colours at silhouette edges and grazing angles
+#: carry some background (a recoloured box's lid filled from its sides' top rows came out pale).
+FILL_SOURCE_WEIGHT = 0.5
 #: Surface samples projected into the views per chunk (bounds memory, and the time between interruption checks).
 SAMPLE_CHUNK = 1 << 18
 #: A texel agrees with the source when the views' colour is within this of the source's (max over channels, 0..1).
@@ -38,6 +42,19 @@ KEEP_TEXTURE_TOLERANCE = 0.12
 KEEP_TEXTURE_AGREEMENT = 0.5
 #: ... but a seen texel of a kept component that differs by more than this keeps the views' colour (it was edited).
 KEEP_TEXTURE_CHANGED = 0.3
+#: Misregistration, in pixels at 256 px, within which a view pixel still counts as showing the source's colour: the
+#: views are compared with a render of the source at every shift up to this (generated views are never registered
+#: exactly; the bench jitters them by 1-2 px).
+CHANGE_SEARCH_PX = 2.0
+#: A view pixel agrees with the source render when, after the view's gain fit and the shift search, the colours are
+#: within this (max over channels, 0..1); a texel's change is the views' weighted mean of their pixels' differences.
+CHANGE_TOLERANCE = 0.1
+#: The per-view gain fit (view / source luminance, median over the source silhouette's core) is clamped to this range:
+#: wide enough for a sampler's exposure drift (the bench jitters +-5 %), narrow enough that an edit which brightens the
+#: whole object is not taken for exposure and undone.
+GAIN_RANGE = (0.9, 1.1)
+#: Width of the histogram bins the gain fit's most common ratio is found in.
+GAIN_BIN = 0.005
 #: Texels rasterized per band of the UV layout (512 rows of a 4096^2 texture).
 UV_BAND_TEXELS = 1 << 21
 #: Texel rings of gutter padding around the charts.
@@ -89,13 +106,17 @@ def feathered_mask(alpha: torch.Tensor, erode_px: int, feather_px: int) -> torch
 
 
 def project_colors(points: torch.Tensor, normals: torch.Tensor, view_sets: Sequence[ViewSet],
-                   cos_power: float = COS_POWER, check_interrupt: Optional[Callable[[], None]] = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   cos_power: float = COS_POWER, check_interrupt: Optional[Callable[[], None]] = None,
+                   face_normals: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted colour of surface samples from several view sets, ``SAMPLE_CHUNK`` samples at a time.
 
     Args:
         points: float32 [K, 3] world positions on the surface; normals: float32 [K, 3] unit outward normals.
         check_interrupt: polled before every chunk (a 4096^2 texture has ~10M samples).
+        face_normals: float32 [K, 3] the unit normal of each sample's face, or None. Given, a view faces a sample by
+            the smaller of the two cosines: a smoothed normal leans a flat face's border towards its neighbours (a
+            box's lid edge looks towards the side views), and the views "see" it edge-on, in their silhouette's
+            outline colours.
 
     Returns:
         (colour float32 [K, 3], weight sum float32 [K]).
@@ -106,13 +127,14 @@ def project_colors(points: torch.Tensor, normals: torch.Tensor, view_sets: Seque
         if check_interrupt is not None:
             check_interrupt()
         stop = start + SAMPLE_CHUNK
-        colors[start:stop], wsum[start:stop] = _project_chunk(points[start:stop], normals[start:stop], view_sets,
-                                                              cos_power)
+        colors[start:stop], wsum[start:stop] = _project_chunk(
+            points[start:stop], normals[start:stop], view_sets, cos_power,
+            None if face_normals is None else face_normals[start:stop])
     return colors, wsum
 
 
 def _project_chunk(points: torch.Tensor, normals: torch.Tensor, view_sets: Sequence[ViewSet],
-                   cos_power: float) -> tuple[torch.Tensor, torch.Tensor]:
+                   cos_power: float, face_normals: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     acc = torch.zeros(points.shape[0], 3, dtype=torch.float32, device=points.device)
     wsum = torch.zeros(points.shape[0], dtype=torch.float32, device=points.device)
     for vs in view_sets:
@@ -126,6 +148,8 @@ def _project_chunk(points: torch.Tensor, normals: torch.Tensor, view_sets: Seque
         cam_pos = vs.cameras.c2w()[:, :3, 3].to(points.device)
         to_cam = F.normalize(cam_pos[:, None] - points[None], dim=-1)
         cos = (to_cam * normals[None]).sum(-1).clamp(min=0.0)
+        if face_normals is not None:
+            cos = torch.minimum(cos, (to_cam * face_normals[None]).sum(-1).clamp(min=0.0))
         mask_w = sample_images(vs.weight_mask.to(torch.float32), pix, depth)[..., 0]
         wgt = cos.pow(cos_power) * mask_w * visible * vs.weight  # [V, K]
         col = sample_images(vs.rgb.to(torch.float32), pix, depth)  # [V, K, 3]
@@ -153,14 +177,19 @@ def colors_with_prior(points: torch.Tensor, normals: torch.Tensor, view_sets: Se
     Returns:
         (colour float32 [K, 3], weight float32 [K]: the views' weight sum, or the prior's where the views have none).
     """
-    colors, wsum = project_colors(points, normals, view_sets, check_interrupt=check_interrupt)
-    if not prior_sets:
-        return colors, wsum
+    return _colors_views_then_prior(points, normals, view_sets, prior_sets, check_interrupt)[:2]
+
+
+def _colors_views_then_prior(points, normals, view_sets, prior_sets, check_interrupt, face_normals=None):
+    """:func:`colors_with_prior`'s (colour, weight) and the views' own weight sum float32 [K] (0 where only the prior
+    sees a sample)."""
+    kw = dict(check_interrupt=check_interrupt, face_normals=face_normals)
+    colors, wsum = project_colors(points, normals, view_sets, **kw)
     seen = wsum > MIN_WEIGHT
-    if bool(seen.all()):
-        return colors, wsum
-    p_colors, p_wsum = project_colors(points, normals, prior_sets, check_interrupt=check_interrupt)
-    return torch.where(seen[:, None], colors, p_colors), torch.where(seen, wsum, p_wsum)
+    if not prior_sets or bool(seen.all()):
+        return colors, wsum, wsum
+    p_colors, p_wsum = project_colors(points, normals, prior_sets, **kw)
+    return torch.where(seen[:, None], colors, p_colors), torch.where(seen, wsum, p_wsum), wsum
 
 
 def _fill_sources(seen: torch.Tensor) -> torch.Tensor:
@@ -174,23 +203,28 @@ def _fill_sources(seen: torch.Tensor) -> torch.Tensor:
 
 def fill_unseen(points: torch.Tensor, colors: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
     """Colour unseen samples from their nearest seen samples in 3D (inverse-distance mean of a few, via cKDTree)."""
-    from scipy.spatial import cKDTree
-
     if bool(seen.all()) or not bool(seen.any()):
         return colors
     src = _fill_sources(seen)
     dst = (~seen).nonzero().squeeze(1)
-    tree = cKDTree(points[src].cpu().double().numpy())
-    k = min(FILL_NEIGHBOURS, src.numel())
-    dist, idx = tree.query(points[dst].cpu().double().numpy(), k=k, workers=-1)
-    dist, idx = dist.reshape(len(dst), k), idx.reshape(len(dst), k)
+    out = colors.clone()
+    out[dst] = _inverse_distance_mean(points[src].cpu().double().numpy(), colors[src],
+                                      points[dst].cpu().double().numpy())
+    return out
+
+
+def _inverse_distance_mean(src_coords: np.ndarray, src_colors: torch.Tensor, dst_coords: np.ndarray) -> torch.Tensor:
+    """At each of ``dst_coords`` [Q, D], the inverse-distance mean of the colours of its ``FILL_NEIGHBOURS`` nearest
+    ``src_coords`` [S, D] (cKDTree): float32 [Q, 3] on ``src_colors``' device."""
+    from scipy.spatial import cKDTree
+
+    q, k = len(dst_coords), min(FILL_NEIGHBOURS, len(src_coords))
+    dist, idx = cKDTree(src_coords).query(dst_coords, k=k, workers=-1)
+    dist, idx = dist.reshape(q, k), idx.reshape(q, k)
     wgt = 1.0 / np.maximum(dist, 1e-6)
     wgt /= wgt.sum(1, keepdims=True)
-    src_cols = colors[src].cpu().numpy()
-    filled = (src_cols[idx] * wgt[..., None]).sum(1)
-    out = colors.clone()
-    out[dst] = torch.from_numpy(filled.astype(np.float32)).to(colors.device)
-    return out
+    filled = (src_colors.cpu().numpy()[idx] * wgt[..., None]).sum(1)
+    return torch.from_numpy(filled.astype(np.float32)).to(src_colors.device)
 
 
 def pad_gutter(texture: torch.Tensor, covered: torch.Tensor, rings: int = GUTTER_TEXELS) -> torch.Tensor:
@@ -212,6 +246,19 @@ def pad_gutter(texture: torch.Tensor, covered: torch.Tensor, rings: int = GUTTER
     mean = texture[covered].mean(0)
     out = acc[0, :3].permute(1, 2, 0)
     return torch.where(acc[0, 3, ..., None] > 0, out, mean.expand_as(out))
+
+
+def write_into_image(image: torch.Tensor, baked: torch.Tensor, covered: torch.Tensor,
+                     rings: int = GUTTER_TEXELS) -> torch.Tensor:
+    """The ``image`` a texture was baked over with the bake written in: texels ``covered`` take ``baked`` [T, T, 3]
+    (already padded by :func:`pad_gutter`), and so do the empty texels within ``rings`` of a texel whose colour the
+    bake changed, so filtering across that chart's border reads its new colour rather than the old image's (a
+    recoloured region otherwise shows the old colour along every chart seam). float32 [T, T, 3]."""
+    image = image.to(device=baked.device, dtype=torch.float32)
+    covered = covered.to(baked.device)
+    changed = covered & ((baked - image).abs().amax(-1) > 1e-6)
+    near = F.max_pool2d(changed[None, None].to(torch.float32), 2 * rings + 1, stride=1, padding=rings)[0, 0] > 0
+    return torch.where((covered | near)[..., None], baked, image)
 
 
 def rasterize_texture(uv: torch.Tensor, faces: torch.Tensor, texture_size: int,
@@ -263,32 +310,149 @@ def source_surface_colors(source, face_ids: torch.Tensor, bary: torch.Tensor) ->
     return colour.clamp(0.0, 1.0)
 
 
-def keep_source_texture(source, face_ids: torch.Tensor, bary: torch.Tensor, colors: torch.Tensor, seen: torch.Tensor,
-                        tolerance: float = KEEP_TEXTURE_TOLERANCE, agreement: float = KEEP_TEXTURE_AGREEMENT,
-                        points: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per component (source part), the source's own texture where the views agree with it, the views' colour elsewhere.
+def change_from_source(rgb: torch.Tensor, background, source_rgb: torch.Tensor, source_alpha: torch.Tensor,
+                       radius: int, gain: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per pixel of each view, how far it is from the source's render in the same camera: float32 [V, 1, H, W].
 
-    A part is kept when at least ``agreement`` of its texels the views see are within ``tolerance`` (max over channels)
-    of the source's colour, or when no view sees it; its texels then take the source's colour, so unchanged parts keep
-    their full-resolution texture from every angle instead of a four-view re-bake. Inside a kept part, seen texels that
-    differ by more than ``KEEP_TEXTURE_CHANGED`` take the views' colour (a recoloured region of a single-part asset); in
-    a part that is not kept, seen texels within ``tolerance`` still take the source's (what the edit left as it was).
-    With ``points``, a texel no view sees follows its nearest seen texel of the same part: the source's colour when
-    that one kept it, else the views' fill (so an unseen top of a recoloured region is not left in the old colour).
+    The source render is scaled by the view's ``gain`` (:func:`view_gains`) and composited over the view's background;
+    a pixel's change is the smallest colour difference (max over channels) to that render shifted by up to ``radius`` px
+    in x and y. A view that shows the source a pixel or two off, or a few percent brighter, then agrees with it (change
+    about 0), while a recoloured region does not (no shift finds its new colour in the source).
 
     Args:
-        face_ids: int64 [K] source face of each surface sample, -1 for samples on new faces (these keep the views'
-            colour); bary: [K, 3]; colors: float [K, 3] the views' colour; seen: bool [K] whether a view sees it;
-        points: float [K, 3] world positions of the samples, or None.
+        rgb: float [V, 3, H, W] the views in 0..1; background: an RGB triple or [V, 3] rows, each view's background;
+        source_rgb: float [V, 3, H, W] the source rendered over black (coverage x colour); source_alpha: [V, 1, H, W];
+        gain: float [V] or None (1).
+    """
+    v, _, h, w = rgb.shape
+    rgb = rgb.to(torch.float32)
+    bg = torch.as_tensor(background, dtype=torch.float32, device=rgb.device).reshape(-1, 3).expand(v, 3)[..., None, None]
+    src_rgb, src_a = source_rgb.to(rgb), source_alpha.to(rgb)
+    if gain is not None:
+        src_rgb = src_rgb * gain.to(rgb)[:, None, None, None]
+    padded = F.pad(src_rgb + (1.0 - src_a) * bg, (radius,) * 4, mode="replicate")
+    best = torch.full((v, 1, h, w), float("inf"), dtype=torch.float32, device=rgb.device)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            diff = (rgb - padded[..., dy:dy + h, dx:dx + w]).abs().amax(1, keepdim=True)
+            best = torch.minimum(best, diff)
+    return best
+
+
+def view_gains(rgb: torch.Tensor, source_rgb: torch.Tensor, source_alpha: torch.Tensor, radius: int) -> torch.Tensor:
+    """Each view's brightness relative to the source render, float32 [V] within ``GAIN_RANGE``: the most common ratio
+    of their luminances over the source's silhouette eroded by ``radius`` + 1 px (so a misregistered outline does not
+    count), refined to the median of the ratios near it. Pixels the edit left alone all share that ratio while those it
+    changed scatter, so it holds even where most of a view changed (a median would not); 1 where too few pixels fall
+    inside ``GAIN_RANGE``."""
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=rgb.device)[None, :, None, None]
+    core = (source_alpha > 0.5).to(torch.float32)
+    core = -F.max_pool2d(-core, 2 * radius + 3, stride=1, padding=radius + 1) > 0.5
+    lum_view, lum_src = (rgb * luma).sum(1, keepdim=True), (source_rgb * luma).sum(1, keepdim=True)
+    usable = core & (lum_src > 0.05)
+    lo, hi = GAIN_RANGE
+    bins = int(round((hi - lo) / GAIN_BIN))
+    gains = []
+    for i in range(rgb.shape[0]):
+        ratio = lum_view[i][usable[i]] / lum_src[i][usable[i]]
+        ratio = ratio[(ratio >= lo) & (ratio <= hi)]
+        if ratio.numel() < 16:
+            gains.append(1.0)
+            continue
+        peak = lo + (int(torch.histc(ratio, bins, lo, hi).argmax()) + 0.5) * GAIN_BIN
+        gains.append(float(ratio[(ratio - peak).abs() <= GAIN_BIN].median()))
+    return torch.tensor(gains, dtype=torch.float32, device=rgb.device)
+
+
+def _source_faces_asset(asset, face_ids: torch.Tensor):
+    """``asset`` with only the faces ``face_ids`` (its vertices, textures and materials unchanged)."""
+    f = face_ids.to(asset.faces.device)
+    return replace(asset, faces=asset.faces[f], part_ids=asset.part_ids[f], face_base_color=asset.face_base_color[f],
+                   face_textures=None if asset.face_textures is None else asset.face_textures[f])
+
+
+def source_comparison(asset, source_faces: torch.Tensor, view_sets: Sequence[ViewSet]
+                      ) -> Optional[tuple[list, list]]:
+    """The views compared with renders of the source: (the view sets with each view's gain divided out, one view set
+    per view set whose "colour" is :func:`change_from_source`'s map in its three channels and whose weights are the
+    views', so :func:`project_colors` of it is a sample's weighted mean change). None when there is nothing to compare
+    (no source face, no view set other than priors) or the views cannot be rendered alike (not square, or not a
+    multiple of 8 px up to 1024).
+
+    The source is rendered unlit with the lifted mesh's source faces only (``source_faces`` >= 0), as the views of an
+    unchanged asset are, so a region the edit left alone compares equal however small its texture swatches are (a
+    texel-by-texel comparison with the source's texture differs there: the render's mipmapping blurs them) and however
+    the views are misregistered by a pixel or two. Dividing the gain out gives the re-baked regions the kept
+    texture's exposure.
+    """
+    from ..render import render_views
+
+    kept = torch.unique(source_faces[source_faces >= 0])
+    if kept.numel() == 0 or all(vs.on_surface_only for vs in view_sets):
+        return None
+    subset = _source_faces_asset(asset, kept)
+    normalised, change_sets = [], []
+    for vs in view_sets:
+        if vs.on_surface_only:
+            normalised.append(vs)
+            continue
+        v, _, h, w = vs.rgb.shape
+        if h != w or h % 8 or h > 1024:
+            return None
+        r = render_views(subset, vs.cameras, resolution=h, background=(0.0, 0.0, 0.0), lighting="unlit",
+                         device=vs.rgb.device)
+        radius = max(1, round(CHANGE_SEARCH_PX * h / 256))
+        bg = torch.as_tensor(vs.background if vs.background is not None else (1.0, 1.0, 1.0), dtype=torch.float32,
+                             device=vs.rgb.device).reshape(-1, 3).expand(v, 3)
+        gain = view_gains(vs.rgb.to(torch.float32), r.rgb, r.alpha, radius)
+        change = change_from_source(vs.rgb, bg, r.rgb, r.alpha, radius, gain)
+        mask = vs.weight_mask if vs.alpha is None else vs.weight_mask * (vs.alpha > 0.25)
+        change_sets.append(ViewSet(change.expand(-1, 3, -1, -1), mask, vs.cameras, vs.depth, weight=vs.weight))
+        g = gain[:, None, None, None]
+        # not clamped: the un-mixing of antialiased edges needs the background as scaled as the pixels it was mixed into
+        normalised.append(replace(vs, rgb=vs.rgb.to(torch.float32) / g, background=bg / gain[:, None]))
+    return normalised, change_sets
+
+
+def keep_source_texture(source, face_ids: torch.Tensor, bary: torch.Tensor, colors: torch.Tensor, seen: torch.Tensor,
+                        tolerance: Optional[float] = None, agreement: float = KEEP_TEXTURE_AGREEMENT,
+                        points: Optional[torch.Tensor] = None, change: Optional[torch.Tensor] = None,
+                        fill_from: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per component (source part), the source's own texture where the views agree with it, the views' colour elsewhere.
+
+    Agreement is read from ``change`` when given (how far the views are from a render of the source there,
+    :func:`source_comparison`: robust to misregistration and exposure), else from the views' colour against the
+    source's colour texel by texel. A part is kept when at least ``agreement`` of its texels the views see are within
+    ``tolerance`` (default ``CHANGE_TOLERANCE`` for ``change``, ``KEEP_TEXTURE_TOLERANCE`` for colours), or when no view
+    sees it; its texels then take the source's colour, so unchanged parts keep their full-resolution texture from every
+    angle instead of a four-view re-bake. Inside a kept part, seen texels that differ by more than
+    ``KEEP_TEXTURE_CHANGED`` take the views' colour (a recoloured region of a single-part asset); in a part that is not
+    kept, seen texels within ``tolerance`` still take the source's (what the edit left as it was).
+    With ``points``, a texel no view sees follows its nearest seen texel of the same part: it takes the source's colour
+    when that one kept it, else the inverse-distance mean of the nearest seen texels of that part which the edit
+    changed (so an unseen top of a recoloured region takes the new colour, neither the old one nor a prior's).
+
+    Args:
+        face_ids: int64 [K] source face of each surface sample, -1 for samples on new faces (these keep ``colors``);
+        bary: [K, 3]; colors: float [K, 3] the views' colour; seen: bool [K] whether a view sees it;
+        points: float [K, 3] world positions of the samples, or None; change: float [K] (NaN where no view sees the
+        sample), or None; fill_from: bool [K] the seen samples trusted as fill sources (seen squarely); a part with
+        none of them fills from all its seen samples. None: all seen samples.
 
     Returns:
-        (colours float32 [K, 3], seen bool [K] with samples given the source's colour marked seen, number of parts kept).
+        (colours float32 [K, 3], seen bool [K] with samples given the source's or a filled colour marked seen, number
+        of parts kept).
     """
     from_source = face_ids >= 0
     fid = face_ids.clamp(min=0)
     src = source_surface_colors(source, fid, bary).to(colors.device)
     part = source.part_ids.to(face_ids.device)[fid]
-    diff = (colors - src).abs().amax(-1)
+    if change is not None:
+        diff = change.to(colors.device).nan_to_num(0.0)
+        tolerance = CHANGE_TOLERANCE if tolerance is None else tolerance
+    else:
+        diff = (colors - src).abs().amax(-1)
+        tolerance = KEEP_TEXTURE_TOLERANCE if tolerance is None else tolerance
     seen_src = seen & from_source
     close = (diff <= tolerance) & seen_src
     n_parts = source.num_parts
@@ -297,10 +461,29 @@ def keep_source_texture(source, face_ids: torch.Tensor, bary: torch.Tensor, colo
     kept_part = ((close_count >= agreement * seen_count) | (seen_count == 0)).to(part.device)
     keep_seen = seen_src & torch.where(kept_part[part], diff <= KEEP_TEXTURE_CHANGED, close)
     keep = keep_seen | (from_source & ~seen & kept_part[part])
+    out = colors
     unseen = from_source & ~seen & (seen_count[part] > 0)
+    filled = torch.zeros_like(unseen)
     if points is not None and bool(unseen.any()):
-        keep = keep & ~unseen | (unseen & _nearest_seen_kept(points, part, seen_src, keep_seen, unseen))
-    return torch.where(keep[:, None], src, colors), seen | keep, int(kept_part.sum())
+        follows_kept = _nearest_seen_kept(points, part, seen_src, keep_seen, unseen)
+        keep = keep & ~unseen | (unseen & follows_kept)
+        filled = unseen & ~follows_kept
+        if bool(filled.any()):
+            changed_seen = seen_src & ~keep_seen
+            if fill_from is not None:
+                trusted = changed_seen & fill_from
+                has_trusted = torch.bincount(part[trusted], minlength=n_parts) > 0
+                changed_seen = changed_seen & (fill_from | ~has_trusted[part])
+            out = colors.clone()
+            out[filled] = _fill_within_parts(points, part, colors, changed_seen, filled)
+    return torch.where(keep[:, None], src, out), seen | keep | filled, int(kept_part.sum())
+
+
+def _part_lifted(points: torch.Tensor, part: torch.Tensor, idx: torch.Tensor) -> np.ndarray:
+    """Positions of the samples ``idx`` with their part id, far apart, as a fourth coordinate: a nearest-neighbour
+    query then always lands on a sample of the same part (when that part has one)."""
+    p = points[idx].cpu().double()
+    return torch.cat([p, part[idx].cpu().double()[:, None] * 1e3], 1).numpy()
 
 
 def _nearest_seen_kept(points: torch.Tensor, part: torch.Tensor, seen: torch.Tensor, kept: torch.Tensor,
@@ -310,15 +493,19 @@ def _nearest_seen_kept(points: torch.Tensor, part: torch.Tensor, seen: torch.Ten
 
     src = _fill_sources(seen)
     dst = query.nonzero().squeeze(1)
-    # parts far apart in a fourth coordinate: the nearest seen sample is always one of the same part
-    def lifted(idx):
-        p = points[idx].cpu().double()
-        return torch.cat([p, part[idx].cpu().double()[:, None] * 1e3], 1).numpy()
-
-    _, near = cKDTree(lifted(src)).query(lifted(dst), workers=-1)
+    _, near = cKDTree(_part_lifted(points, part, src)).query(_part_lifted(points, part, dst), workers=-1)
     out = torch.zeros_like(query)
     out[dst] = kept[src[torch.from_numpy(near).to(src.device)]]
     return out
+
+
+def _fill_within_parts(points: torch.Tensor, part: torch.Tensor, colors: torch.Tensor, sources: torch.Tensor,
+                       query: torch.Tensor) -> torch.Tensor:
+    """Colours float32 [Q, 3] for the ``query`` samples: the inverse-distance mean of their ``FILL_NEIGHBOURS``
+    nearest ``sources`` samples of the same part (``fill_unseen`` kept within parts)."""
+    src = _fill_sources(sources)
+    dst = query.nonzero().squeeze(1)
+    return _inverse_distance_mean(_part_lifted(points, part, src), colors[src], _part_lifted(points, part, dst))
 
 
 def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor, uv: torch.Tensor,
@@ -345,13 +532,27 @@ def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor
     nrm = F.normalize(interpolate(normals.to(torch.float32), faces, frags)[0][covered], dim=-1)
     if check_interrupt is not None:
         check_interrupt()
-    colors, wsum = colors_with_prior(pos, nrm, view_sets, prior_sets, check_interrupt)
+    compared = source_comparison(source[0], source[1], view_sets) if source is not None else None
+    if compared is not None:
+        view_sets = compared[0]
+    corners = verts.to(torch.float32)[faces[frags.face_id[0][covered]]]
+    face_nrm = F.normalize(torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=-1), dim=-1)
+    colors, wsum, views_wsum = _colors_views_then_prior(pos, nrm, view_sets, prior_sets, check_interrupt, face_nrm)
     seen = wsum > MIN_WEIGHT
     kept_parts = None
     if source is not None:
         asset, source_faces = source
-        colors, seen, kept_parts = keep_source_texture(asset, source_faces[frags.face_id[0][covered]],
-                                                       frags.bary[0][covered], colors, seen, points=pos)
+        change = None
+        if compared is not None:
+            values, change_w = project_colors(pos, nrm, compared[1], check_interrupt=check_interrupt,
+                                              face_normals=face_nrm)
+            change = torch.where(change_w > MIN_WEIGHT, values[:, 0], torch.full_like(change_w, float("nan")))
+        # what was kept or changed is read from the views only: the prior (renders of the source) always agrees
+        colors, decided, kept_parts = keep_source_texture(asset, source_faces[frags.face_id[0][covered]],
+                                                          frags.bary[0][covered], colors, views_wsum > MIN_WEIGHT,
+                                                          points=pos, change=change,
+                                                          fill_from=views_wsum >= FILL_SOURCE_WEIGHT)
+        seen = seen | decided
     if check_interrupt is not None:
         check_interrupt()
     if fallback_colors is not None:

@@ -440,7 +440,7 @@ def _colour(st: _LiftState, texture_size: int) -> dict:
         out["uv"] = uv.to(device=device, dtype=torch.float32)
         texture, tstats = bake.bake_texture(v_t, f_t, normals, out["uv"], view_sets, image.shape[0], vertex_colors,
                                             st.check, prior_sets, kept)
-        out["texture"] = torch.where(covered.to(device)[..., None], texture, image.to(device=device, dtype=torch.float32))
+        out["texture"] = bake.write_into_image(image, texture, covered)
         st.stats.update(tstats, texture_layout="source")
         return out
     vmap, faces_uv, uv_np = surface.uv_atlas(st.verts, st.faces, int(texture_size), st.check)
