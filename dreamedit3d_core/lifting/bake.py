@@ -188,8 +188,13 @@ def _colors_views_then_prior(points, normals, view_sets, prior_sets, check_inter
     seen = wsum > MIN_WEIGHT
     if not prior_sets or bool(seen.all()):
         return colors, wsum, wsum
-    p_colors, p_wsum = project_colors(points, normals, prior_sets, **kw)
-    return torch.where(seen[:, None], colors, p_colors), torch.where(seen, wsum, p_wsum), wsum
+    unseen = (~seen).nonzero().squeeze(1)  # the prior is only asked where the views have nothing
+    fn = None if face_normals is None else face_normals[unseen]
+    p_colors, p_wsum = project_colors(points[unseen], normals[unseen], prior_sets, check_interrupt=check_interrupt,
+                                      face_normals=fn)
+    colors, both = colors.clone(), wsum.clone()
+    colors[unseen], both[unseen] = p_colors, p_wsum
+    return colors, both, wsum
 
 
 def _fill_sources(seen: torch.Tensor) -> torch.Tensor:
@@ -228,9 +233,12 @@ def _inverse_distance_mean(src_coords: np.ndarray, src_colors: torch.Tensor, dst
 
 
 def pad_gutter(texture: torch.Tensor, covered: torch.Tensor, rings: int = GUTTER_TEXELS) -> torch.Tensor:
-    """Grow chart colours into the empty atlas space ``rings`` texels deep; the rest takes the mean chart colour.
+    """Grow chart colours into the empty atlas space ``rings`` texels deep; the rest takes the colour of the nearby
+    charts, averaged over ever coarser blocks (:func:`_pull_fill`).
 
-    Bilinear filtering and the first mip levels then read chart-like colours across chart borders instead of black.
+    Bilinear filtering and the mip levels then read chart-like colours across chart borders instead of black (a
+    single mean colour there showed as a grey line along every chart edge from afar: the truck's atlas re-rendered
+    at 29.3 dB mipmapped, 43.0 dB without mipmaps).
 
     Args:
         texture: float [T, T, 3]; covered: bool [T, T] texels inside a chart.
@@ -243,9 +251,23 @@ def pad_gutter(texture: torch.Tensor, covered: torch.Tensor, rings: int = GUTTER
         grown = F.avg_pool2d(acc, 3, stride=1, padding=1)
         new = (grown[:, 3:] > 0) & (acc[:, 3:] == 0)
         acc = torch.where(new, torch.cat([grown[:, :3] / grown[:, 3:].clamp(min=1e-12), torch.ones_like(m)], 1), acc)
-    mean = texture[covered].mean(0)
     out = acc[0, :3].permute(1, 2, 0)
-    return torch.where(acc[0, 3, ..., None] > 0, out, mean.expand_as(out))
+    return torch.where(acc[0, 3, ..., None] > 0, out, _pull_fill(acc)[0].permute(1, 2, 0))
+
+
+def _pull_fill(acc: torch.Tensor) -> torch.Tensor:
+    """Colour everywhere from premultiplied colour and coverage ``acc`` [1, 4, H, W]: covered texels their own, the
+    others the coverage-weighted mean of the smallest enclosing block (of 2^k texels) that holds any coverage, the
+    blocks upsampled bilinearly (a push-pull fill). float [1, 3, H, W]."""
+    levels = [acc]
+    while min(levels[-1].shape[-2:]) > 1:
+        levels.append(F.avg_pool2d(levels[-1], 2, ceil_mode=True))
+    filled = levels[-1][:, :3] / levels[-1][:, 3:].clamp(min=1e-12)
+    for level in reversed(levels[:-1]):
+        up = F.interpolate(filled, size=level.shape[-2:], mode="bilinear", align_corners=False)
+        own = level[:, :3] / level[:, 3:].clamp(min=1e-12)
+        filled = torch.where(level[:, 3:] > 0, own, up)
+    return filled
 
 
 def write_into_image(image: torch.Tensor, baked: torch.Tensor, covered: torch.Tensor,
@@ -464,8 +486,12 @@ def keep_source_texture(source, face_ids: torch.Tensor, bary: torch.Tensor, colo
     out = colors
     unseen = from_source & ~seen & (seen_count[part] > 0)
     filled = torch.zeros_like(unseen)
-    if points is not None and bool(unseen.any()):
-        follows_kept = _nearest_seen_kept(points, part, seen_src, keep_seen, unseen)
+    # only parts with a changed seen texel need the nearest-neighbour query: the others' unseen texels follow kept ones
+    changed_part = torch.bincount(part[seen_src & ~keep_seen], minlength=n_parts) > 0
+    if points is not None and bool((unseen & changed_part[part]).any()):
+        in_changed = changed_part[part]
+        follows_kept = ~in_changed | _nearest_seen_kept(points, part, seen_src & in_changed, keep_seen,
+                                                        unseen & in_changed)
         keep = keep & ~unseen | (unseen & follows_kept)
         filled = unseen & ~follows_kept
         if bool(filled.any()):
