@@ -247,8 +247,8 @@ def _novel_summary(rows: list) -> None:
     def case(r):
         return f"{Path(r['asset']).stem} {r['edit']}"
 
-    def verdict(ok):
-        return "met" if ok else "MISSED"
+    def verdict(ok, value=0.0):
+        return "n/a" if value != value else ("met" if ok else "MISSED")  # value NaN: no case of that kind ran
 
     for label in ("clean", "jitter"):
         for mode in sorted({r["mode"] for r in rows}):
@@ -277,9 +277,9 @@ def _novel_summary(rows: list) -> None:
                       f", worst >= {TARGETS['iou_worst']} {verdict(worst_iou['iou_worst'] >= TARGETS['iou_worst'])}"
                       f"; F >= {TARGETS['fscore']} {verdict(mean('fscore') >= TARGETS['fscore'])}"
                       f"; PSNR add/remove/scale >= {TARGETS['psnr_shape_db']:.0f} "
-                      f"{verdict(mean('psnr_db', SHAPE_EDITS) >= TARGETS['psnr_shape_db'])}"
+                      f"{verdict(mean('psnr_db', SHAPE_EDITS) >= TARGETS['psnr_shape_db'], mean('psnr_db', SHAPE_EDITS))}"
                       f"; recolor/none >= {TARGETS['psnr_appearance_db']:.0f} in every case "
-                      f"{verdict(worst_app is None or worst_app['psnr_db'] >= TARGETS['psnr_appearance_db'])}"
+                      f"{verdict(worst_app is None or worst_app['psnr_db'] >= TARGETS['psnr_appearance_db'], float('nan') if worst_app is None else 0.0)}"
                       f"; <= {TARGETS['seconds']:.0f} s every lift {verdict(slowest['total_s'] <= TARGETS['seconds'])}")
 
 
