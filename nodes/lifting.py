@@ -185,7 +185,11 @@ class LiftToMesh(io.ComfyNode):
                                tooltip="Background grey of the views, keyed out exactly when detect_background is off "
                                        "and no alpha is given."),
                 io.String.Input("filename_prefix", default="dreamedit3d/edit", tooltip="GLB path prefix in the output folder."),
-                io.Mask.Input("alpha", optional=True, tooltip="Silhouettes [4,H,W]; by default the background is keyed out."),
+                io.Mask.Input("alpha", optional=True,
+                              tooltip="Silhouettes [4,H,W]; by default the background is keyed out, and with the views' "
+                                      "asset each keyed view is first moved onto the asset's render (a sampler places "
+                                      "objects up to a few px off) and the asset's background-coloured surface (a white "
+                                      "van on white) is kept where the view still shows it."),
                 io.Boolean.Input("also_obj", default=False, optional=True,
                                  tooltip="Also write OBJ + MTL + PNG next to each GLB (same name, never overwriting)."),
                 io.Boolean.Input("detect_background", default=True, optional=True,
