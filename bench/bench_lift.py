@@ -3,9 +3,9 @@
 Each asset is rendered with ``render_views`` (4 MVDream views, 256 px), lifted, and the lifted mesh re-rendered with the same
 cameras. Quality: silhouette IoU per view (min over views) and colour PSNR inside both silhouettes (mean over views), for
 unlit inputs (the lift's own error) and for lit inputs (the render's light sits at each camera, which no single texture can
-reproduce). Prints; never asserts. ``cpu_s`` is the CPU time of the process and its child processes (all threads): on a shared machine, wall time
-``total_s`` (median of ``--repeats``) grows with the load average printed next to it; ``best_s`` (the fastest repeat) is
-the closest to an unloaded machine.
+reproduce). Prints; never asserts. ``cpu_s`` is the CPU time of the process and its child processes (all threads): on a
+shared machine, wall time ``total_s`` (median of ``--repeats``) grows with the load average printed next to it; ``best_s``
+(the fastest repeat) is the closest to an unloaded machine.
 
     python -m bench.bench_lift --device cpu --threads 2
     python -m bench.bench_lift --device cuda --grid 128 --texture 1024 --json out.json
