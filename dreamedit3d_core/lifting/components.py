@@ -5,12 +5,14 @@ Which components an edit touches comes from three places, in this order: the com
 or an edited list), the edit prompt (a prompt that uses some components' learned tokens, ``<dog>``, keeps those as they
 are and edits the components whose tokens it leaves out, ``a <dog> wearing a crown`` edits ``hat``), and the views
 themselves (source faces the edited silhouettes no longer cover are removed; a component that loses most of its surface
-that way is removed whole).
+that way is removed whole; a component whose outline grew nearly all round, or that lost surface but is still shown, is
+reshaped: rebuilt whole).
 
 The new geometry is the edited visual hull where it grows past the source's hull, grown back to the kept solid through
 the hull's slack (so it sits on the kept parts, no floating gap), smoothed, plus the source's solid of the components
-that are rebuilt, cut by the edited hull; it is one closed surface reaching a few voxels into the kept solid (an
-overlap, never a crack). Components the views no longer show are neither kept nor rebuilt.
+that are rebuilt, cut by the edited hull (a rebuilt part the silhouettes show uniformly scaled: its own solid at that
+scale, cut by the edited hull, and the hull's slack around it is not new material); it is one closed surface reaching
+a few voxels into the kept solid (an overlap, never a crack). Components the views no longer show are neither kept nor rebuilt.
 """
 
 from __future__ import annotations
@@ -63,10 +65,40 @@ CARVE_TOLERANCE_PX = 3.0
 #: A component that loses more than this fraction of the surface the views show outside the rest of the source
 #: (its exposed surface) to the edited silhouettes is removed whole.
 REMOVED_COMPONENT_FRACTION = 0.5
+#: An edited silhouette reaching this many pixels (at 256 px) past the source's is growth: a part scaled x1.3 moves
+#: its sides by 2-5 px, keying by one.
+GROWTH_TOLERANCE_PX = 2.0
+#: A kept component whose outline the edited silhouettes reach past along at least this fraction has grown (scaled,
+#: lengthened): it is reshaped whole (measured: kenney's arm scaled x1.3 0.87, the other parts <= 0.13; the antenna
+#: under an added ball 0.45) ...
+RESHAPED_OUTLINE_FRACTION = 0.6
+#: ... unless the new silhouette pixels nearest to it exceed this multiple of its own visible pixels (x1.3: 0.18; a
+#: ball added over the antenna: 2.1, it is covered by a new part, not grown).
+RESHAPED_MAX_GROWTH = 1.0
+#: A component (among others) that loses more than this fraction of its exposed surface to the edited silhouettes ...
+#: (measured: kenney's arm scaled x0.7 0.20, x0.5 0.45; a chunk cut off spot 0.09, off the Fox 0.04) ...
+SHRUNK_LOST_FRACTION = 0.15
+#: ... while they still cover at least this fraction of the pixels where the views show it alone has shrunk: it is
+#: reshaped whole (x0.7: 0.48, x0.5 0.24; removed: 0.0), not removed (when it lost more than
+#: ``REMOVED_COMPONENT_FRACTION``) or trimmed.
+SHRUNK_VISIBLE_FRACTION = 0.2
 #: New solids smaller than this many voxels are noise (a silhouette a pixel off), not geometry.
 MIN_NEW_VOXELS = 27
 #: Points sampled per unit of surface area (in the views' world, object about 1 across) to label the source's solid.
 LABEL_SAMPLES = 60_000
+#: Scales searched for a rebuilt part that the views show scaled (``rescaled_parts``), then refined between the best's
+#: neighbours; a best scale at either end is not a scaling.
+FIT_SCALES = tuple(float(x) for x in np.geomspace(0.4, 2.5, 13))
+#: Scales tried between the best coarse scale's neighbours.
+FIT_REFINE_STEPS = 9
+#: Resolution (px) of the silhouettes the scale is fitted on.
+FIT_RESOLUTION = 256
+#: A fitted scale within this fraction of 1 is no scaling.
+FIT_MIN_CHANGE = 0.04
+#: The fitted part must explain the silhouettes: mismatched pixels at most this fraction of the part's own pixels ...
+FIT_MAX_RESIDUAL = 0.15
+#: ... and at most this fraction of the mismatch of the unscaled part.
+FIT_MAX_GAIN = 0.5
 #: Taubin smoothing passes of the new geometry's surface (the kept faces are never smoothed).
 NEW_PART_TAUBIN = 10
 
@@ -250,33 +282,80 @@ def lost_points(source: MeshAsset, alpha: torch.Tensor, cameras: MVCameras,
     return lost.reshape(points.shape[:2])
 
 
-def _exposed_points(source: MeshAsset, component_faces: torch.Tensor, cameras: MVCameras,
-                    source_core: torch.Tensor) -> torch.Tensor:
-    """bool [F, S]: the points of the faces ``component_faces`` (bool [M]) that some view shows outside the rest of
-    the source (inside the source's eroded silhouette, outside the dilated silhouette of the other faces): the part of
-    a component the views can judge (an arm's stretch inside the torso's outline cannot be seen to go).
-    ``source_core``: :func:`_source_core` for the views."""
+def _rest_silhouettes(source: MeshAsset, component_faces: torch.Tensor, cameras: MVCameras,
+                      like: torch.Tensor) -> torch.Tensor:
+    """The silhouettes of the source's faces other than ``component_faces`` (bool [M]), dilated by the carve
+    tolerance (float [V, 1, H, W] like ``like``): where the rest of the source could hide the component."""
     from ..raster import rasterize_views
 
-    src_core, device = source_core, source_core.device
-    h, w = src_core.shape[-2:]
+    h, w = like.shape[-2:]
     r = _carve_radius(h)
     others = source.faces.cpu()[~component_faces.cpu()]
     rest = (rasterize_views(source.vertices.to(torch.float32).cpu(), others, cameras, (h, w)).mask[:, None]
-            .to(device=device, dtype=torch.float32) if others.shape[0] else torch.zeros_like(src_core))
-    rest = F.max_pool2d(rest, 2 * r + 1, stride=1, padding=r)
+            .to(device=like.device, dtype=torch.float32) if others.shape[0] else torch.zeros_like(like))
+    return F.max_pool2d(rest, 2 * r + 1, stride=1, padding=r)
+
+
+def _exposed_points(source: MeshAsset, component_faces: torch.Tensor, cameras: MVCameras,
+                    source_core: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """bool [F, S]: the points of the faces ``component_faces`` (bool [M]) that some view shows outside the rest of
+    the source (inside the source's eroded silhouette, outside ``rest``, :func:`_rest_silhouettes`): the part of
+    a component the views can judge (an arm's stretch inside the torso's outline cannot be seen to go).
+    ``source_core``: :func:`_source_core` for the views."""
     points = _face_points(source)[component_faces.cpu()]
     flat = points.reshape(-1, 3)
-    return (_view_coverage(flat, src_core, cameras) & ~_view_coverage(flat, rest, cameras)).any(0).reshape(
+    return (_view_coverage(flat, source_core, cameras) & ~_view_coverage(flat, rest, cameras)).any(0).reshape(
         points.shape[:2])
+
+
+@dataclass(frozen=True)
+class SilhouetteChange:
+    """How each component's silhouettes changed between the source's render and the edited views (per component,
+    float64 [K], over all views): ``pushed`` the fraction of its outline (its pixels next to the background) the
+    edited silhouette now reaches past, ``grown_area`` the new silhouette pixels nearest to it over its own visible
+    pixels, ``visible`` its visible pixels."""
+
+    pushed: torch.Tensor
+    grown_area: torch.Tensor
+    visible: torch.Tensor
+
+
+def silhouette_change(source_face_id: torch.Tensor, face_component: torch.Tensor, num_components: int,
+                      alpha: torch.Tensor) -> SilhouetteChange:
+    """:class:`SilhouetteChange` of each component from the source's face ids int64 [V, H, W] (-1: background) in the
+    views and the edited silhouettes float [V, 1, H, W]; growth within ``GROWTH_TOLERANCE_PX`` is not change."""
+    from scipy import ndimage
+
+    h = alpha.shape[-2]
+    r = max(1, round(GROWTH_TOLERANCE_PX * h / 256))
+    fid = source_face_id.cpu()
+    src = (fid >= 0).to(torch.float32)[:, None]
+    pix_comp = torch.where(fid >= 0, face_component.cpu()[fid.clamp(min=0)], torch.full_like(fid, -1))
+    edited = (alpha.cpu() > 0.5).to(torch.float32)
+    grown = edited * (1.0 - F.max_pool2d(src, 2 * r + 1, stride=1, padding=r))
+    outline = src * F.max_pool2d(1.0 - src, 3, stride=1, padding=1)
+    pushed = outline * F.max_pool2d(grown, 2 * r + 5, stride=1, padding=r + 2)
+    k = num_components
+    bins = lambda x: torch.bincount(pix_comp[x].reshape(-1), minlength=k)[:k].to(torch.float64)  # noqa: E731
+    visible = bins(pix_comp >= 0)
+    outline_n, pushed_n = bins(outline[:, 0] > 0), bins(pushed[:, 0] > 0)
+    grown_by = torch.zeros(k, dtype=torch.float64)
+    for v in range(fid.shape[0]):  # each new pixel counts for the component nearest to it in its view
+        new = grown[v, 0].numpy() > 0
+        if not new.any():
+            continue
+        _, (iy, ix) = ndimage.distance_transform_edt(fid[v].numpy() < 0, return_indices=True)
+        owner = pix_comp[v].numpy()[iy[new], ix[new]]
+        grown_by += torch.from_numpy(np.bincount(owner[owner >= 0], minlength=k)[:k].astype(np.float64))
+    return SilhouetteChange(pushed_n / outline_n.clamp(min=1.0), grown_by / visible.clamp(min=1.0), visible)
 
 
 @dataclass(frozen=True)
 class KeepDecision:
     """What a component-aware lift keeps: ``kept_faces`` bool [M] over the source's faces, ``removed_faces`` bool [M]
     (faces of components carved away whole: neither kept nor rebuilt), and by component name the ``kept``, ``edited``
-    (named by the caller or the prompt), ``removed`` and ``trimmed`` (kept but for faces the edited silhouettes no
-    longer cover) ones."""
+    (named by the caller or the prompt), ``removed``, ``trimmed`` (kept but for faces the edited silhouettes no
+    longer cover) and ``reshaped`` (grown or shrunk in the views: rebuilt whole from them) ones."""
 
     kept_faces: torch.Tensor
     kept: tuple
@@ -284,9 +363,11 @@ class KeepDecision:
     removed: tuple
     trimmed: tuple
     removed_faces: Optional[torch.Tensor] = None
+    reshaped: tuple = ()
 
     def rebuilt_faces(self) -> torch.Tensor:
-        """bool [M]: source faces whose solid is rebuilt from the views (edited components, trimmed faces)."""
+        """bool [M]: source faces whose solid is rebuilt from the views (edited and reshaped components, trimmed
+        faces)."""
         gone = self.removed_faces if self.removed_faces is not None else torch.zeros_like(self.kept_faces)
         return ~self.kept_faces & ~gone
 
@@ -301,7 +382,9 @@ def decide_kept_faces(source: MeshAsset, components: Components, alpha: torch.Te
             out) and the kept ones for "listed".
         alpha: the edited views' silhouettes float [V, 1, H, W]; "all_but_edited" drops faces they no longer show
             (more than half of a face's :func:`lost_points`), and a component
-            whole when it loses more than ``REMOVED_COMPONENT_FRACTION`` of the surface the views can judge; unless
+            whole when it loses more than ``REMOVED_COMPONENT_FRACTION`` of the surface the views can judge and the
+            views show nothing where it was; a component that grew all round (:func:`silhouette_change`) or shrank
+            (lost that surface, but the views still show it) is reshaped: rebuilt whole from the views. Unless
             ``carve`` is False (the caller found the silhouettes unchanged).
 
     Raises:
@@ -328,28 +411,45 @@ def decide_kept_faces(source: MeshAsset, components: Components, alpha: torch.Te
     kept_comp = torch.tensor([i not in edited for i in range(n)], dtype=torch.bool)
     faces = source.faces.cpu()
     lost_pts = torch.zeros(m, _FACE_SAMPLES.shape[0], dtype=torch.bool)
+    removed, reshaped = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
     if carve:
-        src_core = _source_core(source, cameras, *alpha.shape[-2:], alpha.device)  # once: each component's test uses it
+        from ..raster import rasterize_views
+
+        h, w = alpha.shape[-2:]
+        frags = rasterize_views(source.vertices.to(torch.float32).cpu(), faces, cameras, (h, w))  # once for all tests
+        src_core = _core(frags.mask[:, None].to(device=alpha.device, dtype=torch.float32))
         lost_pts = lost_points(source, alpha, cameras, src_core)
+        change = silhouette_change(frags.face_id, comp, n, alpha)
+        # a component whose outline grew nearly all round (scaled up, lengthened) is reshaped whole from the views
+        # (a part among others: a single-component source's change is a chunk of it, which trimming handles)
+        among_others = len(comp.unique()) > 1
+        reshaped = kept_comp & (change.pushed >= RESHAPED_OUTLINE_FRACTION) & (change.grown_area <= RESHAPED_MAX_GROWTH)
+        reshaped &= among_others
+        area = _face_areas(source.vertices.cpu(), faces)
+        edited_px = (alpha > 0.5).to(torch.float32)
+        for i in comp[lost_pts.any(1)].unique().tolist():
+            if not bool(kept_comp[i]) or bool(reshaped[i]):
+                continue
+            mine = comp == i
+            rest = _rest_silhouettes(source, mine, cameras, src_core)
+            exposed = _exposed_points(source, mine, cameras, src_core, rest)
+            weight = area[mine][:, None] / _FACE_SAMPLES.shape[0]
+            seen = float((weight * exposed).sum())
+            lost_share = float((weight * (exposed & lost_pts[mine])).sum()) / max(seen, 1e-30)
+            if not (seen > 0 and lost_share > min(REMOVED_COMPONENT_FRACTION, SHRUNK_LOST_FRACTION)):
+                continue
+            # where the views show it alone: still covered (shrunk: reshaped) or empty (removed when most is lost)
+            alone = ((frags.face_id >= 0) & mine[frags.face_id.clamp(min=0)]).to(alpha.device)[:, None] & (rest < 0.5)
+            still = float((edited_px * alone).sum()) / max(float(alone.sum()), 1.0) >= SHRUNK_VISIBLE_FRACTION
+            reshaped[i] = still and lost_share > SHRUNK_LOST_FRACTION and among_others
+            removed[i] = not still and lost_share > REMOVED_COMPONENT_FRACTION
     covered = lost_pts.double().mean(1) <= 0.5
-    area = _face_areas(source.vertices.cpu(), faces)
-    removed = torch.zeros(n, dtype=torch.bool)
-    for i in comp[lost_pts.any(1)].unique().tolist():
-        if not bool(kept_comp[i]):
-            continue
-        mine = comp == i
-        exposed = _exposed_points(source, mine, cameras, src_core)
-        weight = area[mine][:, None] / _FACE_SAMPLES.shape[0]
-        seen = float((weight * exposed).sum())
-        removed[i] = seen > 0 and float((weight * (exposed & lost_pts[mine])).sum()) > REMOVED_COMPONENT_FRACTION * seen
-    trimmed = kept_comp & ~removed & torch.zeros(n, dtype=torch.bool).index_fill_(0, comp[~covered].unique(), True)
-    kept_comp = kept_comp & ~removed
+    kept_comp = kept_comp & ~removed & ~reshaped
+    trimmed = kept_comp & torch.zeros(n, dtype=torch.bool).index_fill_(0, comp[~covered].unique(), True)
     kept_faces = kept_comp[comp] & covered
-    return KeepDecision(kept_faces, tuple(x for i, x in enumerate(components.names) if bool(kept_comp[i])),
-                        tuple(components.names[i] for i in sorted(edited)),
-                        tuple(x for i, x in enumerate(components.names) if bool(removed[i])),
-                        tuple(x for i, x in enumerate(components.names) if bool(trimmed[i])),
-                        removed_faces=removed[comp])
+    pick = lambda flags: tuple(x for i, x in enumerate(components.names) if bool(flags[i]))  # noqa: E731
+    return KeepDecision(kept_faces, pick(kept_comp), tuple(components.names[i] for i in sorted(edited)),
+                        pick(removed), pick(trimmed), removed_faces=removed[comp], reshaped=pick(reshaped))
 
 
 def _surface_samples(verts: np.ndarray, faces: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -367,24 +467,121 @@ def _surface_samples(verts: np.ndarray, faces: np.ndarray, count: int, seed: int
     return np.concatenate([pts, cent]), np.concatenate([idx, np.arange(len(faces))])
 
 
-def _kept_fraction(grid: hull.VoxelGrid, where: torch.Tensor, source: MeshAsset, rebuilt_faces: torch.Tensor
-                   ) -> torch.Tensor:
-    """float32 [X, Y, Z]: 0 where the nearest source surface is a rebuilt face, 1 elsewhere (only evaluated at
-    ``where``)."""
+def _nearest_face_label(grid: hull.VoxelGrid, where: torch.Tensor, source: MeshAsset, face_label: torch.Tensor
+                        ) -> torch.Tensor:
+    """int64 [X, Y, Z]: the ``face_label`` (int64 [M]) of the nearest source surface, evaluated only at ``where``
+    (0 elsewhere)."""
     from scipy.spatial import cKDTree
 
-    verts = source.vertices.cpu().double().numpy()
-    faces = source.faces.cpu().numpy()
-    pts, fidx = _surface_samples(verts, faces, LABEL_SAMPLES)
-    flag = ~rebuilt_faces.cpu().numpy()[fidx]
-    out = torch.ones(grid.num_points, dtype=torch.float32)
+    out = torch.zeros(grid.num_points, dtype=torch.int64)
     sel = where.reshape(-1).cpu().nonzero().squeeze(1)
     if sel.numel() == 0:
         return out.reshape(grid.shape)
+    verts = source.vertices.cpu().double().numpy()
+    faces = source.faces.cpu().numpy()
+    pts, fidx = _surface_samples(verts, faces, LABEL_SAMPLES)
     q = grid.points_at(sel).double().numpy()
     _, near = cKDTree(pts).query(q, workers=-1)
-    out[sel] = torch.from_numpy(flag[near].astype(np.float32))
+    out[sel] = face_label.cpu()[torch.from_numpy(fidx[near])]
     return out.reshape(grid.shape)
+
+
+@dataclass(frozen=True)
+class RescaledPart:
+    """A rebuilt part the edited silhouettes show scaled: its source faces (bool [M]) scaled by ``scale`` about
+    ``centre`` (float64 [3], the mean of their vertices) match them best (``residual``: mismatched pixels over the
+    part's pixels, scaled or not, whichever are more)."""
+
+    faces: torch.Tensor
+    centre: torch.Tensor
+    scale: float
+    residual: float
+
+    def vertices(self, source: MeshAsset) -> torch.Tensor:
+        """float32 [N, 3]: the source's vertices with this part's scale applied about its centre (all of them: index
+        them with the part's faces)."""
+        v = source.vertices.cpu().double()
+        return (self.centre + (v - self.centre) * self.scale).to(torch.float32)
+
+
+def _box_mask(grid: hull.VoxelGrid, points: torch.Tensor, margin: int) -> torch.Tensor:
+    """bool [X, Y, Z]: the grid samples inside the box of ``points`` [N, 3] grown by ``margin`` voxels."""
+    lo = torch.tensor(grid.lo, dtype=torch.float64)
+    first = ((points.double().amin(0) - lo) / grid.spacing).floor().long() - margin
+    last = ((points.double().amax(0) - lo) / grid.spacing).ceil().long() + margin
+    out = torch.zeros(grid.shape, dtype=torch.bool)
+    a, b = first.clamp(min=0).tolist(), [min(int(x) + 1, n) for x, n in zip(last.tolist(), grid.shape)]
+    if all(x < y for x, y in zip(a, b)):
+        out[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = True
+    return out
+
+
+def _with_parts_rescaled(source: MeshAsset, parts: Sequence[RescaledPart]) -> tuple:
+    """(vertices float32 [N', 3], faces int64 [M, 3]): ``source``'s mesh with each of ``parts`` scaled (their faces
+    on scaled copies of the vertices)."""
+    verts, faces = [source.vertices.cpu().to(torch.float32)], source.faces.cpu().clone()
+    n = verts[0].shape[0]
+    for i, part in enumerate(parts):
+        verts.append(part.vertices(source))
+        faces[part.faces] = source.faces.cpu()[part.faces] + (i + 1) * n
+    return torch.cat(verts), faces
+
+
+def _silhouette_mismatch(mask: torch.Tensor, target: torch.Tensor) -> float:
+    """Pixels where bool [V, H, W] ``mask`` and ``target`` differ by more than a pixel (keying moves outlines by one)."""
+    m = mask[:, None].to(torch.float32)
+    grown = F.max_pool2d(m, 3, stride=1, padding=1)[:, 0] > 0.5
+    shrunk = -F.max_pool2d(-m, 3, stride=1, padding=1)[:, 0] > 0.5
+    return float((target & ~grown).sum() + (shrunk & ~target).sum())
+
+
+def rescaled_parts(alpha: torch.Tensor, cameras: MVCameras, source: MeshAsset, rebuilt_faces: torch.Tensor) -> list:
+    """:class:`RescaledPart` for each of the source's parts rebuilt whole (``rebuilt_faces`` covers all its faces)
+    that the edited silhouettes (float [V, 1, H, W]) show uniformly scaled about its centre.
+
+    A 1-D search of the scale (``FIT_SCALES``, refined between the best's neighbours) minimising the pixels where the
+    rest of the source plus the scaled part differ from the silhouettes by more than a pixel (at up to
+    ``FIT_RESOLUTION`` px); kept when the best scale is inside the searched range, differs from 1 and explains the
+    change (``FIT_MAX_RESIDUAL``, ``FIT_MAX_GAIN``). A part scaled x0.7 or x1.3 is then rebuilt as its own source
+    solid at that scale, cut by the edited hull, instead of its old solid inside the hull's four-plane shell."""
+    from ..raster import rasterize_views
+
+    h, w = alpha.shape[-2:]
+    res = (min(h, FIT_RESOLUTION), max(1, round(w * min(h, FIT_RESOLUTION) / h)))
+    target = F.interpolate(alpha.cpu().to(torch.float32), size=res, mode="area")[:, 0] > 0.5
+    verts, faces = source.vertices.cpu().to(torch.float32), source.faces.cpu()
+    rebuilt = rebuilt_faces.cpu()
+    out = []
+    parts = source.part_ids.cpu()
+    for part in parts[rebuilt].unique().tolist():
+        mine = parts == part
+        if not bool(rebuilt[mine].all()):  # a part trimmed where the views no longer show it is not scaled whole
+            continue
+        rest = faces[~mine]
+        rest_mask = (rasterize_views(verts, rest, cameras, res).mask if rest.shape[0]
+                     else torch.zeros_like(target))
+        centre = verts[faces[mine].unique()].double().mean(0)
+
+        def mismatch(scale: float) -> tuple:
+            v = (centre + (verts.double() - centre) * scale).to(torch.float32)
+            shown = rasterize_views(v, faces[mine], cameras, res).mask
+            return _silhouette_mismatch(shown | rest_mask, target), float(shown.sum())
+
+        coarse = [mismatch(float(x))[0] for x in FIT_SCALES]
+        best = int(np.argmin(coarse))
+        if best in (0, len(FIT_SCALES) - 1):
+            continue
+        fine = np.geomspace(FIT_SCALES[best - 1], FIT_SCALES[best + 1], FIT_REFINE_STEPS)
+        errs = [mismatch(float(x)) for x in fine]
+        k = int(np.argmin([e[0] for e in errs]))
+        scale, (err, shown) = float(fine[k]), errs[k]
+        unchanged, shown_before = mismatch(1.0)
+        size = max(shown, shown_before, 1.0)  # a shrunk part is judged against what it was
+        if abs(np.log(scale)) < np.log(1.0 + FIT_MIN_CHANGE) or err > FIT_MAX_RESIDUAL * size \
+                or err > FIT_MAX_GAIN * unchanged:
+            continue
+        out.append(RescaledPart(mine, centre, scale, err / size))
+    return out
 
 
 def _rounded(added: torch.Tensor, fraction: Optional[float] = None) -> torch.Tensor:
@@ -456,12 +653,34 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
     check()
     rebuilt_faces = ~kept_faces.cpu() if rebuilt_faces is None else rebuilt_faces.cpu()
     rebuilt_any = bool(rebuilt_faces.any())
-    kept_share = (_kept_fraction(fine, reach & (solid > 0.01), source, rebuilt_faces) if rebuilt_any
-                  else torch.ones_like(solid))
-    kept_solid = solid * kept_share
-    rebuilt = torch.minimum(solid * (1.0 - kept_share), hull_edited)
+    # rebuilt parts the views show scaled become their own source solid scaled (their old solid is dropped)
+    rescaled = rescaled_parts(alpha, cameras, source, rebuilt_faces) if rebuilt_any and shaped_by is None else []
+    face_label = rebuilt_faces.to(torch.int64)  # 0: kept, 1: rebuilt from its solid cut by the hull, 2: rescaled
+    for part in rescaled:
+        face_label[part.faces] = 2
+    label = (_nearest_face_label(fine, reach & (solid > 0.01), source, face_label) if rebuilt_any
+             else torch.zeros(solid.shape, dtype=torch.int64))
+    kept_solid = solid * (label == 0)
+    rebuilt = torch.minimum(solid * (label == 1), hull_edited)
     # material where the edited silhouettes grow past the source's, grown back through the hull's slack to the solid
     seeds = hull.open_solid(torch.minimum(hull.gaussian_smooth(hull_edited, hull.HULL_SMOOTH_SIGMA), 1.0 - hull_source), 1)
+    if rescaled:
+        # the hull of the source with its parts scaled explains the new silhouettes there: only growth past it is added
+        # material (else the four views' slack around a scaled part comes back as a shell)
+        h, w = alpha.shape[-2:]
+        moved = hull.mesh_silhouettes(*_with_parts_rescaled(source, rescaled), cameras, h, w,
+                                      hull.source_silhouette_dilation(h)).to(alpha.device)
+        explained = hull.silhouette_occupancy(moved, cameras, fine, check, where=seeds > 0).cpu()
+        seeds = torch.minimum(seeds, 1.0 - explained)
+    scaled = torch.zeros_like(solid)  # the rescaled parts' solids: exact already, not blurred like the hull's
+    for part in rescaled:
+        check()
+        v, f = part.vertices(source), src_faces[part.faces]
+        shape = hull.mesh_occupancy(v, f, fine, where=reach & _box_mask(fine, v[f.unique()], 2), check_interrupt=check)
+        scaled = torch.maximum(scaled, torch.minimum(shape.cpu(), hull_edited))
+        # the new material the scaled part explains is not an added part
+        near = F.max_pool3d(shape.cpu()[None, None], 2 * OVERLAP_VOXELS + 1, stride=1, padding=OVERLAP_VOXELS)[0, 0]
+        seeds = torch.where(near > hull.ISO_LEVEL, torch.zeros_like(seeds), seeds)
     allowed, slack = torch.minimum(hull_edited, 1.0 - kept_solid), SLACK_VOXELS
     if shaped_by is not None:
         # the reconstructor's solid inside the edited hull: the seeds and their growth follow its surface (further
@@ -473,13 +692,15 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
     added = _grow_within(seeds, allowed, slack) if bool((seeds > hull.ISO_LEVEL).any()) else seeds
     if shaped_by is None:
         added = _rounded(added)  # the silhouettes alone leave ridges; a reconstructor's surface has none
-    new = _drop_small(torch.maximum(rebuilt, added), MIN_NEW_VOXELS)
+    new = _drop_small(torch.maximum(torch.maximum(rebuilt, added), scaled), MIN_NEW_VOXELS)
     stats = {"voxel_size": fine.spacing, "grid_shape": list(fine.shape), "kept_faces": int(len(kf)),
+             "rescaled_parts": [round(p.scale, 3) for p in rescaled],
              "added_volume_fraction": float((added > 0.5).sum()) / max(float((solid > 0.5).sum()), 1.0)}
     if not bool((new > hull.ISO_LEVEL).any()):
         stats["new_faces"] = 0
         return kv, kf, kept_source_faces, stats
-    new = hull.gaussian_smooth(new, NEW_PART_SIGMA if shaped_by is None else SHAPED_PART_SIGMA)
+    new = torch.maximum(hull.gaussian_smooth(new, NEW_PART_SIGMA if shaped_by is None else SHAPED_PART_SIGMA),
+                        torch.minimum(new, scaled))
     if not bool((new > hull.ISO_LEVEL).any()):  # a sliver the smoothing took away: nothing to add
         stats["new_faces"] = 0
         return kv, kf, kept_source_faces, stats

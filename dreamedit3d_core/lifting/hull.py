@@ -81,20 +81,32 @@ def sample_images(images: torch.Tensor, pixels: torch.Tensor, depth: torch.Tenso
 
 
 def silhouette_occupancy(alpha: torch.Tensor, cameras: MVCameras, grid: VoxelGrid,
-                         check_interrupt: Optional[Callable[[], None]] = None) -> torch.Tensor:
+                         check_interrupt: Optional[Callable[[], None]] = None,
+                         where: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Visual hull: at each grid point the minimum over views of the bilinearly sampled silhouette.
 
     Args:
         alpha: float [V, 1, H, W] in 0..1.
         cameras: the views' cameras.
         grid: where to sample.
+        where: optional bool [X, Y, Z]: only these points are evaluated, the rest are 0.
 
     Returns:
         float32 [X, Y, Z] in 0..1 on ``alpha``'s device.
     """
     h, w = alpha.shape[-2:]
-    out = torch.empty(grid.num_points, dtype=torch.float32, device=alpha.device)
     a = alpha.to(torch.float32)
+    if where is not None:
+        sel = where.reshape(-1).to(alpha.device).nonzero().squeeze(1)
+        out = torch.zeros(grid.num_points, dtype=torch.float32, device=alpha.device)
+        for start in range(0, sel.numel(), POINT_CHUNK):
+            if check_interrupt is not None:
+                check_interrupt()
+            idx = sel[start:start + POINT_CHUNK]
+            pix, depth = cameras.project(grid.points_at(idx), h, w)
+            out[idx] = sample_images(a, pix, depth)[..., 0].amin(0)
+        return out.reshape(grid.shape)
+    out = torch.empty(grid.num_points, dtype=torch.float32, device=alpha.device)
     for start, stop, p in grid.chunks(alpha.device):
         if check_interrupt is not None:
             check_interrupt()
@@ -236,11 +248,24 @@ def keep_main_solids(occ: torch.Tensor) -> torch.Tensor:
     return torch.where(cavity, torch.ones_like(occ), occ)
 
 
+def source_silhouette_dilation(height: int) -> int:
+    """Pixels by which the source's silhouettes are dilated before they are compared with edited ones (keying and
+    antialiasing move an outline by a pixel or two: that is no change)."""
+    return max(2, height // 96)
+
+
 def source_silhouettes(source: MeshAsset, cameras: MVCameras, height: int, width: int, dilate_px: int = 0) -> torch.Tensor:
     """Silhouettes of ``source`` seen by ``cameras``: float32 [V, 1, H, W] in {0, 1}, dilated by ``dilate_px``."""
+    return mesh_silhouettes(source.vertices, source.faces, cameras, height, width, dilate_px)
+
+
+def mesh_silhouettes(vertices: torch.Tensor, faces: torch.Tensor, cameras: MVCameras, height: int, width: int,
+                     dilate_px: int = 0) -> torch.Tensor:
+    """Silhouettes of a mesh (vertices float [N, 3], faces int64 [M, 3]) seen by ``cameras``: float32 [V, 1, H, W] in
+    {0, 1}, dilated by ``dilate_px``."""
     from ..raster import rasterize_views
 
-    frags = rasterize_views(source.vertices.to(torch.float32), source.faces, cameras, (height, width))
+    frags = rasterize_views(vertices.to(torch.float32), faces, cameras, (height, width))
     mask = frags.mask[:, None].to(torch.float32)
     if dilate_px > 0:
         mask = F.max_pool2d(mask, 2 * dilate_px + 1, stride=1, padding=dilate_px)
@@ -248,7 +273,8 @@ def source_silhouettes(source: MeshAsset, cameras: MVCameras, height: int, width
 
 
 __all__ = ["VoxelGrid", "silhouette_occupancy", "mesh_occupancy", "source_guided_occupancy", "fit_grid",
-           "keep_main_solids", "gaussian_smooth", "source_silhouettes"]
+           "keep_main_solids", "gaussian_smooth", "source_silhouettes", "source_silhouette_dilation",
+           "mesh_silhouettes"]
 
 
 @dataclass(frozen=True)
@@ -269,7 +295,7 @@ def edited_and_source_solids(alpha: torch.Tensor, cameras: MVCameras, source: Me
     h, w = alpha.shape[-2:]
     fine = fit_grid(lambda g: silhouette_occupancy(alpha, cameras, g, check_interrupt), resolution, "visual hull")
     hull_edited = silhouette_occupancy(alpha, cameras, fine, check_interrupt)
-    src_sil = source_silhouettes(source, cameras, h, w, dilate_px=max(2, h // 96))
+    src_sil = source_silhouettes(source, cameras, h, w, dilate_px=source_silhouette_dilation(h))
     hull_source = silhouette_occupancy(src_sil, cameras, fine, check_interrupt)
     solid = mesh_occupancy(source.vertices, source.faces, fine, where=hull_edited > 0.01, check_interrupt=check_interrupt)
     return EditedAndSource(fine, hull_edited, hull_source, solid)

@@ -1,0 +1,130 @@
+"""Component-aware lifting of a part the edit scales (issue 13 item 3): the part is reshaped whole (its old faces go,
+its new shape is its own solid at the scale the silhouettes show, cut by the edited hull), the other components keep
+their exact faces, and the join has no cracks. Checked against the scaled ground truth with an independent inside test
+(winding number), and the decisions against edits that must not reshape anything (an added ball, a removed part)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dreamedit3d_core.cameras import MVCameras
+from dreamedit3d_core.lifting import components as component_lift
+from dreamedit3d_core.lifting import lift_to_mesh
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+pytestmark = pytest.mark.numeric
+
+CAMS = MVCameras.mvdream_default()
+
+
+@pytest.fixture(scope="module")
+def kenney(shared_assets):
+    from dreamedit3d_core.assets import load_asset
+
+    return load_asset(shared_assets / "kenney_character.glb")  # 550 faces, 6 parts (legs, torso, arms, antenna)
+
+
+def _alpha(asset, res=256):
+    from dreamedit3d_core.render import render_views
+
+    return render_views(asset, CAMS, resolution=res, lighting="unlit")
+
+
+def _triangles(verts, faces) -> set:
+    return {t.tobytes() for t in np.asarray(verts, np.float32)[np.asarray(faces)]}
+
+
+def _boundary_edges(verts, faces) -> int:
+    """Edges used by one face only, after welding coincident vertices (trimesh's merge)."""
+    import trimesh
+
+    mesh = trimesh.Trimesh(np.asarray(verts, np.float64), np.asarray(faces), process=True)
+    _, counts = np.unique(np.sort(np.asarray(mesh.edges), 1), axis=0, return_counts=True)
+    return int((counts == 1).sum())
+
+
+def _part_iou(lifted, edited, source, part_faces) -> float:
+    """Volume IoU of the edited part (its scaled solid minus the rest of the source's solid) against the lift's solid
+    there, on points sampled in the scaled part's box grown by 30 %."""
+    from _lift_helpers import inside_mesh
+
+    ev, ef = edited.vertices.double().numpy(), edited.faces.numpy()
+    part = ev[ef[part_faces].reshape(-1)]
+    lo, hi = part.min(0), part.max(0)
+    pad = 0.3 * (hi - lo)
+    pts = np.random.default_rng(0).uniform(lo - pad, hi + pad, (6000, 3))
+    in_rest = inside_mesh(source.vertices.numpy(), source.faces.numpy()[~part_faces], pts)
+    truth = inside_mesh(ev, ef[part_faces], pts) & ~in_rest
+    got = inside_mesh(lifted.vertices.double().numpy(), lifted.faces.numpy(), pts) & ~in_rest
+    return float((truth & got).sum() / max((truth | got).sum(), 1))
+
+
+def test_the_edits_scale_kenneys_right_arm(kenney):
+    from lift_eval import edit_region
+
+    faces, what = edit_region(kenney)
+    assert what == "part 'arm-right'" and np.array_equal(faces, (kenney.part_ids == 4).numpy())
+
+
+def test_the_views_tell_a_scaled_part_from_an_added_or_removed_one(kenney):
+    from lift_eval import make_edit, scale_part
+
+    comps = component_lift.source_components(kenney, CAMS)
+    decide = lambda edit: component_lift.decide_kept_faces(kenney, comps, _alpha(edit.asset).alpha, CAMS)  # noqa: E731
+    for factor in (0.7, 1.3):
+        d = decide(scale_part(kenney, factor))
+        assert d.reshaped == ("arm-right",) and d.removed == () and "arm-right" not in d.kept, (factor, d)
+        assert not d.kept_faces[kenney.part_ids == kenney.part_names.index("arm-right")].any()
+        assert d.rebuilt_faces()[kenney.part_ids == kenney.part_names.index("arm-right")].all()
+    removed = decide(make_edit(kenney, "remove"))
+    assert removed.removed == ("arm-right",) and removed.reshaped == ()
+    added = decide(make_edit(kenney, "add"))  # the ball covers the antenna: covered by a new part, not grown
+    assert added.reshaped == () and added.kept == tuple(kenney.part_names)
+
+
+@pytest.mark.parametrize("factor", [0.7, 1.3])
+def test_the_scale_of_a_reshaped_part_is_fitted_to_the_silhouettes(kenney, factor):
+    from lift_eval import scale_part
+
+    arm = kenney.part_ids == kenney.part_names.index("arm-right")
+    fits = component_lift.rescaled_parts(_alpha(scale_part(kenney, factor).asset).alpha, CAMS, kenney, arm)
+    assert len(fits) == 1 and torch.equal(fits[0].faces, arm)
+    assert abs(fits[0].scale / factor - 1) < 0.03, fits[0]
+    centre = kenney.vertices[kenney.faces[arm].unique()].double().mean(0)
+    assert torch.allclose(fits[0].centre, centre)
+    # an unscaled part is no scaling
+    assert component_lift.rescaled_parts(_alpha(kenney).alpha, CAMS, kenney, arm) == []
+
+
+@pytest.mark.parametrize("factor", [0.7, 1.3])
+def test_a_scaled_part_is_reshaped_whole_and_the_rest_keeps_its_exact_faces(kenney, factor):
+    from lift_eval import scale_part
+
+    edit = scale_part(kenney, factor)  # arm-right scaled about its centre
+    arm = (kenney.part_ids == kenney.part_names.index("arm-right")).numpy()
+    views = _alpha(edit.asset)
+    mesh = lift_to_mesh(views.rgb, CAMS, alpha=views.alpha, source=kenney, mode="component_aware", grid=128,
+                        texture_size=0, face_budget=20000)
+    s = mesh.stats
+    assert s["components_kept"] == [n for n in kenney.part_names if n != "arm-right"], s
+    assert s["rescaled_parts"] and abs(s["rescaled_parts"][0] / factor - 1) < 0.03, s
+    lifted = _triangles(mesh.vertices.float().numpy(), mesh.faces.numpy())
+    # the other components: every face with its exact vertices, first; the arm's old faces: none
+    assert s["kept_faces"] == int((~arm).sum())
+    assert _triangles(mesh.vertices.float().numpy(), mesh.faces[: s["kept_faces"]].numpy()) == _triangles(
+        kenney.vertices.numpy(), kenney.faces.numpy()[~arm])
+    assert not (_triangles(kenney.vertices.numpy(), kenney.faces.numpy()[arm]) & lifted)
+    iou = _part_iou(mesh, edit.asset, kenney, arm)
+    print(factor, "scaled-part IoU", iou, "new faces", s["new_faces"])
+    # measured 0.937 (x1.3) / 0.805 (x0.7); before the reshape (the old faces kept inside a hull-shaped shell, or the
+    # shrunk arm's old faces trimmed) 0.54 / 0.41
+    assert iou >= 0.8, iou
+    # the new part is one closed surface overlapping the kept solid: no boundary edge the source lacks
+    assert _boundary_edges(mesh.vertices.numpy(), mesh.faces.numpy()) <= _boundary_edges(kenney.vertices.numpy(),
+                                                                                         kenney.faces.numpy())
