@@ -86,6 +86,8 @@ SHRUNK_VISIBLE_FRACTION = 0.2
 MIN_NEW_VOXELS = 27
 #: Points sampled per unit of surface area (in the views' world, object about 1 across) to label the source's solid.
 LABEL_SAMPLES = 60_000
+#: Stride of the coarse lookup of which source face is nearest to each voxel (``_nearest_face_label``).
+LABEL_STRIDE = 2
 #: Scales searched for a rebuilt part that the views show scaled (``rescaled_parts``), then refined between the best's
 #: neighbours; a best scale at either end is not a scaling.
 FIT_SCALES = tuple(float(x) for x in np.geomspace(0.4, 2.5, 13))
@@ -470,20 +472,60 @@ def _surface_samples(verts: np.ndarray, faces: np.ndarray, count: int, seed: int
 def _nearest_face_label(grid: hull.VoxelGrid, where: torch.Tensor, source: MeshAsset, face_label: torch.Tensor
                         ) -> torch.Tensor:
     """int64 [X, Y, Z]: the ``face_label`` (int64 [M]) of the nearest source surface, evaluated only at ``where``
-    (0 elsewhere)."""
+    (0 elsewhere).
+
+    Looked up on every ``LABEL_STRIDE``-th sample along each axis first; a sample whose coarse neighbours (two coarse
+    steps either way, those looked up) all carry one label takes it, the others (along the borders between labels) are
+    looked up themselves. The same labels as looking every sample up (a label region thinner than the coarse steps
+    could slip between them: measured none of 0.2M samples differing on spot/Fox REMOVE, truck ADD, kenney SCALE;
+    one in the Fox's 28k with one step), at a fraction of the nearest-neighbour queries (spot REMOVE at grid 128:
+    3.6-4.3 s -> 0.7 s of CPU; truck ADD 2.0-2.6 -> 0.3-0.45 s)."""
     from scipy.spatial import cKDTree
 
-    out = torch.zeros(grid.num_points, dtype=torch.int64)
-    sel = where.reshape(-1).cpu().nonzero().squeeze(1)
-    if sel.numel() == 0:
-        return out.reshape(grid.shape)
+    out = torch.zeros(grid.shape, dtype=torch.int64)
+    where = where.cpu()
+    labels = face_label.cpu()
+    if not bool(where.any()):
+        return out
+    if int(labels.max()) == int(labels.min()):  # one label: no lookup
+        return out.masked_fill_(where, int(labels[0]))
     verts = source.vertices.cpu().double().numpy()
     faces = source.faces.cpu().numpy()
     pts, fidx = _surface_samples(verts, faces, LABEL_SAMPLES)
-    q = grid.points_at(sel).double().numpy()
-    _, near = cKDTree(pts).query(q, workers=-1)
-    out[sel] = face_label.cpu()[torch.from_numpy(fidx[near])]
-    return out.reshape(grid.shape)
+    tree = cKDTree(pts)
+
+    def lookup(index: torch.Tensor) -> torch.Tensor:  # labels at flat fine-grid indices
+        _, near = tree.query(grid.points_at(index).double().numpy(), workers=-1)
+        return labels[torch.from_numpy(fidx[near])]
+
+    flat = out.reshape(-1)
+    s = LABEL_STRIDE
+    if s <= 1:
+        sel = where.reshape(-1).nonzero().squeeze(1)
+        flat[sel] = lookup(sel)
+        return out
+    # coarse samples: every s-th sample where some sample of its s-cell (or a neighbouring cell) is wanted
+    need = F.max_pool3d(where[None, None].to(torch.float32), 2 * s + 1, stride=s, padding=s)[0, 0] > 0
+    ci = need.nonzero()
+    coarse = torch.full(need.shape, -1, dtype=torch.int64)
+    ny, nz = grid.shape[1], grid.shape[2]
+    coarse_index = ((ci[:, 0] * s).clamp(max=grid.shape[0] - 1) * ny + (ci[:, 1] * s).clamp(max=ny - 1)) * nz \
+        + (ci[:, 2] * s).clamp(max=nz - 1)
+    coarse[need] = lookup(coarse_index)
+    c = coarse.to(torch.float32)[None, None]
+    hi = F.max_pool3d(c, 5, stride=1, padding=2)[0, 0]
+    lo = -F.max_pool3d(torch.where(c < 0, torch.full_like(c, -1e9), -c), 5, stride=1, padding=2)[0, 0]
+    settled = (hi == lo) & (lo >= 0)  # the coarse neighbours looked up carry one label
+    up = lambda t: t.repeat_interleave(s, 0).repeat_interleave(s, 1).repeat_interleave(s, 2)[  # noqa: E731
+        : grid.shape[0], : grid.shape[1], : grid.shape[2]]
+    # a fine sample's coarse neighbourhood: its cell and two cells either side (the coarse samples within s are in it)
+    fine_settled, fine_label = up(settled), up(coarse.clamp(min=0))
+    ok = where & fine_settled
+    out[ok] = fine_label[ok]
+    rest = (where & ~fine_settled).reshape(-1).nonzero().squeeze(1)
+    if rest.numel():
+        flat[rest] = lookup(rest)
+    return out
 
 
 @dataclass(frozen=True)

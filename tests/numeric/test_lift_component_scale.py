@@ -30,6 +30,13 @@ def kenney(shared_assets):
     return load_asset(shared_assets / "kenney_character.glb")  # 550 faces, 6 parts (legs, torso, arms, antenna)
 
 
+@pytest.fixture(scope="module")
+def spot_asset(shared_assets):
+    from dreamedit3d_core.assets import load_asset
+
+    return load_asset(shared_assets / "spot.obj")
+
+
 def _alpha(asset, res=256):
     from dreamedit3d_core.render import render_views
 
@@ -128,3 +135,26 @@ def test_a_scaled_part_is_reshaped_whole_and_the_rest_keeps_its_exact_faces(kenn
     # the new part is one closed surface overlapping the kept solid: no boundary edge the source lacks
     assert _boundary_edges(mesh.vertices.numpy(), mesh.faces.numpy()) <= _boundary_edges(kenney.vertices.numpy(),
                                                                                          kenney.faces.numpy())
+
+
+@pytest.mark.parametrize("edit", ["scale", "remove"])
+def test_the_strided_nearest_face_lookup_labels_every_voxel_as_the_exhaustive_one(kenney, spot_asset, edit,
+                                                                                   monkeypatch):
+    """The coarse-then-borders lookup of which source face is nearest to each voxel gives the labels of looking every
+    voxel up (kenney with its scaled arm rebuilt; spot with the top fifth trimmed)."""
+    from lift_eval import edit_region
+
+    from dreamedit3d_core.lifting import hull
+
+    asset = kenney if edit == "scale" else spot_asset
+    rebuilt = torch.from_numpy(edit_region(asset)[0])
+    label = rebuilt.to(torch.int64) * torch.tensor([1, 2])[(torch.arange(len(rebuilt)) % 2)]  # three labels
+    both = hull.edited_and_source_solids(_alpha(asset, 128).alpha, CAMS, asset, 96)
+    where = (both.hull_edited > 0.01) & (both.source_solid > 0.01)
+    monkeypatch.setattr(component_lift, "LABEL_STRIDE", 1)
+    exhaustive = component_lift._nearest_face_label(both.grid, where, asset, label)
+    monkeypatch.setattr(component_lift, "LABEL_STRIDE", 2)
+    strided = component_lift._nearest_face_label(both.grid, where, asset, label)
+    assert int(where.sum()) > 10_000 and set(exhaustive[where].unique().tolist()) == {0, 1, 2}
+    assert torch.equal(strided, exhaustive)
+    assert not strided[~where].any()
