@@ -270,6 +270,23 @@ def _pull_fill(acc: torch.Tensor) -> torch.Tensor:
     return filled
 
 
+def faces_keeping_source(texture: torch.Tensor, uv: torch.Tensor, faces: torch.Tensor, source,
+                         source_faces: torch.Tensor, check_interrupt: Optional[Callable[[], None]] = None
+                         ) -> torch.Tensor:
+    """bool [M]: the faces of a baked mesh whose every texel is the source's own colour (:func:`keep_source_texture`
+    kept them all), i.e. the source faces the edit left alone; texture float [T, T, 3] baked over ``uv`` / ``faces``,
+    ``source_faces`` int64 [M] each face's source face (-1: new)."""
+    frags = rasterize_texture(uv, faces, texture.shape[0], check_interrupt)
+    covered = frags.face_id[0] >= 0
+    face = frags.face_id[0][covered]
+    sf = source_faces.to(face.device)[face]
+    src = source_surface_colors(source, sf.clamp(min=0), frags.bary[0][covered]).to(texture.device)
+    differs = ((texture[covered] - src).abs().amax(-1) > 1e-6) | (sf < 0)
+    changed = torch.zeros(faces.shape[0], dtype=torch.bool, device=face.device)
+    changed[face[differs]] = True
+    return (source_faces.to(face.device) >= 0) & ~changed
+
+
 def write_into_image(image: torch.Tensor, baked: torch.Tensor, covered: torch.Tensor,
                      rings: int = GUTTER_TEXELS) -> torch.Tensor:
     """The ``image`` a texture was baked over with the bake written in: texels ``covered`` take ``baked`` [T, T, 3]
@@ -449,7 +466,8 @@ def keep_source_texture(source, face_ids: torch.Tensor, bary: torch.Tensor, colo
     sees it; its texels then take the source's colour, so unchanged parts keep their full-resolution texture from every
     angle instead of a four-view re-bake. Inside a kept part, seen texels that differ by more than
     ``KEEP_TEXTURE_CHANGED`` take the views' colour (a recoloured region of a single-part asset); in a part that is not
-    kept, seen texels within ``tolerance`` still take the source's (what the edit left as it was).
+    kept, seen texels within ``tolerance`` still take the source's (what the edit left as it was; with ``change``, only
+    when their colour is also within ``KEEP_TEXTURE_TOLERANCE`` of the source's).
     With ``points``, a texel no view sees follows its nearest seen texel of the same part: it takes the source's colour
     when that one kept it, else the inverse-distance mean of the nearest seen texels of that part which the edit
     changed (so an unseen top of a recoloured region takes the new colour, neither the old one nor a prior's).
@@ -481,6 +499,10 @@ def keep_source_texture(source, face_ids: torch.Tensor, bary: torch.Tensor, colo
     seen_count = torch.bincount(part[seen_src], minlength=n_parts)
     close_count = torch.bincount(part[close], minlength=n_parts)
     kept_part = ((close_count >= agreement * seen_count) | (seen_count == 0)).to(part.device)
+    if change is not None:
+        # in an edited part, a pixel that agrees may show something in front of the texel that the edit left alone
+        # (the torso over a recoloured arm's shoulder, within the depth test's tolerance): its own colour must agree too
+        close = close & ((colors - src).abs().amax(-1) <= KEEP_TEXTURE_TOLERANCE)
     keep_seen = seen_src & torch.where(kept_part[part], diff <= KEEP_TEXTURE_CHANGED, close)
     keep = keep_seen | (from_source & ~seen & kept_part[part])
     out = colors

@@ -357,7 +357,8 @@ def _component_aware(st: _LiftState, grid: int, face_budget: int, reconstructor:
                                                 opts.get("prompt"), carve=not agree)
     info = {"silhouette_change": change, "keep": policy.value, "components_kept": list(decision.kept),
             "components_edited": list(decision.edited), "components_removed": list(decision.removed),
-            "components_trimmed": list(decision.trimmed)}
+            "components_trimmed": list(decision.trimmed),
+            "components_reshaped": list(decision.reshaped)}
     if agree and policy == component_lift.KeepPolicy.ALL_BUT_EDITED:
         st.verts, st.faces, st.source_faces = _source_mesh(st.source)
         return {**info, "geometry": "source", "added_volume_fraction": 0.0, "kept_faces": int(len(st.faces)),
@@ -443,7 +444,10 @@ def _colour(st: _LiftState, texture_size: int) -> dict:
         out["texture"] = bake.write_into_image(image, texture, covered)
         st.stats.update(tstats, texture_layout="source")
         return out
-    vmap, faces_uv, uv_np = surface.uv_atlas(st.verts, st.faces, int(texture_size), st.check)
+    textured = _image_textured_faces(st)
+    quadrant = None if textured is None else _canvas_quadrant(st.source.textures[0].shape[0], int(texture_size))
+    atlas_size = int(texture_size) if quadrant is None else quadrant
+    vmap, faces_uv, uv_np = surface.uv_atlas(st.verts, st.faces, atlas_size, st.check)
     vmap_t = torch.from_numpy(vmap).to(device)
     out.update(vertices=v_t[vmap_t], faces=torch.from_numpy(faces_uv).to(device), uv=torch.from_numpy(uv_np).to(device),
                vertex_colors=vertex_colors[vmap_t])
@@ -451,9 +455,88 @@ def _colour(st: _LiftState, texture_size: int) -> dict:
     # the mesh is (partly) the source's own (keep_source, component_aware, or source_guided where nothing changed shape):
     # keep its texture on the components the views agree with
     out["texture"], tstats = bake.bake_texture(out["vertices"], out["faces"], normals[vmap_t], out["uv"], view_sets,
-                                               int(texture_size), out["vertex_colors"], st.check, prior_sets, kept)
+                                               atlas_size, out["vertex_colors"], st.check, prior_sets, kept)
     st.stats.update(tstats, texture_layout="atlas")
+    if quadrant is not None:
+        keeps = textured.to(device) & bake.faces_keeping_source(out["texture"], out["uv"], out["faces"], st.source,
+                                                                kept[1], st.check)
+        if bool(keeps.any()):
+            out.update(_source_canvas(st, out, keeps, v_t, vertex_colors, quadrant))
+            st.stats.update(texture_layout="source+atlas", source_layout_faces=int(keeps.sum()), atlas_size=quadrant)
     return out
+
+
+# Canvas layout (a lift whose faces are partly the source's own, of a source textured by one square image that the
+# source layout cannot take whole: overlapping UVs, untextured or new faces): the source's image in the top-left
+# quadrant of a square canvas, the atlas of the other faces in the top-right one. Re-baking kept faces into an atlas
+# resamples their texture and, from afar, mipmaps it differently from the source's own layout (the truck: 29.5 dB
+# from held-out cameras mipmapped, 43.0 dB without mipmaps); in a quadrant that is the image's side times a power of
+# two, the mip levels the renderer picks are the source's own.
+
+#: The canvas's quadrants grow from half the source image's side towards ``texture_size`` up to this side: the canvas
+#: is at most 4096², or the source image's own side when that is larger (an 8K image: an 8K canvas of 4K quadrants).
+MAX_CANVAS_QUADRANT = 2048
+
+
+def _image_textured_faces(st: _LiftState) -> Optional[torch.Tensor]:
+    """bool [M]: the lifted faces that are source faces textured by the source's single square image alone (white
+    base colour, UVs inside 0..1), or None when the source is not textured that way or no face is."""
+    src, sf = st.source, st.source_faces
+    if src is None or sf is None or src.uv is None or len(src.textures) != 1 or src.vertex_colors is not None:
+        return None
+    image = src.textures[0]
+    if image.ndim != 3 or image.shape[0] != image.shape[1] or image.shape[0] % 2 or src.face_textures is None:
+        return None
+    sf_t = torch.from_numpy(sf).to(src.faces.device)
+    fid = sf_t.clamp(min=0)
+    corner_uv = src.uv[src.faces[fid]]
+    textured = ((sf_t >= 0) & (src.face_textures[fid] == 0) & (src.face_base_color[fid] == 1).all(-1)
+                & ((corner_uv >= 0) & (corner_uv <= 1)).flatten(1).all(-1))
+    return textured if bool(textured.any()) else None
+
+
+def _canvas_quadrant(image_size: int, texture_size: int) -> int:
+    """Side of each quadrant of the canvas: the source image's size times a power of two, the smallest from half of it
+    up that reaches ``texture_size`` (the atlas's side; the canvas is twice that), at most ``MAX_CANVAS_QUADRANT``. The
+    image is box-filtered or repeated to it, so every mip level the renderer picks for it is one of the source's own."""
+    q = image_size // 2
+    while q < texture_size and q < MAX_CANVAS_QUADRANT:
+        q *= 2
+    return q
+
+
+def _source_canvas(st: _LiftState, atlas: dict, keeps: torch.Tensor, v_t: torch.Tensor, vertex_colors: torch.Tensor,
+                   quadrant: int) -> dict:
+    """The mesh fields (vertices, faces, uv, vertex_colors, texture) with the faces ``keeps`` on the source's image
+    (top-left quadrant, the source's own UVs) and the others on ``atlas``'s (top-right quadrant)."""
+    import torch.nn.functional as F
+
+    device, q = v_t.device, quadrant
+    src = st.source
+    image = src.textures[0].to(device=device, dtype=torch.float32)
+    if image.shape[0] > q:
+        image = F.avg_pool2d(image.permute(2, 0, 1)[None], 2)[0].permute(1, 2, 0)
+    elif image.shape[0] < q:  # each texel repeated: its box filter by the same factor is the image again
+        k = q // image.shape[0]
+        image = image.repeat_interleave(k, 0).repeat_interleave(k, 1)
+    canvas = torch.empty(2 * q, 2 * q, 3, dtype=torch.float32, device=device)
+    canvas[:q, :q], canvas[:q, q:] = image, atlas["texture"]
+    canvas[q:] = canvas[:q].flip(0)  # mirrored: filtering across the quadrants' lower edge reads their own colours
+    # each kept corner is (lifted vertex, source vertex): a vertex of its own with the source's UV
+    lifted = torch.from_numpy(st.faces).to(device)[keeps]
+    source = src.faces.to(device)[torch.from_numpy(st.source_faces).to(device)[keeps]]
+    pairs, inverse = torch.unique(torch.stack([lifted.reshape(-1), source.reshape(-1)], 1), dim=0, return_inverse=True)
+    n = atlas["vertices"].shape[0]
+    faces = atlas["faces"].clone()
+    faces[keeps] = inverse.reshape(-1, 3) + n
+    half = torch.tensor([0.5, 0.5], device=device)
+    uv = torch.cat([atlas["uv"].to(torch.float32) * 0.5 + half,
+                    src.uv.to(device=device, dtype=torch.float32)[pairs[:, 1]] * 0.5 + torch.tensor([0.0, 0.5], device=device)])
+    verts = torch.cat([atlas["vertices"], v_t[pairs[:, 0]]])
+    colours = torch.cat([atlas["vertex_colors"], vertex_colors[pairs[:, 0]]])
+    used, remap = torch.unique(faces, return_inverse=True)  # atlas vertices only kept faces used go
+    return dict(vertices=verts[used], faces=remap.reshape(-1, 3), uv=uv[used], vertex_colors=colours[used],
+                texture=canvas)
 
 
 def _uv_overlap(uv: torch.Tensor, faces: torch.Tensor, covered: torch.Tensor) -> bool:
@@ -551,7 +634,10 @@ def lift_to_mesh(
         grid: voxels along the object's longest side (16..512).
         texture_size: side of the square texture; 0 bakes vertex colours only. A lift made of source faces only, of a
             source with one square texture over non-overlapping UVs, keeps that texture's layout and size instead
-            (``stats["texture_layout"]`` "source", else "atlas").
+            (``stats["texture_layout"]`` "source"). Else, with a source textured by one square image, the faces the
+            edit left alone keep that image and their UVs in a canvas twice the atlas's side (``stats["atlas_size"]``:
+            the image's side times a power of two, from half of it towards ``texture_size``, at most 2048),
+            the other faces on the atlas ("source+atlas"); else a new atlas ("atlas").
         face_budget: decimate to at most this many faces (0: none). "keep_source" never decimates.
         refine_steps: Adam steps refining the texture against the views (0: off). Geometry refinement is not implemented.
         progress: reports stages and refinement steps; its ``check_interrupt`` is polled inside every long loop.

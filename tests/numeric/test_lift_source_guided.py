@@ -77,7 +77,7 @@ def test_untouched_components_keep_the_source_texture_and_the_recoloured_one_tak
     kw = dict(alpha=views.alpha, source=source, mode="keep_source", texture_size=512)
     mesh = lift_to_mesh(views.rgb, CAMS, **kw)
     assert mesh.stats["source_texture_parts"] == 1
-    frags = rasterize_texture(mesh.uv, mesh.faces, 512)
+    frags = rasterize_texture(mesh.uv, mesh.faces, mesh.texture.shape[0])  # a canvas twice the atlas (source+atlas)
     covered = frags.face_id[0] >= 0
     face = frags.face_id[0][covered]  # keep_source keeps the source's faces in order
     truth = source_surface_colors(source, face, frags.bary[0][covered])

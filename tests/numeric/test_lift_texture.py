@@ -98,7 +98,7 @@ def test_the_unseen_top_of_a_recoloured_part_takes_the_new_colour_not_the_old_on
     level = MVCameras(elevation_deg=0.0, azimuth_deg=CAMS.azimuth_deg, fov_deg=CAMS.fov_deg, radius=CAMS.radius)
     mesh = lift_to_mesh(_views(edited, level).rgb, level, source=source, mode="component_aware", grid=64,
                         texture_size=256)
-    frags = rasterize_texture(mesh.uv, mesh.faces, 256)
+    frags = rasterize_texture(mesh.uv, mesh.faces, mesh.texture.shape[0])
     covered = frags.face_id[0] >= 0
     face = frags.face_id[0][covered]
     corners = mesh.vertices[mesh.faces[face]]
@@ -113,3 +113,43 @@ def test_the_unseen_top_of_a_recoloured_part_takes_the_new_colour_not_the_old_on
     grey = float(((got[base_top] - 0.6).abs().amax(-1) < 0.02).float().mean())
     print("unseen lid in the new colour", on_lid, "base lid grey", grey)
     assert on_lid >= 0.95 and grey >= 0.95, (on_lid, grey)
+
+
+def test_faces_the_edit_left_alone_stay_on_the_source_image_when_its_uvs_overlap(shared_assets):
+    """kenney's palette texture (faces share swatches) cannot be re-baked in place: the faces the edit left alone keep
+    the source's image and UVs in the canvas's top-left quadrant (box-filtered by two at texture_size 256, so its mip
+    levels are the source's), the others are on an atlas; from held-out cameras, mipmapped, the lift is the source."""
+    from lift_eval import RECOLOR, make_edit, novel_cameras
+
+    from _lift_helpers import lifted_as_asset, masked_psnr
+    from dreamedit3d_core.assets import load_asset
+
+    kenney = load_asset(shared_assets / "kenney_character.glb")  # 512² palette, 6 parts
+    image = kenney.textures[0]
+    mesh = lift_to_mesh(_views(kenney).rgb, CAMS, source=kenney, mode="component_aware", grid=64, texture_size=256)
+    assert mesh.stats["texture_layout"] == "source+atlas" and mesh.texture.shape == (512, 512, 3)
+    assert mesh.stats["source_layout_faces"] == kenney.faces.shape[0]
+    halved = image.reshape(256, 2, 256, 2, 3).mean((1, 3))
+    assert torch.allclose(mesh.texture[:256, :256], halved, atol=1e-6)
+    # every corner sits at the source's UV mapped into the quadrant (a no-edit lift keeps the source's faces in order)
+    assert torch.equal(mesh.vertices[mesh.faces], kenney.vertices[kenney.faces])
+    got_uv = mesh.uv[mesh.faces]
+    want = kenney.uv[kenney.faces] * 0.5 + torch.tensor([0.0, 0.5])
+    assert torch.allclose(got_uv, want, atol=1e-6)
+    from dreamedit3d_core.render import render_views
+
+    cams = novel_cameras(CAMS.fov_deg, CAMS.radius)[1]  # the elevation-45 ring
+    ref = render_views(kenney, cams, resolution=192, lighting="unlit")
+    again = render_views(lifted_as_asset(mesh), cams, resolution=192, lighting="unlit")
+    db = float(np.mean(masked_psnr(again.rgb, ref.rgb, ref.alpha[:, 0] > 0.99)))
+    print("kenney no edit from elevation 45, canvas layout:", db, "dB")
+    assert db > 50.0, db  # the 256² atlas it replaces: 36.9 dB
+    # a recoloured arm leaves the source image for the atlas (all of it: its occluded shoulder too); the rest stays
+    edit = make_edit(kenney, "recolor")
+    recoloured = lift_to_mesh(_views(edit.asset).rgb, CAMS, source=kenney, mode="component_aware", grid=64,
+                              texture_size=256)
+    blue = (edit.asset.face_base_color == torch.tensor(RECOLOR)).all(-1)
+    on_image = recoloured.uv[recoloured.faces].amax(1)[:, 0] <= 0.5  # faces in the left (source image) quadrant
+    assert torch.equal(recoloured.vertices[recoloured.faces], kenney.vertices[kenney.faces])
+    print("recolour: faces on the source image", int(on_image.sum()), "of", int((~blue).sum()), "unchanged")
+    assert not bool((on_image & blue).any()) and int(on_image.sum()) >= 0.98 * int((~blue).sum())  # measured 468/470
