@@ -569,12 +569,19 @@ def _with_parts_rescaled(source: MeshAsset, parts: Sequence[RescaledPart]) -> tu
     return torch.cat(verts), faces
 
 
-def _silhouette_mismatch(mask: torch.Tensor, target: torch.Tensor) -> float:
-    """Pixels where bool [V, H, W] ``mask`` and ``target`` differ by more than a pixel (keying moves outlines by one)."""
-    m = mask[:, None].to(torch.float32)
-    grown = F.max_pool2d(m, 3, stride=1, padding=1)[:, 0] > 0.5
-    shrunk = -F.max_pool2d(-m, 3, stride=1, padding=1)[:, 0] > 0.5
-    return float((target & ~grown).sum() + (shrunk & ~target).sum())
+def _tolerant_target(target: torch.Tensor) -> tuple:
+    """(``target`` bool [V, H, W], it dilated, it eroded by a pixel): what :func:`_silhouette_mismatch` compares with."""
+    t = target[:, None].to(torch.float32)
+    return (target, F.max_pool2d(t, 3, stride=1, padding=1)[:, 0] > 0.5,
+            -F.max_pool2d(-t, 3, stride=1, padding=1)[:, 0] > 0.5)
+
+
+def _silhouette_mismatch(mask: torch.Tensor, tolerant_target: tuple) -> tuple:
+    """(pixels where bool [V, H, W] ``mask`` and the target differ by more than a pixel (keying moves outlines by one):
+    ``mask`` outside the target dilated, or the target eroded outside ``mask``; pixels where they differ at all, which
+    orders scales the first count cannot tell apart) for ``tolerant_target`` (:func:`_tolerant_target`)."""
+    target, grown, core = tolerant_target
+    return float((mask & ~grown).sum() + (core & ~mask).sum()), float((mask ^ target).sum())
 
 
 def rescaled_parts(alpha: torch.Tensor, cameras: MVCameras, source: MeshAsset, rebuilt_faces: torch.Tensor) -> list:
@@ -590,7 +597,7 @@ def rescaled_parts(alpha: torch.Tensor, cameras: MVCameras, source: MeshAsset, r
 
     h, w = alpha.shape[-2:]
     res = (min(h, FIT_RESOLUTION), max(1, round(w * min(h, FIT_RESOLUTION) / h)))
-    target = F.interpolate(alpha.cpu().to(torch.float32), size=res, mode="area")[:, 0] > 0.5
+    target = _tolerant_target(F.interpolate(alpha.cpu().to(torch.float32), size=res, mode="area")[:, 0] > 0.5)
     verts, faces = source.vertices.cpu().to(torch.float32), source.faces.cpu()
     rebuilt = rebuilt_faces.cpu()
     out = []
@@ -601,23 +608,23 @@ def rescaled_parts(alpha: torch.Tensor, cameras: MVCameras, source: MeshAsset, r
             continue
         rest = faces[~mine]
         rest_mask = (rasterize_views(verts, rest, cameras, res).mask if rest.shape[0]
-                     else torch.zeros_like(target))
+                     else torch.zeros_like(target[0]))
         centre = verts[faces[mine].unique()].double().mean(0)
 
-        def mismatch(scale: float) -> tuple:
+        def mismatch(scale: float) -> tuple:  # (tolerant count, exact count, the part's pixels)
             v = (centre + (verts.double() - centre) * scale).to(torch.float32)
             shown = rasterize_views(v, faces[mine], cameras, res).mask
-            return _silhouette_mismatch(shown | rest_mask, target), float(shown.sum())
+            return (*_silhouette_mismatch(shown | rest_mask, target), float(shown.sum()))
 
-        coarse = [mismatch(float(x))[0] for x in FIT_SCALES]
-        best = int(np.argmin(coarse))
+        coarse = [mismatch(float(x))[:2] for x in FIT_SCALES]
+        best = min(range(len(coarse)), key=coarse.__getitem__)
         if best in (0, len(FIT_SCALES) - 1):
             continue
         fine = np.geomspace(FIT_SCALES[best - 1], FIT_SCALES[best + 1], FIT_REFINE_STEPS)
         errs = [mismatch(float(x)) for x in fine]
-        k = int(np.argmin([e[0] for e in errs]))
-        scale, (err, shown) = float(fine[k]), errs[k]
-        unchanged, shown_before = mismatch(1.0)
+        k = min(range(len(errs)), key=lambda i: errs[i][:2])
+        scale, (err, _, shown) = float(fine[k]), errs[k]
+        unchanged, _, shown_before = mismatch(1.0)
         size = max(shown, shown_before, 1.0)  # a shrunk part is judged against what it was
         if abs(np.log(scale)) < np.log(1.0 + FIT_MIN_CHANGE) or err > FIT_MAX_RESIDUAL * size \
                 or err > FIT_MAX_GAIN * unchanged:

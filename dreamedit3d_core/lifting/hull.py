@@ -94,25 +94,34 @@ def silhouette_occupancy(alpha: torch.Tensor, cameras: MVCameras, grid: VoxelGri
     Returns:
         float32 [X, Y, Z] in 0..1 on ``alpha``'s device.
     """
-    h, w = alpha.shape[-2:]
-    a = alpha.to(torch.float32)
+    return silhouette_occupancies(alpha, cameras, grid, check_interrupt, where)[0]
+
+
+def silhouette_occupancies(masks: torch.Tensor, cameras: MVCameras, grid: VoxelGrid,
+                           check_interrupt: Optional[Callable[[], None]] = None,
+                           where: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`silhouette_occupancy` of each channel of ``masks`` float [V, C, H, W] (several silhouettes of the same
+    views: the grid is projected once for all): float32 [C, X, Y, Z]."""
+    h, w = masks.shape[-2:]
+    c = masks.shape[1]
+    a = masks.to(torch.float32)
     if where is not None:
-        sel = where.reshape(-1).to(alpha.device).nonzero().squeeze(1)
-        out = torch.zeros(grid.num_points, dtype=torch.float32, device=alpha.device)
+        sel = where.reshape(-1).to(masks.device).nonzero().squeeze(1)
+        out = torch.zeros(c, grid.num_points, dtype=torch.float32, device=masks.device)
         for start in range(0, sel.numel(), POINT_CHUNK):
             if check_interrupt is not None:
                 check_interrupt()
             idx = sel[start:start + POINT_CHUNK]
             pix, depth = cameras.project(grid.points_at(idx), h, w)
-            out[idx] = sample_images(a, pix, depth)[..., 0].amin(0)
-        return out.reshape(grid.shape)
-    out = torch.empty(grid.num_points, dtype=torch.float32, device=alpha.device)
-    for start, stop, p in grid.chunks(alpha.device):
+            out[:, idx] = sample_images(a, pix, depth).amin(0).T
+        return out.reshape(c, *grid.shape)
+    out = torch.empty(c, grid.num_points, dtype=torch.float32, device=masks.device)
+    for start, stop, p in grid.chunks(masks.device):
         if check_interrupt is not None:
             check_interrupt()
         pix, depth = cameras.project(p, h, w)
-        out[start:stop] = sample_images(a, pix, depth)[..., 0].amin(0)
-    return out.reshape(grid.shape)
+        out[:, start:stop] = sample_images(a, pix, depth).amin(0).T
+    return out.reshape(c, *grid.shape)
 
 
 def _carving_cameras() -> list[MVCameras]:
@@ -272,8 +281,8 @@ def mesh_silhouettes(vertices: torch.Tensor, faces: torch.Tensor, cameras: MVCam
     return mask
 
 
-__all__ = ["VoxelGrid", "silhouette_occupancy", "mesh_occupancy", "source_guided_occupancy", "fit_grid",
-           "keep_main_solids", "gaussian_smooth", "source_silhouettes", "source_silhouette_dilation",
+__all__ = ["VoxelGrid", "silhouette_occupancy", "silhouette_occupancies", "mesh_occupancy", "source_guided_occupancy",
+           "fit_grid", "keep_main_solids", "gaussian_smooth", "source_silhouettes", "source_silhouette_dilation",
            "mesh_silhouettes"]
 
 
@@ -294,8 +303,9 @@ def edited_and_source_solids(alpha: torch.Tensor, cameras: MVCameras, source: Me
     component-aware lifting compare to find where the edit changed the shape."""
     h, w = alpha.shape[-2:]
     fine = fit_grid(lambda g: silhouette_occupancy(alpha, cameras, g, check_interrupt), resolution, "visual hull")
-    hull_edited = silhouette_occupancy(alpha, cameras, fine, check_interrupt)
     src_sil = source_silhouettes(source, cameras, h, w, dilate_px=source_silhouette_dilation(h))
-    hull_source = silhouette_occupancy(src_sil, cameras, fine, check_interrupt)
+    # both hulls from one projection of the grid
+    hull_edited, hull_source = silhouette_occupancies(torch.cat([alpha.to(torch.float32), src_sil.to(alpha.device)], 1),
+                                                      cameras, fine, check_interrupt)
     solid = mesh_occupancy(source.vertices, source.faces, fine, where=hull_edited > 0.01, check_interrupt=check_interrupt)
     return EditedAndSource(fine, hull_edited, hull_source, solid)
