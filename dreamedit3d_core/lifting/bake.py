@@ -365,7 +365,8 @@ def change_from_source(rgb: torch.Tensor, background, source_rgb: torch.Tensor, 
     """
     v, _, h, w = rgb.shape
     rgb = rgb.to(torch.float32)
-    bg = torch.as_tensor(background, dtype=torch.float32, device=rgb.device).reshape(-1, 3).expand(v, 3)[..., None, None]
+    bg = torch.as_tensor(background, dtype=torch.float32, device=rgb.device).reshape(-1, 3).expand(v, 3)
+    bg = bg[..., None, None]
     src_rgb, src_a = source_rgb.to(rgb), source_alpha.to(rgb)
     if gain is not None:
         src_rgb = src_rgb * gain.to(rgb)[:, None, None, None]
@@ -583,8 +584,9 @@ def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor
     compared = source_comparison(source[0], source[1], view_sets) if source is not None else None
     if compared is not None:
         view_sets = compared[0]
-    corners = verts.to(torch.float32)[faces[frags.face_id[0][covered]]]
-    face_nrm = F.normalize(torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=-1), dim=-1)
+    from ..render import face_normals
+
+    face_nrm = face_normals(verts.to(torch.float32), faces)[frags.face_id[0][covered]]
     colors, wsum, views_wsum = _colors_views_then_prior(pos, nrm, view_sets, prior_sets, check_interrupt, face_nrm)
     seen = wsum > MIN_WEIGHT
     kept_parts = None

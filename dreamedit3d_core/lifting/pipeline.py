@@ -530,8 +530,8 @@ def _source_canvas(st: _LiftState, atlas: dict, keeps: torch.Tensor, v_t: torch.
     faces = atlas["faces"].clone()
     faces[keeps] = inverse.reshape(-1, 3) + n
     half = torch.tensor([0.5, 0.5], device=device)
-    uv = torch.cat([atlas["uv"].to(torch.float32) * 0.5 + half,
-                    src.uv.to(device=device, dtype=torch.float32)[pairs[:, 1]] * 0.5 + torch.tensor([0.0, 0.5], device=device)])
+    on_image = src.uv.to(device=device, dtype=torch.float32)[pairs[:, 1]] * 0.5 + torch.tensor([0.0, 0.5], device=device)
+    uv = torch.cat([atlas["uv"].to(torch.float32) * 0.5 + half, on_image])
     verts = torch.cat([atlas["vertices"], v_t[pairs[:, 0]]])
     colours = torch.cat([atlas["vertex_colors"], vertex_colors[pairs[:, 0]]])
     used, remap = torch.unique(faces, return_inverse=True)  # atlas vertices only kept faces used go
