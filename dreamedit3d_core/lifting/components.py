@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..cameras import MVCameras
 from ..errors import ConfigError
 from ..types import ComponentMasks, MeshAsset
-from . import hull, surface
+from . import hull, rounding, surface
 
 
 class KeepPolicy(str, Enum):
@@ -46,10 +46,6 @@ class KeepPolicy(str, Enum):
 KEEP_POLICIES = tuple(p.value for p in KeepPolicy)
 #: Smoothing (voxels) of the new geometry's occupancy before marching cubes: rounds the hull's four-plane ridges.
 NEW_PART_SIGMA = 1.2
-#: Each added solid is also blurred by this fraction of its inscribed radius (its thickness, so a thin antenna stays):
-#: four views see a ball as two crossed cylinders (+27 % volume); rounding their ridges brings it back towards the ball (measured: added-ball IoU 0.83-0.86 -> 0.87-0.90 on
-#: kenney/spot at grid 64 and 128; 0.4 shrinks it too far).
-ROUNDING_FRACTION = 0.3
 #: Voxels by which new geometry reaches into the kept solid (an overlap that leaves no crack at the joint).
 OVERLAP_VOXELS = 2
 #: Voxels the added material may grow through the edited hull's slack (outside the source's solid) to reach it.
@@ -633,26 +629,6 @@ def rescaled_parts(alpha: torch.Tensor, cameras: MVCameras, source: MeshAsset, r
     return out
 
 
-def _rounded(added: torch.Tensor, fraction: Optional[float] = None) -> torch.Tensor:
-    """Each connected solid of ``added`` blurred by ``fraction`` of its inscribed radius (voxels; none below
-    ``NEW_PART_SIGMA``, which the whole new part gets anyway): rounds the ridges the four silhouettes leave."""
-    from scipy import ndimage
-
-    inside = (added > hull.ISO_LEVEL).cpu().numpy()
-    labels, n = ndimage.label(inside)
-    if n == 0:
-        return added
-    radius = np.asarray(ndimage.maximum(ndimage.distance_transform_edt(inside), labels, np.arange(1, n + 1)))
-    fraction = ROUNDING_FRACTION if fraction is None else fraction
-    out = added
-    for i in np.flatnonzero(fraction * radius > NEW_PART_SIGMA):
-        mine = torch.from_numpy(labels == i + 1).to(added.device)
-        part = torch.where(mine, added, torch.zeros_like(added))
-        out = torch.maximum(torch.where(mine, torch.zeros_like(out), out),
-                            hull.gaussian_smooth(part, float(fraction * radius[i])))
-    return out
-
-
 def _grow_within(seed: torch.Tensor, allowed: torch.Tensor, steps: int) -> torch.Tensor:
     """Geodesic dilation of a soft grid: ``steps`` one-voxel max-pool steps, each capped by ``allowed``."""
     out = seed
@@ -740,7 +716,9 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
         seeds, allowed, slack = torch.minimum(seeds, shape), torch.minimum(allowed, shape), SHAPED_SLACK_VOXELS
     added = _grow_within(seeds, allowed, slack) if bool((seeds > hull.ISO_LEVEL).any()) else seeds
     if shaped_by is None:
-        added = _rounded(added)  # the silhouettes alone leave ridges; a reconstructor's surface has none
+        # four views see a ball as two crossed cylinders; cut each added solid to the ellipse inscribed in its slices
+        # (a reconstructor's surface has no such ridges)
+        added = rounding.round_solids(added, alpha, cameras, fine, check)
     new = _drop_small(torch.maximum(torch.maximum(rebuilt, added), scaled), MIN_NEW_VOXELS)
     stats = {"voxel_size": fine.spacing, "grid_shape": list(fine.shape), "kept_faces": int(len(kf)),
              "rescaled_parts": [round(p.scale, 3) for p in rescaled],

@@ -107,7 +107,8 @@ def test_an_added_part_is_recovered_and_joined_while_the_rest_keeps_its_exact_fa
     got = inside_mesh(mesh.vertices.numpy(), mesh.faces.numpy(), pts) & ~in_source
     iou = (truth & got).sum() / (truth | got).sum()
     print(name, "added-part IoU", iou, "new faces", s["new_faces"])
-    assert iou >= 0.8, iou  # measured 0.875 (kenney) / 0.887 (spot); four-view hull without rounding: 0.83 / 0.84
+    assert iou >= 0.9, iou  # measured 0.935 (kenney) / 0.942 (spot); the four-view hull blurred by 0.3 of its thickness
+    # (before lifting.rounding): 0.875 / 0.887; unrounded: 0.83 / 0.84
     # joined without cracks: the new part is one closed surface, so the lift has no boundary edge the source lacks
     assert _boundary_edges(mesh.vertices.numpy(), mesh.faces.numpy()) == _boundary_edges(asset.vertices.numpy(),
                                                                                         asset.faces.numpy())
@@ -296,5 +297,6 @@ def test_a_reconstructor_shapes_only_the_new_part_and_the_kept_faces_stay_the_so
             assert s["new_faces"] == 0 or got.sum() < 0.05 * truth.sum(), (s["new_faces"], got.sum(), truth.sum())
     print("added-part IoU by reconstructor", ious)
     assert calls == [64]
-    # measured: 0.912 with the true mesh, 0.875 from the silhouettes alone, 0.0 from a mesh without the ball
-    assert ious["truth"] >= 0.9 and ious["truth"] > ious[None], ious
+    # measured: 0.912 with the true mesh, 0.935 from the silhouettes alone (rounded to the ellipse inscribed in their
+    # slices: a ball is what that assumes), 0.0 from a mesh without the ball (the reconstructor's shape is what counts)
+    assert ious["truth"] >= 0.9 and ious[None] >= 0.9, ious
