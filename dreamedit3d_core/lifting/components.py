@@ -46,6 +46,9 @@ class KeepPolicy(str, Enum):
 KEEP_POLICIES = tuple(p.value for p in KeepPolicy)
 #: Smoothing (voxels) of the new geometry's occupancy before marching cubes: rounds the hull's four-plane ridges.
 NEW_PART_SIGMA = 1.2
+#: An added solid whose grown pixels (where the edited silhouettes pass the source's) larger added solids already cover
+#: to at least this fraction is a ghost of the four-view hull, not a part (``_drop_unneeded_solids``).
+GHOST_COVERED = 0.95
 #: Voxels by which new geometry reaches into the kept solid (an overlap that leaves no crack at the joint).
 OVERLAP_VOXELS = 2
 #: Voxels the added material may grow through the edited hull's slack (outside the source's solid) to reach it.
@@ -637,6 +640,49 @@ def _grow_within(seed: torch.Tensor, allowed: torch.Tensor, steps: int) -> torch
     return out
 
 
+def _drop_unneeded_solids(added: torch.Tensor, alpha: torch.Tensor, cameras: MVCameras, source: MeshAsset,
+                          grid: hull.VoxelGrid) -> tuple[torch.Tensor, int]:
+    """``added`` without the solids no view needs: (occupancy, number of solids dropped).
+
+    Where the edited silhouettes grow past the source's (the "grown" pixels), the four-view hull also holds ghosts: a
+    region the new part covers in one direction and the source's thin parts (a spider's legs) in the others is inside
+    every edited silhouette and outside the source's, with nothing there. A solid is needed when it covers grown
+    pixels that the larger solids do not already cover; solids are taken largest first, and one whose grown pixels
+    are at least ``GHOST_COVERED`` covered already is dropped.
+    """
+    from scipy import ndimage
+
+    inside = (added > hull.ISO_LEVEL).cpu().numpy()
+    labels, n = ndimage.label(inside)
+    if n < 2:
+        return added, 0
+    h, w = alpha.shape[-2:]
+    src = hull.source_silhouettes(source, cameras, h, w, hull.source_silhouette_dilation(h)).cpu()
+    grown = (alpha.cpu() > 0.5) & (src < 0.5)  # [V, 1, H, W]
+    flat = torch.from_numpy(labels.reshape(-1))
+    sizes = torch.bincount(flat, minlength=n + 1)
+    covered = torch.zeros_like(grown)
+    dropped = torch.zeros(n + 1, dtype=torch.bool)
+    # a voxel's footprint: about a voxel's size in pixels (a 3x3 splat at grid 128 / 256 px)
+    for k in (torch.argsort(sizes[1:], descending=True) + 1).tolist():
+        pix, depth = cameras.project(grid.points_at((flat == k).nonzero().squeeze(1)), h, w)
+        mine = torch.zeros_like(grown, dtype=torch.float32)
+        for v in range(mine.shape[0]):
+            xy = pix[v][depth[v] > 0].round().long()
+            ok = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
+            mine[v, 0, xy[ok, 1], xy[ok, 0]] = 1.0
+        mine = F.max_pool2d(mine, 3, stride=1, padding=1) > 0
+        explains = mine & grown
+        if int(explains.sum()) and float((explains & covered).sum()) >= GHOST_COVERED * float(explains.sum()):
+            dropped[k] = True
+            continue
+        covered |= mine
+    if not bool(dropped.any()):
+        return added, 0
+    ghost = torch.from_numpy(dropped.numpy()[labels]).to(added.device)
+    return torch.where(ghost, torch.zeros_like(added), added), int(dropped.sum())
+
+
 def _drop_small(occ: torch.Tensor, min_voxels: int) -> torch.Tensor:
     from scipy import ndimage
 
@@ -719,9 +765,10 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
         # four views see a ball as two crossed cylinders; cut each added solid to the ellipse inscribed in its slices
         # (a reconstructor's surface has no such ridges)
         added = rounding.round_solids(added, alpha, cameras, fine, check)
+    added, ghosts = _drop_unneeded_solids(added, alpha, cameras, source, fine)
     new = _drop_small(torch.maximum(torch.maximum(rebuilt, added), scaled), MIN_NEW_VOXELS)
     stats = {"voxel_size": fine.spacing, "grid_shape": list(fine.shape), "kept_faces": int(len(kf)),
-             "rescaled_parts": [round(p.scale, 3) for p in rescaled],
+             "rescaled_parts": [round(p.scale, 3) for p in rescaled], "ghost_solids_dropped": ghosts,
              "added_volume_fraction": float((added > 0.5).sum()) / max(float((solid > 0.5).sum()), 1.0)}
     if not bool((new > hull.ISO_LEVEL).any()):
         stats["new_faces"] = 0

@@ -300,3 +300,20 @@ def test_a_reconstructor_shapes_only_the_new_part_and_the_kept_faces_stay_the_so
     # measured: 0.912 with the true mesh, 0.935 from the silhouettes alone (rounded to the ellipse inscribed in their
     # slices: a ball is what that assumes), 0.0 from a mesh without the ball (the reconstructor's shape is what counts)
     assert ious["truth"] >= 0.9 and ious[None] >= 0.9, ious
+
+
+def test_an_added_part_over_thin_legs_leaves_no_ghost_of_the_hull(shared_assets):
+    from dreamedit3d_core.assets import load_asset
+
+    from lift_eval import make_edit
+
+    spider = load_asset(shared_assets / "spider.obj")  # thin legs: the four-view hull around them is mostly empty
+    edit = make_edit(spider, "add")  # a ball on top: it covers the legs' hull in one direction only
+    ball = edit.asset.vertices[edit.asset.faces[edit.asset.part_ids == edit.asset.num_parts - 1].reshape(-1)]
+    centre, radius = ball.double().mean(0), float((ball.double() - ball.double().mean(0)).norm(dim=1).max())
+    mesh = lift_to_mesh(_views(edit.asset).rgb, CAMS, source=spider, mode="component_aware", grid=128, texture_size=0)
+    s = mesh.stats
+    assert s["ghost_solids_dropped"] >= 1 and s["new_faces"] > 0, s
+    new = mesh.vertices[mesh.faces[s["kept_faces"]:]].double().mean(1)
+    # every new face belongs to the ball (before: 36 % of the new surface lay more than 2 radii away, by the body)
+    assert float((new - centre).norm(dim=1).max()) < 1.5 * radius
