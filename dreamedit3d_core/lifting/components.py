@@ -744,10 +744,15 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
         explained = hull.silhouette_occupancy(moved, cameras, fine, check, where=seeds > 0).cpu()
         seeds = torch.minimum(seeds, 1.0 - explained)
     scaled = torch.zeros_like(solid)  # the rescaled parts' solids: exact already, not blurred like the hull's
+    surfaces: list = []  # rescaled open parts as (vertices, faces): their scaled source faces themselves
     for part in rescaled:
         check()
         v, f = part.vertices(source), src_faces[part.faces]
         shape = hull.mesh_occupancy(v, f, fine, where=reach & _box_mask(fine, v[f.unique()], 2), check_interrupt=check)
+        if not bool((shape > hull.ISO_LEVEL).any()):
+            # an open surface (a neck tube, a sheet) has no solid to voxelize: its own faces, scaled, are the part
+            used, local = np.unique(f.numpy(), return_inverse=True)
+            surfaces.append((v.double().numpy()[used], local.reshape(-1, 3).astype(np.int64)))
         scaled = torch.maximum(scaled, torch.minimum(shape.cpu(), hull_edited))
         # the new material the scaled part explains is not an added part
         near = F.max_pool3d(shape.cpu()[None, None], 2 * OVERLAP_VOXELS + 1, stride=1, padding=OVERLAP_VOXELS)[0, 0]
@@ -772,12 +777,12 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
              "added_volume_fraction": float((added > 0.5).sum()) / max(float((solid > 0.5).sum()), 1.0)}
     if not bool((new > hull.ISO_LEVEL).any()):
         stats["new_faces"] = 0
-        return kv, kf, kept_source_faces, stats
+        return _with_surfaces(kv, kf, kept_source_faces, stats, surfaces)
     new = torch.maximum(hull.gaussian_smooth(new, NEW_PART_SIGMA if shaped_by is None else SHAPED_PART_SIGMA),
                         torch.minimum(new, scaled))
     if not bool((new > hull.ISO_LEVEL).any()):  # a sliver the smoothing took away: nothing to add
         stats["new_faces"] = 0
-        return kv, kf, kept_source_faces, stats
+        return _with_surfaces(kv, kf, kept_source_faces, stats, surfaces)
     # reach a few voxels into the kept solid next to the new material: the joint overlaps, it never cracks
     reach_in = torch.minimum(F.max_pool3d(new[None, None], 2 * OVERLAP_VOXELS + 1, stride=1,
                                           padding=OVERLAP_VOXELS)[0, 0], kept_solid)
@@ -787,10 +792,20 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
     # kept closed (no cut where it enters the kept solid): a cut would leave boundary edges, hidden but not watertight
     budget = max(int(face_budget) - len(kf), int(face_budget) // 5) if face_budget else 0
     nv, nf = surface.smooth_and_decimate(nv, nf, budget, NEW_PART_TAUBIN, check_interrupt=check)
-    stats["new_faces"] = int(len(nf))
-    verts = np.concatenate([kv, nv]) if len(nf) else kv
-    faces = np.concatenate([kf, nf + len(kv)]) if len(nf) else kf
-    source_faces = np.concatenate([kept_source_faces, np.full(len(nf), -1, np.int64)])
+    stats["new_faces"] = 0
+    return _with_surfaces(kv, kf, kept_source_faces, stats, [(nv, nf)] + surfaces)
+
+
+def _with_surfaces(verts: np.ndarray, faces: np.ndarray, source_faces: np.ndarray, stats: dict, surfaces: list) -> tuple:
+    """The lift's (vertices, faces, source face per face, stats) with new surfaces [(vertices, faces)] appended as new
+    faces (source face -1), counted in ``stats["new_faces"]``."""
+    for nv, nf in surfaces:
+        if not len(nf):
+            continue
+        faces = np.concatenate([faces, nf + len(verts)])
+        verts = np.concatenate([verts, nv])
+        source_faces = np.concatenate([source_faces, np.full(len(nf), -1, np.int64)])
+        stats["new_faces"] = stats.get("new_faces", 0) + int(len(nf))
     return verts, faces, source_faces, stats
 
 
