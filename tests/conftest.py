@@ -36,6 +36,22 @@ def shared_assets(shared_dir) -> Path:
     return shared_dir / "assets"
 
 
+@pytest.fixture(scope="session")
+def kenney(shared_assets):
+    """The shared kenney character: 550 faces, 6 parts (legs, torso, arms, antenna), a palette texture."""
+    from dreamedit3d_core.assets import load_asset
+
+    return load_asset(shared_assets / "kenney_character.glb")
+
+
+@pytest.fixture(scope="session")
+def spot(shared_assets):
+    """The shared spot cow, one part, with its texture."""
+    from dreamedit3d_core.assets import load_asset
+
+    return load_asset(shared_assets / "spot.obj", texture=str(shared_assets / "spot_texture.png"))
+
+
 @pytest.fixture
 def rng():
     import torch

@@ -23,20 +23,6 @@ pytestmark = pytest.mark.numeric
 CAMS = MVCameras.mvdream_default()
 
 
-@pytest.fixture(scope="module")
-def kenney(shared_assets):
-    from dreamedit3d_core.assets import load_asset
-
-    return load_asset(shared_assets / "kenney_character.glb")  # 550 faces, 6 parts (legs, torso, arms, antenna)
-
-
-@pytest.fixture(scope="module")
-def spot(shared_assets):
-    from dreamedit3d_core.assets import load_asset
-
-    return load_asset(shared_assets / "spot.obj", texture=str(shared_assets / "spot_texture.png"))
-
-
 def _views(asset, res=256):
     from dreamedit3d_core.render import render_views
 

@@ -23,20 +23,6 @@ pytestmark = pytest.mark.numeric
 CAMS = MVCameras.mvdream_default()
 
 
-@pytest.fixture(scope="module")
-def kenney(shared_assets):
-    from dreamedit3d_core.assets import load_asset
-
-    return load_asset(shared_assets / "kenney_character.glb")  # 550 faces, 6 parts (legs, torso, arms, antenna)
-
-
-@pytest.fixture(scope="module")
-def spot_asset(shared_assets):
-    from dreamedit3d_core.assets import load_asset
-
-    return load_asset(shared_assets / "spot.obj")
-
-
 def _alpha(asset, res=256):
     from dreamedit3d_core.render import render_views
 
@@ -138,7 +124,7 @@ def test_a_scaled_part_is_reshaped_whole_and_the_rest_keeps_its_exact_faces(kenn
 
 
 @pytest.mark.parametrize("edit", ["scale", "remove"])
-def test_the_strided_nearest_face_lookup_labels_every_voxel_as_the_exhaustive_one(kenney, spot_asset, edit,
+def test_the_strided_nearest_face_lookup_labels_every_voxel_as_the_exhaustive_one(kenney, spot, edit,
                                                                                    monkeypatch):
     """The coarse-then-borders lookup of which source face is nearest to each voxel gives the labels of looking every
     voxel up (kenney with its scaled arm rebuilt; spot with the top fifth trimmed)."""
@@ -146,7 +132,7 @@ def test_the_strided_nearest_face_lookup_labels_every_voxel_as_the_exhaustive_on
 
     from dreamedit3d_core.lifting import hull
 
-    asset = kenney if edit == "scale" else spot_asset
+    asset = kenney if edit == "scale" else spot
     rebuilt = torch.from_numpy(edit_region(asset)[0])
     label = rebuilt.to(torch.int64) * torch.tensor([1, 2])[(torch.arange(len(rebuilt)) % 2)]  # three labels
     both = hull.edited_and_source_solids(_alpha(asset, 128).alpha, CAMS, asset, 96)

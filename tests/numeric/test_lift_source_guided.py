@@ -21,13 +21,6 @@ pytestmark = pytest.mark.numeric
 CAMS = MVCameras.mvdream_default()
 
 
-@pytest.fixture(scope="module")
-def spot(shared_assets):
-    from dreamedit3d_core.assets import load_asset
-
-    return load_asset(shared_assets / "spot.obj", texture=str(shared_assets / "spot_texture.png"))
-
-
 def test_a_no_edit_source_guided_lift_is_the_source_from_every_angle(spot):
     from lift_eval import novel_cameras, render_novel, surface_metrics, view_metrics
 
