@@ -143,7 +143,9 @@ def test_full_edit_writes_a_textured_glb_and_a_core_savglb_file(comfy_host, full
     assert geom and len(geom[0].faces) > 0
     material = geom[0].visual.material
     texture = getattr(material, "baseColorTexture", None)
-    assert texture is not None and texture.size == (128, 128)
+    # texture_size 128 is the atlas's side; the faces the edit left alone keep the asset's own 512² image, so the GLB's
+    # texture is that image (source layout) or a canvas of it beside the atlas (both 512² for kenney)
+    assert texture is not None and texture.size == (512, 512)
     # keep_source re-textures the source asset: the same faces as the rendered asset
     assert len(geom[0].faces) == full_edit_run_source_faces(comfy_host)
     from dreamedit3d_core.lifting import read_provenance
