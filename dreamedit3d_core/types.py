@@ -152,6 +152,13 @@ class MeshAsset(StageData):
         """float64 [4, 4] from the file's coordinates to the vertices (``source_frame.to_internal``)."""
         return self.source_frame.to_internal
 
+    def with_faces(self, which: torch.Tensor) -> "MeshAsset":
+        """This asset with only the faces ``which`` (bool [M] or face indices) and their per-face data; vertices, UVs,
+        textures, part names and frame unchanged (what it looks like with the other faces gone)."""
+        f = which.to(self.faces.device)
+        return replace(self, faces=self.faces[f], part_ids=self.part_ids[f], face_base_color=self.face_base_color[f],
+                       face_textures=None if self.face_textures is None else self.face_textures[f])
+
 
 @dataclass(frozen=True, repr=False)
 class MultiViewRender(StageData):

@@ -81,6 +81,17 @@ SHRUNK_LOST_FRACTION = 0.15
 #: reshaped whole (x0.7: 0.48, x0.5 0.24; removed: 0.0), not removed (when it lost more than
 #: ``REMOVED_COMPONENT_FRACTION``) or trimmed.
 SHRUNK_VISIBLE_FRACTION = 0.2
+#: A kept component whose visible pixels (at least ``APPEARANCE_MIN_PX`` at 256 px, over all views) differ from the
+#: source's render in at least this fraction (after the shift search and gain fit of ``bake.change_from_source``) is
+#: tested for removal by what the views show instead (:func:`removed_by_appearance`) ...
+APPEARANCE_CHANGED_FRACTION = 0.3
+APPEARANCE_MIN_PX = 48
+#: ... and removed when, over its pixels where the source rendered without it looks different, the views show the
+#: render without it in at least this fraction (the unseen vehicle's cabin inside its windows: 1.0 removed, 0.0
+#: recoloured) ...
+APPEARANCE_REMOVED_FRACTION = 0.5
+#: ... and the render with it in at most this fraction (a part shrunk x0.7 still shows itself in half of them).
+APPEARANCE_KEPT_FRACTION = 0.2
 #: New solids smaller than this many voxels are noise (a silhouette a pixel off), not geometry.
 MIN_NEW_VOXELS = 27
 #: Points sampled per unit of surface area (in the views' world, object about 1 across) to label the source's solid.
@@ -351,6 +362,63 @@ def silhouette_change(source_face_id: torch.Tensor, face_component: torch.Tensor
     return SilhouetteChange(pushed_n / outline_n.clamp(min=1.0), grown_by / visible.clamp(min=1.0), visible)
 
 
+def removed_by_appearance(source: MeshAsset, face_component: torch.Tensor, source_face_id: torch.Tensor,
+                          candidates: torch.Tensor, rgb: torch.Tensor, background, cameras: MVCameras) -> torch.Tensor:
+    """bool [K]: the ``candidates`` (bool [K]) components the edited views show gone by their colours, where their
+    silhouettes need not say so (a part hidden in every outline behind others: a cabin inside its four windows).
+
+    A component is tested when its visible pixels (``source_face_id`` int64 [V, H, W] of the source's render, -1
+    background) largely differ from a render of the source (``APPEARANCE_CHANGED_FRACTION``). Among its pixels where
+    the source rendered without it looks different from the source (what is behind it shows), it is removed when the
+    views match the render without it in most (``APPEARANCE_REMOVED_FRACTION``) and the render with it in few
+    (``APPEARANCE_KEPT_FRACTION``): a recoloured or covered part matches neither, a shrunk one still matches itself.
+    Colours are compared as ``bake.change_from_source`` does (unlit renders, the views' gain fitted, a 2 px shift
+    search). ``rgb``: float [V, 3, H, W] square views a multiple of 8 px (else nothing is removed); ``background``:
+    each view's background colour, [V, 3] or an RGB triple."""
+    from ..render import render_views
+    from .bake import CHANGE_SEARCH_PX, CHANGE_TOLERANCE, change_from_source, view_gains
+
+    k = int(candidates.shape[0])
+    out = torch.zeros(k, dtype=torch.bool)
+    v, _, h, w = rgb.shape
+    if h != w or h % 8 or h > 1024 or not bool(candidates.any()):
+        return out
+    rgb = rgb.cpu().to(torch.float32)
+    bg = torch.as_tensor(background, dtype=torch.float32).cpu().reshape(-1, 3).expand(v, 3)
+    fid = source_face_id.cpu()
+    pix_comp = torch.where(fid >= 0, face_component.cpu()[fid.clamp(min=0)], torch.full_like(fid, -1))[:, None]
+    radius = max(1, round(CHANGE_SEARCH_PX * h / 256))
+    min_px = APPEARANCE_MIN_PX * (h / 256) ** 2
+
+    def render(asset):
+        r = render_views(asset, cameras, resolution=h, background=(0.0, 0.0, 0.0), lighting="unlit", device="cpu")
+        return r.rgb, r.alpha
+
+    with_rgb, with_alpha = render(source)
+    gain = view_gains(rgb, with_rgb, with_alpha, radius)
+    off_with = change_from_source(rgb, bg, with_rgb, with_alpha, radius, gain) > CHANGE_TOLERANCE
+    for i in candidates.nonzero().squeeze(1).tolist():
+        mine = pix_comp == i
+        seen = float(mine.sum())
+        if seen < min_px or float((off_with & mine).sum()) < APPEARANCE_CHANGED_FRACTION * seen:
+            continue
+        without_rgb, without_alpha = render(source.with_faces(face_component.cpu() != i))
+        # telling pixels: the two renders differ there even a shift apart, either way round
+        with_composite = with_rgb + (1.0 - with_alpha) * bg[..., None, None]
+        without_composite = without_rgb + (1.0 - without_alpha) * bg[..., None, None]
+        telling = mine & (change_from_source(with_composite, bg, without_rgb, without_alpha, radius)
+                          > 2 * CHANGE_TOLERANCE) & (change_from_source(without_composite, bg, with_rgb, with_alpha,
+                                                                        radius) > 2 * CHANGE_TOLERANCE)
+        n = float(telling.sum())
+        if n < min_px:
+            continue
+        like_without = change_from_source(rgb, bg, without_rgb, without_alpha, radius, gain) <= CHANGE_TOLERANCE
+        for_removal = float((telling & like_without & off_with).sum()) / n
+        for_keeping = float((telling & ~off_with).sum()) / n
+        out[i] = for_removal >= APPEARANCE_REMOVED_FRACTION and for_keeping <= APPEARANCE_KEPT_FRACTION
+    return out
+
+
 @dataclass(frozen=True)
 class KeepDecision:
     """What a component-aware lift keeps: ``kept_faces`` bool [M] over the source's faces, ``removed_faces`` bool [M]
@@ -375,7 +443,7 @@ class KeepDecision:
 
 def decide_kept_faces(source: MeshAsset, components: Components, alpha: torch.Tensor, cameras: MVCameras,
                       keep=KeepPolicy.ALL_BUT_EDITED, names: Sequence[str] = (), prompt: Optional[str] = None,
-                      carve: bool = True) -> KeepDecision:
+                      carve: bool = True, rgb: Optional[torch.Tensor] = None, background=None) -> KeepDecision:
     """Which source faces keep their exact geometry.
 
     Args:
@@ -387,6 +455,9 @@ def decide_kept_faces(source: MeshAsset, components: Components, alpha: torch.Te
             views show nothing where it was; a component that grew all round (:func:`silhouette_change`) or shrank
             (lost that surface, but the views still show it) is reshaped: rebuilt whole from the views. Unless
             ``carve`` is False (the caller found the silhouettes unchanged).
+        rgb, background: the edited views float [V, 3, H, W] and their background colours ([V, 3] or a triple); given,
+            a component they show gone by its colours is removed too (:func:`removed_by_appearance`: a part hidden in
+            every outline behind others), whether or not ``carve``.
 
     Raises:
         ConfigError: a name the source's components do not have; "listed" without names.
@@ -413,11 +484,13 @@ def decide_kept_faces(source: MeshAsset, components: Components, alpha: torch.Te
     faces = source.faces.cpu()
     lost_pts = torch.zeros(m, _FACE_SAMPLES.shape[0], dtype=torch.bool)
     removed, reshaped = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
-    if carve:
+    frags = None
+    if carve or rgb is not None:
         from ..raster import rasterize_views
 
         h, w = alpha.shape[-2:]
         frags = rasterize_views(source.vertices.to(torch.float32).cpu(), faces, cameras, (h, w))  # once for all tests
+    if carve:
         src_core = _core(frags.mask[:, None].to(device=alpha.device, dtype=torch.float32))
         lost_pts = lost_points(source, alpha, cameras, src_core)
         change = silhouette_change(frags.face_id, comp, n, alpha)
@@ -444,6 +517,9 @@ def decide_kept_faces(source: MeshAsset, components: Components, alpha: torch.Te
             still = float((edited_px * alone).sum()) / max(float(alone.sum()), 1.0) >= SHRUNK_VISIBLE_FRACTION
             reshaped[i] = still and lost_share > SHRUNK_LOST_FRACTION and among_others
             removed[i] = not still and lost_share > REMOVED_COMPONENT_FRACTION
+    if rgb is not None:
+        removed |= removed_by_appearance(source, comp, frags.face_id, kept_comp & ~removed & ~reshaped, rgb, background,
+                                         cameras)
     covered = lost_pts.double().mean(1) <= 0.5
     kept_comp = kept_comp & ~removed & ~reshaped
     trimmed = kept_comp & torch.zeros(n, dtype=torch.bool).index_fill_(0, comp[~covered].unique(), True)
@@ -811,4 +887,5 @@ def _with_surfaces(verts: np.ndarray, faces: np.ndarray, source_faces: np.ndarra
 
 __all__ = ["KeepPolicy", "KEEP_POLICIES", "Components", "KeepDecision", "as_keep_policy", "source_components",
            "prompt_tokens", "edited_by_prompt", "split_names", "decide_kept_faces", "lost_points",
+           "removed_by_appearance",
            "component_aware_geometry"]

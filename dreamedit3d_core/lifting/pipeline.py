@@ -354,12 +354,13 @@ def _component_aware(st: _LiftState, grid: int, face_budget: int, reconstructor:
     agree, change = silhouettes_agree(st.alpha, hull.source_silhouettes(st.source, st.cameras, h, w))
     # unchanged silhouettes carve nothing (a low-poly part's outline a keyed pixel off is not a removal)
     decision = component_lift.decide_kept_faces(st.source, comps, st.alpha, st.cameras, policy, opts.get("names", ()),
-                                                opts.get("prompt"), carve=not agree)
+                                                opts.get("prompt"), carve=not agree, rgb=st.rgb,
+                                                background=st.background)
     info = {"silhouette_change": change, "keep": policy.value, "components_kept": list(decision.kept),
             "components_edited": list(decision.edited), "components_removed": list(decision.removed),
             "components_trimmed": list(decision.trimmed),
             "components_reshaped": list(decision.reshaped)}
-    if agree and policy == component_lift.KeepPolicy.ALL_BUT_EDITED:
+    if agree and policy == component_lift.KeepPolicy.ALL_BUT_EDITED and not decision.removed:
         st.verts, st.faces, st.source_faces = _source_mesh(st.source)
         return {**info, "geometry": "source", "added_volume_fraction": 0.0, "kept_faces": int(len(st.faces)),
                 "new_faces": 0}
