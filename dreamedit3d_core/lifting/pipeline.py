@@ -7,6 +7,7 @@ facing-weighted bake with feathered view masks -> 3D nearest fill of unseen texe
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -448,6 +449,7 @@ def _colour(st: _LiftState, texture_size: int) -> dict:
     textured = _image_textured_faces(st)
     quadrant = None if textured is None else _canvas_quadrant(st.source.textures[0].shape[0], int(texture_size))
     atlas_size = int(texture_size) if quadrant is None else quadrant
+    packed = _source_image_faces(st) if quadrant is None else None  # several images, or one the quadrants cannot take
     vmap, faces_uv, uv_np = surface.uv_atlas(st.verts, st.faces, atlas_size, st.check)
     vmap_t = torch.from_numpy(vmap).to(device)
     out.update(vertices=v_t[vmap_t], faces=torch.from_numpy(faces_uv).to(device), uv=torch.from_numpy(uv_np).to(device),
@@ -464,6 +466,15 @@ def _colour(st: _LiftState, texture_size: int) -> dict:
         if bool(keeps.any()):
             out.update(_source_canvas(st, out, keeps, v_t, vertex_colors, quadrant))
             st.stats.update(texture_layout="source+atlas", source_layout_faces=int(keeps.sum()), atlas_size=quadrant)
+    elif packed is not None:
+        keeps = packed.to(device) & bake.faces_keeping_source(out["texture"], out["uv"], out["faces"], st.source,
+                                                              kept[1], st.check)
+        if bool(keeps.any()):
+            canvas, cstats = _packed_canvas(st, out, keeps, v_t, vertex_colors)
+            st.stats.update(cstats)
+            if canvas is not None:
+                out.update(canvas)
+                st.stats.update(texture_layout="source+atlas", atlas_size=atlas_size)
     return out
 
 
@@ -538,6 +549,184 @@ def _source_canvas(st: _LiftState, atlas: dict, keeps: torch.Tensor, v_t: torch.
     used, remap = torch.unique(faces, return_inverse=True)  # atlas vertices only kept faces used go
     return dict(vertices=verts[used], faces=remap.reshape(-1, 3), uv=uv[used], vertex_colors=colours[used],
                 texture=canvas)
+
+
+# Packed canvas (a source with several images, or one image the quadrant canvas cannot take: not square, a base colour
+# other than white, UVs that repeat the image): each image the kept faces use gets a copy of its own on the canvas,
+# beside the atlas of the other faces, at its own texel size (so the renderer's mip levels are near the source's). A
+# copy is the image times the faces' base colour (the lifted mesh has one texture and no material colour), repeated as
+# far as the faces' UVs reach: each kept face is moved by whole repeats so its UVs start inside the first one.
+
+#: The packed canvas's side is at most this, or the largest source image's side (rounded up to a power of two) when
+#: that is larger; a lift never grows the texture past what the source itself needs.
+MAX_CANVAS_SIDE = 4096
+#: A kept face whose UVs span more than this many repeats of its image goes to the atlas (its copy would be large).
+MAX_IMAGE_REPEATS = 2.0
+#: Texels of the image's own continuation (wrapped) around each copy: bilinear filtering and the first mip levels read
+#: the image, not a neighbour on the canvas.
+CANVAS_MARGIN = 32
+#: Copies (margins included) are multiples of this side, so each image's first texel sits on a multiple of
+#: CANVAS_MARGIN: the canvas's mip levels average the same blocks of texels as the image's own, up to that size
+#: (spider abdomen, a 768² image seen at mip levels 3-4: 8-texel alignment 39.1 dB no edit, 32: see commit).
+CANVAS_ALIGN = 64
+#: When the copies and the atlas do not fit the cap, the least-used copy is halved, down to 1/this of its size; past
+#: that the lift keeps the atlas alone (and says so in stats ``canvas``).
+MAX_CANVAS_SHRINK = 8
+
+
+@dataclass
+class _ImageCopy:
+    """One source image as the kept faces that use it with one base colour see it, on the packed canvas."""
+
+    texture: int
+    colour: torch.Tensor  # float32 [3]: the faces' base colour
+    rows: torch.Tensor  # int64 [K]: which of the kept faces use it
+    content: tuple  # (texels across, texels down) the faces' shifted UVs reach, at the image's own size
+    size: tuple  # (width, height) with margins, multiples of CANVAS_ALIGN
+    used: float  # texels of the image the faces cover (which copy to shrink first)
+    shrink: int = 1
+    at: tuple = (0, 0)  # (x, y) of its top-left texel on the canvas
+
+
+def _source_image_faces(st: _LiftState) -> Optional[torch.Tensor]:
+    """bool [M]: the lifted faces that are source faces textured by one of the source's images (any base colour), or
+    None when the source has no image, has vertex colours (a texture cannot carry their product), or no face is."""
+    src, sf = st.source, st.source_faces
+    if (src is None or sf is None or src.uv is None or not src.textures or src.vertex_colors is not None
+            or src.face_textures is None):
+        return None
+    sf_t = torch.from_numpy(sf).to(src.faces.device)
+    textured = (sf_t >= 0) & (src.face_textures[sf_t.clamp(min=0)] >= 0)
+    return textured if bool(textured.any()) else None
+
+
+def _shelf_pack(sizes: list, side: int) -> Optional[list]:
+    """Top-left corners (x, y) of rectangles ``sizes`` [(w, h)] packed on shelves in a ``side`` square (tallest
+    first), or None when they do not fit."""
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i][1], -sizes[i][0]))
+    at, x, y, shelf = [None] * len(sizes), 0, 0, 0
+    for i in order:
+        w, h = sizes[i]
+        if x + w > side:
+            x, y, shelf = 0, y + shelf, 0
+        if w > side or y + h > side:
+            return None
+        at[i] = (x, y)
+        x, shelf = x + w, max(shelf, h)
+    return at
+
+
+def _image_copies(src: MeshAsset, source_faces: torch.Tensor, shift: torch.Tensor) -> list:
+    """The :class:`_ImageCopy` of each (image, base colour) the faces ``source_faces`` [K] use, their corner UVs moved
+    by ``shift`` [K, 2] whole repeats."""
+    tex = src.face_textures[source_faces]
+    colour = src.face_base_color[source_faces].to(torch.float32)
+    keys, group = torch.unique(torch.cat([tex[:, None].to(torch.float64), colour.to(torch.float64)], 1), dim=0,
+                               return_inverse=True)
+    corner_uv = src.uv.to(torch.float64)[src.faces[source_faces]] - shift[:, None]
+    t = corner_uv
+    area = 0.5 * ((t[:, 1, 0] - t[:, 0, 0]) * (t[:, 2, 1] - t[:, 0, 1])
+                  - (t[:, 2, 0] - t[:, 0, 0]) * (t[:, 1, 1] - t[:, 0, 1])).abs()
+    copies, m = [], CANVAS_MARGIN
+    for g in range(keys.shape[0]):
+        rows = (group == g).nonzero().squeeze(1)
+        ti = int(keys[g, 0])
+        h, w = src.textures[ti].shape[:2]
+        reach = corner_uv[rows].amax(1).amax(0)
+        content = (max(1, math.ceil(float(reach[0]) * w - 1e-6)), max(1, math.ceil(float(reach[1]) * h - 1e-6)))
+        size = tuple(-(-(c + 2 * m) // CANVAS_ALIGN) * CANVAS_ALIGN for c in content)
+        copies.append(_ImageCopy(ti, keys[g, 1:].to(torch.float32), rows, content, size,
+                                 float(area[rows].sum()) * w * h))
+    return copies
+
+
+def _copy_texels(image: torch.Tensor, copy: _ImageCopy) -> torch.Tensor:
+    """The copy's texels float32 [height, width, 3] at its own size: the image repeated (its UV v = 0 row at the
+    content's bottom, CANVAS_MARGIN texels of it wrapped around), times the base colour, then box-filtered by
+    ``shrink``."""
+    import torch.nn.functional as F
+
+    h, w = image.shape[:2]
+    (cu, cv), (sw, sh), m = copy.content, copy.size, CANVAS_MARGIN
+    dev = image.device
+    rows = h - 1 - torch.remainder(cv - 1 - (torch.arange(sh, device=dev) - m), h)
+    cols = torch.remainder(torch.arange(sw, device=dev) - m, w)
+    texels = image.to(torch.float32)[rows][:, cols] * copy.colour.to(dev)
+    if copy.shrink > 1:
+        texels = F.avg_pool2d(texels.permute(2, 0, 1)[None], copy.shrink)[0].permute(1, 2, 0)
+    return texels
+
+
+def _packed_canvas(st: _LiftState, atlas: dict, keeps: torch.Tensor, v_t: torch.Tensor,
+                   vertex_colors: torch.Tensor) -> tuple[Optional[dict], dict]:
+    """(The mesh fields with the faces ``keeps`` on copies of the source's own images and the others on ``atlas``'s,
+    all on one square canvas; stats), or (None, stats saying why) when they do not fit the cap even with the
+    least-used copies shrunk ``MAX_CANVAS_SHRINK`` times: the atlas is kept then."""
+    src, device = st.source, v_t.device
+    idx = keeps.nonzero().squeeze(1)
+    sf = torch.from_numpy(st.source_faces).to(src.faces.device)[idx.to(src.faces.device)]
+    corner_uv = src.uv.to(torch.float64)[src.faces[sf]]
+    shift = torch.floor(corner_uv.amin(1))
+    within = ((corner_uv - shift[:, None]).amax(1) <= MAX_IMAGE_REPEATS).all(-1)
+    if not bool(within.any()):
+        return None, {"canvas": "kept faces repeat their images too often: atlas"}
+    idx, sf, shift = idx[within.to(idx.device)], sf[within], shift[within]
+    copies = _image_copies(src, sf, shift)
+    a = atlas["texture"].shape[0]
+    biggest = max(max(t.shape[:2]) for t in src.textures)
+    cap = max(MAX_CANVAS_SIDE, 1 << (biggest - 1).bit_length())
+    while True:
+        sizes = [(a, a)] + [(c.size[0] // c.shrink, c.size[1] // c.shrink) for c in copies]
+        side = 1 << (max(max(wh) for wh in sizes) - 1).bit_length()
+        placed = None
+        while side <= cap and placed is None:
+            placed = _shelf_pack(sizes, side)
+            side = side if placed is not None else side * 2
+        if placed is not None:
+            break
+        shrinkable = [c for c in copies if c.shrink < MAX_CANVAS_SHRINK]
+        if not shrinkable:
+            return None, {"canvas": f"the source's images and the atlas do not fit {cap}x{cap}: atlas"}
+        min(shrinkable, key=lambda c: c.used).shrink *= 2
+    canvas = torch.zeros(side, side, 3, dtype=torch.float32, device=device)
+    covered = torch.zeros(side, side, dtype=torch.bool, device=device)
+    (ax, ay), copy_at = placed[0], placed[1:]
+    canvas[ay:ay + a, ax:ax + a], covered[ay:ay + a, ax:ax + a] = atlas["texture"], True
+    for c, at in zip(copies, copy_at):
+        c.at = at
+        texels = _copy_texels(src.textures[c.texture].to(device), c)
+        canvas[at[1]:at[1] + texels.shape[0], at[0]:at[0] + texels.shape[1]] = texels
+        covered[at[1]:at[1] + texels.shape[0], at[0]:at[0] + texels.shape[1]] = True
+    canvas = bake.pad_gutter(canvas, covered, rings=0)  # the space between copies: their colours, coarser and coarser
+    # each kept corner is (lifted vertex, source vertex, copy, shift): a vertex of its own at its place on the copy
+    group = torch.empty(len(idx), dtype=torch.int64, device=src.faces.device)
+    for g, c in enumerate(copies):
+        group[c.rows] = g
+    lifted = torch.from_numpy(st.faces).to(src.faces.device)[idx.to(src.faces.device)]
+    key = torch.stack([lifted.reshape(-1), src.faces[sf].reshape(-1), group.repeat_interleave(3),
+                       shift[:, 0].long().repeat_interleave(3), shift[:, 1].long().repeat_interleave(3)], 1)
+    corners, inverse = torch.unique(key, dim=0, return_inverse=True)
+    local = src.uv.to(torch.float64)[corners[:, 1]] - corners[:, 3:].to(torch.float64)
+    params = torch.tensor([[c.at[0], c.at[1], src.textures[c.texture].shape[1], src.textures[c.texture].shape[0],
+                            c.content[1], c.shrink] for c in copies], dtype=torch.float64)[corners[:, 2]]
+    x = params[:, 0] + (CANVAS_MARGIN + local[:, 0] * params[:, 2]) / params[:, 5]
+    y = params[:, 1] + (CANVAS_MARGIN + params[:, 4] - local[:, 1] * params[:, 3]) / params[:, 5]
+    on_copies = torch.stack([x / side, 1.0 - y / side], 1).to(device=device, dtype=torch.float32)
+    auv = atlas["uv"].to(torch.float64)
+    on_atlas = torch.stack([(ax + auv[:, 0] * a) / side, 1.0 - (ay + (1.0 - auv[:, 1]) * a) / side], 1)
+    n = atlas["vertices"].shape[0]
+    faces = atlas["faces"].clone()
+    faces[idx] = inverse.to(device).reshape(-1, 3) + n
+    uv = torch.cat([on_atlas.to(device=device, dtype=torch.float32), on_copies])
+    lifted_vertex = corners[:, 0].to(device)
+    verts = torch.cat([atlas["vertices"], v_t[lifted_vertex]])
+    colours = torch.cat([atlas["vertex_colors"], vertex_colors[lifted_vertex]])
+    used, remap = torch.unique(faces, return_inverse=True)
+    stats = {"canvas": f"{len(copies)} source image copies and the atlas on {side}x{side}",
+             "canvas_size": side, "source_layout_faces": int(len(idx)),
+             "canvas_shrunk_images": sum(c.shrink > 1 for c in copies)}
+    return dict(vertices=verts[used], faces=remap.reshape(-1, 3), uv=uv[used], vertex_colors=colours[used],
+                texture=canvas), stats
 
 
 def _uv_overlap(uv: torch.Tensor, faces: torch.Tensor, covered: torch.Tensor) -> bool:
