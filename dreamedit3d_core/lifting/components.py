@@ -363,7 +363,8 @@ def silhouette_change(source_face_id: torch.Tensor, face_component: torch.Tensor
 
 
 def removed_by_appearance(source: MeshAsset, face_component: torch.Tensor, source_face_id: torch.Tensor,
-                          candidates: torch.Tensor, rgb: torch.Tensor, background, cameras: MVCameras) -> torch.Tensor:
+                          candidates: torch.Tensor, rgb: torch.Tensor, background, cameras: MVCameras,
+                          seen: Optional[hull.SourceViews] = None) -> torch.Tensor:
     """bool [K]: the ``candidates`` (bool [K]) components the edited views show gone by their colours, where their
     silhouettes need not say so (a part hidden in every outline behind others: a cabin inside its four windows).
 
@@ -374,7 +375,8 @@ def removed_by_appearance(source: MeshAsset, face_component: torch.Tensor, sourc
     (``APPEARANCE_KEPT_FRACTION``): a recoloured or covered part matches neither, a shrunk one still matches itself.
     Colours are compared as ``bake.change_from_source`` does (unlit renders, the views' gain fitted, a 2 px shift
     search). ``rgb``: float [V, 3, H, W] square views a multiple of 8 px (else nothing is removed); ``background``:
-    each view's background colour, [V, 3] or an RGB triple."""
+    each view's background colour, [V, 3] or an RGB triple; ``seen``: the source's :class:`~.hull.SourceViews` with
+    colour at the views' size, when the caller has them."""
     from ..render import render_views
     from .bake import CHANGE_SEARCH_PX, CHANGE_TOLERANCE, change_from_source, view_gains
 
@@ -394,13 +396,14 @@ def removed_by_appearance(source: MeshAsset, face_component: torch.Tensor, sourc
         r = render_views(asset, cameras, resolution=h, background=(0.0, 0.0, 0.0), lighting="unlit", device="cpu")
         return r.rgb, r.alpha
 
-    with_rgb, with_alpha = render(source)
+    with_rgb, with_alpha = (render(source) if seen is None or seen.rgb is None or tuple(seen.rgb.shape[-2:]) != (h, w)
+                            else (seen.rgb.cpu(), seen.alpha.cpu()))
     gain = view_gains(rgb, with_rgb, with_alpha, radius)
     off_with = change_from_source(rgb, bg, with_rgb, with_alpha, radius, gain) > CHANGE_TOLERANCE
     for i in candidates.nonzero().squeeze(1).tolist():
         mine = pix_comp == i
-        seen = float(mine.sum())
-        if seen < min_px or float((off_with & mine).sum()) < APPEARANCE_CHANGED_FRACTION * seen:
+        shown = float(mine.sum())
+        if shown < min_px or float((off_with & mine).sum()) < APPEARANCE_CHANGED_FRACTION * shown:
             continue
         without_rgb, without_alpha = render(source.with_faces(face_component.cpu() != i))
         # telling pixels: the two renders differ there even a shift apart, either way round
@@ -443,7 +446,8 @@ class KeepDecision:
 
 def decide_kept_faces(source: MeshAsset, components: Components, alpha: torch.Tensor, cameras: MVCameras,
                       keep=KeepPolicy.ALL_BUT_EDITED, names: Sequence[str] = (), prompt: Optional[str] = None,
-                      carve: bool = True, rgb: Optional[torch.Tensor] = None, background=None) -> KeepDecision:
+                      carve: bool = True, rgb: Optional[torch.Tensor] = None, background=None,
+                      seen: Optional[hull.SourceViews] = None) -> KeepDecision:
     """Which source faces keep their exact geometry.
 
     Args:
@@ -458,6 +462,7 @@ def decide_kept_faces(source: MeshAsset, components: Components, alpha: torch.Te
         rgb, background: the edited views float [V, 3, H, W] and their background colours ([V, 3] or a triple); given,
             a component they show gone by its colours is removed too (:func:`removed_by_appearance`: a part hidden in
             every outline behind others), whether or not ``carve``.
+        seen: the source's :class:`~.hull.SourceViews` at the views' size, when the caller has them.
 
     Raises:
         ConfigError: a name the source's components do not have; "listed" without names.
@@ -484,16 +489,14 @@ def decide_kept_faces(source: MeshAsset, components: Components, alpha: torch.Te
     faces = source.faces.cpu()
     lost_pts = torch.zeros(m, _FACE_SAMPLES.shape[0], dtype=torch.bool)
     removed, reshaped = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
-    frags = None
-    if carve or rgb is not None:
-        from ..raster import rasterize_views
-
-        h, w = alpha.shape[-2:]
-        frags = rasterize_views(source.vertices.to(torch.float32).cpu(), faces, cameras, (h, w))  # once for all tests
+    h, w = alpha.shape[-2:]
+    if seen is None or tuple(seen.face_id.shape[-2:]) != (h, w):
+        seen = hull.source_views(source, cameras, h, w, colour=rgb is not None) if carve or rgb is not None else None
+    face_id = seen.face_id.cpu() if seen is not None else None  # one render of the source for all tests
     if carve:
-        src_core = _core(frags.mask[:, None].to(device=alpha.device, dtype=torch.float32))
+        src_core = _core((face_id >= 0)[:, None].to(device=alpha.device, dtype=torch.float32))
         lost_pts = lost_points(source, alpha, cameras, src_core)
-        change = silhouette_change(frags.face_id, comp, n, alpha)
+        change = silhouette_change(face_id, comp, n, alpha)
         # a component whose outline grew nearly all round (scaled up, lengthened) is reshaped whole from the views
         # (a part among others: a single-component source's change is a chunk of it, which trimming handles)
         among_others = len(comp.unique()) > 1
@@ -508,18 +511,18 @@ def decide_kept_faces(source: MeshAsset, components: Components, alpha: torch.Te
             rest = _rest_silhouettes(source, mine, cameras, src_core)
             exposed = _exposed_points(source, mine, cameras, src_core, rest)
             weight = area[mine][:, None] / _FACE_SAMPLES.shape[0]
-            seen = float((weight * exposed).sum())
-            lost_share = float((weight * (exposed & lost_pts[mine])).sum()) / max(seen, 1e-30)
-            if not (seen > 0 and lost_share > min(REMOVED_COMPONENT_FRACTION, SHRUNK_LOST_FRACTION)):
+            judged = float((weight * exposed).sum())
+            lost_share = float((weight * (exposed & lost_pts[mine])).sum()) / max(judged, 1e-30)
+            if not (judged > 0 and lost_share > min(REMOVED_COMPONENT_FRACTION, SHRUNK_LOST_FRACTION)):
                 continue
             # where the views show it alone: still covered (shrunk: reshaped) or empty (removed when most is lost)
-            alone = ((frags.face_id >= 0) & mine[frags.face_id.clamp(min=0)]).to(alpha.device)[:, None] & (rest < 0.5)
+            alone = ((face_id >= 0) & mine[face_id.clamp(min=0)]).to(alpha.device)[:, None] & (rest < 0.5)
             still = float((edited_px * alone).sum()) / max(float(alone.sum()), 1.0) >= SHRUNK_VISIBLE_FRACTION
             reshaped[i] = still and lost_share > SHRUNK_LOST_FRACTION and among_others
             removed[i] = not still and lost_share > REMOVED_COMPONENT_FRACTION
     if rgb is not None:
-        removed |= removed_by_appearance(source, comp, frags.face_id, kept_comp & ~removed & ~reshaped, rgb, background,
-                                         cameras)
+        removed |= removed_by_appearance(source, comp, face_id, kept_comp & ~removed & ~reshaped, rgb, background,
+                                         cameras, seen)
     covered = lost_pts.double().mean(1) <= 0.5
     kept_comp = kept_comp & ~removed & ~reshaped
     trimmed = kept_comp & torch.zeros(n, dtype=torch.bool).index_fill_(0, comp[~covered].unique(), True)
@@ -717,7 +720,7 @@ def _grow_within(seed: torch.Tensor, allowed: torch.Tensor, steps: int) -> torch
 
 
 def _drop_unneeded_solids(added: torch.Tensor, alpha: torch.Tensor, cameras: MVCameras, source: MeshAsset,
-                          grid: hull.VoxelGrid) -> tuple[torch.Tensor, int]:
+                          grid: hull.VoxelGrid, seen: Optional[hull.SourceViews] = None) -> tuple[torch.Tensor, int]:
     """``added`` without the solids no view needs: (occupancy, number of solids dropped).
 
     Where the edited silhouettes grow past the source's (the "grown" pixels), the four-view hull also holds ghosts: a
@@ -733,7 +736,9 @@ def _drop_unneeded_solids(added: torch.Tensor, alpha: torch.Tensor, cameras: MVC
     if n < 2:
         return added, 0
     h, w = alpha.shape[-2:]
-    src = hull.source_silhouettes(source, cameras, h, w, hull.source_silhouette_dilation(h)).cpu()
+    dilate = hull.source_silhouette_dilation(h)
+    src = (seen.silhouettes(dilate) if seen is not None and tuple(seen.face_id.shape[-2:]) == (h, w)
+           else hull.source_silhouettes(source, cameras, h, w, dilate)).cpu()
     grown = (alpha.cpu() > 0.5) & (src < 0.5)  # [V, 1, H, W]
     flat = torch.from_numpy(labels.reshape(-1))
     sizes = torch.bincount(flat, minlength=n + 1)
@@ -773,7 +778,8 @@ def _drop_small(occ: torch.Tensor, min_voxels: int) -> torch.Tensor:
 
 def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: MeshAsset, kept_faces: torch.Tensor,
                              grid: int, face_budget: int, check: Callable[[], None],
-                             rebuilt_faces: Optional[torch.Tensor] = None, shaped_by: Optional[tuple] = None) -> tuple:
+                             rebuilt_faces: Optional[torch.Tensor] = None, shaped_by: Optional[tuple] = None,
+                             seen: Optional[hull.SourceViews] = None) -> tuple:
     """The kept source faces exactly, plus smooth new geometry where the edit changed the shape.
 
     ``shaped_by`` (vertices [N, 3], faces [M, 3] in the world frame: a reconstructor's mesh of the edited views, e.g.
@@ -781,7 +787,8 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
     instead of that region rounded by its thickness; the kept faces and the rebuilt source solid are as without it.
 
     ``rebuilt_faces`` (bool [M], default: those not kept) are the source faces whose solid is rebuilt, cut by the edited
-    hull; faces neither kept nor rebuilt (a component the views no longer show) are gone. The new geometry is one
+    hull; faces neither kept nor rebuilt (a component the views no longer show) are gone. ``seen``: the source's
+    :class:`~.hull.SourceViews` at the views' size, when the caller has them. The new geometry is one
     closed surface that overlaps the kept solid at the joint, so the result has no boundary edges the kept faces did
     not have (a crack-free, watertight-where-the-source-was join; the overlap is hidden inside the kept solid).
 
@@ -794,7 +801,7 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
     kv, kf, kept_local = surface.drop_unused_vertices(verts_all, src_faces[kept_idx].numpy().astype(np.int64),
                                                       return_face_index=True)
     kept_source_faces = kept_idx.numpy()[kept_local]
-    both = hull.edited_and_source_solids(alpha, cameras, source, grid, check)
+    both = hull.edited_and_source_solids(alpha, cameras, source, grid, check, seen)
     fine, reach = both.grid, both.hull_edited > 0.01
     hull_edited, hull_source, solid = both.hull_edited.cpu(), both.hull_source.cpu(), both.source_solid.cpu()
     check()
@@ -846,7 +853,7 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
         # four views see a ball as two crossed cylinders; cut each added solid to the ellipse inscribed in its slices
         # (a reconstructor's surface has no such ridges)
         added = rounding.round_solids(added, alpha, cameras, fine, check)
-    added, ghosts = _drop_unneeded_solids(added, alpha, cameras, source, fine)
+    added, ghosts = _drop_unneeded_solids(added, alpha, cameras, source, fine, seen)
     new = _drop_small(torch.maximum(torch.maximum(rebuilt, added), scaled), MIN_NEW_VOXELS)
     stats = {"voxel_size": fine.spacing, "grid_shape": list(fine.shape), "kept_faces": int(len(kf)),
              "rescaled_parts": [round(p.scale, 3) for p in rescaled], "ghost_solids_dropped": ghosts,

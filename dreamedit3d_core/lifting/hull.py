@@ -268,6 +268,39 @@ def source_silhouettes(source: MeshAsset, cameras: MVCameras, height: int, width
     return mesh_silhouettes(source.vertices, source.faces, cameras, height, width, dilate_px)
 
 
+@dataclass(frozen=True)
+class SourceViews:
+    """The source seen by the views' cameras at the views' size, made once per lift (:func:`source_views`) for every
+    stage that compares the views with the source (registration, keying help, what was kept, removed, grown).
+
+    ``face_id`` int64 [V, H, W]: the source face at each pixel centre (-1: background); ``rgb`` float32 [V, 3, H, W] and
+    ``alpha`` [V, 1, H, W]: its unlit colour over black (coverage x colour) and coverage, antialiased as the render
+    stage makes them; None when the views' size is not one the render stage makes (square, 8 px multiples to 1024)."""
+
+    face_id: torch.Tensor
+    rgb: Optional[torch.Tensor] = None
+    alpha: Optional[torch.Tensor] = None
+
+    def silhouettes(self, dilate_px: int = 0) -> torch.Tensor:
+        """float32 [V, 1, H, W] in {0, 1}, dilated by ``dilate_px`` (:func:`source_silhouettes`)."""
+        mask = (self.face_id >= 0)[:, None].to(torch.float32)  # on the face ids' device
+        if dilate_px > 0:
+            mask = F.max_pool2d(mask, 2 * dilate_px + 1, stride=1, padding=dilate_px)
+        return mask
+
+
+def source_views(source: MeshAsset, cameras: MVCameras, height: int, width: int, colour: bool = True) -> SourceViews:
+    """:class:`SourceViews` of ``source`` (on its device), with its unlit colour when ``colour`` and the size allows."""
+    from ..raster import rasterize_views
+    from ..render import render_views
+
+    face_id = rasterize_views(source.vertices.to(torch.float32), source.faces, cameras, (height, width)).face_id
+    if not colour or height != width or height % 8 or height > 1024:
+        return SourceViews(face_id)
+    r = render_views(source, cameras, resolution=height, background=(0.0, 0.0, 0.0), lighting="unlit")
+    return SourceViews(face_id, r.rgb, r.alpha)
+
+
 def mesh_silhouettes(vertices: torch.Tensor, faces: torch.Tensor, cameras: MVCameras, height: int, width: int,
                      dilate_px: int = 0) -> torch.Tensor:
     """Silhouettes of a mesh (vertices float [N, 3], faces int64 [M, 3]) seen by ``cameras``: float32 [V, 1, H, W] in
@@ -283,7 +316,7 @@ def mesh_silhouettes(vertices: torch.Tensor, faces: torch.Tensor, cameras: MVCam
 
 __all__ = ["VoxelGrid", "silhouette_occupancy", "silhouette_occupancies", "mesh_occupancy", "source_guided_occupancy",
            "fit_grid", "keep_main_solids", "gaussian_smooth", "source_silhouettes", "source_silhouette_dilation",
-           "mesh_silhouettes"]
+           "mesh_silhouettes", "SourceViews", "source_views"]
 
 
 @dataclass(frozen=True)
@@ -298,12 +331,16 @@ class EditedAndSource:
 
 
 def edited_and_source_solids(alpha: torch.Tensor, cameras: MVCameras, source: MeshAsset, resolution: int,
-                             check_interrupt: Optional[Callable[[], None]] = None) -> EditedAndSource:
+                             check_interrupt: Optional[Callable[[], None]] = None,
+                             seen: Optional[SourceViews] = None) -> EditedAndSource:
     """:class:`EditedAndSource` for the edited silhouettes ``alpha`` [V, 1, H, W] of ``source``: what source-guided and
-    component-aware lifting compare to find where the edit changed the shape."""
+    component-aware lifting compare to find where the edit changed the shape. ``seen``: the source's
+    :class:`SourceViews` at the views' size, when the caller has them."""
     h, w = alpha.shape[-2:]
     fine = fit_grid(lambda g: silhouette_occupancy(alpha, cameras, g, check_interrupt), resolution, "visual hull")
-    src_sil = source_silhouettes(source, cameras, h, w, dilate_px=source_silhouette_dilation(h))
+    dilate = source_silhouette_dilation(h)
+    src_sil = (seen.silhouettes(dilate) if seen is not None and tuple(seen.face_id.shape[-2:]) == (h, w)
+               else source_silhouettes(source, cameras, h, w, dilate_px=dilate))
     # both hulls from one projection of the grid
     hull_edited, hull_source = silhouette_occupancies(torch.cat([alpha.to(torch.float32), src_sil.to(alpha.device)], 1),
                                                       cameras, fine, check_interrupt)

@@ -271,9 +271,18 @@ class _LiftState:
     source_faces: Optional[np.ndarray] = None  # int64 [M]: the source face each face is (-1: a new face), or None
     parts: dict = field(default_factory=dict)  # component-aware options: keep, names, prompt, masks
     stats: dict = field(default_factory=dict)
+    _seen: Optional[tuple] = None  # (the source they show, its hull.SourceViews)
 
     def check(self) -> None:
         self.progress.check_interrupt()
+
+    def source_views(self) -> hull.SourceViews:
+        """The source seen by the views' cameras at their size (face ids, unlit colour), rendered once per lift for
+        every stage that compares the views with it (again only if a stage replaced the source)."""
+        if self._seen is None or self._seen[0] is not self.source:
+            h, w = (self.rgb if self.alpha is None else self.alpha).shape[-2:]
+            self._seen = (self.source, hull.source_views(self.source, self.cameras, h, w))
+        return self._seen[1]
 
 
 def _silhouettes(st: _LiftState, alpha, background, key_threshold) -> None:
@@ -323,12 +332,10 @@ def _match_source_render(st: _LiftState, threshold) -> None:
     (``views.register_to_source``: sampled views sit a pixel or two off), then the source's surface that has the
     background's colour put back where the views still show it (``views.add_background_coloured_source``: a white van
     on white keys as a few dark islands otherwise)."""
-    from ..render import render_views
-
     v, _, h, w = st.rgb.shape
     if st.source is None or h != w or h % 8 or h > 1024:  # the render stage makes square views, 8 px multiples
         return
-    r = render_views(st.source, st.cameras, resolution=h, background=(0.0, 0.0, 0.0), lighting="unlit")
+    r = st.source_views()
     bg = st.background.to(st.device).view(v, 3, 1, 1)
     shifts, _ = register_to_source(st.rgb, r.rgb.to(st.device) + (1.0 - r.alpha.to(st.device)) * bg)
     if bool(shifts.any()):
@@ -351,16 +358,38 @@ def _component_aware(st: _LiftState, grid: int, face_budget: int, reconstructor:
     opts = st.parts
     policy = component_lift.as_keep_policy(opts.get("keep", component_lift.KeepPolicy.ALL_BUT_EDITED))
     comps = component_lift.source_components(st.source, st.cameras, opts.get("masks"))
-    h, w = st.alpha.shape[-2:]
-    agree, change = silhouettes_agree(st.alpha, hull.source_silhouettes(st.source, st.cameras, h, w))
+    seen = st.source_views()
+    agree, change = silhouettes_agree(st.alpha, seen.silhouettes().to(st.alpha.device))
+    fitted = {"deformed": False}
+    if not agree:
+        # a chunk of the surface moved ("a longer ear"): the source deformed to the views, when that explains the
+        # change, is the source the rest of the lift keeps faces of, textures and exports (same faces, UVs, parts)
+        from dataclasses import replace
+
+        from .deform import fit_deformation
+
+        movable = None  # "listed": the listed components stay as they are
+        if policy == component_lift.KeepPolicy.LISTED:
+            listed = [comps.index(n) for n in component_lift.split_names(opts.get("names", ()))]
+            movable = ~torch.isin(comps.face_component.cpu(), torch.tensor([i for i in listed if i is not None], dtype=torch.int64))
+        fit = fit_deformation(st.source, st.alpha, st.cameras, rgb=st.rgb, movable_faces=movable,
+                              check_interrupt=st.check)
+        fitted.update(deformed=fit.accepted, **fit.stats)
+        if fit.accepted:
+            st.source = replace(st.source, vertices=fit.vertices)
+            seen = st.source_views()
+            fitted["silhouette_change_before_deform"] = change
+            agree, change = silhouettes_agree(st.alpha, seen.silhouettes().to(st.alpha.device))
+        else:
+            fitted["deform_rejected"] = fit.reason
     # unchanged silhouettes carve nothing (a low-poly part's outline a keyed pixel off is not a removal)
     decision = component_lift.decide_kept_faces(st.source, comps, st.alpha, st.cameras, policy, opts.get("names", ()),
                                                 opts.get("prompt"), carve=not agree, rgb=st.rgb,
-                                                background=st.background)
+                                                background=st.background, seen=seen)
     info = {"silhouette_change": change, "keep": policy.value, "components_kept": list(decision.kept),
             "components_edited": list(decision.edited), "components_removed": list(decision.removed),
             "components_trimmed": list(decision.trimmed),
-            "components_reshaped": list(decision.reshaped)}
+            "components_reshaped": list(decision.reshaped), **fitted}
     if agree and policy == component_lift.KeepPolicy.ALL_BUT_EDITED and not decision.removed:
         st.verts, st.faces, st.source_faces = _source_mesh(st.source)
         return {**info, "geometry": "source", "added_volume_fraction": 0.0, "kept_faces": int(len(st.faces)),
@@ -371,7 +400,7 @@ def _component_aware(st: _LiftState, grid: int, face_budget: int, reconstructor:
         info.update(reconstructor=reconstructor, added_from="reconstructor")
     st.verts, st.faces, st.source_faces, more = component_lift.component_aware_geometry(
         st.alpha, st.cameras, st.source, decision.kept_faces, grid, face_budget, st.check, decision.rebuilt_faces(),
-        shaped_by=shaped_by)
+        shaped_by=shaped_by, seen=seen)
     return {**info, **more, "geometry": "component_aware"}
 
 
@@ -429,13 +458,16 @@ def _colour(st: _LiftState, texture_size: int) -> dict:
     prior_sets = (_source_prior_views(st.source, st.cameras, min(128, (h // 8) * 8), (1.0, 1.0, 1.0))
                   if st.source is not None else [])
     st.check()
-    vertex_colors, vstats = bake.bake_vertex_colors(v_t, normals, view_sets, prior_sets, check_interrupt=st.check)
+    kept = (st.source, torch.from_numpy(st.source_faces).to(device)) if st.source_faces is not None else None
+    # without a texture the vertex colours are the lift's colour: the source's own where the edit left it alone (with
+    # one, they only fill texels no view sees, and the texture takes that decision itself)
+    vertex_colors, vstats = bake.bake_vertex_colors(v_t, normals, view_sets, prior_sets, check_interrupt=st.check,
+                                                    source=None if texture_size else kept, faces=f_t)
     st.stats.update(vstats)
     out = dict(vertices=v_t, faces=f_t, uv=None, texture=None, vertex_colors=vertex_colors)
     if not texture_size:
         return out
     st.check()
-    kept = (st.source, torch.from_numpy(st.source_faces).to(device)) if st.source_faces is not None else None
     own = _source_texture_layout(st)
     if own is not None:
         # every face is a source face: the source's own UVs and texture, only the texels the edit changed re-baked
