@@ -360,28 +360,6 @@ def _component_aware(st: _LiftState, grid: int, face_budget: int, reconstructor:
     comps = component_lift.source_components(st.source, st.cameras, opts.get("masks"))
     seen = st.source_views()
     agree, change = silhouettes_agree(st.alpha, seen.silhouettes().to(st.alpha.device))
-    fitted = {"deformed": False}
-    if not agree:
-        # a chunk of the surface moved ("a longer ear"): the source deformed to the views, when that explains the
-        # change, is the source the rest of the lift keeps faces of, textures and exports (same faces, UVs, parts)
-        from dataclasses import replace
-
-        from .deform import fit_deformation
-
-        movable = None  # "listed": the listed components stay as they are
-        if policy == component_lift.KeepPolicy.LISTED:
-            listed = [comps.index(n) for n in component_lift.split_names(opts.get("names", ()))]
-            movable = ~torch.isin(comps.face_component.cpu(), torch.tensor([i for i in listed if i is not None], dtype=torch.int64))
-        fit = fit_deformation(st.source, st.alpha, st.cameras, rgb=st.rgb, movable_faces=movable,
-                              check_interrupt=st.check)
-        fitted.update(deformed=fit.accepted, **fit.stats)
-        if fit.accepted:
-            st.source = replace(st.source, vertices=fit.vertices)
-            seen = st.source_views()
-            fitted["silhouette_change_before_deform"] = change
-            agree, change = silhouettes_agree(st.alpha, seen.silhouettes().to(st.alpha.device))
-        else:
-            fitted["deform_rejected"] = fit.reason
     # unchanged silhouettes carve nothing (a low-poly part's outline a keyed pixel off is not a removal)
     decision = component_lift.decide_kept_faces(st.source, comps, st.alpha, st.cameras, policy, opts.get("names", ()),
                                                 opts.get("prompt"), carve=not agree, rgb=st.rgb,
@@ -389,7 +367,7 @@ def _component_aware(st: _LiftState, grid: int, face_budget: int, reconstructor:
     info = {"silhouette_change": change, "keep": policy.value, "components_kept": list(decision.kept),
             "components_edited": list(decision.edited), "components_removed": list(decision.removed),
             "components_trimmed": list(decision.trimmed),
-            "components_reshaped": list(decision.reshaped), **fitted}
+            "components_reshaped": list(decision.reshaped)}
     if agree and policy == component_lift.KeepPolicy.ALL_BUT_EDITED and not decision.removed:
         st.verts, st.faces, st.source_faces = _source_mesh(st.source)
         return {**info, "geometry": "source", "added_volume_fraction": 0.0, "kept_faces": int(len(st.faces)),
@@ -458,16 +436,13 @@ def _colour(st: _LiftState, texture_size: int) -> dict:
     prior_sets = (_source_prior_views(st.source, st.cameras, min(128, (h // 8) * 8), (1.0, 1.0, 1.0))
                   if st.source is not None else [])
     st.check()
-    kept = (st.source, torch.from_numpy(st.source_faces).to(device)) if st.source_faces is not None else None
-    # without a texture the vertex colours are the lift's colour: the source's own where the edit left it alone (with
-    # one, they only fill texels no view sees, and the texture takes that decision itself)
-    vertex_colors, vstats = bake.bake_vertex_colors(v_t, normals, view_sets, prior_sets, check_interrupt=st.check,
-                                                    source=None if texture_size else kept, faces=f_t)
+    vertex_colors, vstats = bake.bake_vertex_colors(v_t, normals, view_sets, prior_sets, check_interrupt=st.check)
     st.stats.update(vstats)
     out = dict(vertices=v_t, faces=f_t, uv=None, texture=None, vertex_colors=vertex_colors)
     if not texture_size:
         return out
     st.check()
+    kept = (st.source, torch.from_numpy(st.source_faces).to(device)) if st.source_faces is not None else None
     own = _source_texture_layout(st)
     if own is not None:
         # every face is a source face: the source's own UVs and texture, only the texels the edit changed re-baked
