@@ -563,6 +563,56 @@ def _fill_within_parts(points: torch.Tensor, part: torch.Tensor, colors: torch.T
     return _inverse_distance_mean(_part_lifted(points, part, src), colors[src], _part_lifted(points, part, dst))
 
 
+def _colors_keeping_source(points: torch.Tensor, normals: torch.Tensor, view_sets: Sequence[ViewSet],
+                           prior_sets: Sequence[ViewSet], check_interrupt: Optional[Callable[[], None]],
+                           face_normals: Optional[torch.Tensor], source: Optional[tuple]
+                           ) -> tuple[torch.Tensor, torch.Tensor, Optional[int]]:
+    """Colour of surface samples from the views (the prior where none sees them) and, when the surface is (partly)
+    the source's, the source's own colour where the edit left it alone (:func:`keep_source_texture`, agreement read
+    from :func:`source_comparison`): one decision for texels and vertices.
+
+    Args:
+        source: None, or (the source asset, int64 [M] each lifted face's source face (-1: new), int64 [K] each
+            sample's source face (-1: on a new face), float [K, 3] its barycentrics in that face).
+
+    Returns:
+        (colour float32 [K, 3], seen bool [K] (by a view, the prior, or decided from the source), the number of source
+        parts kept or None without a source).
+    """
+    compared = source_comparison(source[0], source[1], view_sets) if source is not None else None
+    if compared is not None:
+        view_sets = compared[0]
+    colors, wsum, views_wsum = _colors_views_then_prior(points, normals, view_sets, prior_sets, check_interrupt,
+                                                        face_normals)
+    seen = wsum > MIN_WEIGHT
+    if source is None:
+        return colors, seen, None
+    asset, _, sample_faces, bary = source
+    change = None
+    if compared is not None:
+        values, change_w = project_colors(points, normals, compared[1], check_interrupt=check_interrupt,
+                                          face_normals=face_normals)
+        change = torch.where(change_w > MIN_WEIGHT, values[:, 0], torch.full_like(change_w, float("nan")))
+    # what was kept or changed is read from the views only: the prior (renders of the source) always agrees
+    colors, decided, kept_parts = keep_source_texture(asset, sample_faces, bary, colors, views_wsum > MIN_WEIGHT,
+                                                      points=points, change=change,
+                                                      fill_from=views_wsum >= FILL_SOURCE_WEIGHT)
+    return colors, seen | decided, kept_parts
+
+
+def vertex_source_samples(faces: torch.Tensor, source_faces: torch.Tensor, num_vertices: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each vertex as a point of the source's surface: (int64 [N] a source face it is a corner of, -1 when it is a
+    corner of new faces only; float32 [N, 3] the barycentrics of that corner, one-hot)."""
+    face_of = torch.full((num_vertices,), -1, dtype=torch.int64, device=faces.device)
+    corner_of = torch.zeros(num_vertices, dtype=torch.int64, device=faces.device)
+    on_source = (source_faces >= 0).nonzero().squeeze(1)
+    for corner in range(3):  # any source face the vertex is a corner of: they all put the source's colour there
+        face_of[faces[on_source, corner]] = source_faces[on_source]
+        corner_of[faces[on_source, corner]] = corner
+    return face_of, torch.nn.functional.one_hot(corner_of, 3).to(torch.float32)
+
+
 def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor, uv: torch.Tensor,
                  view_sets: Sequence[ViewSet], texture_size: int, fallback_colors: Optional[torch.Tensor] = None,
                  check_interrupt: Optional[Callable[[], None]] = None,
@@ -587,28 +637,13 @@ def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor
     nrm = F.normalize(interpolate(normals.to(torch.float32), faces, frags)[0][covered], dim=-1)
     if check_interrupt is not None:
         check_interrupt()
-    compared = source_comparison(source[0], source[1], view_sets) if source is not None else None
-    if compared is not None:
-        view_sets = compared[0]
     from ..render import face_normals
 
-    face_nrm = face_normals(verts.to(torch.float32), faces)[frags.face_id[0][covered]]
-    colors, wsum, views_wsum = _colors_views_then_prior(pos, nrm, view_sets, prior_sets, check_interrupt, face_nrm)
-    seen = wsum > MIN_WEIGHT
-    kept_parts = None
-    if source is not None:
-        asset, source_faces = source
-        change = None
-        if compared is not None:
-            values, change_w = project_colors(pos, nrm, compared[1], check_interrupt=check_interrupt,
-                                              face_normals=face_nrm)
-            change = torch.where(change_w > MIN_WEIGHT, values[:, 0], torch.full_like(change_w, float("nan")))
-        # what was kept or changed is read from the views only: the prior (renders of the source) always agrees
-        colors, decided, kept_parts = keep_source_texture(asset, source_faces[frags.face_id[0][covered]],
-                                                          frags.bary[0][covered], colors, views_wsum > MIN_WEIGHT,
-                                                          points=pos, change=change,
-                                                          fill_from=views_wsum >= FILL_SOURCE_WEIGHT)
-        seen = seen | decided
+    face = frags.face_id[0][covered]
+    face_nrm = face_normals(verts.to(torch.float32), faces)[face]
+    sampled = None if source is None else (source[0], source[1], source[1][face], frags.bary[0][covered])
+    colors, seen, kept_parts = _colors_keeping_source(pos, nrm, view_sets, prior_sets, check_interrupt, face_nrm,
+                                                      sampled)
     if check_interrupt is not None:
         check_interrupt()
     if fallback_colors is not None:
@@ -628,14 +663,24 @@ def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor
 
 
 def bake_vertex_colors(verts: torch.Tensor, normals: torch.Tensor, view_sets: Sequence[ViewSet],
-                       prior_sets: Sequence[ViewSet] = (), check_interrupt: Optional[Callable[[], None]] = None
-                       ) -> tuple[torch.Tensor, dict]:
-    """Per-vertex colours (the lighter alternative to a texture): float32 [N, 3] in 0..1 and stats."""
-    colors, wsum = colors_with_prior(verts.to(torch.float32), normals.to(torch.float32), view_sets, prior_sets,
-                                     check_interrupt)
-    seen = wsum > MIN_WEIGHT
-    colors = fill_unseen(verts.to(torch.float32), colors, seen).clamp(0.0, 1.0)
-    return colors, {"unseen_vertex_fraction": float((~seen).sum()) / max(verts.shape[0], 1)}
+                       prior_sets: Sequence[ViewSet] = (), check_interrupt: Optional[Callable[[], None]] = None,
+                       source: Optional[tuple] = None, faces: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
+    """Per-vertex colours (the lighter alternative to a texture): float32 [N, 3] in 0..1 and stats.
+
+    With ``source`` (the source asset, int64 [M] the source face of each of ``faces`` [M, 3], -1 for a new face), a
+    vertex of a source face takes the same keep/change decision as a texel (:func:`keep_source_texture`): the
+    source's own colour there (vertex colour, or its texture at the vertex's UV) where the edit left it alone."""
+    pts, nrm = verts.to(torch.float32), normals.to(torch.float32)
+    sampled = None
+    if source is not None:
+        sample_faces, bary = vertex_source_samples(faces, source[1].to(faces.device), verts.shape[0])
+        sampled = (source[0], source[1], sample_faces, bary)
+    colors, seen, kept_parts = _colors_keeping_source(pts, nrm, view_sets, prior_sets, check_interrupt, None, sampled)
+    colors = fill_unseen(pts, colors, seen).clamp(0.0, 1.0)
+    stats = {"unseen_vertex_fraction": float((~seen).sum()) / max(verts.shape[0], 1)}
+    if kept_parts is not None:
+        stats["source_colour_parts"] = kept_parts
+    return colors, stats
 
 
 def sample_texture(texture: torch.Tensor, uv_image: torch.Tensor) -> torch.Tensor:

@@ -436,13 +436,16 @@ def _colour(st: _LiftState, texture_size: int) -> dict:
     prior_sets = (_source_prior_views(st.source, st.cameras, min(128, (h // 8) * 8), (1.0, 1.0, 1.0))
                   if st.source is not None else [])
     st.check()
-    vertex_colors, vstats = bake.bake_vertex_colors(v_t, normals, view_sets, prior_sets, check_interrupt=st.check)
+    kept = (st.source, torch.from_numpy(st.source_faces).to(device)) if st.source_faces is not None else None
+    # without a texture the vertex colours are the lift's colour: the source's own where the edit left it alone (with
+    # one, they only fill texels no view sees, and the texture takes that decision itself)
+    vertex_colors, vstats = bake.bake_vertex_colors(v_t, normals, view_sets, prior_sets, check_interrupt=st.check,
+                                                    source=None if texture_size else kept, faces=f_t)
     st.stats.update(vstats)
     out = dict(vertices=v_t, faces=f_t, uv=None, texture=None, vertex_colors=vertex_colors)
     if not texture_size:
         return out
     st.check()
-    kept = (st.source, torch.from_numpy(st.source_faces).to(device)) if st.source_faces is not None else None
     own = _source_texture_layout(st)
     if own is not None:
         # every face is a source face: the source's own UVs and texture, only the texels the edit changed re-baked

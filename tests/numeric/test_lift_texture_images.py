@@ -102,3 +102,31 @@ def test_faces_the_edit_left_alone_keep_each_source_image_at_their_own_uvs(tmp_p
     loaded = next(iter(trimesh.load(path).geometry.values()))
     assert loaded.visual.material.baseColorTexture.size == (s["canvas_size"], s["canvas_size"])
     assert np.allclose(loaded.visual.uv, mesh.uv.numpy(), atol=1e-6)
+
+
+def test_a_vertex_of_a_textured_source_keeps_the_image_at_its_uv():
+    """Without a texture (``texture_size`` 0) a vertex of a face the edit left alone is its image sampled at its
+    UV (bilinear, wrapped) times its base colour."""
+    from scipy.spatial import cKDTree
+
+    from dreamedit3d_core.lifting.bake import source_surface_colors
+    from dreamedit3d_core.render import render_views
+
+    source, edited = _three_part_source(), _three_part_source(recolour_c=True)
+    rgb = render_views(edited, CAMS, resolution=256, lighting="unlit").rgb
+    mesh = lift_to_mesh(rgb, CAMS, source=source, mode="component_aware", grid=64, texture_size=0)
+    dist, src = cKDTree(source.vertices.numpy()).query(mesh.vertices.numpy())
+    assert float(dist.max()) < 1e-6  # the lift of an unchanged shape is the source's own vertices
+    src = torch.from_numpy(src)
+    # a corner of a face of part a or b, as a point of that face
+    face_of = torch.full((source.vertices.shape[0],), -1, dtype=torch.int64)
+    corner_of = torch.zeros(source.vertices.shape[0], dtype=torch.int64)
+    for k in range(3):
+        face_of[source.faces[:, k]] = torch.arange(source.faces.shape[0])
+        corner_of[source.faces[:, k]] = k
+    fid = face_of[src]
+    kept = source.part_ids[fid] < 2
+    want = source_surface_colors(source, fid, torch.nn.functional.one_hot(corner_of[src], 3).float())
+    err = (mesh.vertex_colors - want).abs().amax(-1)
+    print("kept vertices of parts a and b:", int(kept.sum()), "max difference", float(err[kept].max()))
+    assert int(kept.sum()) > 100 and float(err[kept].max()) < 1e-6
