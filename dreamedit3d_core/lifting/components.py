@@ -92,6 +92,11 @@ APPEARANCE_MIN_PX = 48
 APPEARANCE_REMOVED_FRACTION = 0.5
 #: ... and the render with it in at most this fraction (a part shrunk x0.7 still shows itself in half of them).
 APPEARANCE_KEPT_FRACTION = 0.2
+#: Added material more than this many voxels in front of the source's surface, where a view shows that surface
+#: unchanged (no changed pixel within ``CARVE_TOLERANCE_PX``), is not there: it would hide what the view shows. (A
+#: ball held in front of a body fills the body's whole width in the hull of four views; the front view's colours say
+#: where it is.)
+FRONT_MARGIN_VOXELS = 2.0
 #: New solids smaller than this many voxels are noise (a silhouette a pixel off), not geometry.
 MIN_NEW_VOXELS = 27
 #: Points sampled per unit of surface area (in the views' world, object about 1 across) to label the source's solid.
@@ -362,6 +367,30 @@ def silhouette_change(source_face_id: torch.Tensor, face_component: torch.Tensor
     return SilhouetteChange(pushed_n / outline_n.clamp(min=1.0), grown_by / visible.clamp(min=1.0), visible)
 
 
+def _source_colour(source: MeshAsset, cameras: MVCameras, h: int, seen: Optional[hull.SourceViews]) -> tuple:
+    """(rgb over black, alpha) of the source's unlit render at ``h`` px on the CPU: ``seen``'s when it has them."""
+    if seen is not None and seen.rgb is not None and seen.rgb.shape[-1] == h:
+        return seen.rgb.cpu(), seen.alpha.cpu()
+    from ..render import render_views
+
+    r = render_views(source, cameras, resolution=h, background=(0.0, 0.0, 0.0), lighting="unlit", device="cpu")
+    return r.rgb, r.alpha
+
+
+def changed_from_source(rgb: torch.Tensor, background, source_rgb: torch.Tensor, source_alpha: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bool [V, 1, H, W] the view pixels that do not show the source's render, the views' gains [V]): colours compared
+    as ``bake.change_from_source`` does (the views' gain fitted, a shift search of ``CHANGE_SEARCH_PX``), on the CPU."""
+    from .bake import CHANGE_SEARCH_PX, CHANGE_TOLERANCE, change_from_source, view_gains
+
+    v, _, h, _ = rgb.shape
+    rgb = rgb.cpu().to(torch.float32)
+    bg = torch.as_tensor(background, dtype=torch.float32).cpu().reshape(-1, 3).expand(v, 3)
+    radius = max(1, round(CHANGE_SEARCH_PX * h / 256))
+    gain = view_gains(rgb, source_rgb, source_alpha, radius)
+    return change_from_source(rgb, bg, source_rgb, source_alpha, radius, gain) > CHANGE_TOLERANCE, gain
+
+
 def removed_by_appearance(source: MeshAsset, face_component: torch.Tensor, source_face_id: torch.Tensor,
                           candidates: torch.Tensor, rgb: torch.Tensor, background, cameras: MVCameras,
                           seen: Optional[hull.SourceViews] = None) -> torch.Tensor:
@@ -377,8 +406,7 @@ def removed_by_appearance(source: MeshAsset, face_component: torch.Tensor, sourc
     search). ``rgb``: float [V, 3, H, W] square views a multiple of 8 px (else nothing is removed); ``background``:
     each view's background colour, [V, 3] or an RGB triple; ``seen``: the source's :class:`~.hull.SourceViews` with
     colour at the views' size, when the caller has them."""
-    from ..render import render_views
-    from .bake import CHANGE_SEARCH_PX, CHANGE_TOLERANCE, change_from_source, view_gains
+    from .bake import CHANGE_SEARCH_PX, CHANGE_TOLERANCE, change_from_source
 
     k = int(candidates.shape[0])
     out = torch.zeros(k, dtype=torch.bool)
@@ -392,20 +420,14 @@ def removed_by_appearance(source: MeshAsset, face_component: torch.Tensor, sourc
     radius = max(1, round(CHANGE_SEARCH_PX * h / 256))
     min_px = APPEARANCE_MIN_PX * (h / 256) ** 2
 
-    def render(asset):
-        r = render_views(asset, cameras, resolution=h, background=(0.0, 0.0, 0.0), lighting="unlit", device="cpu")
-        return r.rgb, r.alpha
-
-    with_rgb, with_alpha = (render(source) if seen is None or seen.rgb is None or tuple(seen.rgb.shape[-2:]) != (h, w)
-                            else (seen.rgb.cpu(), seen.alpha.cpu()))
-    gain = view_gains(rgb, with_rgb, with_alpha, radius)
-    off_with = change_from_source(rgb, bg, with_rgb, with_alpha, radius, gain) > CHANGE_TOLERANCE
+    with_rgb, with_alpha = _source_colour(source, cameras, h, seen)
+    off_with, gain = changed_from_source(rgb, bg, with_rgb, with_alpha)
     for i in candidates.nonzero().squeeze(1).tolist():
         mine = pix_comp == i
         shown = float(mine.sum())
         if shown < min_px or float((off_with & mine).sum()) < APPEARANCE_CHANGED_FRACTION * shown:
             continue
-        without_rgb, without_alpha = render(source.with_faces(face_component.cpu() != i))
+        without_rgb, without_alpha = _source_colour(source.with_faces(face_component.cpu() != i), cameras, h, None)
         # telling pixels: the two renders differ there even a shift apart, either way round
         with_composite = with_rgb + (1.0 - with_alpha) * bg[..., None, None]
         without_composite = without_rgb + (1.0 - without_alpha) * bg[..., None, None]
@@ -764,6 +786,49 @@ def _drop_unneeded_solids(added: torch.Tensor, alpha: torch.Tensor, cameras: MVC
     return torch.where(ghost, torch.zeros_like(added), added), int(dropped.sum())
 
 
+def new_material_pixels(alpha: torch.Tensor, rgb: torch.Tensor, background, source: MeshAsset, cameras: MVCameras,
+                        seen: hull.SourceViews, dilate: bool = True) -> torch.Tensor:
+    """bool [V, H, W]: where the edited views show something other than the source: inside the edited silhouettes
+    and outside the source's, or in another colour than its render (:func:`changed_from_source`); dilated by
+    ``CARVE_TOLERANCE_PX`` (a new part's outline a pixel or two off) when ``dilate``."""
+    h = alpha.shape[-2]
+    changed, _ = changed_from_source(rgb, background, *_source_colour(source, cameras, h, seen))
+    edited = alpha.cpu() > 0.5
+    new = edited & (changed | (seen.face_id.cpu() < 0)[:, None])
+    if not dilate:
+        return new[:, 0]
+    r = _carve_radius(h)
+    return F.max_pool2d(new.to(torch.float32), 2 * r + 1, stride=1, padding=r)[:, 0] > 0.5
+
+
+def carve_in_front_of_unchanged(occupancy: torch.Tensor, grid: hull.VoxelGrid, cameras: MVCameras,
+                                seen: hull.SourceViews, new_pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``occupancy`` (new material, float [X, Y, Z] on ``grid``) without the voxels some view would show in front of
+    the source's surface where it shows that surface unchanged (``new_pixels`` bool [V, H, W] false: see
+    :func:`new_material_pixels`; in front: more than ``FRONT_MARGIN_VOXELS`` nearer than ``seen.depth``), and how many
+    were carved. Behind the source, or where the view shows new material, a voxel stays (the view cannot see it, or
+    it may be what the view shows)."""
+    inside = (occupancy > hull.ISO_LEVEL).reshape(-1).nonzero().squeeze(1).cpu()
+    if inside.numel() == 0:
+        return occupancy, 0
+    h, w = new_pixels.shape[-2:]
+    source_depth = seen.depth.cpu()
+    margin = FRONT_MARGIN_VOXELS * grid.spacing
+    carved = torch.zeros(inside.numel(), dtype=torch.bool)
+    pix, depth = cameras.project(grid.points_at(inside), h, w)
+    for v in range(pix.shape[0]):
+        x, y = pix[v, :, 0].floor().long(), pix[v, :, 1].floor().long()
+        ok = (x >= 0) & (x < w) & (y >= 0) & (y < h) & (depth[v] > 0)
+        x, y = x.clamp(0, w - 1), y.clamp(0, h - 1)
+        surface_at = source_depth[v][y, x]
+        carved |= ok & (surface_at > 0) & (depth[v] < surface_at - margin) & ~new_pixels[v][y, x]
+    if not bool(carved.any()):
+        return occupancy, 0
+    out = occupancy.clone().reshape(-1)
+    out[inside[carved].to(out.device)] = 0.0
+    return out.reshape(occupancy.shape), int(carved.sum())
+
+
 def _drop_small(occ: torch.Tensor, min_voxels: int) -> torch.Tensor:
     from scipy import ndimage
 
@@ -779,7 +844,8 @@ def _drop_small(occ: torch.Tensor, min_voxels: int) -> torch.Tensor:
 def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: MeshAsset, kept_faces: torch.Tensor,
                              grid: int, face_budget: int, check: Callable[[], None],
                              rebuilt_faces: Optional[torch.Tensor] = None, shaped_by: Optional[tuple] = None,
-                             seen: Optional[hull.SourceViews] = None) -> tuple:
+                             seen: Optional[hull.SourceViews] = None, rgb: Optional[torch.Tensor] = None,
+                             background=None) -> tuple:
     """The kept source faces exactly, plus smooth new geometry where the edit changed the shape.
 
     ``shaped_by`` (vertices [N, 3], faces [M, 3] in the world frame: a reconstructor's mesh of the edited views, e.g.
@@ -788,7 +854,9 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
 
     ``rebuilt_faces`` (bool [M], default: those not kept) are the source faces whose solid is rebuilt, cut by the edited
     hull; faces neither kept nor rebuilt (a component the views no longer show) are gone. ``seen``: the source's
-    :class:`~.hull.SourceViews` at the views' size, when the caller has them. The new geometry is one
+    :class:`~.hull.SourceViews` at the views' size, when the caller has them; with them and the views' colours ``rgb``
+    [V, 3, H, W] and ``background``, added material the views show the source's surface in front of is carved
+    (:func:`carve_in_front_of_unchanged`). The new geometry is one
     closed surface that overlaps the kept solid at the joint, so the result has no boundary edges the kept faces did
     not have (a crack-free, watertight-where-the-source-was join; the overlap is hidden inside the kept solid).
 
@@ -849,14 +917,23 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
                                     check_interrupt=check).cpu()
         seeds, allowed, slack = torch.minimum(seeds, shape), torch.minimum(allowed, shape), SHAPED_SLACK_VOXELS
     added = _grow_within(seeds, allowed, slack) if bool((seeds > hull.ISO_LEVEL).any()) else seeds
+    carved_in_front, new_px = 0, None
+    if rgb is not None and seen is not None and seen.rgb is not None and bool((added > hull.ISO_LEVEL).any()):
+        new_px = new_material_pixels(alpha, rgb, background, source, cameras, seen, dilate=False)
+        r = _carve_radius(alpha.shape[-2])
+        near_new = F.max_pool2d(new_px[:, None].to(torch.float32), 2 * r + 1, stride=1, padding=r)[:, 0] > 0.5
+        added, carved_in_front = carve_in_front_of_unchanged(added, fine, cameras, seen, near_new)
     if shaped_by is None:
         # four views see a ball as two crossed cylinders; cut each added solid to the ellipse inscribed in its slices
         # (a reconstructor's surface has no such ridges)
-        added = rounding.round_solids(added, alpha, cameras, fine, check)
+        added = (rounding.round_solids(added, alpha, cameras, fine, check) if new_px is None else
+                 rounding.round_solids(added, alpha, cameras, fine, check, shown=new_px, behind=seen.depth,
+                                       margin=FRONT_MARGIN_VOXELS * fine.spacing))
     added, ghosts = _drop_unneeded_solids(added, alpha, cameras, source, fine, seen)
     new = _drop_small(torch.maximum(torch.maximum(rebuilt, added), scaled), MIN_NEW_VOXELS)
     stats = {"voxel_size": fine.spacing, "grid_shape": list(fine.shape), "kept_faces": int(len(kf)),
              "rescaled_parts": [round(p.scale, 3) for p in rescaled], "ghost_solids_dropped": ghosts,
+             "voxels_carved_in_front": carved_in_front,
              "added_volume_fraction": float((added > 0.5).sum()) / max(float((solid > 0.5).sum()), 1.0)}
     if not bool((new > hull.ISO_LEVEL).any()):
         stats["new_faces"] = 0

@@ -273,11 +273,13 @@ class SourceViews:
     """The source seen by the views' cameras at the views' size, made once per lift (:func:`source_views`) for every
     stage that compares the views with the source (registration, keying help, what was kept, removed, grown).
 
-    ``face_id`` int64 [V, H, W]: the source face at each pixel centre (-1: background); ``rgb`` float32 [V, 3, H, W] and
+    ``face_id`` int64 [V, H, W]: the source face at each pixel centre (-1: background), ``depth`` float32 [V, H, W] its
+    view-axis distance (0: background); ``rgb`` float32 [V, 3, H, W] and
     ``alpha`` [V, 1, H, W]: its unlit colour over black (coverage x colour) and coverage, antialiased as the render
     stage makes them; None when the views' size is not one the render stage makes (square, 8 px multiples to 1024)."""
 
     face_id: torch.Tensor
+    depth: torch.Tensor
     rgb: Optional[torch.Tensor] = None
     alpha: Optional[torch.Tensor] = None
 
@@ -294,11 +296,11 @@ def source_views(source: MeshAsset, cameras: MVCameras, height: int, width: int,
     from ..raster import rasterize_views
     from ..render import render_views
 
-    face_id = rasterize_views(source.vertices.to(torch.float32), source.faces, cameras, (height, width)).face_id
+    frags = rasterize_views(source.vertices.to(torch.float32), source.faces, cameras, (height, width))
     if not colour or height != width or height % 8 or height > 1024:
-        return SourceViews(face_id)
+        return SourceViews(frags.face_id, frags.depth)
     r = render_views(source, cameras, resolution=height, background=(0.0, 0.0, 0.0), lighting="unlit")
-    return SourceViews(face_id, r.rgb, r.alpha)
+    return SourceViews(frags.face_id, frags.depth, r.rgb, r.alpha)
 
 
 def mesh_silhouettes(vertices: torch.Tensor, faces: torch.Tensor, cameras: MVCameras, height: int, width: int,

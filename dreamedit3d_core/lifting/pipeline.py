@@ -378,7 +378,7 @@ def _component_aware(st: _LiftState, grid: int, face_budget: int, reconstructor:
         info.update(reconstructor=reconstructor, added_from="reconstructor")
     st.verts, st.faces, st.source_faces, more = component_lift.component_aware_geometry(
         st.alpha, st.cameras, st.source, decision.kept_faces, grid, face_budget, st.check, decision.rebuilt_faces(),
-        shaped_by=shaped_by, seen=seen)
+        shaped_by=shaped_by, seen=seen, rgb=st.rgb, background=st.background)
     return {**info, **more, "geometry": "component_aware"}
 
 

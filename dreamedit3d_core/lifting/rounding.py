@@ -85,7 +85,8 @@ def _horizontal_view_directions(cameras: MVCameras) -> torch.Tensor:
 
 
 def round_solids(occupancy: torch.Tensor, alpha: torch.Tensor, cameras: MVCameras, grid: VoxelGrid,
-                 check_interrupt: Optional[Callable[[], None]] = None) -> torch.Tensor:
+                 check_interrupt: Optional[Callable[[], None]] = None, shown: Optional[torch.Tensor] = None,
+                 behind: Optional[torch.Tensor] = None, margin: float = 0.0) -> torch.Tensor:
     """Each connected solid of ``occupancy`` cut down to the ellipse inscribed in its silhouettes, slice by slice (see
     the module docstring).
 
@@ -93,6 +94,11 @@ def round_solids(occupancy: torch.Tensor, alpha: torch.Tensor, cameras: MVCamera
         occupancy: float [X, Y, Z] soft occupancy on ``grid`` (inside above ``hull.ISO_LEVEL``): new material inside the
             views' hull.
         alpha: float [V, 1, H, W] the silhouettes the solids were carved from; cameras: their cameras.
+        shown, behind: bool [V, H, W] where the views show new material, and float [V, H, W] the view-axis depth of
+            the surface the solids are new against (the source's; 0 where none). Given, a solid's silhouette in a view
+            is where the view shows new material, or the source more than ``margin`` in front of the solid's centre
+            (which may hide it: the body, seen from behind a ball held in front of it), not all of ``alpha`` (the
+            ball from the front: its own disc, not the body's width).
 
     Returns:
         float32 [X, Y, Z]: ``occupancy`` where kept, 0 where cut. Never adds material.
@@ -119,11 +125,18 @@ def round_solids(occupancy: torch.Tensor, alpha: torch.Tensor, cameras: MVCamera
         points = grid.points_at(idx)
         centre = points.mean(0)
         u = torch.empty(cameras.num_views, idx.numel())
+        maps = u_maps
+        if shown is not None and behind is not None:
+            _, centre_depth = cameras.project(centre[None], h, w)
+            front = behind.to(torch.float32).cpu()
+            hiding = (front > 0) & (front < centre_depth.cpu()[:, :1, None] - margin)  # [V, H, W]
+            mine = shown.cpu() | ((alpha[:, 0].cpu() > 0.5) & hiding)
+            maps = run_coordinates(mine).to(torch.float32)[:, None] - OUTSIDE
         for v in range(u.shape[0]):
             d = directions[v]
             moved = points - ((points - centre) @ d)[:, None] * d  # at the solid's centre depth along this view
             pix, depth = cameras.project(moved, h, w)
-            u[v] = sample_images(u_maps[v:v + 1], pix[v:v + 1], depth[v:v + 1])[0, :, 0] + OUTSIDE
+            u[v] = sample_images(maps[v:v + 1], pix[v:v + 1], depth[v:v + 1])[0, :, 0] + OUTSIDE
         per_direction = torch.stack([u[g].amax(0) for g in groups])
         keep[idx] = (per_direction ** 2).sum(0) <= 0.5 * len(groups)
     keep = keep.reshape(grid.shape).to(occupancy.device)
