@@ -360,14 +360,42 @@ def _component_aware(st: _LiftState, grid: int, face_budget: int, reconstructor:
     comps = component_lift.source_components(st.source, st.cameras, opts.get("masks"))
     seen = st.source_views()
     agree, change = silhouettes_agree(st.alpha, seen.silhouettes().to(st.alpha.device))
-    # unchanged silhouettes carve nothing (a low-poly part's outline a keyed pixel off is not a removal)
-    decision = component_lift.decide_kept_faces(st.source, comps, st.alpha, st.cameras, policy, opts.get("names", ()),
+
+    def decide():  # unchanged silhouettes carve nothing (a low-poly part's outline a keyed pixel off is not a removal)
+        return component_lift.decide_kept_faces(st.source, comps, st.alpha, st.cameras, policy, opts.get("names", ()),
                                                 opts.get("prompt"), carve=not agree, rgb=st.rgb,
                                                 background=st.background, seen=seen)
+
+    decision = decide()
+    fitted = {"deformed": False}
+    if not agree and not decision.reshaped and not decision.removed:
+        # a chunk of the surface moved ("a longer ear"), not a whole part (rescaled or removed whole above): the source
+        # deformed to the views, when that explains the change, is the source the rest of the lift keeps faces of,
+        # textures and exports (same faces, UVs, parts)
+        from dataclasses import replace
+
+        from .deform import fit_deformation
+
+        movable = None  # "listed": the listed components stay as they are
+        if policy == component_lift.KeepPolicy.LISTED:
+            listed = [comps.index(n) for n in component_lift.split_names(opts.get("names", ()))]
+            listed = torch.tensor([i for i in listed if i is not None], dtype=torch.int64)
+            movable = ~torch.isin(comps.face_component.cpu(), listed)
+        fit = fit_deformation(st.source, st.alpha, st.cameras, rgb=st.rgb, movable_faces=movable,
+                              check_interrupt=st.check)
+        fitted.update(deformed=fit.accepted, **fit.stats)
+        if fit.accepted:
+            st.source = replace(st.source, vertices=fit.vertices)
+            seen = st.source_views()
+            fitted["silhouette_change_before_deform"] = change
+            agree, change = silhouettes_agree(st.alpha, seen.silhouettes().to(st.alpha.device))
+            decision = decide()
+        else:
+            fitted["deform_rejected"] = fit.reason
     info = {"silhouette_change": change, "keep": policy.value, "components_kept": list(decision.kept),
             "components_edited": list(decision.edited), "components_removed": list(decision.removed),
             "components_trimmed": list(decision.trimmed),
-            "components_reshaped": list(decision.reshaped)}
+            "components_reshaped": list(decision.reshaped), **fitted}
     if agree and policy == component_lift.KeepPolicy.ALL_BUT_EDITED and not decision.removed:
         st.verts, st.faces, st.source_faces = _source_mesh(st.source)
         return {**info, "geometry": "source", "added_volume_fraction": 0.0, "kept_faces": int(len(st.faces)),
