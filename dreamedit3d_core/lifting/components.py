@@ -900,8 +900,9 @@ def component_aware_geometry(alpha: torch.Tensor, cameras: MVCameras, source: Me
         check()
         v, f = part.vertices(source), src_faces[part.faces]
         shape = hull.mesh_occupancy(v, f, fine, where=reach & _box_mask(fine, v[f.unique()], 2), check_interrupt=check)
-        if not bool((shape > hull.ISO_LEVEL).any()):
-            # an open surface (a neck tube, a sheet) has no solid to voxelize: its own faces, scaled, are the part
+        if int((shape > hull.ISO_LEVEL).sum()) < MIN_NEW_VOXELS:
+            # an open surface (a neck tube, a sheet) has no solid to voxelize (a stray voxel or two, which the noise
+            # filter would drop with the part): its own faces, scaled, are the part
             used, local = np.unique(f.numpy(), return_inverse=True)
             surfaces.append((v.double().numpy()[used], local.reshape(-1, 3).astype(np.int64)))
         scaled = torch.maximum(scaled, torch.minimum(shape.cpu(), hull_edited))
