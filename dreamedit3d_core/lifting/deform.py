@@ -72,6 +72,10 @@ MAX_STRETCH = 1.8
 MAX_AREA_RATIO = 2.6
 MIN_SQUASH = 0.75
 MIN_AREA_RATIO = 0.6
+#: The fit stops from step ABORT_AFTER on (checked when it rasterizes) once its distortion is past those limits by
+#: this factor (measured: an added ball on the truck or the spot stretches 4-11x; a reshaped chunk stays below 1.5).
+ABORT_AFTER = 50
+ABORT_MARGIN = 1.5
 #: Accept: of the changed pixels the deformed source covers, at most this fraction may differ in colour from its
 #: render by more than ``COLOUR_TOLERANCE`` (max over channels, after a per-view gain fit).
 MAX_COLOUR_MISMATCH = 0.3
@@ -220,6 +224,13 @@ def _distortion(before: np.ndarray, after: np.ndarray, faces: np.ndarray) -> dic
             "area_min": float(np.percentile(aratio, 1)) if len(aratio) else 1.0}
 
 
+def _far_past_limits(distortion: dict) -> bool:
+    """Whether a fit's distortion (``_distortion``) is past the accept limits by ``ABORT_MARGIN``."""
+    m = ABORT_MARGIN
+    return (distortion["stretch"] > MAX_STRETCH * m or distortion["area_max"] > MAX_AREA_RATIO * m
+            or distortion["squash"] < MIN_SQUASH / m or distortion["area_min"] < MIN_AREA_RATIO / m)
+
+
 def _colour_mismatch(source: MeshAsset, vertices: torch.Tensor, rgb: torch.Tensor, changed: torch.Tensor,
                      cameras: MVCameras) -> Optional[float]:
     """Of the changed pixels (bool [V, h, w] at fit resolution) the deformed source covers, the fraction whose colour
@@ -352,7 +363,10 @@ def fit_deformation(source: MeshAsset, alpha: torch.Tensor, cameras: MVCameras, 
         d = params[:, :1] * normals + params[:, 1:]
         if step % RASTER_EVERY == 0:
             check()
-            mask = _silhouettes(base.index_add(0, active_t, d), wfaces_t, cameras, h, w)
+            moved = base.index_add(0, active_t, d)
+            if step >= ABORT_AFTER and _far_past_limits(_distortion(welded, moved.numpy(), wfaces)):
+                break  # an added part read as a stretched surface: it will not come back within the limits
+            mask = _silhouettes(moved, wfaces_t, cameras, h, w)
             pv, pi, pt = _cover_pairs(mask, edited, cameras.project(start + d, h, w)[0].numpy(), everyone)
             pairs = (torch.from_numpy(pv), torch.from_numpy(pi), torch.from_numpy(pt))
         d.requires_grad_(True)
