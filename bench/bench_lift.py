@@ -106,7 +106,9 @@ def main(argv=None) -> list:
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "assets"))
     ap.add_argument("--json", default=None)
     ap.add_argument("--suite", choices=("roundtrip", "novel"), default="roundtrip")
-    ap.add_argument("--edits", nargs="*", default=None, help="novel suite: edits to run (default all)")
+    ap.add_argument("--edits", nargs="*", default=None,
+                    help="novel suite: edits to run (default none add remove scale recolor; lift_eval.EXTRA_EDITS "
+                    "add_front add_box shrink run when named)")
     ap.add_argument("--jitter", action="store_true", help="novel suite: also lift jittered views")
     ap.add_argument("--sheets", default=str(REPO / "bench" / "results"), help="novel suite: contact sheet folder")
     args = ap.parse_args(argv)
@@ -273,7 +275,7 @@ def _novel_summary(rows: list) -> None:
             print(f"# {label} {mode}: IoU mean {mean('iou_mean'):.3f} worst {worst_iou['iou_worst']:.3f} "
                   f"({case(worst_iou)})  F@1% {mean('fscore'):.3f}  Chamfer {mean('chamfer_pct'):.2f}% diag  "
                   f"normal err {mean('normal_err_deg'):.1f} deg")
-            per_edit = "  ".join(f"{e} {mean('psnr_db', (e,)):.1f}" for e in ("none", "add", "remove", "scale", "recolor"))
+            per_edit = "  ".join(f"{e} {mean('psnr_db', (e,)):.1f}" for e in dict.fromkeys(r["edit"] for r in sel))
             print(f"#   PSNR dB: add/remove/scale {mean('psnr_db', SHAPE_EDITS):.1f}, recolor/none mean "
                   f"{mean('psnr_db', APPEARANCE_EDITS):.1f}"
                   + (f" worst {worst_app['psnr_db']:.1f} ({case(worst_app)})" if worst_app else "") + f"  [{per_edit}]")
@@ -288,7 +290,8 @@ def _novel_summary(rows: list) -> None:
                       f"{verdict(mean('psnr_db', SHAPE_EDITS) >= TARGETS['psnr_shape_db'], mean('psnr_db', SHAPE_EDITS))}"
                       f"; recolor/none >= {TARGETS['psnr_appearance_db']:.0f} in every case "
                       f"{verdict(worst_app is None or worst_app['psnr_db'] >= TARGETS['psnr_appearance_db'], float('nan') if worst_app is None else 0.0)}"
-                      f"; <= {TARGETS['seconds']:.0f} s every lift {verdict(slowest['total_s'] <= TARGETS['seconds'])}")
+                      f"; <= {TARGETS['seconds']:.0f} s every lift (process CPU time, one thread) "
+                      f"{verdict(max(r['cpu_s'] for r in sel) <= TARGETS['seconds'])}")
 
 
 if __name__ == "__main__":

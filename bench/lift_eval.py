@@ -26,6 +26,12 @@ F_SCORE_FRACTION = 0.01
 ADD_COLOR = (0.85, 0.15, 0.10)
 RECOLOR = (0.10, 0.35, 0.90)
 EDITS = ("none", "add", "remove", "scale", "recolor")
+#: Edits run only when named (``--edits``): a ball held at the asset's front (inside its outline from the front view),
+#: a box hat (the round-things prior's worst case) and a part shrunk x0.7.
+EXTRA_EDITS = ("add_front", "add_box", "shrink")
+#: Colours of the extra edits' new parts.
+ADD_FRONT_COLOR = (0.10, 0.70, 0.20)
+ADD_BOX_COLOR = (0.20, 0.20, 0.80)
 
 
 def novel_cameras(fov_deg: float, radius: float) -> list:
@@ -113,30 +119,66 @@ def _replace(asset, **changes):
     return replace(asset, **changes)
 
 
-def add_part(asset) -> Edit:
-    """A red ball (a hat) sitting on the top of the asset, half sunk in."""
-    import trimesh
-
+def _with_new_part(asset, mesh, colour, name: str):
+    """``asset`` with the trimesh ``mesh`` added as a new part of one base colour (untextured, white vertex colours)."""
     v = asset.vertices
-    lo, hi = v.min(0).values, v.max(0).values
-    radius = 0.16 * float((hi - lo).max())
-    top = v[v[:, 1] > float(hi[1]) - 0.05 * float(hi[1] - lo[1])]
-    centre = (float(top[:, 0].mean()), float(hi[1]) + 0.45 * radius, float(top[:, 2].mean()))
-    ball = trimesh.creation.icosphere(subdivisions=3, radius=radius)
-    ball.apply_translation(centre)
-    nv, nf = torch.tensor(ball.vertices, dtype=torch.float32), torch.tensor(ball.faces, dtype=torch.int64)
+    nv, nf = torch.tensor(mesh.vertices, dtype=torch.float32), torch.tensor(mesh.faces, dtype=torch.int64)
     n, m = v.shape[0], nf.shape[0]
     changes = dict(vertices=torch.cat([v, nv]), faces=torch.cat([asset.faces, nf + n]),
                    part_ids=torch.cat([asset.part_ids, torch.full((m,), asset.num_parts, dtype=torch.int64)]),
-                   part_names=tuple(asset.part_names) + ("added_hat",),
-                   face_base_color=torch.cat([asset.face_base_color, torch.tensor([ADD_COLOR]).expand(m, 3)]))
+                   part_names=tuple(asset.part_names) + (name,),
+                   face_base_color=torch.cat([asset.face_base_color, torch.tensor([colour]).expand(m, 3)]))
     if asset.uv is not None:
         changes["uv"] = torch.cat([asset.uv, torch.zeros(len(nv), 2)])
     if asset.vertex_colors is not None:
         changes["vertex_colors"] = torch.cat([asset.vertex_colors, torch.ones(len(nv), 3)])
     if asset.face_textures is not None:
         changes["face_textures"] = torch.cat([asset.face_textures, torch.full((m,), -1, dtype=torch.int64)])
-    return Edit("add", _replace(asset, **changes), "a red ball on top")
+    return _replace(asset, **changes)
+
+
+def _top_centre(asset, lift: float) -> tuple:
+    """The middle of the asset's top (its highest 5 %) raised by ``lift``."""
+    v = asset.vertices
+    lo, hi = v.min(0).values, v.max(0).values
+    top = v[v[:, 1] > float(hi[1]) - 0.05 * float(hi[1] - lo[1])]
+    return float(top[:, 0].mean()), float(hi[1]) + lift, float(top[:, 2].mean())
+
+
+def add_part(asset) -> Edit:
+    """A red ball (a hat) sitting on the top of the asset, half sunk in."""
+    import trimesh
+
+    v = asset.vertices
+    radius = 0.16 * float((v.max(0).values - v.min(0).values).max())
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=radius)
+    ball.apply_translation(_top_centre(asset, 0.45 * radius))
+    return Edit("add", _with_new_part(asset, ball, ADD_COLOR, "added_hat"), "a red ball on top")
+
+
+def add_front_part(asset) -> Edit:
+    """A green ball held at the asset's front (+x, the front view's camera side), half its radius out of the asset's
+    front at mid height: from the front view it lies inside the asset's outline ("a ball in a hand")."""
+    import trimesh
+
+    v = asset.vertices
+    lo, hi = v.min(0).values, v.max(0).values
+    radius = 0.12 * float((hi - lo).max())
+    mid = 0.5 * (lo + hi)
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=radius)
+    ball.apply_translation((float(hi[0]) + 0.5 * radius, float(mid[1]), float(mid[2])))
+    return Edit("add_front", _with_new_part(asset, ball, ADD_FRONT_COLOR, "added_ball"), "a green ball held in front")
+
+
+def add_box_part(asset) -> Edit:
+    """A blue box hat (a quarter of the asset's size, 0.6 as tall) sitting on the top."""
+    import trimesh
+
+    v = asset.vertices
+    side = 0.25 * float((v.max(0).values - v.min(0).values).max())
+    box = trimesh.creation.box(extents=(side, 0.6 * side, side))
+    box.apply_translation(_top_centre(asset, 0.2 * side))
+    return Edit("add_box", _with_new_part(asset, box, ADD_BOX_COLOR, "added_box"), "a blue box on top")
 
 
 def remove_part(asset) -> Edit:
@@ -180,10 +222,16 @@ def recolor_part(asset) -> Edit:
     return Edit("recolor", _replace(asset, **changes), f"{what} recoloured blue")
 
 
+def shrink_part(asset) -> Edit:
+    edit = scale_part(asset, 0.7)
+    return Edit("shrink", edit.asset, edit.what)
+
+
 def make_edit(asset, name: str) -> Edit:
     if name == "none":
         return Edit("none", asset, "no edit")
-    return {"add": add_part, "remove": remove_part, "scale": scale_part, "recolor": recolor_part}[name](asset)
+    return {"add": add_part, "remove": remove_part, "scale": scale_part, "recolor": recolor_part,
+            "add_front": add_front_part, "add_box": add_box_part, "shrink": shrink_part}[name](asset)
 
 
 def jitter_views(rgb: torch.Tensor, seed: int = 0, max_shift_px: int = 2, brightness: float = 0.05) -> torch.Tensor:
