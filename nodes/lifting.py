@@ -179,11 +179,13 @@ class LiftToMesh(io.ComfyNode):
                 io.Int.Input("grid", default=128, min=16, max=512, step=8,
                              tooltip="Voxels along the longest side (quality 128)."),
                 io.Int.Input("texture_size", default=1024, min=0, max=4096, step=64,
-                             tooltip="Side of the baked atlas in texels (0 = vertex colours only). With an asset "
-                                     "textured by one square image, the faces the edit left alone keep that image and "
-                                     "their UVs: the GLB's texture is the image itself when every face is the asset's, "
-                                     "else a canvas of the image beside this atlas (at most 4096², or the image's own "
-                                     "side when larger)."),
+                             tooltip="Side of the baked atlas in texels (0 = vertex colours only, the asset's own "
+                                     "colours kept where the edit left it alone). Faces the edit left alone keep the "
+                                     "asset's own images and UVs: the GLB's texture is the asset's image itself when it "
+                                     "has one square image and every face is the asset's, else a canvas of its images "
+                                     "beside this atlas (at most 4096², or the largest image's side when larger; if "
+                                     "they do not fit, the least-used images are shrunk, then the atlas alone is used, "
+                                     "as the lift's stats 'canvas' says)."),
                 io.Int.Input("face_budget", default=50000, min=0, max=2000000, tooltip="Decimate to this many faces (0: none)."),
                 io.Float.Input("background", default=1.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Background grey of the views, keyed out exactly when detect_background is off "
