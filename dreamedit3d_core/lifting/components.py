@@ -427,7 +427,10 @@ def removed_by_appearance(source: MeshAsset, face_component: torch.Tensor, sourc
         shown = float(mine.sum())
         if shown < min_px or float((off_with & mine).sum()) < APPEARANCE_CHANGED_FRACTION * shown:
             continue
-        without_rgb, without_alpha = _source_colour(source.with_faces(face_component.cpu() != i), cameras, h, None)
+        others = face_component.cpu() != i
+        if not bool(others.any()):  # the whole source: without it the views would be empty, which the silhouettes judge
+            continue
+        without_rgb, without_alpha = _source_colour(source.with_faces(others), cameras, h, None)
         # telling pixels: the two renders differ there even a shift apart, either way round
         with_composite = with_rgb + (1.0 - with_alpha) * bg[..., None, None]
         without_composite = without_rgb + (1.0 - without_alpha) * bg[..., None, None]

@@ -110,3 +110,15 @@ def test_component_aware_lift_drops_the_hidden_cabin_and_keeps_the_rest_exactly(
                         texture_size=0)
     assert kept.stats["components_removed"] == []
     assert kept.faces.shape[0] == car.faces.shape[0]
+
+
+def test_a_single_component_source_in_lit_views_is_judged_without_rendering_an_empty_mesh(car):
+    # lit views differ from the unlit source render almost everywhere, so the one component is tested; "the source
+    # without it" has no faces (rendering it failed): it is left to the silhouettes
+    one = car.with_faces(car.part_ids == 0)
+    one = MeshAsset(vertices=one.vertices, faces=one.faces, part_ids=torch.zeros_like(one.part_ids), part_names=("body",),
+                    face_base_color=one.face_base_color)
+    lit = render_views(one, CAMS, resolution=256, lighting="ambient_diffuse").rgb
+    assert _removed(one, lit) == []
+    mesh = lift_to_mesh(lit, CAMS, mode="component_aware", source=one, grid=48, texture_size=0)
+    assert mesh.stats["components_removed"] == [] and mesh.faces.shape[0] == one.faces.shape[0]
