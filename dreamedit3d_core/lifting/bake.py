@@ -684,7 +684,8 @@ def bake_texture(verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor
 
 def bake_vertex_colors(verts: torch.Tensor, normals: torch.Tensor, view_sets: Sequence[ViewSet],
                        prior_sets: Sequence[ViewSet] = (), check_interrupt: Optional[Callable[[], None]] = None,
-                       source: Optional[tuple] = None, faces: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
+                       source: Optional[tuple] = None, faces: Optional[torch.Tensor] = None
+                       ) -> tuple[torch.Tensor, dict]:
     """Per-vertex colours (the lighter alternative to a texture): float32 [N, 3] in 0..1 and stats.
 
     With ``source`` (the source asset, int64 [M] the source face of each of ``faces`` [M, 3], -1 for a new face), a

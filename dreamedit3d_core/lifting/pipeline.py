@@ -671,7 +671,9 @@ def _image_copies(src: MeshAsset, source_faces: torch.Tensor, shift: torch.Tenso
         ti = int(keys[g, 0])
         h, w = src.textures[ti].shape[:2]
         reach = corner_uv[rows].amax(1).amax(0)
-        content = (max(1, math.ceil(float(reach[0]) * w - 1e-6)), max(1, math.ceil(float(reach[1]) * h - 1e-6)))
+        # whole CANVAS_MARGIN blocks of texels: the image's rows are laid out from the content's bottom (v = 0), so
+        # its texel grid, and the blocks its mip levels and a halved copy average, stay on the canvas's
+        content = tuple(-(-max(1, math.ceil(float(r) * n - 1e-6)) // m) * m for r, n in zip(reach.tolist(), (w, h)))
         size = tuple(-(-(c + 2 * m) // CANVAS_ALIGN) * CANVAS_ALIGN for c in content)
         copies.append(_ImageCopy(ti, keys[g, 1:].to(torch.float32), rows, content, size,
                                  float(area[rows].sum()) * w * h))
@@ -760,7 +762,9 @@ def _packed_canvas(st: _LiftState, atlas: dict, keeps: torch.Tensor, v_t: torch.
     verts = torch.cat([atlas["vertices"], v_t[lifted_vertex]])
     colours = torch.cat([atlas["vertex_colors"], vertex_colors[lifted_vertex]])
     used, remap = torch.unique(faces, return_inverse=True)
-    stats = {"canvas": f"{len(copies)} source image copies and the atlas on {side}x{side}",
+    shrunk = ", ".join(f"image {c.texture} at 1/{c.shrink}" for c in copies if c.shrink > 1)
+    stats = {"canvas": f"{len(copies)} source image copies and the atlas on {side}x{side}"
+                       + (f" ({shrunk}: over the {cap}x{cap} cap)" if shrunk else ""),
              "canvas_size": side, "source_layout_faces": int(len(idx)),
              "canvas_shrunk_images": sum(c.shrink > 1 for c in copies)}
     return dict(vertices=verts[used], faces=remap.reshape(-1, 3), uv=uv[used], vertex_colors=colours[used],

@@ -130,3 +130,52 @@ def test_a_vertex_of_a_textured_source_keeps_the_image_at_its_uv():
     err = (mesh.vertex_colors - want).abs().amax(-1)
     print("kept vertices of parts a and b:", int(kept.sum()), "max difference", float(err[kept].max()))
     assert int(kept.sum()) > 100 and float(err[kept].max()) < 1e-6
+
+
+def test_images_that_do_not_fit_the_cap_are_shrunk_then_left_for_the_atlas(monkeypatch):
+    """With the cap lowered to 512², a 448² atlas leaves a 64-texel strip: the copies (128² with their margins) are
+    shrunk to fit it (the least-used first), and the stats say how much; with the cap at the atlas's own side nothing
+    fits, and the lift keeps the atlas alone, saying why (never a larger texture than the cap)."""
+    from dreamedit3d_core.lifting import pipeline
+    from dreamedit3d_core.render import render_views
+
+    source, edited = _three_part_source(), _three_part_source(recolour_c=True)
+    rgb = render_views(edited, CAMS, resolution=256, lighting="unlit").rgb
+    monkeypatch.setattr(pipeline, "MAX_CANVAS_SIDE", 512)
+    mesh = lift_to_mesh(rgb, CAMS, source=source, mode="component_aware", grid=64, texture_size=448)
+    s = mesh.stats
+    print(s["canvas"], s["canvas_shrunk_images"])
+    assert s["texture_layout"] == "source+atlas" and s["canvas_size"] == 512 and mesh.texture.shape[0] == 512
+    assert s["canvas_shrunk_images"] >= 1
+    # a copy shrunk k times (the stats name each) is the image box-filtered by k, at the same UVs (away from each
+    # repeat's edge)
+    import re
+
+    from dreamedit3d_core.lifting.bake import sample_texture
+
+    shrink = {int(t): int(k) for t, k in re.findall(r"image (\d+) at 1/(\d+)", s["canvas"])}
+    assert s["source_layout_faces"] == int((source.part_ids < 2).sum()) and len(shrink) == 2
+    faces = (source.part_ids < 2).nonzero().squeeze(1).repeat_interleave(10)
+    bary = torch.rand(len(faces), 3, generator=torch.Generator().manual_seed(1))
+    bary = bary / bary.sum(1, keepdim=True)
+    got = sample_texture(mesh.texture, (mesh.uv[mesh.faces[faces]] * bary[..., None]).sum(1)[None, None])[0, :, 0].t()
+    src_uv = (source.uv[source.faces[faces]] * bary[..., None]).sum(1)
+    want = torch.empty_like(got)
+    inner = torch.zeros(len(faces), dtype=torch.bool)
+    for t, image in enumerate(source.textures):
+        on = source.face_textures[faces] == t
+        halved = torch.nn.functional.avg_pool2d(image.permute(2, 0, 1)[None], shrink[t])[0]
+        frac = src_uv[on] - torch.floor(src_uv[on])
+        grid = torch.stack([frac[:, 0] * 2 - 1, 1 - frac[:, 1] * 2], -1)[None, None]
+        sampled = torch.nn.functional.grid_sample(halved[None], grid, align_corners=False)[0, :, 0].t()
+        want[on] = sampled * source.face_base_color[faces[on]]
+        size = torch.tensor([image.shape[1] / shrink[t], image.shape[0] / shrink[t]])
+        inner[on] = ((frac * size > 0.5) & (frac * size < size - 0.5)).all(-1)
+    err = (got - want).abs().amax(-1)[inner]
+    print("shrunk copies: samples", int(inner.sum()), "max difference", float(err.max()))
+    assert int(inner.sum()) > 500 and float(err.max()) < 1e-4
+    monkeypatch.setattr(pipeline, "MAX_CANVAS_SIDE", 256)
+    mesh = lift_to_mesh(rgb, CAMS, source=source, mode="component_aware", grid=64, texture_size=256)
+    print(mesh.stats["canvas"])
+    assert mesh.stats["texture_layout"] == "atlas" and mesh.texture.shape[0] == 256
+    assert "do not fit" in mesh.stats["canvas"]
