@@ -286,6 +286,17 @@ def fit_deformation(source: MeshAsset, alpha: torch.Tensor, cameras: MVCameras, 
         stay within ``MIN_SQUASH``..``MAX_STRETCH`` and ``MIN_AREA_RATIO``..``MAX_AREA_RATIO``, and the colours agree
         (``MAX_COLOUR_MISMATCH``). No fit is tried when no view changed by more than ``MIN_CHANGE_FRACTION``.
     """
+    from ..personalize.autograd import grad_enabled
+
+    # ComfyUI runs every node under torch.inference_mode(), where autograd is off: the fit's gradients need it left
+    with grad_enabled():
+        return _fit_deformation(source, alpha, cameras, rgb, movable_faces, check_interrupt)
+
+
+def _fit_deformation(source: MeshAsset, alpha: torch.Tensor, cameras: MVCameras, rgb: Optional[torch.Tensor],
+                     movable_faces: Optional[torch.Tensor], check_interrupt: Optional[Callable[[], None]]
+                     ) -> Deformation:
+    """:func:`fit_deformation`'s work, with autograd on."""
     check = check_interrupt or (lambda: None)
     verts_np = source.vertices.detach().cpu().double().numpy()
     faces_np = source.faces.detach().cpu().numpy().astype(np.int64)
