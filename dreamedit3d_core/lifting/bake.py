@@ -722,27 +722,30 @@ def refine_texture(texture: torch.Tensor, uv: torch.Tensor, faces: torch.Tensor,
     Returns:
         (texture float32 [T, T, 3] in 0..1, per-step losses).
     """
-    uv_img = interpolate(uv.to(torch.float32), faces, frags)
-    inside = (frags.mask & (alpha[:, 0] > 0.5))[:, None].to(torch.float32)
-    n_in = inside.sum().clamp(min=1.0)
-    target = rgb.to(torch.float32)
-    param = texture.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([param], lr=lr)
-    losses = []
-    for step in range(steps):
-        if progress is not None:
-            progress.check_interrupt()
-        with torch.enable_grad():
+    from ..personalize.autograd import grad_enabled
+
+    # ComfyUI runs every node under torch.inference_mode(): the optimisation leaves it, with tensors made outside it
+    with grad_enabled():
+        uv_img = interpolate(uv.to(torch.float32), faces, frags)
+        inside = (frags.mask & (alpha[:, 0] > 0.5))[:, None].to(torch.float32)
+        n_in = inside.sum().clamp(min=1.0)
+        target = rgb.to(torch.float32).clone()
+        param = texture.detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([param], lr=lr)
+        losses = []
+        for step in range(steps):
+            if progress is not None:
+                progress.check_interrupt()
             pred = sample_texture(param, uv_img)
             loss = ((pred - target).abs() * inside).sum() / (3.0 * n_in)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-        opt.step()
-        with torch.no_grad():
-            param.clamp_(0.0, 1.0)
-        losses.append(float(loss.detach()))
-        if progress is not None:
-            progress.update(step + 1, steps, None, stage="refine_texture", loss=losses[-1])
+            opt.step()
+            with torch.no_grad():
+                param.clamp_(0.0, 1.0)
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress.update(step + 1, steps, None, stage="refine_texture", loss=losses[-1])
     return param.detach(), losses
 
 
