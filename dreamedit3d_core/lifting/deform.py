@@ -297,7 +297,14 @@ def _fit_deformation(source: MeshAsset, alpha: torch.Tensor, cameras: MVCameras,
                      movable_faces: Optional[torch.Tensor], check_interrupt: Optional[Callable[[], None]]
                      ) -> Deformation:
     """:func:`fit_deformation`'s work, with autograd on."""
-    check = check_interrupt or (lambda: None)
+    # the fit differentiates through the projection also when the caller runs without autograd (a node host's
+    # inference mode); its tensors are all made here, from numpy, so none is an inference tensor
+    with torch.inference_mode(False), torch.enable_grad():
+        return _fit(source, alpha, cameras, rgb, movable_faces, check_interrupt or (lambda: None))
+
+
+def _fit(source: MeshAsset, alpha: torch.Tensor, cameras: MVCameras, rgb: Optional[torch.Tensor],
+         movable_faces: Optional[torch.Tensor], check: Callable[[], None]) -> Deformation:
     verts_np = source.vertices.detach().cpu().double().numpy()
     faces_np = source.faces.detach().cpu().numpy().astype(np.int64)
     unchanged = Deformation(source.vertices, False, "", {})

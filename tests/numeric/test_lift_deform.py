@@ -157,3 +157,16 @@ def test_listed_components_do_not_move(ellipsoid):
     fit = deform.fit_deformation(ellipsoid, r.alpha, CAMS, movable_faces=torch.zeros(len(ellipsoid.faces),
                                                                                          dtype=torch.bool))
     assert not fit.accepted and torch.equal(fit.vertices, ellipsoid.vertices)
+
+
+def test_the_fit_runs_where_the_caller_has_no_autograd(ellipsoid):
+    """A node host lifts in inference mode: the fit still differentiates through the projection."""
+    from lift_eval import scale_part
+
+    r = _views(scale_part(ellipsoid).asset)
+    with torch.inference_mode():
+        fit = deform.fit_deformation(ellipsoid, r.alpha, CAMS, rgb=r.rgb)
+    with torch.no_grad():
+        again = deform.fit_deformation(ellipsoid, r.alpha, CAMS, rgb=r.rgb)
+    assert fit.accepted and again.accepted
+    assert torch.allclose(fit.vertices, again.vertices)
