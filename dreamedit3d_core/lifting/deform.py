@@ -289,22 +289,14 @@ def fit_deformation(source: MeshAsset, alpha: torch.Tensor, cameras: MVCameras, 
     from ..personalize.autograd import grad_enabled
 
     # ComfyUI runs every node under torch.inference_mode(), where autograd is off: the fit's gradients need it left
+    # (its tensors are all made in the fit, from numpy, so none is an inference tensor)
     with grad_enabled():
-        return _fit_deformation(source, alpha, cameras, rgb, movable_faces, check_interrupt)
-
-
-def _fit_deformation(source: MeshAsset, alpha: torch.Tensor, cameras: MVCameras, rgb: Optional[torch.Tensor],
-                     movable_faces: Optional[torch.Tensor], check_interrupt: Optional[Callable[[], None]]
-                     ) -> Deformation:
-    """:func:`fit_deformation`'s work, with autograd on."""
-    # the fit differentiates through the projection also when the caller runs without autograd (a node host's
-    # inference mode); its tensors are all made here, from numpy, so none is an inference tensor
-    with torch.inference_mode(False), torch.enable_grad():
         return _fit(source, alpha, cameras, rgb, movable_faces, check_interrupt or (lambda: None))
 
 
 def _fit(source: MeshAsset, alpha: torch.Tensor, cameras: MVCameras, rgb: Optional[torch.Tensor],
          movable_faces: Optional[torch.Tensor], check: Callable[[], None]) -> Deformation:
+    """:func:`fit_deformation`'s work, with autograd on."""
     verts_np = source.vertices.detach().cpu().double().numpy()
     faces_np = source.faces.detach().cpu().numpy().astype(np.int64)
     unchanged = Deformation(source.vertices, False, "", {})
