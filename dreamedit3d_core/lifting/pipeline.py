@@ -748,7 +748,8 @@ def _packed_canvas(st: _LiftState, atlas: dict, keeps: torch.Tensor, v_t: torch.
     corners, inverse = torch.unique(key, dim=0, return_inverse=True)
     local = src.uv.to(torch.float64)[corners[:, 1]] - corners[:, 3:].to(torch.float64)
     params = torch.tensor([[c.at[0], c.at[1], src.textures[c.texture].shape[1], src.textures[c.texture].shape[0],
-                            c.content[1], c.shrink] for c in copies], dtype=torch.float64)[corners[:, 2]]
+                            c.content[1], c.shrink] for c in copies], dtype=torch.float64,
+                          device=local.device)[corners[:, 2]]
     x = params[:, 0] + (CANVAS_MARGIN + local[:, 0] * params[:, 2]) / params[:, 5]
     y = params[:, 1] + (CANVAS_MARGIN + params[:, 4] - local[:, 1] * params[:, 3]) / params[:, 5]
     on_copies = torch.stack([x / side, 1.0 - y / side], 1).to(device=device, dtype=torch.float32)
