@@ -769,15 +769,8 @@ def _drop_unneeded_solids(added: torch.Tensor, alpha: torch.Tensor, cameras: MVC
     sizes = torch.bincount(flat, minlength=n + 1)
     covered = torch.zeros_like(grown)
     dropped = torch.zeros(n + 1, dtype=torch.bool)
-    # a voxel's footprint: about a voxel's size in pixels (a 3x3 splat at grid 128 / 256 px)
     for k in (torch.argsort(sizes[1:], descending=True) + 1).tolist():
-        pix, depth = cameras.project(grid.points_at((flat == k).nonzero().squeeze(1)), h, w)
-        mine = torch.zeros_like(grown, dtype=torch.float32)
-        for v in range(mine.shape[0]):
-            xy = pix[v][depth[v] > 0].round().long()
-            ok = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
-            mine[v, 0, xy[ok, 1], xy[ok, 0]] = 1.0
-        mine = F.max_pool2d(mine, 3, stride=1, padding=1) > 0
+        mine = hull.point_footprints(grid.points_at((flat == k).nonzero().squeeze(1)), cameras, h, w)[:, None]
         explains = mine & grown
         if int(explains.sum()) and float((explains & covered).sum()) >= GHOST_COVERED * float(explains.sum()):
             dropped[k] = True

@@ -80,6 +80,18 @@ def sample_images(images: torch.Tensor, pixels: torch.Tensor, depth: torch.Tenso
     return out * (depth > 0)[..., None].to(out.dtype)
 
 
+def point_footprints(points: torch.Tensor, cameras: MVCameras, height: int, width: int) -> torch.Tensor:
+    """bool [V, H, W]: the pixels each view sees ``points`` [N, 3] at, each point splatted 3x3 (a voxel's size in pixels
+    at grid 128 / 256 px, so a solid's voxel centres cover its silhouette without holes)."""
+    pix, depth = cameras.project(points, height, width)
+    hit = torch.zeros(cameras.num_views, 1, height, width)
+    for v in range(cameras.num_views):
+        xy = pix[v][depth[v] > 0].round().long().cpu()
+        ok = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
+        hit[v, 0, xy[ok, 1], xy[ok, 0]] = 1.0
+    return F.max_pool2d(hit, 3, stride=1, padding=1)[:, 0] > 0
+
+
 def silhouette_occupancy(alpha: torch.Tensor, cameras: MVCameras, grid: VoxelGrid,
                          check_interrupt: Optional[Callable[[], None]] = None,
                          where: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -317,8 +329,8 @@ def mesh_silhouettes(vertices: torch.Tensor, faces: torch.Tensor, cameras: MVCam
 
 
 __all__ = ["VoxelGrid", "silhouette_occupancy", "silhouette_occupancies", "mesh_occupancy", "source_guided_occupancy",
-           "fit_grid", "keep_main_solids", "gaussian_smooth", "source_silhouettes", "source_silhouette_dilation",
-           "mesh_silhouettes", "SourceViews", "source_views"]
+           "point_footprints", "fit_grid", "keep_main_solids", "gaussian_smooth", "source_silhouettes",
+           "source_silhouette_dilation", "mesh_silhouettes", "SourceViews", "source_views"]
 
 
 @dataclass(frozen=True)

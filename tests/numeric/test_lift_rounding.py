@@ -1,5 +1,6 @@
 """Rounding new parts (lifting.rounding): the ellipse inscribed in each slice of a part's four-view hull. A ball's hull
-(two crossed cylinders) comes back as the ball, checked against the analytic sphere; a box keeps its silhouettes."""
+(two crossed cylinders) comes back as the ball, checked against the analytic sphere, and so does an upright cylinder;
+a box, whose top outline the views see straight, stays its hull."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import torch
 
 from dreamedit3d_core.cameras import MVCameras
 from dreamedit3d_core.lifting import hull
-from dreamedit3d_core.lifting.rounding import OUTSIDE, direction_groups, round_solids, run_coordinates
+from dreamedit3d_core.lifting.rounding import (FLAT_TOP_FRACTION, OUTSIDE, direction_groups, flat_top_fraction,
+                                               round_solids, run_coordinates)
 
 from _lift_helpers import asset_from_trimesh
 
@@ -64,22 +66,38 @@ def test_a_balls_hull_is_rounded_back_into_the_ball():
     assert rounded_iou > 0.95, rounded_iou  # measured 0.977
 
 
-def test_a_rounded_box_still_fills_its_silhouettes():
+def test_a_straight_top_outline_is_told_from_arcs():
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    ball = (xx - 32) ** 2 + (yy - 32) ** 2 <= 20 ** 2
+    box = (xx >= 12) & (xx < 52) & (yy >= 10) & (yy < 50)
+    # a cylinder seen from 15 degrees above: its top is an ellipse of half-height sin(15) x its radius
+    cylinder = ((xx >= 12) & (xx < 52) & (yy >= 15) & (yy < 50)) | (((xx - 31.5) / 20) ** 2 + ((yy - 15) / 5.2) ** 2 <= 1)
+    assert flat_top_fraction(box) >= FLAT_TOP_FRACTION
+    assert flat_top_fraction(cylinder) < FLAT_TOP_FRACTION  # 0.65
+    assert flat_top_fraction(ball) < 0.5  # 0.32
+    assert flat_top_fraction(box & (xx < 20)) is None  # 8 px wide: every small outline looks flat
+    assert flat_top_fraction(box | ((yy == 0) & (xx == 30))) is None  # cut by the frame: its top is not seen
+
+
+def test_a_box_is_kept_as_its_hull_and_a_cylinder_is_rounded():
     import trimesh
 
     box = trimesh.creation.box(extents=(0.5, 0.4, 0.3))
-    alpha, fine, occ, _ = _hull_and_truth(box, lambda p: (np.abs(p) <= [0.25, 0.2, 0.15]).all(1))
+    alpha, fine, occ, truth = _hull_and_truth(box, lambda p: (np.abs(p) <= [0.25, 0.2, 0.15]).all(1))
     rounded = round_solids(occ, alpha, CAMS, fine)
-    # rounded slices (the prior of round things) but every silhouette pixel still has material behind it
-    keep = (rounded > 0.5).reshape(-1).nonzero().squeeze(1)
-    pix, depth = CAMS.project(fine.points_at(keep), 256, 256)
-    for v in range(4):
-        hit = torch.zeros(256, 256, dtype=torch.bool)
-        xy = pix[v].long().clamp(0, 255)
-        hit[xy[:, 1], xy[:, 0]] = True
-        hit = torch.nn.functional.max_pool2d(hit[None, None].float(), 5, stride=1, padding=2)[0, 0] > 0  # voxel spacing
-        sil = alpha[v, 0] > 0.5
-        assert float((hit & sil).sum()) / float(sil.sum()) > 0.97
+    # its top outline is one straight edge in every view: not round, so the hull (which is the box) stays
+    assert torch.equal(rounded > 0.5, occ > 0.5)
+    # the whole box is in it, corners and edges (an inscribed ellipse per slice would hold about pi/4 of it)
+    assert float(((rounded > 0.5) & truth).sum()) / float(truth.sum()) > 0.98
+
+    cylinder = trimesh.creation.cylinder(radius=0.25, height=0.4, sections=64)
+    cylinder.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))  # axis along +y (up)
+    alpha, fine, occ, truth = _hull_and_truth(
+        cylinder, lambda p: (np.hypot(p[:, 0], p[:, 2]) <= 0.25) & (np.abs(p[:, 1]) <= 0.2))
+    rounded = round_solids(occ, alpha, CAMS, fine)
+    hull_iou, rounded_iou = _iou(occ > 0.5, truth), _iou(rounded > 0.5, truth)
+    print("cylinder: hull IoU", hull_iou, "rounded IoU", rounded_iou)
+    assert rounded_iou > hull_iou + 0.05, (hull_iou, rounded_iou)
 
 
 def test_a_ball_held_in_front_of_a_body_comes_back_round_not_as_wide_as_the_body():
