@@ -16,7 +16,8 @@ the edited asset's four views (unlit, no alpha: keyed like sampled views) are li
 in each mode, and the lift is compared with the edited ground truth from held-out cameras (azimuths 45/135/225/315 at
 elevations 15, 45 and -20, and top-down): silhouette IoU (mean/worst), PSNR inside the union silhouette, normal error,
 Chamfer as % of the bounding-box diagonal and F-score at 1 %; ``--jitter`` repeats it with each view shifted 1-2 px and
-scaled +-5 % in brightness. Contact sheets (rows: ground truth, each mode; columns: the novel views) go to
+scaled +-5 % in brightness; ``--lift-lighting ambient_diffuse`` lifts shaded views (as a sampler makes) and still
+compares with the unlit ground truth. Contact sheets (rows: ground truth, each mode; columns: the novel views) go to
 ``bench/results/``.
 
     python -m bench.bench_lift --suite novel --assets kenney_character.glb spot.obj --grid 128 --texture 1024 --jitter
@@ -110,6 +111,9 @@ def main(argv=None) -> list:
                     help="novel suite: edits to run (default none add remove scale recolor; lift_eval.EXTRA_EDITS "
                     "add_front add_box shrink run when named)")
     ap.add_argument("--jitter", action="store_true", help="novel suite: also lift jittered views")
+    ap.add_argument("--lift-lighting", default="unlit", choices=("unlit", "ambient_diffuse"),
+                    help="novel suite: the lighting of the views lifted (a sampler's are shaded); the ground truth the "
+                         "lift is compared with is always the unlit asset (the texture users want carries no light)")
     ap.add_argument("--sheets", default=str(REPO / "bench" / "results"), help="novel suite: contact sheet folder")
     args = ap.parse_args(argv)
     if args.assets is None:
@@ -197,7 +201,7 @@ def novel_suite(args) -> list:
     modes = args.modes if args.modes != ["hull", "keep_source"] else ["hull", "source_guided", "component_aware", "keep_source"]
     print(_header(device, args.threads))
     print(f"# suite=novel grid={args.grid} texture={args.texture} face_budget={args.faces} views=4x{args.res}px "
-          f"novel views=13 at {args.res}px")
+          f"({args.lift_lighting}) novel views=13 at {args.res}px")
     print("  ".join(f"{c:>14}" for c in NOVEL_COLS))
     cams = MVCameras.mvdream_default()
     novel = novel_cameras(cams.fov_deg, cams.radius)
@@ -217,7 +221,7 @@ def novel_suite(args) -> list:
         for edit_name in args.edits or EDITS:
             edit = make_edit(source, edit_name)
             gt_views = render_novel(edit.asset, novel, args.res)
-            lift_views = render_views(edit.asset, cams, resolution=args.res, lighting="unlit").rgb
+            lift_views = render_views(edit.asset, cams, resolution=args.res, lighting=args.lift_lighting).rgb
             variants = [("clean", lift_views)] + ([("jitter", jitter_views(lift_views, seed=7))] if args.jitter else [])
             for label, rgb in variants:
                 sheet_rows, sheet_labels = [gt_views[0]], ["ground truth"]
@@ -240,7 +244,7 @@ def novel_suite(args) -> list:
                     sheet_labels.append(mode)
                 stem = f"lift_{Path(name).stem}_{edit_name}_{label}.png"
                 contact_sheet(sheet_rows, sheet_labels, sheets / stem)
-    _novel_summary(rows)
+    _novel_summary(rows, args.threads)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
@@ -253,7 +257,7 @@ TARGETS = {"iou_mean": 0.95, "iou_worst": 0.90, "fscore": 0.90, "psnr_shape_db":
 SHAPE_EDITS, APPEARANCE_EDITS = ("add", "remove", "scale"), ("recolor", "none")
 
 
-def _novel_summary(rows: list) -> None:
+def _novel_summary(rows: list, threads: int = 1) -> None:
     def case(r):
         return f"{Path(r['asset']).stem} {r['edit']}"
 
@@ -290,8 +294,10 @@ def _novel_summary(rows: list) -> None:
                       f"{verdict(mean('psnr_db', SHAPE_EDITS) >= TARGETS['psnr_shape_db'], mean('psnr_db', SHAPE_EDITS))}"
                       f"; recolor/none >= {TARGETS['psnr_appearance_db']:.0f} in every case "
                       f"{verdict(worst_app is None or worst_app['psnr_db'] >= TARGETS['psnr_appearance_db'], float('nan') if worst_app is None else 0.0)}"
-                      f"; <= {TARGETS['seconds']:.0f} s every lift (process CPU time, one thread) "
-                      f"{verdict(max(r['cpu_s'] for r in sel) <= TARGETS['seconds'])}")
+                      + (f"; <= {TARGETS['seconds']:.0f} s every lift (process CPU time, one thread) "
+                         f"{verdict(max(r['cpu_s'] for r in sel) <= TARGETS['seconds'])}" if threads == 1 else
+                         f"; <= {TARGETS['seconds']:.0f} s every lift (wall time, {threads} threads: run it on an "
+                         f"idle machine) {verdict(max(r['total_s'] for r in sel) <= TARGETS['seconds'])}"))
 
 
 if __name__ == "__main__":

@@ -67,6 +67,12 @@ CHANGE_TOLERANCE = 0.1
 GAIN_RANGE = (0.9, 1.1)
 #: Width of the histogram bins the gain fit's most common ratio is found in.
 GAIN_BIN = 0.005
+#: Shaded views (a sampler's images are lit; so are OrthoRender's by default) compared with the unlit source: a view's
+#: luminance ratio to the source is fitted as a quadratic in the source's camera-frame normal (:func:`view_shading`),
+#: and that shading replaces the single gain when it explains at least this much more of the view's pixels (within
+#: ``SHADING_INLIER`` of the ratio) than the gain does. Unlit views: the gain explains them, nothing changes.
+SHADING_MIN_GAIN = 0.15
+SHADING_INLIER = 0.04
 #: Texels rasterized per band of the UV layout (512 rows of a 4096^2 texture).
 UV_BAND_TEXELS = 1 << 21
 #: Texel rings of gutter padding around the charts.
@@ -388,7 +394,7 @@ def change_from_source(rgb: torch.Tensor, background, source_rgb: torch.Tensor, 
     Args:
         rgb: float [V, 3, H, W] the views in 0..1; background: an RGB triple or [V, 3] rows, each view's background;
         source_rgb: float [V, 3, H, W] the source rendered over black (coverage x colour); source_alpha: [V, 1, H, W];
-        gain: float [V] or None (1).
+        gain: float [V], or [V, 1, H, W] per pixel (:func:`view_shading`), or None (1).
     """
     v, _, h, w = rgb.shape
     rgb = rgb.to(torch.float32)
@@ -396,7 +402,7 @@ def change_from_source(rgb: torch.Tensor, background, source_rgb: torch.Tensor, 
     bg = bg[..., None, None]
     src_rgb, src_a = source_rgb.to(rgb), source_alpha.to(rgb)
     if gain is not None:
-        src_rgb = src_rgb * gain.to(rgb)[:, None, None, None]
+        src_rgb = src_rgb * (gain.to(rgb) if gain.dim() == 4 else gain.to(rgb)[:, None, None, None])
     padded = F.pad(src_rgb + (1.0 - src_a) * bg, (radius,) * 4, mode="replicate")
     best = torch.full((v, 1, h, w), float("inf"), dtype=torch.float32, device=rgb.device)
     for dy in range(2 * radius + 1):
@@ -429,6 +435,64 @@ def view_gains(rgb: torch.Tensor, source_rgb: torch.Tensor, source_alpha: torch.
         peak = lo + (int(torch.histc(ratio, bins, lo, hi).argmax()) + 0.5) * GAIN_BIN
         gains.append(float(ratio[(ratio - peak).abs() <= GAIN_BIN].median()))
     return torch.tensor(gains, dtype=torch.float32, device=rgb.device)
+
+
+def _shading_basis(normals: torch.Tensor) -> torch.Tensor:
+    """[N, 9]: a quadratic in camera-frame unit normals [N, 3] (the span of second-order spherical harmonics)."""
+    x, y, z = normals.unbind(-1)
+    return torch.stack([torch.ones_like(x), x, y, z, x * x, y * y, x * y, x * z, y * z], -1)
+
+
+def view_shading(rgb: torch.Tensor, source_rgb: torch.Tensor, source_alpha: torch.Tensor, radius: int,
+                 normals: Optional[torch.Tensor] = None, cameras: Optional[MVCameras] = None) -> torch.Tensor:
+    """Each view's brightness relative to the unlit source render, per pixel: float32 [V, 1, H, W].
+
+    The single gain of :func:`view_gains` everywhere, unless the view is shaded: then its luminance ratio to the source
+    is a function of the surface's orientation to the camera, fitted per view as a quadratic in the source's
+    camera-frame normal (robustly: the pixels an edit changed are outliers), and used where it explains
+    ``SHADING_MIN_GAIN`` more of the pixels than the gain. Its value facing the camera must lie in ``GAIN_RANGE`` (the
+    light darkens what turns away; an edit that darkens the whole object is still an edit).
+
+    Args:
+        rgb, source_rgb, source_alpha, radius: as :func:`view_gains`.
+        normals: float [V, 3, H, W] the source render's world-frame normals (0 off the surface); cameras: the views'.
+    """
+    v, _, h, w = rgb.shape
+    gain = view_gains(rgb, source_rgb, source_alpha, radius)
+    out = gain[:, None, None, None].expand(v, 1, h, w).clone()
+    if normals is None or cameras is None:
+        return out
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=rgb.device)[None, :, None, None]
+    core = (source_alpha > 0.5).to(torch.float32)
+    core = -F.max_pool2d(-core, 2 * radius + 3, stride=1, padding=radius + 1) > 0.5
+    lum_view, lum_src = (rgb * luma).sum(1, keepdim=True), (source_rgb * luma).sum(1, keepdim=True)
+    rotation = cameras.c2w(torch.float32).to(rgb.device)[:, :3, :3]
+    for i in range(v):
+        cam_normals = (normals[i].to(torch.float32).reshape(3, -1).t() @ rotation[i])  # [H*W, 3]
+        usable = (core[i] & (lum_src[i] > 0.05)).reshape(-1)
+        ratio = (lum_view[i] / lum_src[i].clamp(min=1e-6)).reshape(-1)
+        usable &= (ratio > 0.1) & (ratio < 1.5)
+        if int(usable.sum()) < 64:
+            continue
+        # a small least-squares problem: solved on the CPU whatever the views' device
+        basis, target = _shading_basis(cam_normals[usable]).double().cpu(), ratio[usable].double().cpu()
+        weights = torch.ones_like(target)
+        for _ in range(4):  # Tukey's biweight: the edited pixels fall out of the fit
+            sw = weights.sqrt()[:, None]
+            coef = torch.linalg.lstsq(basis * sw, target[:, None] * sw).solution[:, 0]
+            residual = target - basis @ coef
+            scale = max(1.4826 * float(residual.abs().median()), 0.01)
+            weights = (1.0 - (residual / (4.685 * scale)).clamp(-1.0, 1.0) ** 2) ** 2
+        facing = float(coef[0] + coef[3])  # the normal (0, 0, 1): towards the camera
+        shaded_fit = float(((target - basis @ coef).abs() <= SHADING_INLIER).double().mean())
+        flat_fit = float(((target - float(gain[i])).abs() <= SHADING_INLIER).double().mean())
+        if shaded_fit < flat_fit + SHADING_MIN_GAIN or not GAIN_RANGE[0] <= facing <= GAIN_RANGE[1]:
+            continue
+        shading = (_shading_basis(cam_normals).double() @ coef.to(cam_normals.device)).to(torch.float32)
+        shading = shading.clamp(0.1, GAIN_RANGE[1])
+        on = (source_alpha[i, 0] > 0).reshape(-1)
+        out[i, 0].view(-1)[on] = shading[on]
+    return out
 
 
 def source_comparison(asset, source_faces: torch.Tensor, view_sets: Sequence[ViewSet]
@@ -465,10 +529,14 @@ def source_comparison(asset, source_faces: torch.Tensor, view_sets: Sequence[Vie
         bg = torch.as_tensor(vs.background if vs.background is not None else (1.0, 1.0, 1.0), dtype=torch.float32,
                              device=vs.rgb.device).reshape(-1, 3).expand(v, 3)
         gain = view_gains(vs.rgb.to(torch.float32), r.rgb, r.alpha, radius)
-        change = change_from_source(vs.rgb, bg, r.rgb, r.alpha, radius, gain)
+        shading = view_shading(vs.rgb.to(torch.float32), r.rgb, r.alpha, radius, r.normals, vs.cameras)
+        change = change_from_source(vs.rgb, bg, r.rgb, r.alpha, radius, shading)
         mask = vs.weight_mask if vs.alpha is None else vs.weight_mask * (vs.alpha > 0.25)
         change_sets.append(ViewSet(change.expand(-1, 3, -1, -1), mask, vs.cameras, vs.depth, weight=vs.weight))
         g = gain[:, None, None, None]
+        # the source's own pixels lose their shading (then they match its texture); changed ones only the gain (the
+        # source's normals there are not the new surface's)
+        g = torch.where((change <= CHANGE_TOLERANCE) & (r.alpha > 0.5), shading, g)
         # not clamped: the un-mixing of antialiased edges needs the background as scaled as the pixels it was mixed into
         normalised.append(replace(vs, rgb=vs.rgb.to(torch.float32) / g, background=bg / gain[:, None]))
     return normalised, change_sets

@@ -368,26 +368,30 @@ def silhouette_change(source_face_id: torch.Tensor, face_component: torch.Tensor
 
 
 def _source_colour(source: MeshAsset, cameras: MVCameras, h: int, seen: Optional[hull.SourceViews]) -> tuple:
-    """(rgb over black, alpha) of the source's unlit render at ``h`` px on the CPU: ``seen``'s when it has them."""
+    """(rgb over black, alpha, world-frame normals) of the source's unlit render at ``h`` px on the CPU: ``seen``'s
+    when it has them."""
     if seen is not None and seen.rgb is not None and seen.rgb.shape[-1] == h:
-        return seen.rgb.cpu(), seen.alpha.cpu()
+        return seen.rgb.cpu(), seen.alpha.cpu(), None if seen.normals is None else seen.normals.cpu()
     from ..render import render_views
 
     r = render_views(source, cameras, resolution=h, background=(0.0, 0.0, 0.0), lighting="unlit", device="cpu")
-    return r.rgb, r.alpha
+    return r.rgb, r.alpha, r.normals
 
 
-def changed_from_source(rgb: torch.Tensor, background, source_rgb: torch.Tensor, source_alpha: torch.Tensor
+def changed_from_source(rgb: torch.Tensor, background, source_rgb: torch.Tensor, source_alpha: torch.Tensor,
+                        source_normals: Optional[torch.Tensor] = None, cameras: Optional[MVCameras] = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(bool [V, 1, H, W] the view pixels that do not show the source's render, the views' gains [V]): colours compared
-    as ``bake.change_from_source`` does (the views' gain fitted, a shift search of ``CHANGE_SEARCH_PX``), on the CPU."""
-    from .bake import CHANGE_SEARCH_PX, CHANGE_TOLERANCE, change_from_source, view_gains
+    """(bool [V, 1, H, W] the view pixels that do not show the source's render, the views' brightness relative to it
+    [V, 1, H, W]): colours compared as ``bake.change_from_source`` does (the views' gain fitted, or their shading when
+    ``source_normals`` and ``cameras`` are given and the views are lit: ``bake.view_shading``; a shift search of
+    ``CHANGE_SEARCH_PX``), on the CPU."""
+    from .bake import CHANGE_SEARCH_PX, CHANGE_TOLERANCE, change_from_source, view_shading
 
     v, _, h, _ = rgb.shape
     rgb = rgb.cpu().to(torch.float32)
     bg = torch.as_tensor(background, dtype=torch.float32).cpu().reshape(-1, 3).expand(v, 3)
     radius = max(1, round(CHANGE_SEARCH_PX * h / 256))
-    gain = view_gains(rgb, source_rgb, source_alpha, radius)
+    gain = view_shading(rgb, source_rgb, source_alpha, radius, source_normals, cameras)
     return change_from_source(rgb, bg, source_rgb, source_alpha, radius, gain) > CHANGE_TOLERANCE, gain
 
 
@@ -420,8 +424,8 @@ def removed_by_appearance(source: MeshAsset, face_component: torch.Tensor, sourc
     radius = max(1, round(CHANGE_SEARCH_PX * h / 256))
     min_px = APPEARANCE_MIN_PX * (h / 256) ** 2
 
-    with_rgb, with_alpha = _source_colour(source, cameras, h, seen)
-    off_with, gain = changed_from_source(rgb, bg, with_rgb, with_alpha)
+    with_rgb, with_alpha, with_normals = _source_colour(source, cameras, h, seen)
+    off_with, gain = changed_from_source(rgb, bg, with_rgb, with_alpha, with_normals, cameras)
     for i in candidates.nonzero().squeeze(1).tolist():
         mine = pix_comp == i
         shown = float(mine.sum())
@@ -430,7 +434,7 @@ def removed_by_appearance(source: MeshAsset, face_component: torch.Tensor, sourc
         others = face_component.cpu() != i
         if not bool(others.any()):  # the whole source: without it the views would be empty, which the silhouettes judge
             continue
-        without_rgb, without_alpha = _source_colour(source.with_faces(others), cameras, h, None)
+        without_rgb, without_alpha, _ = _source_colour(source.with_faces(others), cameras, h, None)
         # telling pixels: the two renders differ there even a shift apart, either way round
         with_composite = with_rgb + (1.0 - with_alpha) * bg[..., None, None]
         without_composite = without_rgb + (1.0 - without_alpha) * bg[..., None, None]
@@ -788,7 +792,7 @@ def new_material_pixels(alpha: torch.Tensor, rgb: torch.Tensor, background, sour
     and outside the source's, or in another colour than its render (:func:`changed_from_source`); dilated by
     ``CARVE_TOLERANCE_PX`` (a new part's outline a pixel or two off) when ``dilate``."""
     h = alpha.shape[-2]
-    changed, _ = changed_from_source(rgb, background, *_source_colour(source, cameras, h, seen))
+    changed, _ = changed_from_source(rgb, background, *_source_colour(source, cameras, h, seen), cameras)
     edited = alpha.cpu() > 0.5
     new = edited & (changed | (seen.face_id.cpu() < 0)[:, None])
     if not dilate:

@@ -294,6 +294,7 @@ class SourceViews:
     depth: torch.Tensor
     rgb: Optional[torch.Tensor] = None
     alpha: Optional[torch.Tensor] = None
+    normals: Optional[torch.Tensor] = None  # float32 [V, 3, H, W] world-frame, towards the camera (with ``rgb``)
 
     def silhouettes(self, dilate_px: int = 0) -> torch.Tensor:
         """float32 [V, 1, H, W] in {0, 1}, dilated by ``dilate_px`` (:func:`source_silhouettes`)."""
@@ -312,7 +313,7 @@ def source_views(source: MeshAsset, cameras: MVCameras, height: int, width: int,
     if not colour or height != width or height % 8 or height > 1024:
         return SourceViews(frags.face_id, frags.depth)
     r = render_views(source, cameras, resolution=height, background=(0.0, 0.0, 0.0), lighting="unlit")
-    return SourceViews(frags.face_id, frags.depth, r.rgb, r.alpha)
+    return SourceViews(frags.face_id, frags.depth, r.rgb, r.alpha, r.normals)
 
 
 def mesh_silhouettes(vertices: torch.Tensor, faces: torch.Tensor, cameras: MVCameras, height: int, width: int,
