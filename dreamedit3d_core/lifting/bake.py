@@ -416,17 +416,23 @@ def change_from_source(rgb: torch.Tensor, background, source_rgb: torch.Tensor, 
     return best
 
 
+def _luminances(rgb: torch.Tensor, source_rgb: torch.Tensor, source_alpha: torch.Tensor, radius: int) -> tuple:
+    """(view luminance, source luminance, both [V, 1, H, W]; the pixels their ratio is read at, bool [V, 1, H, W]: the
+    source's silhouette eroded by ``radius`` + 1 px, where the source is not black)."""
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=rgb.device)[None, :, None, None]
+    core = (source_alpha > 0.5).to(torch.float32)
+    core = -F.max_pool2d(-core, 2 * radius + 3, stride=1, padding=radius + 1) > 0.5
+    lum_view, lum_src = (rgb * luma).sum(1, keepdim=True), (source_rgb * luma).sum(1, keepdim=True)
+    return lum_view, lum_src, core & (lum_src > 0.05)
+
+
 def view_gains(rgb: torch.Tensor, source_rgb: torch.Tensor, source_alpha: torch.Tensor, radius: int) -> torch.Tensor:
     """Each view's brightness relative to the source render, float32 [V] within ``GAIN_RANGE``: the most common ratio
     of their luminances over the source's silhouette eroded by ``radius`` + 1 px (so a misregistered outline does not
     count), refined to the median of the ratios near it. Pixels the edit left alone all share that ratio while those it
     changed scatter, so it holds even where most of a view changed (a median would not); 1 where too few pixels fall
     inside ``GAIN_RANGE``."""
-    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=rgb.device)[None, :, None, None]
-    core = (source_alpha > 0.5).to(torch.float32)
-    core = -F.max_pool2d(-core, 2 * radius + 3, stride=1, padding=radius + 1) > 0.5
-    lum_view, lum_src = (rgb * luma).sum(1, keepdim=True), (source_rgb * luma).sum(1, keepdim=True)
-    usable = core & (lum_src > 0.05)
+    lum_view, lum_src, usable = _luminances(rgb, source_rgb, source_alpha, radius)
     lo, hi = GAIN_RANGE
     bins = int(round((hi - lo) / GAIN_BIN))
     gains = []
@@ -448,7 +454,8 @@ def _shading_basis(normals: torch.Tensor) -> torch.Tensor:
 
 
 def view_shading(rgb: torch.Tensor, source_rgb: torch.Tensor, source_alpha: torch.Tensor, radius: int,
-                 normals: Optional[torch.Tensor] = None, cameras: Optional[MVCameras] = None) -> torch.Tensor:
+                 normals: Optional[torch.Tensor] = None, cameras: Optional[MVCameras] = None,
+                 gain: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Each view's brightness relative to the unlit source render, per pixel: float32 [V, 1, H, W].
 
     The single gain of :func:`view_gains` everywhere, unless the view is shaded: then its luminance ratio to the source
@@ -460,22 +467,19 @@ def view_shading(rgb: torch.Tensor, source_rgb: torch.Tensor, source_alpha: torc
     Args:
         rgb, source_rgb, source_alpha, radius: as :func:`view_gains`.
         normals: float [V, 3, H, W] the source render's world-frame normals (0 off the surface); cameras: the views'.
+        gain: the views' :func:`view_gains` [V], when the caller has them.
     """
     v, _, h, w = rgb.shape
-    gain = view_gains(rgb, source_rgb, source_alpha, radius)
+    gain = view_gains(rgb, source_rgb, source_alpha, radius) if gain is None else gain
     out = gain[:, None, None, None].expand(v, 1, h, w).clone()
     if normals is None or cameras is None:
         return out
-    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=rgb.device)[None, :, None, None]
-    core = (source_alpha > 0.5).to(torch.float32)
-    core = -F.max_pool2d(-core, 2 * radius + 3, stride=1, padding=radius + 1) > 0.5
-    lum_view, lum_src = (rgb * luma).sum(1, keepdim=True), (source_rgb * luma).sum(1, keepdim=True)
+    lum_view, lum_src, core = _luminances(rgb, source_rgb, source_alpha, radius)
     rotation = cameras.c2w(torch.float32).to(rgb.device)[:, :3, :3]
     for i in range(v):
         cam_normals = (normals[i].to(torch.float32).reshape(3, -1).t() @ rotation[i])  # [H*W, 3]
-        usable = (core[i] & (lum_src[i] > 0.05)).reshape(-1)
         ratio = (lum_view[i] / lum_src[i].clamp(min=1e-6)).reshape(-1)
-        usable &= (ratio > 0.1) & (ratio < 1.5)
+        usable = core[i].reshape(-1) & (ratio > 0.1) & (ratio < 1.5)
         if int(usable.sum()) < 64:
             continue
         # a small least-squares problem: solved on the CPU whatever the views' device
@@ -533,7 +537,7 @@ def source_comparison(asset, source_faces: torch.Tensor, view_sets: Sequence[Vie
         bg = torch.as_tensor(vs.background if vs.background is not None else (1.0, 1.0, 1.0), dtype=torch.float32,
                              device=vs.rgb.device).reshape(-1, 3).expand(v, 3)
         gain = view_gains(vs.rgb.to(torch.float32), r.rgb, r.alpha, radius)
-        shading = view_shading(vs.rgb.to(torch.float32), r.rgb, r.alpha, radius, r.normals, vs.cameras)
+        shading = view_shading(vs.rgb.to(torch.float32), r.rgb, r.alpha, radius, r.normals, vs.cameras, gain)
         change = change_from_source(vs.rgb, bg, r.rgb, r.alpha, radius, shading)
         mask = vs.weight_mask if vs.alpha is None else vs.weight_mask * (vs.alpha > 0.25)
         change_sets.append(ViewSet(change.expand(-1, 3, -1, -1), mask, vs.cameras, vs.depth, weight=vs.weight))

@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 from ..cameras import MVCameras
-from .hull import ISO_LEVEL, VoxelGrid, sample_images
-from .hull import point_footprints as hull_footprints
+from .hull import ISO_LEVEL, VoxelGrid, point_footprints, sample_images
 
 #: ``u`` given to pixels outside every silhouette run (anything above 1 is outside; 2 keeps bilinear sampling across a
 #: run's end a steep ramp).
@@ -97,7 +96,7 @@ def flat_top_fraction(part: torch.Tensor) -> Optional[float]:
 def _flat_topped(points: torch.Tensor, silhouettes: torch.Tensor, cameras: MVCameras) -> bool:
     """Whether a solid's top outline is straight in at least half of the views that can tell, and in two or more."""
     h, w = silhouettes.shape[-2:]
-    footprint = hull_footprints(points, cameras, h, w) & silhouettes
+    footprint = point_footprints(points, cameras, h, w) & silhouettes
     fractions = [f for f in (flat_top_fraction(footprint[v]) for v in range(footprint.shape[0])) if f is not None]
     flat = sum(f >= FLAT_TOP_FRACTION for f in fractions)
     return flat >= 2 and 2 * flat >= len(fractions)
